@@ -1,0 +1,209 @@
+//! pushgate's provider layer: a typed notification goes in, a typed verdict comes out.
+//!
+//! Providers know nothing of XMPP (or of any other front): the XEP-0357 front, and later the
+//! Matrix and Sylk fronts, translate their requests into a [`Notification`] for a [`Device`] and
+//! map the [`Verdict`] back onto their own protocol. That is why priority, kind (alert,
+//! background, VoIP, clear) and the content travel through the seam, not only a token.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub mod webpush;
+
+/// An operator-chosen provider name, mapped to one provider configuration
+/// (e.g. `tigase:messenger:apns:1`, `fcm-http-v1`, `webpush`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct ProviderId(String);
+
+impl ProviderId {
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ProviderId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// A device token as its provider knows it: APNs hex token, FCM registration token, WebPush
+/// endpoint URL. Tokens are capabilities, so `Debug` shows only a short prefix.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct DeviceToken(String);
+
+impl DeviceToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for DeviceToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let prefix: String = self.0.chars().take(8).collect();
+        write!(f, "DeviceToken({prefix}…)")
+    }
+}
+
+/// RFC 8291 subscription keys of a WebPush registration (base64url, as browsers and
+/// UnifiedPush distributors hand them out).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebPushKeys {
+    /// The user agent's P-256 public key, 65 bytes uncompressed.
+    pub p256dh: String,
+    /// The 16-byte authentication secret.
+    pub auth: String,
+}
+
+/// What a provider needs to know about one registered device.
+#[derive(Clone, Debug)]
+pub struct Device {
+    pub provider: ProviderId,
+    pub token: DeviceToken,
+    /// Siskin's PushKit (VoIP) token, used for call notifications.
+    pub second_token: Option<DeviceToken>,
+    pub webpush_keys: Option<WebPushKeys>,
+}
+
+/// How the device should treat a notification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Something the user should see (a message with a body, a high-priority event).
+    Alert,
+    /// Wake the app so it can sync; nothing to show.
+    Background,
+    /// An incoming call (PushKit on iOS).
+    Voip,
+    /// Everything was read elsewhere: clear shown notifications and badges.
+    Clear,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+/// The summary a front could extract; every part is optional because servers send as little
+/// as a bare `<notification/>`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Content {
+    /// Whom the notification is for (a bare JID for XMPP, or a hash of it).
+    pub account: Option<String>,
+    pub sender: Option<String>,
+    pub body: Option<String>,
+    pub message_count: Option<u32>,
+    /// Sender's nickname in a group chat.
+    pub nickname: Option<String>,
+}
+
+/// An end-to-end encrypted payload (Tigase `tigase:push:encrypt:0`): passed through untouched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encrypted {
+    /// Base64 ciphertext, as received.
+    pub payload: String,
+    /// Base64 initialisation vector, as received.
+    pub iv: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub kind: Kind,
+    pub priority: Priority,
+    pub content: Content,
+    pub encrypted: Option<Encrypted>,
+}
+
+/// What became of one delivery attempt. Fronts map this onto their protocol in one place.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The provider accepted the notification.
+    Sent,
+    /// The provider says the token will never work again: delete the registration.
+    DeadToken { reason: String },
+    /// Try again later; the registration stays.
+    Transient {
+        retry_after: Option<Duration>,
+        reason: String,
+    },
+    /// pushgate (its configuration or the request it built) is at fault, not the device: keep
+    /// the registration, log and count.
+    OurFault { reason: String },
+}
+
+impl Verdict {
+    /// A short label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Verdict::Sent => "sent",
+            Verdict::DeadToken { .. } => "dead_token",
+            Verdict::Transient { .. } => "transient",
+            Verdict::OurFault { .. } => "our_fault",
+        }
+    }
+}
+
+/// Why a device cannot be registered with a provider; shown to the registering client.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistrationError {
+    #[error("invalid device token: {0}")]
+    InvalidToken(String),
+    #[error("invalid WebPush keys: {0}")]
+    InvalidKeys(String),
+    #[error("refused by policy: {0}")]
+    Refused(String),
+}
+
+/// A provider configuration problem, found when pushgate starts.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `providers.webpush.vapid_private_key_file`.
+    pub key: String,
+    pub message: String,
+}
+
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// The implementation's name (`webpush`, `apns`, …), for logs and metrics.
+    fn kind(&self) -> &'static str;
+
+    /// Checks a device before it is stored, so a bad token is refused at registration time
+    /// rather than discovered at the first push.
+    fn validate(&self, device: &Device) -> Result<(), RegistrationError>;
+
+    /// Delivers one notification. Never panics and never hangs past the provider's own timeout.
+    async fn send(&self, device: &Device, notification: &Notification) -> Verdict;
+}
+
+/// One `[providers.<id>]` section of the configuration, tagged by `kind`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ProviderConfig {
+    Webpush(webpush::WebPushConfig),
+}
+
+/// Builds the provider for one configuration section. `key` is that section's dotted path, so
+/// errors name the offending key.
+pub fn build(key: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError> {
+    match config {
+        ProviderConfig::Webpush(c) => Ok(Arc::new(webpush::WebPush::new(key, c)?)),
+    }
+}

@@ -1,0 +1,1165 @@
+//! The WebPush / UnifiedPush provider: delivers a [`Notification`] to an RFC 8030 push resource.
+//!
+//! Why it looks the way it does:
+//! * The endpoint URL comes from a registering client, so pushgate would otherwise POST to any
+//!   address it is told to. Every endpoint passes a host policy (scheme, allow/deny lists,
+//!   non-public IP literals) at registration *and* again at send time, and the HTTP client
+//!   resolves names through a resolver that drops non-public addresses. Redirects are never
+//!   followed and no proxy from the environment is used, so none of this can be sidestepped.
+//! * With subscription keys the body is RFC 8291 `aes128gcm` ciphertext (web-push-native does the
+//!   encryption); without keys it is the same small JSON in the clear.
+//! * The VAPID (RFC 8292) token is signed here rather than by web-push-native: its `aud` claim
+//!   drops the port of the push resource's origin, and it ties the JWT's `exp` to the `TTL`
+//!   header, while `exp` must stay within 24 h and `TTL` defaults to a day.
+//! * The endpoint URL is a capability: it is never logged whole, only its host.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::pkcs8::DecodePrivateKey as _;
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
+use url::{Host, Url};
+
+use crate::{
+    ConfigError, Device, Kind, Notification, Priority, Provider, RegistrationError, Verdict,
+    WebPushKeys,
+};
+
+/// UnifiedPush (AND_3) caps endpoint URLs at 1000 bytes; longer ones are not real endpoints.
+pub const MAX_ENDPOINT_BYTES: usize = 1000;
+
+/// Largest plaintext that still fits the 4096 bytes a push service must accept once RFC 8291
+/// adds its 86-byte header, the padding delimiter and the 16-byte tag.
+pub const MAX_PLAINTEXT_BYTES: usize = 3993;
+
+/// Calls are useless once the caller has given up, so they must not linger in a queue.
+const VOIP_TTL_SECS: u32 = 60;
+
+/// Lifetime of a VAPID token; RFC 8292 allows at most 24 h, half of that leaves room for clock skew.
+const VAPID_VALIDITY: Duration = Duration::from_secs(12 * 60 * 60);
+
+/// How much of an error response is kept for the verdict's reason.
+const MAX_RESPONSE_EXCERPT_CHARS: usize = 200;
+
+/// How much of a response body is read at all (so the connection can be reused).
+const MAX_RESPONSE_READ_BYTES: usize = 8 * 1024;
+
+/// Subscription keys are base64url, but padded and unpadded forms both circulate.
+const BASE64URL: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// Some client libraries hand out standard base64; accepting it costs nothing.
+const BASE64STD: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// JWS header of every VAPID token, base64url of `{"typ":"JWT","alg":"ES256"}`.
+const VAPID_JWT_HEADER: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFUzI1NiJ9";
+
+/// `[providers.<id>]` with `kind = "webpush"`; the keys are documented in `etc/pushgate.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebPushConfig {
+    /// PEM file with the P-256 VAPID signing key (PKCS#8 or SEC1). Without it no VAPID header is
+    /// sent.
+    pub vapid_private_key_file: Option<PathBuf>,
+    /// The VAPID `sub` claim: a `mailto:` or `https:` contact for the push service's operator.
+    pub vapid_subject: String,
+    /// `TTL` header for everything but calls.
+    pub ttl_secs: u32,
+    /// Bodies longer than this many characters are cut and end in "…".
+    pub max_body_chars: usize,
+    /// Bound on one delivery, connection to last response byte.
+    pub request_timeout_secs: u64,
+    /// Accept `http://` endpoints (test setups only).
+    pub allow_http: bool,
+    /// Accept loopback, private, link-local and other non-public addresses (test setups only).
+    pub allow_private_addresses: bool,
+    /// If non-empty, the only hosts accepted: exact names or `*.suffix`.
+    pub allowed_hosts: Vec<String>,
+    /// Hosts always refused: exact names or `*.suffix`.
+    pub denied_hosts: Vec<String>,
+}
+
+impl Default for WebPushConfig {
+    fn default() -> Self {
+        Self {
+            vapid_private_key_file: None,
+            // A placeholder that is at least well-formed; operators are expected to set their
+            // own contact (some services, Apple's among them, reject `localhost` addresses).
+            vapid_subject: "mailto:admin@localhost".to_owned(),
+            ttl_secs: 86_400,
+            max_body_chars: 500,
+            request_timeout_secs: 8,
+            allow_http: false,
+            allow_private_addresses: false,
+            allowed_hosts: Vec::new(),
+            denied_hosts: Vec::new(),
+        }
+    }
+}
+
+/// The WebPush provider: one HTTP client, the endpoint policy and the VAPID key.
+pub struct WebPush {
+    /// The configuration section's dotted path, for logs.
+    key: String,
+    policy: EndpointPolicy,
+    vapid: Option<VapidKey>,
+    vapid_subject: String,
+    ttl_secs: u32,
+    max_body_chars: usize,
+    request_timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for WebPush {
+    /// Shows the settings but never the key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebPush")
+            .field("key", &self.key)
+            .field("vapid", &self.vapid.as_ref().map(|v| &v.public_b64))
+            .field("vapid_subject", &self.vapid_subject)
+            .field("ttl_secs", &self.ttl_secs)
+            .field("max_body_chars", &self.max_body_chars)
+            .field("request_timeout", &self.request_timeout)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WebPush {
+    /// Builds the provider for the section at `key`; every error names the offending key below it.
+    pub fn new(key: &str, config: &WebPushConfig) -> Result<Self, ConfigError> {
+        let err = |field: &str, message: String| ConfigError {
+            key: format!("{key}.{field}"),
+            message,
+        };
+
+        let vapid = match &config.vapid_private_key_file {
+            Some(path) => Some(
+                VapidKey::load(path).map_err(|e| err("vapid_private_key_file", e.to_string()))?,
+            ),
+            None => None,
+        };
+        if !(config.vapid_subject.starts_with("mailto:")
+            || config.vapid_subject.starts_with("https:"))
+        {
+            return Err(err(
+                "vapid_subject",
+                "must be a mailto: or https: URI".to_owned(),
+            ));
+        }
+        if config.request_timeout_secs == 0 {
+            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
+        }
+        let parse_patterns = |field: &str, list: &[String]| {
+            list.iter()
+                .map(|p| HostPattern::parse(p).map_err(|m| err(field, m)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let policy = EndpointPolicy {
+            allow_http: config.allow_http,
+            allow_private_addresses: config.allow_private_addresses,
+            allowed_hosts: parse_patterns("allowed_hosts", &config.allowed_hosts)?,
+            denied_hosts: parse_patterns("denied_hosts", &config.denied_hosts)?,
+        };
+        let request_timeout = Duration::from_secs(config.request_timeout_secs);
+
+        // reqwest is built without a rustls provider of its own; whoever installs first wins.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .https_only(!config.allow_http)
+            .dns_resolver(PublicResolver {
+                allow_private_addresses: config.allow_private_addresses,
+            })
+            .connect_timeout(request_timeout)
+            .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ConfigError {
+                key: key.to_owned(),
+                message: format!("cannot build the HTTP client: {e}"),
+            })?;
+
+        match &vapid {
+            Some(v) => {
+                tracing::info!(provider = key, vapid_public_key = %v.public_b64, "WebPush provider ready")
+            }
+            None => tracing::warn!(
+                provider = key,
+                "WebPush provider has no VAPID key; services that require VAPID will refuse deliveries"
+            ),
+        }
+
+        Ok(Self {
+            key: key.to_owned(),
+            policy,
+            vapid,
+            vapid_subject: config.vapid_subject.clone(),
+            ttl_secs: config.ttl_secs,
+            max_body_chars: config.max_body_chars,
+            request_timeout,
+            client,
+        })
+    }
+
+    /// The VAPID public key (base64url, uncompressed point) that clients pass to their push
+    /// service as the application server key; `None` without a configured key.
+    pub fn vapid_public_key(&self) -> Option<&str> {
+        self.vapid.as_ref().map(|v| v.public_b64.as_str())
+    }
+
+    /// One delivery, run inside the delivery span.
+    async fn deliver(&self, endpoint: Endpoint, device: &Device, n: &Notification) -> Verdict {
+        let payload = match build_payload(n, self.max_body_chars) {
+            Ok(p) => p,
+            Err(reason) => return Verdict::OurFault { reason },
+        };
+        let ttl = if n.kind == Kind::Voip {
+            self.ttl_secs.min(VOIP_TTL_SECS)
+        } else {
+            self.ttl_secs
+        };
+
+        let mut request = self
+            .client
+            .post(endpoint.url.clone())
+            .timeout(self.request_timeout)
+            .header("ttl", ttl)
+            .header("urgency", urgency(n));
+
+        request = match &device.webpush_keys {
+            Some(keys) => {
+                let keys = match decode_keys(keys) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return Verdict::OurFault {
+                            reason: format!("stored subscription keys are unusable: {e}"),
+                        };
+                    }
+                };
+                let auth = web_push_native::Auth::clone_from_slice(&keys.auth);
+                match web_push_native::encrypt(payload, &keys.public, &auth) {
+                    Ok(body) => request
+                        .header(http::header::CONTENT_ENCODING, "aes128gcm")
+                        .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                        .body(body),
+                    Err(e) => {
+                        return Verdict::OurFault {
+                            reason: format!("RFC 8291 encryption failed: {e}"),
+                        };
+                    }
+                }
+            }
+            None => request
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(payload),
+        };
+
+        if let Some(vapid) = &self.vapid {
+            match vapid.authorization(&endpoint.origin, &self.vapid_subject, SystemTime::now()) {
+                Ok(value) => request = request.header(http::header::AUTHORIZATION, value),
+                Err(reason) => return Verdict::OurFault { reason },
+            }
+        }
+
+        match request.send().await {
+            Ok(response) => {
+                let status = response.status();
+                tracing::Span::current().record("status", status.as_u16());
+                let retry_after = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let excerpt = read_excerpt(response).await;
+                classify_status(status, retry_after, &excerpt)
+            }
+            Err(e) => classify_error(e, self.request_timeout),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for WebPush {
+    fn kind(&self) -> &'static str {
+        "webpush"
+    }
+
+    fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
+        self.policy.check(device.token.as_str())?;
+        if let Some(keys) = &device.webpush_keys {
+            decode_keys(keys)?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
+        // The policy may have tightened since the device registered.
+        let endpoint = match self.policy.check(device.token.as_str()) {
+            Ok(e) => e,
+            Err(e) => {
+                let reason = format!("endpoint no longer passes the endpoint policy: {e}");
+                tracing::warn!(provider = %self.key, verdict = "our_fault", reason, "webpush delivery refused");
+                return Verdict::OurFault { reason };
+            }
+        };
+        let span = tracing::info_span!(
+            "webpush_delivery",
+            provider = %self.key,
+            host = %endpoint.host,
+            kind = kind_label(notification.kind),
+            status = tracing::field::Empty,
+        );
+        async {
+            let verdict = self.deliver(endpoint, device, notification).await;
+            match &verdict {
+                Verdict::Sent => tracing::info!(verdict = verdict.label(), "webpush delivery"),
+                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
+                    tracing::info!(verdict = verdict.label(), reason, "webpush delivery")
+                }
+                Verdict::OurFault { reason } => {
+                    tracing::warn!(verdict = verdict.label(), reason, "webpush delivery")
+                }
+            }
+            verdict
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Endpoint policy
+
+/// A host entry of `allowed_hosts` / `denied_hosts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum HostPattern {
+    Exact(String),
+    /// `*.example.org`, stored as `.example.org`: any name below it, not the name itself.
+    Suffix(String),
+}
+
+impl HostPattern {
+    fn parse(pattern: &str) -> Result<Self, String> {
+        let pattern = pattern.trim();
+        let (wildcard, rest) = match pattern.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, pattern),
+        };
+        if rest.is_empty() || rest.contains('*') {
+            return Err(format!(
+                "`{pattern}` is not a host name or `*.suffix` pattern"
+            ));
+        }
+        let host = normalize_host(rest)
+            .ok_or_else(|| format!("`{pattern}` is not a host name or `*.suffix` pattern"))?;
+        Ok(if wildcard {
+            HostPattern::Suffix(format!(".{host}"))
+        } else {
+            HostPattern::Exact(host)
+        })
+    }
+
+    fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(h) => host == h,
+            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
+        }
+    }
+}
+
+/// Lower-case, punycode, no trailing dot, IPv6 without brackets: the form endpoints are matched in.
+fn normalize_host(raw: &str) -> Option<String> {
+    let raw = raw.trim_end_matches('.');
+    let raw = raw
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(raw);
+    if let Ok(v6) = raw.parse::<Ipv6Addr>() {
+        return Some(v6.to_string());
+    }
+    match Host::parse(raw).ok()? {
+        Host::Domain(d) => Some(d.trim_end_matches('.').to_owned()),
+        Host::Ipv4(a) => Some(a.to_string()),
+        Host::Ipv6(a) => Some(a.to_string()),
+    }
+}
+
+#[derive(Debug)]
+struct EndpointPolicy {
+    allow_http: bool,
+    allow_private_addresses: bool,
+    allowed_hosts: Vec<HostPattern>,
+    denied_hosts: Vec<HostPattern>,
+}
+
+/// An endpoint that passed the policy.
+struct Endpoint {
+    url: Url,
+    /// Normalized host, the only part of the URL that may be logged.
+    host: String,
+    /// `scheme://host[:port]`, the VAPID audience.
+    origin: String,
+}
+
+impl EndpointPolicy {
+    fn check(&self, token: &str) -> Result<Endpoint, RegistrationError> {
+        if token.len() > MAX_ENDPOINT_BYTES {
+            return Err(RegistrationError::InvalidToken(format!(
+                "endpoint URL is {} bytes, more than {MAX_ENDPOINT_BYTES}",
+                token.len()
+            )));
+        }
+        let url = Url::parse(token)
+            .map_err(|e| RegistrationError::InvalidToken(format!("endpoint is not a URL: {e}")))?;
+        match url.scheme() {
+            "https" => {}
+            "http" if self.allow_http => {}
+            "http" => {
+                return Err(RegistrationError::Refused(
+                    "plain http:// endpoints are not allowed".to_owned(),
+                ));
+            }
+            other => {
+                return Err(RegistrationError::InvalidToken(format!(
+                    "endpoint scheme must be https, not {other}"
+                )));
+            }
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(RegistrationError::InvalidToken(
+                "endpoint URL must not carry credentials".to_owned(),
+            ));
+        }
+        let (host, ip) = match url.host() {
+            Some(Host::Domain(d)) => (d.trim_end_matches('.').to_ascii_lowercase(), None),
+            Some(Host::Ipv4(a)) => (a.to_string(), Some(IpAddr::V4(a))),
+            Some(Host::Ipv6(a)) => (a.to_string(), Some(IpAddr::V6(a))),
+            None => {
+                return Err(RegistrationError::InvalidToken(
+                    "endpoint URL has no host".to_owned(),
+                ));
+            }
+        };
+        if host.is_empty() {
+            return Err(RegistrationError::InvalidToken(
+                "endpoint URL has no host".to_owned(),
+            ));
+        }
+        if self.denied_hosts.iter().any(|p| p.matches(&host)) {
+            return Err(RegistrationError::Refused(format!(
+                "endpoint host {host} is denied"
+            )));
+        }
+        if !self.allowed_hosts.is_empty() && !self.allowed_hosts.iter().any(|p| p.matches(&host)) {
+            return Err(RegistrationError::Refused(format!(
+                "endpoint host {host} is not among the allowed hosts"
+            )));
+        }
+        if let Some(ip) = ip
+            && !self.allow_private_addresses
+            && !is_public_ip(ip)
+        {
+            return Err(RegistrationError::Refused(format!(
+                "endpoint address {ip} is not a public address"
+            )));
+        }
+        Ok(Endpoint {
+            origin: url.origin().ascii_serialization(),
+            host,
+            url,
+        })
+    }
+}
+
+/// Whether `ip` is an ordinary globally routed unicast address, the only kind an endpoint may
+/// use unless `allow_private_addresses` is set.
+pub fn is_public_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(a == 0 // "this network", includes the unspecified address
+        || a == 10
+        || a == 127
+        || (a == 100 && (64..128).contains(&b)) // CGNAT
+        || (a == 169 && b == 254) // link-local
+        || (a == 172 && (16..32).contains(&b))
+        || (a == 192 && b == 168)
+        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+        || (a == 192 && b == 0 && c == 2) // documentation
+        || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
+        || (a == 198 && (b == 18 || b == 19)) // benchmarking
+        || (a == 198 && b == 51 && c == 100) // documentation
+        || (a == 203 && b == 0 && c == 113) // documentation
+        || a >= 224) // multicast, reserved, broadcast
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    // NAT64 well-known prefix: as public as the IPv4 address it carries.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        return is_public_v4(v4);
+    }
+    // 6to4 embeds an IPv4 address too.
+    if s[0] == 0x2002 {
+        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+        return is_public_v4(v4);
+    }
+    !(s[0..6] == [0, 0, 0, 0, 0, 0] // unspecified, loopback, IPv4-compatible
+        || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) // local-use NAT64
+        || (s[0] == 0x100 && s[1..4] == [0, 0, 0]) // discard-only
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] & 0xfe00) == 0xfc00 // unique local
+        || (s[0] & 0xffc0) == 0xfe80 // link-local
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+        || (s[0] & 0xff00) == 0xff00) // multicast
+}
+
+/// Resolves endpoint host names, keeping only the addresses the policy allows, so a name that
+/// points at an internal service cannot be used to reach it.
+struct PublicResolver {
+    allow_private_addresses: bool,
+}
+
+/// Why the resolver refused a name.
+#[derive(Debug, thiserror::Error)]
+enum ResolveError {
+    #[error(
+        "endpoint host {host} resolves only to non-public addresses (allow_private_addresses is off)"
+    )]
+    NonPublic { host: String },
+    #[error("endpoint host {host} resolves to no address")]
+    NoAddress { host: String },
+}
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        let allow_private = self.allow_private_addresses;
+        Box::pin(async move {
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if found.is_empty() {
+                return Err(ResolveError::NoAddress { host }.into());
+            }
+            let kept: Vec<SocketAddr> = found
+                .iter()
+                .copied()
+                .filter(|a| allow_private || is_public_ip(a.ip()))
+                .collect();
+            if kept.is_empty() {
+                tracing::debug!(%host, addresses = ?found, "refusing non-public endpoint addresses");
+                return Err(ResolveError::NonPublic { host }.into());
+            }
+            Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscription keys
+
+/// Decoded RFC 8291 subscription keys.
+struct UaKeys {
+    public: p256::PublicKey,
+    auth: [u8; 16],
+}
+
+fn decode_b64(value: &str) -> Option<Vec<u8>> {
+    let value = value.trim();
+    BASE64URL
+        .decode(value)
+        .or_else(|_| BASE64STD.decode(value))
+        .ok()
+}
+
+fn decode_keys(keys: &WebPushKeys) -> Result<UaKeys, RegistrationError> {
+    let invalid = |m: String| RegistrationError::InvalidKeys(m);
+    let p256dh =
+        decode_b64(&keys.p256dh).ok_or_else(|| invalid("p256dh is not base64url".to_owned()))?;
+    if p256dh.len() != 65 || p256dh[0] != 0x04 {
+        return Err(invalid(format!(
+            "p256dh must be a 65-byte uncompressed P-256 point, got {} bytes",
+            p256dh.len()
+        )));
+    }
+    let public = p256::PublicKey::from_sec1_bytes(&p256dh)
+        .map_err(|_| invalid("p256dh is not a point on P-256".to_owned()))?;
+    let auth = decode_b64(&keys.auth).ok_or_else(|| invalid("auth is not base64url".to_owned()))?;
+    let auth: [u8; 16] = auth
+        .as_slice()
+        .try_into()
+        .map_err(|_| invalid(format!("auth must be 16 bytes, got {}", auth.len())))?;
+    Ok(UaKeys { public, auth })
+}
+
+// ---------------------------------------------------------------------------------------------
+// VAPID
+
+/// Why the VAPID key file was refused.
+#[derive(Debug, thiserror::Error)]
+enum VapidKeyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} holds no P-256 private key in PKCS#8 (PRIVATE KEY) or SEC1 (EC PRIVATE KEY) PEM"
+    )]
+    NotAKey { path: String },
+}
+
+/// The VAPID signing key and its public half as it goes into the `k=` parameter.
+struct VapidKey {
+    signing: p256::ecdsa::SigningKey,
+    public_b64: String,
+}
+
+impl VapidKey {
+    fn load(path: &Path) -> Result<Self, VapidKeyError> {
+        let shown = path.display().to_string();
+        let pem = std::fs::read_to_string(path).map_err(|source| VapidKeyError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        // `openssl ecparam -genkey` writes an EC PARAMETERS block first: pick the key block.
+        let secret = pem_block(&pem, "PRIVATE KEY")
+            .and_then(|b| p256::SecretKey::from_pkcs8_pem(&b).ok())
+            .or_else(|| {
+                pem_block(&pem, "EC PRIVATE KEY")
+                    .and_then(|b| p256::SecretKey::from_sec1_pem(&b).ok())
+            })
+            .ok_or(VapidKeyError::NotAKey { path: shown })?;
+        let public = secret.public_key().to_encoded_point(false);
+        Ok(Self {
+            signing: p256::ecdsa::SigningKey::from(&secret),
+            public_b64: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public.as_bytes()),
+        })
+    }
+
+    /// The `Authorization` value for one request to `origin`.
+    fn authorization(
+        &self,
+        origin: &str,
+        subject: &str,
+        now: SystemTime,
+    ) -> Result<String, String> {
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            aud: &'a str,
+            exp: u64,
+            sub: &'a str,
+        }
+        let exp = now
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| "system clock is before 1970".to_owned())?
+            .saturating_add(VAPID_VALIDITY)
+            .as_secs();
+        let claims = serde_json::to_vec(&Claims {
+            aud: origin,
+            exp,
+            sub: subject,
+        })
+        .map_err(|e| format!("cannot encode VAPID claims: {e}"))?;
+        let b64 = &base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signing_input = format!("{VAPID_JWT_HEADER}.{}", b64.encode(claims));
+        let signature: p256::ecdsa::Signature = self.signing.sign(signing_input.as_bytes());
+        Ok(format!(
+            "vapid t={signing_input}.{}, k={}",
+            b64.encode(signature.to_bytes()),
+            self.public_b64
+        ))
+    }
+}
+
+/// The first `-----BEGIN {label}-----` … `-----END {label}-----` block of `pem`, markers included.
+fn pem_block(pem: &str, label: &str) -> Option<String> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let start = pem.find(&begin)?;
+    let stop = pem[start..].find(&end)? + start + end.len();
+    Some(format!("{}\n", &pem[start..stop]))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload
+
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Alert => "alert",
+        Kind::Background => "background",
+        Kind::Voip => "voip",
+        Kind::Clear => "clear",
+    }
+}
+
+fn priority_label(priority: Priority) -> &'static str {
+    match priority {
+        Priority::High => "high",
+        Priority::Normal => "normal",
+        Priority::Low => "low",
+    }
+}
+
+/// RFC 8030 `Urgency`: calls always wake the device.
+fn urgency(n: &Notification) -> &'static str {
+    if n.kind == Kind::Voip {
+        "high"
+    } else {
+        priority_label(n.priority)
+    }
+}
+
+#[derive(Serialize)]
+struct PlainPayload<'a> {
+    kind: &'static str,
+    priority: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    account: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sender: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
+    #[serde(rename = "message-count", skip_serializing_if = "Option::is_none")]
+    message_count: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nickname: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct EncryptedPayload<'a> {
+    encrypted: &'a str,
+    iv: &'a str,
+    kind: &'static str,
+}
+
+/// Cuts `text` to `max_chars` characters plus "…" if it is longer.
+fn cut_chars(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}{ELLIPSIS}", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// The JSON that goes to the device: the end-to-end encrypted payload untouched, or the summary
+/// with its body cut to `max_body_chars` and, if need be, further until it fits
+/// [`MAX_PLAINTEXT_BYTES`].
+fn build_payload(n: &Notification, max_body_chars: usize) -> Result<Vec<u8>, String> {
+    let too_large = |len: usize| {
+        format!(
+            "payload is {len} bytes, more than the {MAX_PLAINTEXT_BYTES} a push message can carry"
+        )
+    };
+
+    if let Some(enc) = &n.encrypted {
+        let json = encode(&EncryptedPayload {
+            encrypted: &enc.payload,
+            iv: &enc.iv,
+            kind: kind_label(n.kind),
+        })?;
+        return if json.len() <= MAX_PLAINTEXT_BYTES {
+            Ok(json)
+        } else {
+            Err(too_large(json.len()))
+        };
+    }
+
+    let c = &n.content;
+    let mut payload = PlainPayload {
+        kind: kind_label(n.kind),
+        priority: priority_label(n.priority),
+        account: c.account.as_deref(),
+        sender: c.sender.as_deref(),
+        body: c.body.as_deref().map(|b| cut_chars(b, max_body_chars)),
+        message_count: c.message_count,
+        nickname: c.nickname.as_deref(),
+    };
+    loop {
+        let json = encode(&payload)?;
+        if json.len() <= MAX_PLAINTEXT_BYTES {
+            return Ok(json);
+        }
+        let excess = json.len() - MAX_PLAINTEXT_BYTES;
+        let Some(body) = payload.body.as_mut() else {
+            return Err(too_large(json.len()));
+        };
+        // Room left for the body inside its JSON string, then the longest prefix (in escaped
+        // bytes) that fits there together with the ellipsis.
+        let room = json_escaped_len(body).checked_sub(excess + ELLIPSIS.len());
+        let text = body.strip_suffix(ELLIPSIS).unwrap_or(body);
+        let Some(room) = room.filter(|_| !text.is_empty()) else {
+            return Err(too_large(json.len()));
+        };
+        let mut used = 0;
+        let mut keep = 0;
+        for (at, c) in text.char_indices() {
+            used += json_escaped_len_char(c);
+            if used > room {
+                break;
+            }
+            keep = at + c.len_utf8();
+        }
+        *body = format!("{}{ELLIPSIS}", &text[..keep]);
+    }
+}
+
+const ELLIPSIS: &str = "…";
+
+/// Bytes `c` takes inside a JSON string as serde_json writes it.
+fn json_escaped_len_char(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+fn json_escaped_len(s: &str) -> usize {
+    s.chars().map(json_escaped_len_char).sum()
+}
+
+fn encode<T: Serialize>(payload: &T) -> Result<Vec<u8>, String> {
+    serde_json::to_vec(payload).map_err(|e| format!("cannot encode payload: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+/// Maps a push service's answer onto a verdict (RFC 8030, UnifiedPush SERV_1.2.0).
+fn classify_status(status: StatusCode, retry_after: Option<Duration>, excerpt: &str) -> Verdict {
+    let code = status.as_u16();
+    let detail = if excerpt.is_empty() {
+        String::new()
+    } else {
+        format!(": {excerpt}")
+    };
+    match code {
+        200..=299 => Verdict::Sent,
+        404 | 410 => Verdict::DeadToken {
+            reason: format!("push service answered {code}: subscription is gone"),
+        },
+        429 => Verdict::Transient {
+            retry_after,
+            reason: format!("push service answered 429 (too many requests){detail}"),
+        },
+        500..=599 => Verdict::Transient {
+            retry_after,
+            reason: format!("push service answered {code}{detail}"),
+        },
+        300..=399 => Verdict::OurFault {
+            reason: format!("push service answered {code} (redirects are not followed)"),
+        },
+        401 | 403 => Verdict::OurFault {
+            reason: format!("push service answered {code}: VAPID authorization refused{detail}"),
+        },
+        413 => Verdict::OurFault {
+            reason: format!("push service answered 413: payload too large{detail}"),
+        },
+        _ => Verdict::OurFault {
+            reason: format!("push service answered {code}{detail}"),
+        },
+    }
+}
+
+/// Maps a failed request onto a verdict. reqwest errors carry the URL, which is stripped.
+fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
+    let err = err.without_url();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(resolve) = e.downcast_ref::<ResolveError>() {
+            return match resolve {
+                ResolveError::NonPublic { .. } => Verdict::OurFault {
+                    reason: resolve.to_string(),
+                },
+                ResolveError::NoAddress { .. } => Verdict::Transient {
+                    retry_after: None,
+                    reason: resolve.to_string(),
+                },
+            };
+        }
+        source = e.source();
+    }
+    if err.is_timeout() {
+        return Verdict::Transient {
+            retry_after: None,
+            reason: format!("no answer within {} s", timeout.as_secs()),
+        };
+    }
+    if err.is_builder() {
+        return Verdict::OurFault {
+            reason: format!("cannot build the request: {}", error_chain(&err)),
+        };
+    }
+    let what = if err.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    Verdict::Transient {
+        retry_after: None,
+        reason: format!("{what}: {}", error_chain(&err)),
+    }
+}
+
+/// `err: cause: cause…`, the way the underlying I/O error becomes visible.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// A short, printable start of the response body, for the verdict's reason; reading it also lets
+/// the connection be reused.
+async fn read_excerpt(mut response: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_RESPONSE_READ_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf)
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_RESPONSE_EXCERPT_CHARS)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// `Retry-After` as delta-seconds or an IMF-fixdate; a date in the past means "now".
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_imf_fixdate(value)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Parses `Sun, 06 Nov 1994 08:49:37 GMT`, the HTTP date format every sender must use.
+fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+    let parts: Vec<&str> = value.split_ascii_whitespace().collect();
+    let [weekday, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    if !DAYS.iter().any(|d| weekday.strip_suffix(',') == Some(*d)) || day.len() != 2 {
+        return None;
+    }
+    let day: u32 = day.parse().ok()?;
+    let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
+    let year: i64 = if year.len() == 4 {
+        year.parse().ok()?
+    } else {
+        return None;
+    };
+    let mut hms = time.split(':');
+    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
+    if hms.next().is_some() || [h, m, s].iter().any(|p| p.len() != 2) {
+        return None;
+    }
+    let (h, m, s): (u64, u64, u64) = (h.parse().ok()?, m.parse().ok()?, s.parse().ok()?);
+    let days_in_month = match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !(1..=days_in_month).contains(&day) || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(month);
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Content, Encrypted};
+
+    #[test]
+    fn imf_fixdate_parses_and_rejects_garbage() {
+        let t = parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
+        let leap = parse_imf_fixdate("Thu, 29 Feb 2024 00:00:00 GMT").unwrap();
+        assert_eq!(
+            leap.duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_709_164_800
+        );
+        for bad in [
+            "",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+        ] {
+            assert!(parse_imf_fixdate(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
+
+    #[test]
+    fn address_classes() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12::1",
+            "fe80::1",
+            "ff02::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2002:7f00:1::1",
+            "2001:db8::1",
+        ] {
+            assert!(!is_public_ip(private.parse().unwrap()), "{private}");
+        }
+        for public in [
+            "8.8.8.8",
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2a00:1450::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+        ] {
+            assert!(is_public_ip(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        let p = HostPattern::parse("*.Example.org.").unwrap();
+        assert!(p.matches("push.example.org"));
+        assert!(p.matches("a.b.example.org"));
+        assert!(!p.matches("example.org"));
+        assert!(!p.matches("badexample.org"));
+        let e = HostPattern::parse("push.example.org").unwrap();
+        assert!(e.matches("push.example.org"));
+        assert!(!e.matches("x.push.example.org"));
+        assert_eq!(
+            HostPattern::parse("[::1]").unwrap(),
+            HostPattern::Exact("::1".to_owned())
+        );
+        for bad in ["", "*", "*.", "a.*.org", "foo*.org", "exa mple.org"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn note(body: Option<String>, encrypted: Option<Encrypted>) -> Notification {
+        Notification {
+            kind: Kind::Alert,
+            priority: Priority::High,
+            content: Content {
+                account: Some("user@example.org".into()),
+                sender: Some("friend@example.org".into()),
+                body,
+                message_count: Some(3),
+                nickname: None,
+            },
+            encrypted,
+        }
+    }
+
+    #[test]
+    fn payload_cuts_body_and_fits_the_limit() {
+        let json = build_payload(&note(Some("é".repeat(600)), None), 500).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        let body = v["body"].as_str().unwrap();
+        assert_eq!(body.chars().count(), 501);
+        assert!(body.ends_with("é…"));
+        assert_eq!(v["message-count"], 3);
+        assert!(v.get("nickname").is_none());
+
+        // A configured limit above what fits is cut further, down to the byte budget.
+        let json = build_payload(&note(Some("\"ab".repeat(3000)), None), 100_000).unwrap();
+        assert!(json.len() <= MAX_PLAINTEXT_BYTES);
+        assert!(json.len() > MAX_PLAINTEXT_BYTES - 10, "{}", json.len());
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v["body"].as_str().unwrap().ends_with('…'));
+
+        let huge = Encrypted {
+            payload: "A".repeat(5000),
+            iv: "iv".into(),
+        };
+        let err = build_payload(&note(None, Some(huge)), 500).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+    }
+}

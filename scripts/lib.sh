@@ -1,0 +1,95 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test and scripts/run-local. Source it; do not run it.
+#
+# Installs what the tests and the local run need when it is missing (a fresh Debian machine has
+# none of it): Prosody 0.12 + prosody-modules (mod_cloud_notify) from Debian, and the Python
+# packages of tests/e2e/requirements.txt from PyPI.
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Run as root, or through sudo when we are not root (never prompts under CI=true).
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        if [ "${CI:-}" = "true" ]; then sudo -n "$@"; else sudo "$@"; fi
+    else
+        die "need root for: $*"
+    fi
+}
+
+# Where Debian's prosody-modules puts community modules (loaded by name, no plugin_paths).
+have_cloud_notify() {
+    local d
+    for d in /usr/lib/prosody/modules /usr/local/lib/prosody/modules; do
+        if [ -e "$d/mod_cloud_notify/mod_cloud_notify.lua" ] || [ -e "$d/mod_cloud_notify.lua" ]; then
+            return 0
+        fi
+    done
+    return 1
+}
+
+# The prosody package may start a system-wide Prosody (systemd host, or an init script that
+# policy-rc.d lets through). Tests never use its ports, but do not leave it running.
+stop_system_prosody() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-active --quiet prosody 2>/dev/null || systemctl is-enabled --quiet prosody 2>/dev/null; then
+            log "stopping and disabling the system prosody service"
+            as_root systemctl disable --now prosody >/dev/null 2>&1 || true
+        fi
+    elif [ -x /etc/init.d/prosody ] && [ -s /run/prosody/prosody.pid ] \
+        && kill -0 "$(cat /run/prosody/prosody.pid)" 2>/dev/null; then
+        log "stopping the system prosody service"
+        as_root /etc/init.d/prosody stop >/dev/null 2>&1 || true
+    fi
+}
+
+ensure_prosody() {
+    if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1 && have_cloud_notify; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "prosody + prosody-modules are missing and there is no apt-get: install Prosody 0.12 and prosody-modules (mod_cloud_notify) by hand"
+    log "installing prosody and prosody-modules (Debian packages)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        prosody prosody-modules
+    stop_system_prosody
+    command -v prosody >/dev/null 2>&1 || die "prosody is still missing after apt-get install"
+    have_cloud_notify || die "mod_cloud_notify is still missing after installing prosody-modules"
+}
+
+python_deps_ok() {
+    python3 - <<'PY' >/dev/null 2>&1
+import cryptography, pytest, slixmpp
+assert slixmpp.__version__.startswith("1.17"), slixmpp.__version__
+PY
+}
+
+ensure_python_deps() {
+    command -v python3 >/dev/null 2>&1 || die "python3 is missing"
+    if python_deps_ok; then
+        return 0
+    fi
+    log "installing Python test dependencies (tests/e2e/requirements.txt)"
+    local pip=(python3 -m pip install -q --disable-pip-version-check --no-input -r "$REPO_ROOT/tests/e2e/requirements.txt")
+    if ! "${pip[@]}" 2>"${TMPDIR:-/tmp}/pushgate-pip.err"; then
+        if grep -q externally-managed "${TMPDIR:-/tmp}/pushgate-pip.err"; then
+            # Debian's own python3 (PEP 668): no system-wide pip installs without this flag
+            "${pip[@]}" --break-system-packages
+        else
+            cat "${TMPDIR:-/tmp}/pushgate-pip.err" >&2
+            die "pip install failed"
+        fi
+    fi
+    python_deps_ok || die "Python test dependencies still not importable after pip install"
+}
+
+# A free TCP port on 127.0.0.1 (bind 0, read, close).
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}

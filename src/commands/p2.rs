@@ -1,0 +1,104 @@
+//! p2's `register-push-<provider>` / `unregister-push-<provider>` dialect (Conversations).
+//!
+//! Every registration gets a publish-options secret; re-registering the same device (and room)
+//! keeps node and secret and only updates the token, as Conversations expects.
+
+use std::str::FromStr;
+
+use pushgate_providers::{Device, DeviceToken};
+
+use super::{validate, webpush_keys};
+use crate::adhoc::{CommandRequest, CommandResponse};
+use crate::error::Fault;
+use crate::forms::{Form, FormBuilder};
+use crate::gateway::Gateway;
+use crate::ids::{BareJid, Dialect};
+use crate::storage::{NewRegistration, device_key};
+
+fn blank_form(title: &str, with_token: bool) -> FormBuilder {
+    let form = FormBuilder::new("form").title(title);
+    let form = if with_token {
+        form.input("token", "text-single", "Device token", true, [])
+    } else {
+        form
+    };
+    form.input("device-id", "text-single", "Device id", true, [])
+        .input("muc", "jid-single", "Group chat (optional)", false, [])
+}
+
+/// The device id: `device-id`, or the legacy `android-id` Conversations still sends.
+fn device_id(form: &Form) -> Result<&str, Fault> {
+    form.value("device-id")
+        .or_else(|| form.value("android-id"))
+        .ok_or_else(|| Fault::BadRequest("field 'device-id' is required".into()))
+}
+
+/// The room of a per-room registration: a bare JID. p2 reads `muc`; Conversations' unregister
+/// sends `channel`.
+fn muc(form: &Form) -> Result<Option<BareJid>, Fault> {
+    let Some(raw) = form.value("muc").or_else(|| form.value("channel")) else {
+        return Ok(None);
+    };
+    BareJid::from_str(raw)
+        .map(Some)
+        .map_err(|_| Fault::BadRequest("'muc' must be a bare JID".into()))
+}
+
+fn submitted(req: &CommandRequest) -> Option<&Form> {
+    req.form.as_ref().filter(|f| !f.fields.is_empty())
+}
+
+pub async fn register(gw: &Gateway, account: BareJid, provider: &str, req: &CommandRequest) -> Result<CommandResponse, Fault> {
+    let (provider_id, provider) = gw.providers.get(provider).ok_or(Fault::NotFound("no such command"))?;
+    let Some(form) = submitted(req) else {
+        return Ok(CommandResponse::executing(req, blank_form("Register device", true).build()));
+    };
+    let token = DeviceToken::new(
+        form.value("token")
+            .ok_or_else(|| Fault::BadRequest("field 'token' is required".into()))?,
+    );
+    let device = Device {
+        provider: provider_id.clone(),
+        token: token.clone(),
+        second_token: None,
+        webpush_keys: webpush_keys(form)?,
+    };
+    validate(provider.as_ref(), &device)?;
+    let reg = gw
+        .store
+        .register(NewRegistration {
+            dialect: Dialect::P2,
+            provider: device.provider,
+            account,
+            device_id: Some(device_id(form)?.to_owned()),
+            muc: muc(form)?,
+            token,
+            second_token: None,
+            webpush_keys: device.webpush_keys,
+        })
+        .await?;
+    let Some(secret) = reg.secret.as_ref() else {
+        return Err(Fault::Transient("p2 registration stored without a secret".into()));
+    };
+    tracing::info!(registration = reg.id, provider = %reg.provider, "device registered (p2)");
+    let result = FormBuilder::new("form")
+        .field("jid", "jid-single", [gw.jid.to_string()])
+        .field("node", "text-single", [reg.node.as_str()])
+        .field("secret", "text-single", [secret.as_str()])
+        .build();
+    Ok(CommandResponse::completed(req, Some(result)))
+}
+
+pub async fn unregister(gw: &Gateway, account: BareJid, provider: &str, req: &CommandRequest) -> Result<CommandResponse, Fault> {
+    let (provider_id, _) = gw.providers.get(provider).ok_or(Fault::NotFound("no such command"))?;
+    let Some(form) = submitted(req) else {
+        return Ok(CommandResponse::executing(req, blank_form("Unregister device", false).build()));
+    };
+    let muc = muc(form)?;
+    let key = device_key(Dialect::P2, &DeviceToken::new(""), Some(device_id(form)?), muc.as_ref());
+    if !gw.store.unregister(Dialect::P2, provider_id, &account, &key).await? {
+        return Err(Fault::NotFound("no such registration"));
+    }
+    tracing::info!(provider = %provider_id, "device unregistered (p2)");
+    Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
+}

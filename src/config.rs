@@ -1,0 +1,251 @@
+//! pushgate's configuration: one TOML file (etc/pushgate.toml documents every key), overridable
+//! from the environment as `PUSHGATE_<SECTION>__<KEY>`.
+//!
+//! A gateway that starts with a typo in its config silently loses pushes, so unknown keys and
+//! bad values are errors that name the key, and everything is checked before anything starts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+use pushgate_providers::ProviderConfig;
+
+use crate::ids::BareJid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{key}: {message}")]
+    Invalid { key: String, message: String },
+    #[error("config file {0}: not found")]
+    Missing(PathBuf),
+}
+
+impl From<figment::Error> for ConfigError {
+    /// Names the key as an operator writes it (`component.secret`), not figment's profile path.
+    fn from(e: figment::Error) -> Self {
+        let key = e.path.join(".");
+        let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        ConfigError::Invalid {
+            key: if key.is_empty() { "(top level)".into() } else { key },
+            message: if source.is_empty() { e.kind.to_string() } else { format!("{} (from {source})", e.kind) },
+        }
+    }
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub component: ComponentConfig,
+    #[serde(default)]
+    pub storage: StorageConfig,
+    #[serde(default)]
+    pub registration: RegistrationConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub jid: String,
+    pub secret: String,
+    #[serde(default = "default_server")]
+    pub server: String,
+    #[serde(default = "default_max_reconnect")]
+    pub max_reconnect_delay_secs: u64,
+    #[serde(default = "default_idle_ping")]
+    pub idle_ping_secs: u64,
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout_secs: u64,
+}
+
+fn default_server() -> String {
+    "127.0.0.1:5347".into()
+}
+fn default_max_reconnect() -> u64 {
+    30
+}
+fn default_idle_ping() -> u64 {
+    60
+}
+fn default_publish_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub url: Option<String>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: default_data_dir(),
+            url: None,
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default = "default_max_payload")]
+    pub max_payload_size: u32,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            max_payload_size: default_max_payload(),
+        }
+    }
+}
+
+fn default_max_payload() -> u32 {
+    3000
+}
+
+impl Config {
+    /// Reads `path` (which must exist) and the environment, then checks the values.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Missing(path.to_owned()));
+        }
+        Self::from_figment(Figment::from(Toml::file_exact(path)))
+    }
+
+    /// Parses a TOML document (plus the environment): for tests and `check-config` alike.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(toml)))
+    }
+
+    fn from_figment(base: Figment) -> Result<Self, ConfigError> {
+        // Only PUSHGATE_SECTION__KEY variables are config; PUSHGATE_CONFIG and friends are not.
+        let env = Env::prefixed("PUSHGATE_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__");
+        let config: Config = base.merge(env).extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.component;
+        let jid = BareJid::from_str(&c.jid)
+            .map_err(|e| ConfigError::invalid("component.jid", format!("not a JID: {e}")))?;
+        if jid.node().is_some() {
+            return Err(ConfigError::invalid(
+                "component.jid",
+                "a component JID is a bare domain, e.g. push.example.org",
+            ));
+        }
+        if c.secret.is_empty() {
+            return Err(ConfigError::invalid("component.secret", "must not be empty"));
+        }
+        if !c.server.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
+            return Err(ConfigError::invalid("component.server", "expected host:port"));
+        }
+        if c.max_reconnect_delay_secs == 0 {
+            return Err(ConfigError::invalid("component.max_reconnect_delay_secs", "must be at least 1"));
+        }
+        if c.idle_ping_secs < 5 {
+            return Err(ConfigError::invalid("component.idle_ping_secs", "must be at least 5"));
+        }
+        if !(1..=30).contains(&c.publish_timeout_secs) {
+            return Err(ConfigError::invalid(
+                "component.publish_timeout_secs",
+                "must be between 1 and 30 (ejabberd gives up on a publish after 32 s)",
+            ));
+        }
+        for id in self.providers.keys() {
+            if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err(ConfigError::invalid(
+                    format!("providers.{id}"),
+                    "a provider id must be non-empty and without spaces",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn component_jid(&self) -> BareJid {
+        // validate() has parsed it already; a failure here would be a bug, not bad input.
+        BareJid::from_str(&self.component.jid).unwrap_or_else(|e| panic!("validated JID: {e}"))
+    }
+
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_secs(self.component.publish_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[component]\njid = \"push.example.org\"\nsecret = \"s\"\n";
+
+    #[test]
+    fn shipped_example_is_valid() {
+        let text = include_str!("../etc/pushgate.toml");
+        let c = Config::from_toml_str(text).unwrap();
+        assert_eq!(c.component.jid, "push.localhost");
+        assert!(c.providers.contains_key("webpush"));
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.component.server, "127.0.0.1:5347");
+        assert_eq!(c.registration.max_payload_size, 3000);
+        assert_eq!(c.publish_timeout(), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = Config::from_toml_str(&format!("{MINIMAL}colour = \"red\"\n")).unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nsecert=\"t\"\n").unwrap_err();
+        assert!(e.to_string().contains("secert"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nidle_ping_secs=\"soon\"\n").unwrap_err();
+        assert!(e.to_string().contains("idle_ping_secs"), "{e}");
+        let e = Config::from_toml_str("[component]\njid=\"user@p.x\"\nsecret=\"s\"\n").unwrap_err();
+        assert!(e.to_string().contains("component.jid"), "{e}");
+        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nserver=\"nowhere\"\n").unwrap_err();
+        assert!(e.to_string().contains("component.server"), "{e}");
+        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\npublish_timeout_secs=40\n").unwrap_err();
+        assert!(e.to_string().contains("publish_timeout_secs"), "{e}");
+        let e = Config::from_toml_str("[component]\njid=\"p.x\"\n").unwrap_err();
+        assert!(e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn unknown_provider_kind_is_named() {
+        let e = Config::from_toml_str(&format!("{MINIMAL}[providers.x]\nkind = \"carrier-pigeon\"\n")).unwrap_err();
+        assert!(e.to_string().contains("providers.x"), "{e}");
+    }
+}

@@ -1,0 +1,19 @@
+//! pushgate: an XEP-0114 component that turns XEP-0357 push publishes into provider deliveries.
+//!
+//! A publish travels `stream` → `router` → `publish` (parse, authorise against `storage`) →
+//! a provider from the `pushgate-providers` crate → `publish` maps the verdict → `router`
+//! answers. Device registration travels `router` → `commands` → `storage`. See
+//! docs/architecture.md.
+
+pub mod adhoc;
+pub mod commands;
+pub mod config;
+pub mod disco;
+pub mod error;
+pub mod forms;
+pub mod gateway;
+pub mod ids;
+pub mod publish;
+pub mod router;
+pub mod storage;
+pub mod stream;

@@ -1,0 +1,146 @@
+//! The `pushgate` command: run the gateway, or check a configuration file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use pushgate::config::Config;
+use pushgate::gateway::{Gateway, Providers};
+use pushgate::storage::Store;
+use pushgate::stream::{self, StreamConfig};
+
+#[derive(Parser)]
+#[command(version, about = "XEP-0357 push gateway (XEP-0114 component)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Connect to the XMPP server and serve push registrations and publishes.
+    Run {
+        #[arg(long, env = "PUSHGATE_CONFIG", default_value = "etc/pushgate.toml")]
+        config: PathBuf,
+    },
+    /// Check a configuration file (including provider credentials) and exit.
+    CheckConfig {
+        #[arg(long, env = "PUSHGATE_CONFIG", default_value = "etc/pushgate.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    // Both rustls backends may be compiled in through dependencies; pick one explicitly.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Run { config } => {
+            init_tracing();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(config))
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let result = Config::load(path).and_then(|c| Providers::from_config(&c).map(|p| (c, p)));
+    match result {
+        Ok((config, providers)) => {
+            let ids: Vec<_> = providers.ids().map(|id| id.to_string()).collect();
+            println!("ok: component {}, providers [{}]", config.component.jid, ids.join(", "));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("config error in {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> ExitCode {
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("config error in {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let url = match &config.storage.url {
+        Some(url) => url.clone(),
+        None => match Store::sqlite_url_in(&config.storage.data_dir) {
+            Ok(url) => url,
+            Err(e) => {
+                tracing::error!("storage.data_dir: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let store = match Store::open(&url).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot open the database: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw = match Gateway::new(&config, store) {
+        Ok(gw) => gw,
+        Err(e) => {
+            tracing::error!("config error in {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if gw.providers.is_empty() {
+        tracing::warn!("no providers configured: every registration will be refused");
+    }
+    let stream_cfg = StreamConfig {
+        jid: gw.jid.clone(),
+        secret: config.component.secret.clone(),
+        server: config.component.server.clone(),
+        max_reconnect_delay: Duration::from_secs(config.component.max_reconnect_delay_secs),
+        idle_ping: Duration::from_secs(config.component.idle_ping_secs),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (connected_tx, _connected_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+    stream::run(gw, stream_cfg, stop_rx, connected_tx).await;
+    ExitCode::SUCCESS
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

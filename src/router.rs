@@ -1,0 +1,87 @@
+//! Routes each stanza the server hands us to its handler and builds the reply.
+//!
+//! Every stanza gets its own tracing span; every request IQ gets exactly one answer, errors
+//! included, because an unanswered IQ leaves the server guessing.
+
+use minidom::Element;
+use tracing::Instrument;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::{minidom, ns};
+
+use crate::adhoc::{self, CommandRequest};
+use crate::disco;
+use crate::error::Fault;
+use crate::gateway::Gateway;
+use crate::publish::{self, PublishRequest, request::PublishError};
+
+/// Handles one stanza; returns the reply to send, if any.
+pub async fn handle(gw: &Gateway, stanza: Stanza) -> Option<Stanza> {
+    let Stanza::Iq(iq) = stanza else {
+        // Messages and presences to the component carry nothing for us.
+        return None;
+    };
+    let (from, to, id, payload, is_set) = match iq {
+        Iq::Get { from, to, id, payload } => (from, to, id, payload, false),
+        Iq::Set { from, to, id, payload } => (from, to, id, payload, true),
+        // Answers to our own pings.
+        Iq::Result { .. } | Iq::Error { .. } => return None,
+    };
+    let Some(from) = from else {
+        tracing::warn!(%id, "request without a sender: cannot answer");
+        return None;
+    };
+    let span = tracing::info_span!("iq", %id, %from, kind = payload.name(), ns = %payload.ns());
+    let result = dispatch(gw, &from, &payload, is_set).instrument(span).await;
+    Some(reply(to, from, id, result).into())
+}
+
+/// Builds the answer to a request; `to` of the request becomes `from` of the answer.
+pub fn reply(our_jid: Option<Jid>, requester: Jid, id: String, result: Result<Option<Element>, Fault>) -> Iq {
+    match result {
+        Ok(payload) => Iq::Result {
+            from: our_jid,
+            to: Some(requester),
+            id,
+            payload,
+        },
+        Err(fault) => Iq::Error {
+            from: our_jid,
+            to: Some(requester),
+            id,
+            error: fault.to_stanza_error(),
+            payload: None,
+        },
+    }
+}
+
+async fn dispatch(gw: &Gateway, from: &Jid, payload: &Element, is_set: bool) -> Result<Option<Element>, Fault> {
+    let node = payload.attr("node");
+    match (is_set, payload.name(), payload.ns().as_str()) {
+        (false, "query", ns::DISCO_INFO) => disco::info(gw, node).map(Some),
+        (false, "query", ns::DISCO_ITEMS) => disco::items(gw, node).map(Some),
+        (false, "ping", ns::PING) => Ok(None),
+        (true, "command", adhoc::NS) => {
+            let req = CommandRequest::try_from(payload)?;
+            let outcome = crate::commands::execute(gw, from, req).await;
+            if let Err(f) = &outcome {
+                tracing::info!(outcome = %f.label(), "command refused: {f}");
+            }
+            outcome.map(|r| Some(r.into()))
+        }
+        (true, "pubsub", publish::request::NS_PUBSUB) => {
+            let (label, result) = match PublishRequest::try_from(payload) {
+                Err(PublishError::NoPublish) => ("not_implemented", Err(Fault::NotImplemented)),
+                Err(e) => ("malformed", Err(Fault::BadRequest(e.to_string()))),
+                Ok(req) => match publish::handle(gw, from, &req).await {
+                    Ok(outcome) => (outcome.label(), outcome.reply()),
+                    Err(fault) => (fault.label(), Err(fault)),
+                },
+            };
+            tracing::info!(outcome = %label, "publish answered");
+            result.map(|()| None)
+        }
+        _ => Err(Fault::ServiceUnavailable),
+    }
+}

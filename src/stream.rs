@@ -1,0 +1,259 @@
+//! The XEP-0114 connection to the XMPP server: handshake, read loop, keepalive, reconnection.
+//!
+//! tokio-xmpp's `Component` reports a quiet period and a single malformed stanza as end of
+//! stream, so this module drives its lower layer instead (../shared/reference/rust-stack.md §3):
+//! silence gets an XEP-0199 ping, a malformed request gets a `bad-request` answer, and only a
+//! real disconnect ends the stream. Then we reconnect with backoff, because while we are away
+//! Prosody bounces publishes (the notification is lost) and ejabberd deletes registrations.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::io::BufStream;
+use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
+use tokio_xmpp::xmlstream::{
+    FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmlStream, XmppStreamElement,
+};
+use tracing::Instrument;
+use xmpp_parsers::component::Handshake;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::jid::{BareJid, Jid};
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::ns;
+use xmpp_parsers::stanza::Stanza;
+
+use crate::error::Fault;
+use crate::gateway::Gateway;
+use crate::router;
+
+type Stream = XmlStream<BufStream<TcpStream>, FallibleStreamElement>;
+
+/// At most this many stanzas are handled at once; beyond it we stop reading, which pushes back
+/// on the server instead of piling up tasks.
+const MAX_IN_FLIGHT: usize = 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_RETRY: Duration = Duration::from_millis(250);
+
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub jid: BareJid,
+    pub secret: String,
+    pub server: String,
+    pub max_reconnect_delay: Duration,
+    pub idle_ping: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("connection: {0}")]
+    Connect(#[from] tokio_xmpp::Error),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server sent no stream id")]
+    NoStreamId,
+    #[error("handshake refused (wrong secret or unknown component JID?)")]
+    HandshakeRefused,
+    #[error("server closed the stream")]
+    Closed,
+    #[error("stream error from server: {0}")]
+    StreamError(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// Doubling delays from `FIRST_RETRY` up to the configured cap.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Backoff { next: FIRST_RETRY, max }
+    }
+    fn reset(&mut self) {
+        self.next = FIRST_RETRY;
+    }
+    fn next_delay(&mut self) -> Duration {
+        let d = self.next.min(self.max);
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+}
+
+/// Whether the component stream is up, for health checks and tests.
+pub type Connected = watch::Receiver<bool>;
+
+/// Keeps the component connected until `shutdown` flips to true.
+pub async fn run(gw: Arc<Gateway>, cfg: StreamConfig, mut shutdown: watch::Receiver<bool>, connected: watch::Sender<bool>) {
+    let mut backoff = Backoff::new(cfg.max_reconnect_delay);
+    let pings = AtomicU64::new(0);
+    loop {
+        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&cfg)).await;
+        match attempt {
+            Ok(Ok(stream)) => {
+                tracing::info!(server = %cfg.server, jid = %cfg.jid, "component connected");
+                backoff.reset();
+                let _ = connected.send(true);
+                let end = serve(&gw, &cfg, stream, &mut shutdown, &pings).await;
+                let _ = connected.send(false);
+                match end {
+                    Ok(()) => {
+                        tracing::info!("component stream closed for shutdown");
+                        return;
+                    }
+                    Err(e) => tracing::warn!("component disconnected: {e}"),
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(server = %cfg.server, "cannot connect: {e}"),
+            Err(_) => tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout),
+        }
+        let delay = backoff.next_delay();
+        tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Opens the TCP stream and performs the XEP-0114 handshake.
+async fn connect(cfg: &StreamConfig) -> Result<Stream, StreamError> {
+    let connector = TcpServerConnector::from(DnsConfig::addr(&cfg.server));
+    let timeouts = Timeouts {
+        read_timeout: cfg.idle_ping,
+        response_timeout: Duration::from_secs(30),
+    };
+    let jid = Jid::from(cfg.jid.clone());
+    let (mut pending, _) = connector.connect(&jid, ns::COMPONENT, timeouts).await?;
+    let stream_id = pending.take_header().id.ok_or(StreamError::NoStreamId)?.into_owned();
+    let mut stream: Stream = pending.skip_features();
+    stream
+        .send(&Handshake::from_stream_id_and_password(stream_id, &cfg.secret))
+        .await?;
+    loop {
+        match stream.next().await {
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => return Ok(stream),
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                return Err(StreamError::StreamError(format!("{e:?}")));
+            }
+            Some(Err(ReadError::SoftTimeout)) => continue,
+            Some(Err(ReadError::HardError(e))) => return Err(e.into()),
+            None | Some(Err(ReadError::StreamFooterReceived)) => return Err(StreamError::HandshakeRefused),
+            Some(_) => return Err(StreamError::HandshakeRefused),
+        }
+    }
+}
+
+/// Reads stanzas and writes replies until the stream ends (`Err`) or we shut down (`Ok`).
+async fn serve(
+    gw: &Arc<Gateway>,
+    cfg: &StreamConfig,
+    mut stream: Stream,
+    shutdown: &mut watch::Receiver<bool>,
+    pings: &AtomicU64,
+) -> Result<(), StreamError> {
+    let (tx, mut rx) = mpsc::channel::<Stanza>(MAX_IN_FLIGHT);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        tokio::select! {
+            item = stream.next() => match item {
+                None | Some(Err(ReadError::StreamFooterReceived)) => return Err(StreamError::Closed),
+                Some(Err(ReadError::HardError(e))) => return Err(e.into()),
+                Some(Err(ReadError::SoftTimeout)) => {
+                    let ping = ping(cfg, pings.fetch_add(1, Ordering::Relaxed));
+                    stream.send(&Stanza::from(ping)).await?;
+                }
+                Some(Err(ReadError::ParseError(e))) => tracing::warn!("unparsable element ignored: {e}"),
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
+                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                        return Err(StreamError::Closed);
+                    };
+                    let (gw, tx) = (gw.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if let Some(reply) = router::handle(&gw, stanza).await {
+                            let _ = tx.send(reply).await;
+                        }
+                        drop(permit);
+                    }.instrument(tracing::Span::current()));
+                }
+                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
+                    return Err(StreamError::StreamError(format!("{e:?}")));
+                }
+                Some(Ok(FallibleStreamElement::Ok(other))) => tracing::debug!("ignored nonza: {other:?}"),
+                Some(Ok(FallibleStreamElement::Err(e))) => {
+                    tracing::warn!("invalid element: {e}");
+                    if let Some(reply) = answer_invalid(e) {
+                        stream.send(&Stanza::from(reply)).await?;
+                    }
+                }
+            },
+            Some(out) = rx.recv() => stream.send(&out).await?,
+            _ = shutdown.changed() => {
+                let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A request we could not parse still deserves an answer, when it says who asked.
+fn answer_invalid(e: StreamElementError) -> Option<Iq> {
+    let StreamElementError::InvalidStanza { header, error, .. } = e else {
+        return None;
+    };
+    if !matches!(header.type_.as_deref(), Some("get" | "set")) {
+        return None;
+    }
+    let requester: Jid = header.from.as_deref()?.parse().ok()?;
+    let our_jid = header.to.as_deref().and_then(|t| t.parse().ok());
+    let id = header.id?;
+    Some(router::reply(our_jid, requester, id, Err(Fault::BadRequest(format!("malformed request: {error}")))))
+}
+
+/// An XEP-0199 ping to the server that hosts us, so the stream carries traffic during quiet
+/// periods. The host is the component JID minus its first label (push.example.org →
+/// example.org); any answer, even an error, proves the stream is alive.
+fn ping(cfg: &StreamConfig, n: u64) -> Iq {
+    let domain = cfg.jid.domain().as_str();
+    let host = domain.split_once('.').map(|(_, rest)| rest).filter(|r| !r.is_empty()).unwrap_or(domain);
+    Iq::Get {
+        from: Some(Jid::from(cfg.jid.clone())),
+        to: host.parse().ok(),
+        id: format!("pushgate-ping-{n}"),
+        payload: Element::bare("ping", ns::PING),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_starts_fast_and_is_capped() {
+        let mut b = Backoff::new(Duration::from_secs(30));
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] < Duration::from_secs(1));
+        assert!(delays.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*delays.last().unwrap(), Duration::from_secs(30));
+        b.reset();
+        assert_eq!(b.next_delay(), FIRST_RETRY);
+    }
+
+    #[test]
+    fn ping_goes_to_the_hosting_server() {
+        let cfg = StreamConfig {
+            jid: "push.example.org".parse().unwrap(),
+            secret: "s".into(),
+            server: "127.0.0.1:1".into(),
+            max_reconnect_delay: Duration::from_secs(1),
+            idle_ping: Duration::from_secs(5),
+        };
+        let Iq::Get { to, .. } = ping(&cfg, 1) else { panic!() };
+        assert_eq!(to.unwrap().to_string(), "example.org");
+    }
+}

@@ -1,0 +1,84 @@
+"""Helpers shared by the scenario modules: registering devices, checking deliveries."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from clients import Client, submit_form
+from conftest import PUSH_JID, diagnostics
+from prosody import SENDING_LINE
+from pushgate_proc import TTL_SECS
+from webpush_endpoint import Delivery, Device
+
+PAYLOAD_KEYS = {"kind", "priority", "account", "sender", "body", "message-count"}
+QUIET_SECONDS = 3.0  # how long "nothing happens" is watched for
+
+
+def register_tigase(client: Client, device: Device, provider: str = "webpush") -> str:
+    fields = {"provider": provider, "device-token": device.url}
+    if device.encrypted:
+        fields.update({"p256dh": device.p256dh, "auth": device.auth_b64})
+    r = client.command(PUSH_JID, "register-device", form=submit_form(fields))
+    assert r.status == "completed", r.xml
+    node = r.form.value("node") if r.form else None
+    assert node, f"register-device returned no node: {r.xml}"
+    return node
+
+
+def register_p2(client: Client, device: Device, device_id: str,
+                provider: str = "webpush") -> tuple[str, str]:
+    fields = {"token": device.url, "device-id": device_id}
+    if device.encrypted:
+        fields.update({"p256dh": device.p256dh, "auth": device.auth_b64})
+    r = client.command(PUSH_JID, f"register-push-{provider}", form=submit_form(fields))
+    assert r.status == "completed", r.xml
+    node, secret = (r.form.value("node"), r.form.value("secret")) if r.form else (None, None)
+    assert node and secret, f"register-push-{provider} returned no node/secret: {r.xml}"
+    return node, secret
+
+
+def check_alert(d: Delivery, device: Device, account: str, sender: str, body: str):
+    """A delivery of an important message, as pushgate documents it."""
+    where = d.summary()
+    assert d.status == 201, where
+    assert d.vapid_error is None, f"VAPID check failed: {d.vapid_error}; {where}"
+    assert d.decrypt_error is None, f"payload unreadable: {d.decrypt_error}; {where}"
+    if device.encrypted:
+        assert d.headers.get("content-encoding", "").lower() == "aes128gcm", where
+    assert d.headers.get("ttl") == str(TTL_SECS), f"TTL header: {where}"
+    assert d.headers.get("urgency") == "high", f"Urgency header: {where}"
+    p = d.payload
+    assert isinstance(p, dict), where
+    assert set(p) <= PAYLOAD_KEYS, f"unexpected payload keys {set(p) - PAYLOAD_KEYS}: {where}"
+    assert p.get("kind") == "alert", where
+    assert p.get("priority") == "high", where
+    assert p.get("account") == account, where
+    assert p.get("sender") == sender, where
+    assert p.get("body") == body, where
+    # Prosody always sends message-count 1
+    assert p.get("message-count") == 1, where
+
+
+def assert_quiet(pushgate, prosody, since_pg: int, since_prosody: int, user: str, node: str,
+                 endpoint, device: Device, deliveries_before: int):
+    """Prosody handled an offline message for `user` without publishing to `node`, pushgate
+    answered nothing, the device got nothing."""
+    prosody.log.wait_for(r"Saved to offline storage: <message", since=since_prosody)
+    prosody.log.wait_for(r"Invoking cloud handle_notify_request\(\) for offline stanza",
+                         since=since_prosody)
+    time.sleep(QUIET_SECONDS)
+    local, host = user.split("@")
+    sending = prosody.log.find_all(
+        re.escape(SENDING_LINE.format(user=local, host=host, jid=PUSH_JID, node=node)),
+        since=since_prosody)
+    assert not sending, f"Prosody still published for {user}: {[m.string for m in sending]}"
+    new = pushgate.outcomes(since_pg)
+    assert not new, f"pushgate answered publishes it should never have got: {new}"
+    got = endpoint.deliveries_for(device)
+    assert len(got) == deliveries_before, \
+        f"device got {len(got) - deliveries_before} more deliveries: {got[-1].summary()}"
+
+
+def wait_deliveries(endpoint, device: Device, count: int):
+    return endpoint.wait_for(device, count, diagnostics=diagnostics)

@@ -1,0 +1,62 @@
+"""`pushgate check-config`: the shipped example and the e2e config pass; unknown keys are named."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+
+from pushgate_proc import REPO, binary_path, run_check_config
+
+EXAMPLE = os.path.join(REPO, "etc", "pushgate.toml")
+
+
+@pytest.fixture(scope="module")
+def binary():
+    b = binary_path()
+    if not os.access(b, os.X_OK):
+        pytest.fail(f"pushgate binary not found at {b}: run `cargo build --bin pushgate`")
+    return b
+
+
+@pytest.fixture
+def workdir():
+    with tempfile.TemporaryDirectory(prefix="pushgate-e2e-cc-") as d:
+        yield d
+
+
+def _out(r) -> str:
+    return f"exit {r.returncode}\nstdout: {r.stdout}\nstderr: {r.stderr}"
+
+
+def test_example_config_is_valid(binary, workdir):
+    r = run_check_config(binary, EXAMPLE, cwd=workdir)
+    assert r.returncode == 0, _out(r)
+    assert r.stdout.strip().splitlines()[-1:] == ["ok"], _out(r)
+    assert os.listdir(workdir) == [], "check-config must not create anything (e.g. ./data)"
+
+
+def test_e2e_config_is_valid(binary, workdir, stack):
+    from conftest import PUSH_JID
+    from pushgate_proc import Pushgate
+    pg = Pushgate(stack.prosody, PUSH_JID, stack.push_secret)
+    try:
+        r = run_check_config(binary, pg.config_path, cwd=workdir)
+        assert r.returncode == 0, f"{_out(r)}\nconfig:\n{pg.config_text()}"
+    finally:
+        pg.cleanup()
+
+
+@pytest.mark.parametrize("section,key", [("[component]", "bogus_key"),
+                                         ("[providers.webpush]", "allow_htttp")])
+def test_unknown_key_is_named(binary, workdir, section, key):
+    text = open(EXAMPLE).read()
+    assert section in text
+    path = os.path.join(workdir, "bad.toml")
+    with open(path, "w") as f:
+        f.write(text.replace(section, f"{section}\n{key} = true", 1))
+    r = run_check_config(binary, path, cwd=workdir)
+    assert r.returncode != 0, _out(r)
+    assert key in r.stdout + r.stderr, f"the error must name {key!r}: {_out(r)}"
+    assert "ok" not in r.stdout.split(), _out(r)

@@ -1,0 +1,104 @@
+"""(b) offline messages become WebPush deliveries; (c) a dead token (410) ends a registration."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import pytest
+
+from clients import expect_error, submit_form
+from conftest import PUSH_JID
+from prosody import DISABLED_LINE, ERROR_LINE
+from scenario import (assert_quiet, check_alert, register_p2, register_tigase,
+                      wait_deliveries)
+
+
+@pytest.fixture(scope="module")
+def alice_devices(stack, pushgate, endpoint_session, connect_factory):
+    """alice with three registrations, all enabled at Prosody, then offline:
+    tigase  - register-device, provider webpush, with p256dh/auth (aes128gcm)
+    p2      - register-push-webpush (secret), re-registered with a new token (p2_old unused)
+    plain   - register-device, provider up, no keys (plaintext JSON)"""
+    ep = endpoint_session
+    alice = connect_factory(stack.prosody, "alice")
+    devs = {"tigase": ep.new_device(), "p2_old": ep.new_device(), "p2": ep.new_device(),
+            "plain": ep.new_device(encrypted=False)}
+    nodes = {"tigase": register_tigase(alice, devs["tigase"], "webpush"),
+             "plain": register_tigase(alice, devs["plain"], "up")}
+    device_id = "alice-phone-" + secrets.token_hex(3)
+    node_old, secret_old = register_p2(alice, devs["p2_old"], device_id)
+    nodes["p2"], secret = register_p2(alice, devs["p2"], device_id)
+    assert (nodes["p2"], secret) == (node_old, secret_old), \
+        "p2 re-registration with a new token must keep node and secret"
+    alice.enable_push(PUSH_JID, nodes["tigase"])
+    alice.enable_push(PUSH_JID, nodes["p2"], secret=secret)
+    alice.enable_push(PUSH_JID, nodes["plain"])
+    alice.disconnect()
+    yield devs, nodes
+    # leave alice without registrations at Prosody for the other modules
+    alice = connect_factory(stack.prosody, "alice")
+    alice.disable_push(PUSH_JID)
+    alice.disconnect()
+
+
+def test_offline_messages_are_delivered(alice_devices, pushgate, endpoint, connect):
+    devs, nodes = alice_devices
+    bob = connect("bob")
+    since = pushgate.log.offset()
+    texts = [f"hello alice {i} {secrets.token_hex(3)}" for i in (1, 2)]
+    for t in texts:
+        bob.send_message("alice@localhost", t)
+
+    for name in ("tigase", "p2", "plain"):
+        got = wait_deliveries(endpoint, devs[name], 2)
+        assert len(got) == 2, f"{name}: expected one delivery per publish, got {len(got)}"
+        assert sorted(d.payload["body"] for d in got if isinstance(d.payload, dict)) == \
+            sorted(texts), [d.summary() for d in got]
+        for d in got:
+            check_alert(d, devs[name], account="alice@localhost", sender=bob.full_jid,
+                        body=d.payload["body"])
+    assert endpoint.deliveries_for(devs["p2_old"]) == [], \
+        "the p2 re-registration's old token must not be used any more"
+    outcomes = pushgate.wait_outcomes(since, count=6)
+    assert outcomes == ["delivered"] * 6, outcomes
+
+
+def test_dead_token_ends_registration(stack, pushgate, endpoint, connect):
+    prosody = stack.prosody
+    dev = endpoint.new_device()
+    carol = connect("carol")
+    node = register_tigase(carol, dev, "webpush")
+    carol.enable_push(PUSH_JID, node)
+    carol.disconnect()
+    bob = connect("bob")
+
+    # works first
+    since = pushgate.log.offset()
+    bob.send_message("carol@localhost", "before the token dies")
+    check_alert(wait_deliveries(endpoint, dev, 1)[0], dev, "carol@localhost", bob.full_jid,
+                "before the token dies")
+    assert pushgate.wait_outcomes(since) == ["delivered"]
+
+    # the push service says the subscription is gone
+    endpoint.set_status(dev, 410)
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("carol@localhost", "into the void")
+    assert wait_deliveries(endpoint, dev, 2)[1].status == 410
+    assert pushgate.wait_outcomes(since) == ["dead_token"]
+    # pushgate answered item-not-found (cancel): Prosody counted it and, with
+    # push_max_errors = 1, disabled the registration
+    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found")),
+                         since=since_p)
+    prosody.log.wait_for(re.escape(DISABLED_LINE.format(jid=PUSH_JID, node=node)), since=since_p)
+
+    # no more publishes
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("carol@localhost", "anyone there?")
+    assert_quiet(pushgate, prosody, since, since_p, "carol@localhost", node, endpoint, dev, 2)
+
+    # and pushgate forgot it
+    carol = connect("carol")
+    err = expect_error(carol.command, PUSH_JID, "unregister-device",
+                       form=submit_form({"provider": "webpush", "device-token": dev.url}))
+    assert err.condition == "item-not-found", err

@@ -1,0 +1,120 @@
+"""(e) publishes pushgate must refuse: wrong secret, a foreign domain, a full-JID sender.
+Plus a transient provider failure: answered `wait`, the registration stays."""
+
+from __future__ import annotations
+
+import re
+import secrets
+
+import pytest
+
+from clients import expect_error
+from conftest import PUSH_JID
+from prosody import ERROR_LINE
+from scenario import check_alert, register_p2, register_tigase, wait_deliveries
+
+
+def test_wrong_secret_is_not_found_and_right_secret_still_works(stack, pushgate, endpoint,
+                                                                 connect):
+    prosody = stack.prosody
+    dev = endpoint.new_device()
+    dave = connect("dave")
+    node, secret = register_p2(dave, dev, "dave-phone-" + secrets.token_hex(3))
+    wrong = secret[:-2] + ("AA" if not secret.endswith("AA") else "BB")
+    dave.enable_push(PUSH_JID, node, secret=wrong)
+    dave.disconnect()
+    bob = connect("bob")
+
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("dave@localhost", "with the wrong secret")
+    assert pushgate.wait_outcomes(since) == ["not_found"]
+    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found"))
+                         + f".*'{re.escape(PUSH_JID)}<{re.escape(node)}'", since=since_p)
+    assert endpoint.deliveries_for(dev) == [], "nothing may be delivered with a wrong secret"
+
+    # Prosody dropped the registration after that error (push_max_errors = 1): enable again,
+    # now with the right secret
+    dave = connect("dave")
+    dave.enable_push(PUSH_JID, node, secret=secret)
+    dave.disconnect()
+    since = pushgate.log.offset()
+    bob.send_message("dave@localhost", "with the right secret")
+    check_alert(wait_deliveries(endpoint, dev, 1)[0], dev, "dave@localhost", bob.full_jid,
+                "with the right secret")
+    assert pushgate.wait_outcomes(since) == ["delivered"]
+
+
+@pytest.fixture
+def alice_node(connect, pushgate, endpoint):
+    """A registration of alice@localhost that alice has not enabled at her server."""
+    dev = endpoint.new_device()
+    alice = connect("alice")
+    return alice, dev, register_tigase(alice, dev, "webpush")
+
+
+def test_foreign_domain_is_not_found(stack, pushgate, endpoint, connect, alice_node):
+    prosody = stack.prosody
+    alice, dev, node = alice_node
+    mallory = connect("mallory", "other.localhost")
+    mallory.enable_push(PUSH_JID, node)
+    mallory.disconnect()
+    bob = connect("bob")
+
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("mallory@other.localhost", "for mallory")
+    # other.localhost publishes to alice's node
+    prosody.log.wait_for(re.escape(f"push notification for mallory@other.localhost to "
+                                   f"{PUSH_JID} ({node})"), since=since_p)
+    assert pushgate.wait_outcomes(since) == ["not_found"]
+    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found")),
+                         since=since_p)
+    assert endpoint.deliveries_for(dev) == [], "a foreign domain's publish must not be delivered"
+
+    # the node itself is valid: alice's own server gets it delivered
+    alice.enable_push(PUSH_JID, node)
+    alice.disconnect()
+    try:
+        since = pushgate.log.offset()
+        bob.send_message("alice@localhost", "for alice")
+        check_alert(wait_deliveries(endpoint, dev, 1)[0], dev, "alice@localhost",
+                    bob.full_jid, "for alice")
+        assert pushgate.wait_outcomes(since) == ["delivered"]
+    finally:
+        alice = connect("alice")
+        alice.disable_push(PUSH_JID, node)
+
+
+def test_publish_from_full_jid_is_forbidden(pushgate, endpoint, alice_node):
+    alice, dev, node = alice_node
+    since = pushgate.log.offset()
+    err = expect_error(alice.publish_raw, PUSH_JID, node, body="from a client")
+    assert err.condition == "forbidden", err
+    assert pushgate.wait_outcomes(since) == ["forbidden"]
+    assert endpoint.deliveries_for(dev) == []
+
+
+def test_transient_failure_keeps_registration(stack, pushgate, endpoint, connect):
+    prosody = stack.prosody
+    dev = endpoint.new_device()
+    endpoint.set_status(dev, 503)
+    erin = connect("erin")
+    node = register_tigase(erin, dev, "webpush")
+    erin.enable_push(PUSH_JID, node)
+    erin.disconnect()
+    bob = connect("bob")
+
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("erin@localhost", "push service hiccup")
+    assert wait_deliveries(endpoint, dev, 1)[0].status == 503
+    assert pushgate.wait_outcomes(since) == ["transient"]
+    # internal-server-error type wait: Prosody does not count it
+    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="wait",
+                                                     condition="internal-server-error"))
+                         + ".*NOT increasing", since=since_p)
+
+    endpoint.set_status(dev, 201)
+    since = pushgate.log.offset()
+    bob.send_message("erin@localhost", "all good again")
+    got = wait_deliveries(endpoint, dev, 2)
+    check_alert(got[1], dev, "erin@localhost", bob.full_jid, "all good again")
+    assert pushgate.wait_outcomes(since) == ["delivered"]

@@ -1,0 +1,667 @@
+//! The registration store against real databases: every scenario runs on the embedded SQLite
+//! file and on PostgreSQL, because the two differ exactly where it matters (unique-violation
+//! reporting, timestamp types, concurrency) and production may use either.
+//!
+//! PostgreSQL is required (CI provides it at 127.0.0.1:5432 with trust auth): each test creates
+//! its own database and drops it afterwards, so parallel tests and reruns never collide.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+use futures::FutureExt;
+use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
+use pushgate::storage::{NewRegistration, Store, StoreError, device_key};
+use pushgate_providers::WebPushKeys;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
+
+const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// Logs go to the test's captured output; `RUST_LOG=pushgate=debug` shows the store's decisions.
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Runs `scenario` with the URL of a fresh SQLite database in a temporary directory.
+async fn on_sqlite<F, Fut>(scenario: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let url = Store::sqlite_url_in(&data_dir).unwrap();
+    assert!(data_dir.is_dir(), "sqlite_url_in must create the data dir");
+    assert!(url.starts_with("sqlite://") && url.ends_with("pushgate.db?mode=rwc"));
+    scenario(url).await;
+}
+
+async fn raw_connect(url: &str) -> DatabaseConnection {
+    let mut opts = ConnectOptions::new(url);
+    opts.connect_timeout(Duration::from_secs(5))
+        .max_connections(1)
+        .sqlx_logging(false);
+    Database::connect(opts)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {url} (PostgreSQL is required): {e}"))
+}
+
+/// Runs `scenario` with the URL of a fresh, empty PostgreSQL database, dropped afterwards even
+/// if the scenario panics.
+async fn on_postgres<F, Fut>(scenario: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    init_tracing();
+    let admin = raw_connect(&format!("{PG_SERVER}/test")).await;
+    let name = format!("pushgate_t_{:016x}", getrandom::u64().unwrap());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let outcome = AssertUnwindSafe(scenario(format!("{PG_SERVER}/{name}")))
+        .catch_unwind()
+        .await;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// One `sqlite` and one `postgres` test per scenario, named `<scenario>::<backend>`.
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::on_sqlite(super::$scenario).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::on_postgres(super::$scenario).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    register_issues_credentials,
+    reregistering_keeps_node_and_secret,
+    distinct_devices_get_distinct_nodes,
+    find_by_node_is_exact,
+    unregister_removes_once,
+    delete_removes_once,
+    delivery_outcomes_are_recorded,
+    concurrent_registrations_converge,
+    reopening_keeps_data,
+    corrupt_rows_are_errors,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn jid(s: &str) -> BareJid {
+    BareJid::new(s).unwrap()
+}
+
+fn tigase(account: &str, token: &str) -> NewRegistration {
+    NewRegistration {
+        dialect: Dialect::Tigase,
+        provider: ProviderId::new("tigase:messenger:apns:1"),
+        account: jid(account),
+        device_id: None,
+        muc: None,
+        token: DeviceToken::new(token),
+        second_token: None,
+        webpush_keys: None,
+    }
+}
+
+fn p2(account: &str, device_id: &str, muc: Option<&str>, token: &str) -> NewRegistration {
+    NewRegistration {
+        dialect: Dialect::P2,
+        provider: ProviderId::new("fcm-http-v1"),
+        account: jid(account),
+        device_id: Some(device_id.to_owned()),
+        muc: muc.map(jid),
+        token: DeviceToken::new(token),
+        second_token: None,
+        webpush_keys: None,
+    }
+}
+
+fn key_of(new: &NewRegistration) -> String {
+    device_key(
+        new.dialect,
+        &new.token,
+        new.device_id.as_deref(),
+        new.muc.as_ref(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+async fn register_issues_credentials(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 0);
+
+    let mut new = tigase("alice@example.org", "apns-token-0123456789abcdef");
+    new.second_token = Some(DeviceToken::new("voip-token-0123456789abcdef"));
+    let t = store.register(new.clone()).await.unwrap();
+    assert_eq!(t.node.as_str().len(), 22);
+    assert!(t.secret.is_none(), "Tigase registrations have no secret");
+    assert_eq!(t.dialect, Dialect::Tigase);
+    assert_eq!(t.account, jid("alice@example.org"));
+    assert_eq!(t.domain, "example.org");
+    assert_eq!(t.device_key, key_of(&new));
+    assert_eq!(t.created_at, t.updated_at);
+    assert!(t.last_success_at.is_none() && t.last_error_at.is_none() && t.last_error.is_none());
+    let device = t.device();
+    assert_eq!(device.provider, ProviderId::new("tigase:messenger:apns:1"));
+    assert_eq!(device.token.as_str(), "apns-token-0123456789abcdef");
+    assert_eq!(
+        device.second_token.as_ref().map(DeviceToken::as_str),
+        Some("voip-token-0123456789abcdef")
+    );
+
+    let mut new = p2(
+        "bob@example.net",
+        "android-1",
+        None,
+        "https://push.example/ep/1",
+    );
+    new.webpush_keys = Some(WebPushKeys {
+        p256dh: "BP256dh-key".into(),
+        auth: "auth-secret-16by".into(),
+    });
+    let p = store.register(new).await.unwrap();
+    assert_eq!(p.node.as_str().len(), 22);
+    let secret = p.secret.clone().expect("p2 registrations carry a secret");
+    assert_eq!(secret.as_str().len(), 24);
+    assert_eq!(p.domain, "example.net");
+    assert_eq!(p.device_id.as_deref(), Some("android-1"));
+    assert_eq!(
+        p.device().webpush_keys,
+        Some(WebPushKeys {
+            p256dh: "BP256dh-key".into(),
+            auth: "auth-secret-16by".into()
+        })
+    );
+    assert_ne!(p.node, t.node);
+    assert_ne!(p.id, t.id);
+    assert_eq!(store.count().await.unwrap(), 2);
+
+    // Debug output is for logs: no credential appears whole.
+    let shown = format!("{p:?} {t:?}");
+    for needle in [
+        p.node.as_str(),
+        t.node.as_str(),
+        secret.as_str(),
+        "apns-token-0123456789abcdef",
+        "voip-token-0123456789abcdef",
+        "https://push.example/ep/1",
+        "auth-secret-16by",
+    ] {
+        assert!(!shown.contains(needle), "Debug leaks {needle}: {shown}");
+    }
+}
+
+async fn reregistering_keeps_node_and_secret(url: String) {
+    let store = Store::open(&url).await.unwrap();
+
+    // Tigase: same token → same row; the second token is refreshed.
+    let first = store
+        .register(tigase("alice@example.org", "tok-A"))
+        .await
+        .unwrap();
+    let mut again = tigase("alice@example.org", "tok-A");
+    again.second_token = Some(DeviceToken::new("voip-B"));
+    let second = store.register(again).await.unwrap();
+    assert_eq!(second.id, first.id);
+    assert_eq!(second.node, first.node);
+    assert_eq!(second.created_at, first.created_at);
+    assert!(second.updated_at >= first.updated_at);
+    assert_eq!(
+        second.second_token.as_ref().map(DeviceToken::as_str),
+        Some("voip-B")
+    );
+
+    // p2: same device id + muc, new token → same node and secret, new token.
+    let room = Some("room@muc.example.org");
+    let a = store
+        .register(p2("alice@example.org", "dev-1", room, "tok-old"))
+        .await
+        .unwrap();
+    let b = store
+        .register(p2("alice@example.org", "dev-1", room, "tok-new"))
+        .await
+        .unwrap();
+    assert_eq!(b.id, a.id);
+    assert_eq!(b.node, a.node);
+    assert_eq!(b.secret, a.secret);
+    assert!(b.secret.is_some());
+    assert_eq!(b.token.as_str(), "tok-new");
+
+    // The stored row, not just the returned value, has the new token.
+    let read = store.find_by_node(a.node.as_str()).await.unwrap().unwrap();
+    assert_eq!(read.token.as_str(), "tok-new");
+    assert_eq!(read.secret, a.secret);
+    assert_eq!(store.count().await.unwrap(), 2);
+}
+
+async fn distinct_devices_get_distinct_nodes(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let regs = [
+        p2("alice@example.org", "dev-1", None, "tok"),
+        p2(
+            "alice@example.org",
+            "dev-1",
+            Some("room1@muc.example.org"),
+            "tok",
+        ),
+        p2(
+            "alice@example.org",
+            "dev-1",
+            Some("room2@muc.example.org"),
+            "tok",
+        ),
+        p2("alice@example.org", "dev-2", None, "tok"),
+        p2("carol@example.org", "dev-1", None, "tok"),
+        tigase("alice@example.org", "tok"),
+        tigase("alice@example.org", "tok-2"),
+        {
+            let mut other_app = tigase("alice@example.org", "tok");
+            other_app.provider = ProviderId::new("tigase:other:fcm:1");
+            other_app
+        },
+    ];
+    let mut nodes = Vec::new();
+    let mut secrets = Vec::new();
+    for new in regs.iter().cloned() {
+        let r = store.register(new).await.unwrap();
+        nodes.push(r.node.as_str().to_owned());
+        secrets.extend(r.secret.map(|s| s.as_str().to_owned()));
+    }
+    let n = regs.len();
+    nodes.sort();
+    nodes.dedup();
+    secrets.sort();
+    secrets.dedup();
+    assert_eq!(nodes.len(), n, "every device gets its own node");
+    assert_eq!(secrets.len(), 5, "every p2 device gets its own secret");
+    assert_eq!(store.count().await.unwrap(), n as u64);
+}
+
+async fn find_by_node_is_exact(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let r = store
+        .register(p2("alice@example.org", "dev-1", None, "tok-1"))
+        .await
+        .unwrap();
+    let other = store
+        .register(tigase("bob@example.org", "tok-2"))
+        .await
+        .unwrap();
+
+    let found = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    assert_eq!(found.id, r.id);
+    assert_eq!(found.node, r.node);
+    assert_eq!(found.secret, r.secret);
+    assert_eq!(found.account, jid("alice@example.org"));
+    assert_eq!(found.domain, "example.org");
+    assert_eq!(
+        store
+            .find_by_node(other.node.as_str())
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        other.id
+    );
+
+    let mut wrong = r.node.as_str().to_owned();
+    let last = wrong.pop().unwrap();
+    wrong.push(if last == 'A' { 'B' } else { 'A' });
+    assert!(store.find_by_node(&wrong).await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_node(&r.node.as_str()[..21])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.find_by_node("").await.unwrap().is_none());
+    assert!(
+        store
+            .find_by_node(&"x".repeat(10_000))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The secret is not a node.
+    let secret = r.secret.as_ref().unwrap();
+    assert!(store.find_by_node(secret.as_str()).await.unwrap().is_none());
+}
+
+async fn unregister_removes_once(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let t = store
+        .register(tigase("alice@example.org", "tok-1"))
+        .await
+        .unwrap();
+    let p = store
+        .register(p2(
+            "alice@example.org",
+            "dev-1",
+            Some("room@muc.example.org"),
+            "tok-2",
+        ))
+        .await
+        .unwrap();
+    let provider = ProviderId::new("tigase:messenger:apns:1");
+    let alice = jid("alice@example.org");
+
+    // Wrong provider or wrong account: nothing removed.
+    assert!(
+        !store
+            .unregister(
+                Dialect::Tigase,
+                &ProviderId::new("other"),
+                &alice,
+                &t.device_key
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .unregister(
+                Dialect::Tigase,
+                &provider,
+                &jid("mallory@example.org"),
+                &t.device_key
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.count().await.unwrap(), 2);
+
+    assert!(
+        store
+            .unregister(Dialect::Tigase, &provider, &alice, &t.device_key)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .unregister(Dialect::Tigase, &provider, &alice, &t.device_key)
+            .await
+            .unwrap()
+    );
+    assert!(store.find_by_node(t.node.as_str()).await.unwrap().is_none());
+
+    // p2 unregister knows the device id and room, not the token.
+    let key = device_key(
+        Dialect::P2,
+        &DeviceToken::new("unknown"),
+        Some("dev-1"),
+        Some(&jid("room@muc.example.org")),
+    );
+    assert_eq!(key, p.device_key);
+    let fcm = ProviderId::new("fcm-http-v1");
+    assert!(
+        store
+            .unregister(Dialect::P2, &fcm, &alice, &key)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .unregister(Dialect::P2, &fcm, &alice, &key)
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+async fn delete_removes_once(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let a = store
+        .register(tigase("alice@example.org", "tok-1"))
+        .await
+        .unwrap();
+    let b = store
+        .register(tigase("alice@example.org", "tok-2"))
+        .await
+        .unwrap();
+    assert!(store.delete(a.id).await.unwrap());
+    assert!(!store.delete(a.id).await.unwrap());
+    assert!(store.find_by_node(a.node.as_str()).await.unwrap().is_none());
+    assert!(store.find_by_node(b.node.as_str()).await.unwrap().is_some());
+    assert_eq!(store.count().await.unwrap(), 1);
+
+    // A deleted device registering again gets a new node.
+    let again = store
+        .register(tigase("alice@example.org", "tok-1"))
+        .await
+        .unwrap();
+    assert_ne!(again.node, a.node);
+    assert_eq!(store.count().await.unwrap(), 2);
+}
+
+async fn delivery_outcomes_are_recorded(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let r = store
+        .register(tigase("alice@example.org", "tok-1"))
+        .await
+        .unwrap();
+
+    store.record_success(r.id).await.unwrap();
+    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let success_at = after.last_success_at.expect("last_success_at set");
+    assert!(success_at >= r.created_at);
+    assert!(after.last_error_at.is_none() && after.last_error.is_none());
+
+    // Multi-byte characters: the cut is by characters, not bytes.
+    let reason = "é".repeat(600);
+    store.record_error(r.id, &reason).await.unwrap();
+    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let err = after.last_error.expect("last_error set");
+    assert_eq!(err.chars().count(), 500);
+    assert!(err.chars().all(|c| c == 'é'));
+    assert!(after.last_error_at.expect("last_error_at set") >= success_at);
+    assert_eq!(after.last_success_at, Some(success_at), "success time kept");
+
+    store.record_error(r.id, "BadDeviceToken").await.unwrap();
+    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    assert_eq!(after.last_error.as_deref(), Some("BadDeviceToken"));
+
+    // Recording for a registration that is gone is not an error.
+    assert!(store.delete(r.id).await.unwrap());
+    store.record_success(r.id).await.unwrap();
+    store.record_error(r.id, "late").await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+/// Two store handles stand in for two pushgate instances on one database.
+async fn concurrent_registrations_converge(url: String) {
+    let a = Store::open(&url).await.unwrap();
+    let b = Store::open(&url).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .register(tigase("alice@example.org", "same-token"))
+                .await
+        }));
+    }
+    for i in 0..20 {
+        let store = if i % 2 == 0 { b.clone() } else { a.clone() };
+        tasks.push(tokio::spawn(async move {
+            store
+                .register(p2(
+                    "alice@example.org",
+                    "dev-1",
+                    None,
+                    &format!("token-{i}"),
+                ))
+                .await
+        }));
+    }
+    let mut tigase_nodes = Vec::new();
+    let mut p2_creds = Vec::new();
+    for task in tasks {
+        let r = task.await.unwrap().unwrap();
+        match r.dialect {
+            Dialect::Tigase => tigase_nodes.push((r.id, r.node.as_str().to_owned())),
+            Dialect::P2 => p2_creds.push((
+                r.id,
+                r.node.as_str().to_owned(),
+                r.secret.unwrap().as_str().to_owned(),
+            )),
+        }
+    }
+    assert_eq!(tigase_nodes.len(), 20);
+    assert_eq!(p2_creds.len(), 20);
+    tigase_nodes.dedup();
+    p2_creds.dedup();
+    assert_eq!(tigase_nodes.len(), 1, "one node for the Tigase device");
+    assert_eq!(p2_creds.len(), 1, "one node and secret for the p2 device");
+    assert_eq!(a.count().await.unwrap(), 2, "exactly one row per device");
+    let stored = b.find_by_node(&p2_creds[0].1).await.unwrap().unwrap();
+    assert!(stored.token.as_str().starts_with("token-"));
+}
+
+async fn reopening_keeps_data(url: String) {
+    let (node, secret, id) = {
+        let store = Store::open(&url).await.unwrap();
+        let r = store
+            .register(p2("alice@example.org", "dev-1", None, "tok-1"))
+            .await
+            .unwrap();
+        (r.node, r.secret, r.id)
+    };
+    // Migrations run again on every open: they must find nothing to do and keep the data.
+    let store = Store::open(&url).await.unwrap();
+    let again = Store::open(&url).await.unwrap();
+    assert_eq!(store.count().await.unwrap(), 1);
+    let r = again.find_by_node(node.as_str()).await.unwrap().unwrap();
+    assert_eq!(r.id, id);
+    assert_eq!(r.secret, secret);
+    let r = store
+        .register(p2("alice@example.org", "dev-1", None, "tok-2"))
+        .await
+        .unwrap();
+    assert_eq!((r.id, &r.node, &r.secret), (id, &node, &secret));
+}
+
+/// Rows edited behind pushgate's back must surface as errors, never as panics or as
+/// registrations with missing credentials.
+async fn corrupt_rows_are_errors(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let raw = raw_connect(&url).await;
+    let mut nodes = Vec::new();
+    for (i, sql) in [
+        "UPDATE registrations SET dialect = 'bogus' WHERE id = {id}",
+        "UPDATE registrations SET account = '@example.org' WHERE id = {id}",
+        "UPDATE registrations SET muc = '' WHERE id = {id}",
+        "UPDATE registrations SET secret = NULL WHERE id = {id}",
+        "UPDATE registrations SET webpush_auth = 'only-auth' WHERE id = {id}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = store
+            .register(p2("alice@example.org", &format!("dev-{i}"), None, "tok"))
+            .await
+            .unwrap();
+        let res = raw
+            .execute_unprepared(&sql.replace("{id}", &r.id.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(res.rows_affected(), 1);
+        nodes.push((r.id, r.node));
+    }
+    let expected = ["dialect", "account", "muc", "secret", "webpush keys"];
+    for ((id, node), field) in nodes.iter().zip(expected) {
+        match store.find_by_node(node.as_str()).await {
+            Err(StoreError::Corrupt { id: got, field: f }) => {
+                assert_eq!((got, f), (*id, field));
+                let shown = StoreError::Corrupt { id: got, field: f }.to_string();
+                assert!(!shown.contains(node.as_str()));
+            }
+            other => panic!("expected Corrupt({field}), got {other:?}"),
+        }
+    }
+    // Re-registering a device whose row is corrupt fails cleanly too.
+    let res = store
+        .register(p2("alice@example.org", "dev-3", None, "tok"))
+        .await;
+    assert!(matches!(
+        res,
+        Err(StoreError::Corrupt {
+            field: "secret",
+            ..
+        })
+    ));
+    assert_eq!(store.count().await.unwrap(), 5);
+}
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only: SQLite serves one instance; PostgreSQL may serve several starting together.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_starting_together_migrate_once_postgres() {
+    on_postgres(|url| async move {
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { Store::open(&url).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for open in opens {
+            stores.push(open.await.unwrap().unwrap());
+        }
+        let r = stores[0]
+            .register(tigase("alice@example.org", "tok"))
+            .await
+            .unwrap();
+        for s in &stores {
+            assert_eq!(
+                s.find_by_node(r.node.as_str()).await.unwrap().unwrap().id,
+                r.id
+            );
+        }
+        let raw = raw_connect(&url).await;
+        let applied = raw
+            .query_all_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT version FROM seaql_migrations",
+            ))
+            .await
+            .unwrap();
+        assert_eq!(applied.len(), 1, "one migration, recorded once");
+    })
+    .await;
+}
