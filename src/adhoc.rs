@@ -202,15 +202,20 @@ mod tests {
     fn missing_action_means_execute_and_cancel_form_means_cancel() {
         let r = req("<command xmlns='http://jabber.org/protocol/commands' node='n'/>").unwrap();
         assert_eq!((r.action, r.form), (Action::Execute, None));
-        let r = req("<command xmlns='http://jabber.org/protocol/commands' node='n' action='complete'>\
-                     <x xmlns='jabber:x:data' type='cancel'/></command>")
+        let r = req(
+            "<command xmlns='http://jabber.org/protocol/commands' node='n' action='complete'>\
+                     <x xmlns='jabber:x:data' type='cancel'/></command>",
+        )
         .unwrap();
         assert_eq!(r.action, Action::Cancel);
     }
 
     #[test]
     fn refuses_nodeless_and_unknown_actions() {
-        assert!(matches!(req("<command xmlns='http://jabber.org/protocol/commands'/>"), Err(Fault::BadRequest(_))));
+        assert!(matches!(
+            req("<command xmlns='http://jabber.org/protocol/commands'/>"),
+            Err(Fault::BadRequest(_))
+        ));
         assert!(matches!(
             req("<command xmlns='http://jabber.org/protocol/commands' node='n' action='dance'/>"),
             Err(Fault::BadRequest(_))

@@ -29,10 +29,22 @@ impl From<figment::Error> for ConfigError {
     /// Names the key as an operator writes it (`component.secret`), not figment's profile path.
     fn from(e: figment::Error) -> Self {
         let key = e.path.join(".");
-        let source = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let source = e
+            .metadata
+            .as_ref()
+            .map(|m| m.name.to_string())
+            .unwrap_or_default();
         ConfigError::Invalid {
-            key: if key.is_empty() { "(top level)".into() } else { key },
-            message: if source.is_empty() { e.kind.to_string() } else { format!("{} (from {source})", e.kind) },
+            key: if key.is_empty() {
+                "(top level)".into()
+            } else {
+                key
+            },
+            message: if source.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{} (from {source})", e.kind)
+            },
         }
     }
 }
@@ -161,16 +173,32 @@ impl Config {
             ));
         }
         if c.secret.is_empty() {
-            return Err(ConfigError::invalid("component.secret", "must not be empty"));
+            return Err(ConfigError::invalid(
+                "component.secret",
+                "must not be empty",
+            ));
         }
-        if !c.server.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok()) {
-            return Err(ConfigError::invalid("component.server", "expected host:port"));
+        if !c
+            .server
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return Err(ConfigError::invalid(
+                "component.server",
+                "expected host:port",
+            ));
         }
         if c.max_reconnect_delay_secs == 0 {
-            return Err(ConfigError::invalid("component.max_reconnect_delay_secs", "must be at least 1"));
+            return Err(ConfigError::invalid(
+                "component.max_reconnect_delay_secs",
+                "must be at least 1",
+            ));
         }
         if c.idle_ping_secs < 5 {
-            return Err(ConfigError::invalid("component.idle_ping_secs", "must be at least 5"));
+            return Err(ConfigError::invalid(
+                "component.idle_ping_secs",
+                "must be at least 5",
+            ));
         }
         if !(1..=30).contains(&c.publish_timeout_secs) {
             return Err(ConfigError::invalid(
@@ -225,19 +253,28 @@ mod tests {
     fn unknown_keys_are_named() {
         let e = Config::from_toml_str(&format!("{MINIMAL}colour = \"red\"\n")).unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
-        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nsecert=\"t\"\n").unwrap_err();
+        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nsecert=\"t\"\n")
+            .unwrap_err();
         assert!(e.to_string().contains("secert"), "{e}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nidle_ping_secs=\"soon\"\n").unwrap_err();
+        let e = Config::from_toml_str(
+            "[component]\njid=\"p.x\"\nsecret=\"s\"\nidle_ping_secs=\"soon\"\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("idle_ping_secs"), "{e}");
         let e = Config::from_toml_str("[component]\njid=\"user@p.x\"\nsecret=\"s\"\n").unwrap_err();
         assert!(e.to_string().contains("component.jid"), "{e}");
-        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nserver=\"nowhere\"\n").unwrap_err();
+        let e =
+            Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\nserver=\"nowhere\"\n")
+                .unwrap_err();
         assert!(e.to_string().contains("component.server"), "{e}");
-        let e = Config::from_toml_str("[component]\njid=\"p.x\"\nsecret=\"s\"\npublish_timeout_secs=40\n").unwrap_err();
+        let e = Config::from_toml_str(
+            "[component]\njid=\"p.x\"\nsecret=\"s\"\npublish_timeout_secs=40\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("publish_timeout_secs"), "{e}");
         let e = Config::from_toml_str("[component]\njid=\"p.x\"\n").unwrap_err();
         assert!(e.to_string().contains("secret"), "{e}");
@@ -245,7 +282,10 @@ mod tests {
 
     #[test]
     fn unknown_provider_kind_is_named() {
-        let e = Config::from_toml_str(&format!("{MINIMAL}[providers.x]\nkind = \"carrier-pigeon\"\n")).unwrap_err();
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[providers.x]\nkind = \"carrier-pigeon\"\n"
+        ))
+        .unwrap_err();
         assert!(e.to_string().contains("providers.x"), "{e}");
     }
 }

@@ -29,7 +29,11 @@ fn feature(var: &str) -> Element {
 fn query(namespace: &str, node: Option<&str>) -> Element {
     let mut q = Element::bare("query", namespace);
     if let Some(node) = node {
-        q.set_attr(minidom::rxml::Namespace::NONE, xml_ncname!("node").into(), node);
+        q.set_attr(
+            minidom::rxml::Namespace::NONE,
+            xml_ncname!("node").into(),
+            node,
+        );
     }
     q
 }
@@ -39,7 +43,14 @@ pub fn info(gw: &Gateway, node: Option<&str>) -> Result<Element, Fault> {
     match node {
         None => {
             q.append_child(identity("pubsub", "push", "pushgate"));
-            let fixed = [ns::PUSH, adhoc::NS, ns::DATA_FORMS, ns::DISCO_INFO, ns::DISCO_ITEMS, ns::PING];
+            let fixed = [
+                ns::PUSH,
+                adhoc::NS,
+                ns::DATA_FORMS,
+                ns::DISCO_INFO,
+                ns::DISCO_ITEMS,
+                ns::PING,
+            ];
             for var in fixed {
                 q.append_child(feature(var));
             }

@@ -50,14 +50,18 @@ impl Fault {
     pub fn to_stanza_error(&self) -> StanzaError {
         let (kind, condition, text) = match self {
             Fault::BadRequest(t) => (ErrorType::Modify, DefinedCondition::BadRequest, t.as_str()),
-            Fault::NotAcceptable(t) => {
-                (ErrorType::Modify, DefinedCondition::NotAcceptable, t.as_str())
-            }
+            Fault::NotAcceptable(t) => (
+                ErrorType::Modify,
+                DefinedCondition::NotAcceptable,
+                t.as_str(),
+            ),
             Fault::NotFound(t) => (ErrorType::Cancel, DefinedCondition::ItemNotFound, *t),
             Fault::Forbidden(t) => (ErrorType::Auth, DefinedCondition::Forbidden, *t),
-            Fault::NotImplemented => {
-                (ErrorType::Cancel, DefinedCondition::FeatureNotImplemented, "")
-            }
+            Fault::NotImplemented => (
+                ErrorType::Cancel,
+                DefinedCondition::FeatureNotImplemented,
+                "",
+            ),
             Fault::ServiceUnavailable => {
                 (ErrorType::Cancel, DefinedCondition::ServiceUnavailable, "")
             }
@@ -98,10 +102,19 @@ mod tests {
     #[test]
     fn refusals_use_the_conditions_servers_act_on() {
         let e = Fault::NotFound("no such node").to_stanza_error();
-        assert_eq!((e.type_, e.defined_condition), (ErrorType::Cancel, DefinedCondition::ItemNotFound));
+        assert_eq!(
+            (e.type_, e.defined_condition),
+            (ErrorType::Cancel, DefinedCondition::ItemNotFound)
+        );
         let e = Fault::Forbidden("x").to_stanza_error();
-        assert_eq!((e.type_, e.defined_condition), (ErrorType::Auth, DefinedCondition::Forbidden));
+        assert_eq!(
+            (e.type_, e.defined_condition),
+            (ErrorType::Auth, DefinedCondition::Forbidden)
+        );
         let e = Fault::BadRequest("x".into()).to_stanza_error();
-        assert_eq!((e.type_, e.defined_condition), (ErrorType::Modify, DefinedCondition::BadRequest));
+        assert_eq!(
+            (e.type_, e.defined_condition),
+            (ErrorType::Modify, DefinedCondition::BadRequest)
+        );
     }
 }

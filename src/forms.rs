@@ -93,7 +93,8 @@ impl FormBuilder {
     }
 
     pub fn title(mut self, title: &str) -> Self {
-        self.el.append_child(Element::builder("title", NS).append(title).build());
+        self.el
+            .append_child(Element::builder("title", NS).append(title).build());
         self
     }
 
@@ -109,7 +110,14 @@ impl FormBuilder {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.field_full(var, ftype, None, false, values, std::iter::empty::<(&str, &str)>())
+        self.field_full(
+            var,
+            ftype,
+            None,
+            false,
+            values,
+            std::iter::empty::<(&str, &str)>(),
+        )
     }
 
     /// A field for the requester to fill in, with a label, a required flag and options.
@@ -121,7 +129,14 @@ impl FormBuilder {
         required: bool,
         options: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Self {
-        self.field_full(var, ftype, Some(label), required, std::iter::empty::<String>(), options)
+        self.field_full(
+            var,
+            ftype,
+            Some(label),
+            required,
+            std::iter::empty::<String>(),
+            options,
+        )
     }
 
     fn field_full<'a, I, S>(
@@ -213,7 +228,13 @@ mod tests {
         let el = FormBuilder::new("result")
             .field("node", "text-single", ["abc"])
             .field("features", "list-multi", ["a", "b"])
-            .input("provider", "list-single", "Provider", true, [("WebPush", "webpush")])
+            .input(
+                "provider",
+                "list-single",
+                "Provider",
+                true,
+                [("WebPush", "webpush")],
+            )
             .build();
         let f = Form::parse(&el).unwrap();
         assert_eq!(f.kind.as_deref(), Some("result"));

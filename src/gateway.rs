@@ -39,10 +39,12 @@ impl Providers {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let mut map = BTreeMap::new();
         for (id, section) in &config.providers {
-            let provider = pushgate_providers::build(&format!("providers.{id}"), section)
-                .map_err(|e| ConfigError::Invalid {
-                    key: e.key,
-                    message: e.message,
+            let provider =
+                pushgate_providers::build(&format!("providers.{id}"), section).map_err(|e| {
+                    ConfigError::Invalid {
+                        key: e.key,
+                        message: e.message,
+                    }
                 })?;
             map.insert(ProviderId::new(id.clone()), provider);
         }

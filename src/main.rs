@@ -67,7 +67,11 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     match result {
         Ok((config, providers)) => {
             let ids: Vec<_> = providers.ids().map(|id| id.to_string()).collect();
-            println!("ok: component {}, providers [{}]", config.component.jid, ids.join(", "));
+            println!(
+                "ok: component {}, providers [{}]",
+                config.component.jid,
+                ids.join(", ")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -23,8 +23,18 @@ pub async fn handle(gw: &Gateway, stanza: Stanza) -> Option<Stanza> {
         return None;
     };
     let (from, to, id, payload, is_set) = match iq {
-        Iq::Get { from, to, id, payload } => (from, to, id, payload, false),
-        Iq::Set { from, to, id, payload } => (from, to, id, payload, true),
+        Iq::Get {
+            from,
+            to,
+            id,
+            payload,
+        } => (from, to, id, payload, false),
+        Iq::Set {
+            from,
+            to,
+            id,
+            payload,
+        } => (from, to, id, payload, true),
         // Answers to our own pings.
         Iq::Result { .. } | Iq::Error { .. } => return None,
     };
@@ -38,7 +48,12 @@ pub async fn handle(gw: &Gateway, stanza: Stanza) -> Option<Stanza> {
 }
 
 /// Builds the answer to a request; `to` of the request becomes `from` of the answer.
-pub fn reply(our_jid: Option<Jid>, requester: Jid, id: String, result: Result<Option<Element>, Fault>) -> Iq {
+pub fn reply(
+    our_jid: Option<Jid>,
+    requester: Jid,
+    id: String,
+    result: Result<Option<Element>, Fault>,
+) -> Iq {
     match result {
         Ok(payload) => Iq::Result {
             from: our_jid,
@@ -56,7 +71,12 @@ pub fn reply(our_jid: Option<Jid>, requester: Jid, id: String, result: Result<Op
     }
 }
 
-async fn dispatch(gw: &Gateway, from: &Jid, payload: &Element, is_set: bool) -> Result<Option<Element>, Fault> {
+async fn dispatch(
+    gw: &Gateway,
+    from: &Jid,
+    payload: &Element,
+    is_set: bool,
+) -> Result<Option<Element>, Fault> {
     let node = payload.attr("node");
     match (is_set, payload.name(), payload.ns().as_str()) {
         (false, "query", ns::DISCO_INFO) => disco::info(gw, node).map(Some),

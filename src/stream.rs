@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use tokio::io::BufStream;
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::io::BufStream;
 use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmlStream, XmppStreamElement,
@@ -73,7 +73,10 @@ struct Backoff {
 
 impl Backoff {
     fn new(max: Duration) -> Self {
-        Backoff { next: FIRST_RETRY, max }
+        Backoff {
+            next: FIRST_RETRY,
+            max,
+        }
     }
     fn reset(&mut self) {
         self.next = FIRST_RETRY;
@@ -89,7 +92,12 @@ impl Backoff {
 pub type Connected = watch::Receiver<bool>;
 
 /// Keeps the component connected until `shutdown` flips to true.
-pub async fn run(gw: Arc<Gateway>, cfg: StreamConfig, mut shutdown: watch::Receiver<bool>, connected: watch::Sender<bool>) {
+pub async fn run(
+    gw: Arc<Gateway>,
+    cfg: StreamConfig,
+    mut shutdown: watch::Receiver<bool>,
+    connected: watch::Sender<bool>,
+) {
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
     let pings = AtomicU64::new(0);
     loop {
@@ -110,7 +118,9 @@ pub async fn run(gw: Arc<Gateway>, cfg: StreamConfig, mut shutdown: watch::Recei
                 }
             }
             Ok(Err(e)) => tracing::warn!(server = %cfg.server, "cannot connect: {e}"),
-            Err(_) => tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout),
+            Err(_) => {
+                tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout)
+            }
         }
         let delay = backoff.next_delay();
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
@@ -130,20 +140,31 @@ async fn connect(cfg: &StreamConfig) -> Result<Stream, StreamError> {
     };
     let jid = Jid::from(cfg.jid.clone());
     let (mut pending, _) = connector.connect(&jid, ns::COMPONENT, timeouts).await?;
-    let stream_id = pending.take_header().id.ok_or(StreamError::NoStreamId)?.into_owned();
+    let stream_id = pending
+        .take_header()
+        .id
+        .ok_or(StreamError::NoStreamId)?
+        .into_owned();
     let mut stream: Stream = pending.skip_features();
     stream
-        .send(&Handshake::from_stream_id_and_password(stream_id, &cfg.secret))
+        .send(&Handshake::from_stream_id_and_password(
+            stream_id,
+            &cfg.secret,
+        ))
         .await?;
     loop {
         match stream.next().await {
-            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => return Ok(stream),
+            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
+                return Ok(stream);
+            }
             Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
                 return Err(StreamError::StreamError(format!("{e:?}")));
             }
             Some(Err(ReadError::SoftTimeout)) => continue,
             Some(Err(ReadError::HardError(e))) => return Err(e.into()),
-            None | Some(Err(ReadError::StreamFooterReceived)) => return Err(StreamError::HandshakeRefused),
+            None | Some(Err(ReadError::StreamFooterReceived)) => {
+                return Err(StreamError::HandshakeRefused);
+            }
             Some(_) => return Err(StreamError::HandshakeRefused),
         }
     }
@@ -212,7 +233,12 @@ fn answer_invalid(e: StreamElementError) -> Option<Iq> {
     let requester: Jid = header.from.as_deref()?.parse().ok()?;
     let our_jid = header.to.as_deref().and_then(|t| t.parse().ok());
     let id = header.id?;
-    Some(router::reply(our_jid, requester, id, Err(Fault::BadRequest(format!("malformed request: {error}")))))
+    Some(router::reply(
+        our_jid,
+        requester,
+        id,
+        Err(Fault::BadRequest(format!("malformed request: {error}"))),
+    ))
 }
 
 /// An XEP-0199 ping to the server that hosts us, so the stream carries traffic during quiet
@@ -220,7 +246,11 @@ fn answer_invalid(e: StreamElementError) -> Option<Iq> {
 /// example.org); any answer, even an error, proves the stream is alive.
 fn ping(cfg: &StreamConfig, n: u64) -> Iq {
     let domain = cfg.jid.domain().as_str();
-    let host = domain.split_once('.').map(|(_, rest)| rest).filter(|r| !r.is_empty()).unwrap_or(domain);
+    let host = domain
+        .split_once('.')
+        .map(|(_, rest)| rest)
+        .filter(|r| !r.is_empty())
+        .unwrap_or(domain);
     Iq::Get {
         from: Some(Jid::from(cfg.jid.clone())),
         to: host.parse().ok(),
@@ -253,7 +283,9 @@ mod tests {
             max_reconnect_delay: Duration::from_secs(1),
             idle_ping: Duration::from_secs(5),
         };
-        let Iq::Get { to, .. } = ping(&cfg, 1) else { panic!() };
+        let Iq::Get { to, .. } = ping(&cfg, 1) else {
+            panic!()
+        };
         assert_eq!(to.unwrap().to_string(), "example.org");
     }
 }

@@ -38,7 +38,9 @@ async fn start(idle_ping: Duration) -> Harness {
          [providers.up]\nkind = \"webpush\"\n",
     )
     .unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap()).await.unwrap();
+    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
+        .await
+        .unwrap();
     let gw: Arc<Gateway> = Gateway::new(&config, store).unwrap();
     let cfg = StreamConfig {
         jid: "push.test".parse().unwrap(),
@@ -50,7 +52,13 @@ async fn start(idle_ping: Duration) -> Harness {
     let (stop, stop_rx) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
     let task = tokio::spawn(stream::run(gw, cfg, stop_rx, connected_tx));
-    Harness { listener, stop, connected, task, _dir: dir }
+    Harness {
+        listener,
+        stop,
+        connected,
+        task,
+        _dir: dir,
+    }
 }
 
 /// One accepted component connection, read as text.
@@ -62,8 +70,15 @@ struct Conn {
 impl Conn {
     async fn fill(&mut self) {
         let mut chunk = [0u8; 4096];
-        let n = timeout(WAIT, self.socket.read(&mut chunk)).await.expect("pushgate went silent").unwrap();
-        assert!(n > 0, "pushgate closed the connection; got so far: {}", self.buf);
+        let n = timeout(WAIT, self.socket.read(&mut chunk))
+            .await
+            .expect("pushgate went silent")
+            .unwrap();
+        assert!(
+            n > 0,
+            "pushgate closed the connection; got so far: {}",
+            self.buf
+        );
         self.buf.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
     }
 
@@ -98,17 +113,29 @@ impl Conn {
 /// Accepts pushgate's connection and performs the server side of the XEP-0114 handshake,
 /// checking the digest: SHA-1 of stream id + secret, lower-case hex.
 async fn accept(listener: &TcpListener) -> Conn {
-    let (socket, _) = timeout(WAIT, listener.accept()).await.expect("pushgate did not connect").unwrap();
-    let mut c = Conn { socket, buf: String::new() };
+    let (socket, _) = timeout(WAIT, listener.accept())
+        .await
+        .expect("pushgate did not connect")
+        .unwrap();
+    let mut c = Conn {
+        socket,
+        buf: String::new(),
+    };
     while !(c.buf.contains("<stream:stream") && c.buf.trim_end().ends_with('>')) {
         c.fill().await;
     }
-    assert!(c.buf.contains("jabber:component:accept"), "header: {}", c.buf);
+    assert!(
+        c.buf.contains("jabber:component:accept"),
+        "header: {}",
+        c.buf
+    );
     assert!(c.buf.contains("push.test"), "header: {}", c.buf);
     c.buf.clear();
-    c.send("<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
-            xmlns='jabber:component:accept' id='sid-42' from='push.test'>")
-        .await;
+    c.send(
+        "<?xml version='1.0'?><stream:stream xmlns:stream='http://etherx.jabber.org/streams' \
+            xmlns='jabber:component:accept' id='sid-42' from='push.test'>",
+    )
+    .await;
     while !c.buf.contains("</handshake>") {
         c.fill().await;
     }
@@ -116,14 +143,21 @@ async fn accept(listener: &TcpListener) -> Conn {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert!(c.buf.contains(&format!("<handshake>{digest}</handshake>")), "handshake: {}", c.buf);
+    assert!(
+        c.buf.contains(&format!("<handshake>{digest}</handshake>")),
+        "handshake: {}",
+        c.buf
+    );
     c.buf.clear();
     c.send("<handshake/>").await;
     c
 }
 
 async fn wait_connected(h: &mut Harness, want: bool) {
-    timeout(WAIT, h.connected.wait_for(|c| *c == want)).await.unwrap().unwrap();
+    timeout(WAIT, h.connected.wait_for(|c| *c == want))
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -132,29 +166,55 @@ async fn answers_disco_ping_and_unknown_requests() {
     let mut c = accept(&h.listener).await;
     wait_connected(&mut h, true).await;
 
-    c.send("<iq type='get' id='d1' from='user@example.org/phone' to='push.test'>\
-            <query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    c.send(
+        "<iq type='get' id='d1' from='user@example.org/phone' to='push.test'>\
+            <query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+    )
+    .await;
     let info = c.iq_with("id='d1'").await;
     assert!(info.contains("type='result'"), "{info}");
-    assert!(info.contains("category='pubsub'") && info.contains("type='push'"), "{info}");
-    for feature in ["urn:xmpp:push:0", "http://jabber.org/protocol/commands", "jabber:x:data", "var='webpush'", "var='up'"] {
+    assert!(
+        info.contains("category='pubsub'") && info.contains("type='push'"),
+        "{info}"
+    );
+    for feature in [
+        "urn:xmpp:push:0",
+        "http://jabber.org/protocol/commands",
+        "jabber:x:data",
+        "var='webpush'",
+        "var='up'",
+    ] {
         assert!(info.contains(feature), "missing {feature}: {info}");
     }
 
     c.send("<iq type='get' id='d2' from='user@example.org/phone' to='push.test'>\
             <query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/></iq>").await;
     let items = c.iq_with("id='d2'").await;
-    for node in ["register-device", "unregister-device", "register-push-webpush", "unregister-push-up"] {
-        assert!(items.contains(&format!("node='{node}'")), "missing {node}: {items}");
+    for node in [
+        "register-device",
+        "unregister-device",
+        "register-push-webpush",
+        "unregister-push-up",
+    ] {
+        assert!(
+            items.contains(&format!("node='{node}'")),
+            "missing {node}: {items}"
+        );
     }
 
     c.send("<iq type='get' id='p1' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     let pong = c.iq_with("id='p1'").await;
-    assert!(pong.contains("type='result'") && pong.contains("to='example.org'"), "{pong}");
+    assert!(
+        pong.contains("type='result'") && pong.contains("to='example.org'"),
+        "{pong}"
+    );
 
     c.send("<iq type='get' id='u1' from='example.org' to='push.test'><query xmlns='jabber:iq:version'/></iq>").await;
     let unknown = c.iq_with("id='u1'").await;
-    assert!(unknown.contains("type='error'") && unknown.contains("service-unavailable"), "{unknown}");
+    assert!(
+        unknown.contains("type='error'") && unknown.contains("service-unavailable"),
+        "{unknown}"
+    );
 
     h.stop.send(true).unwrap();
     timeout(WAIT, h.task).await.unwrap().unwrap();
@@ -166,21 +226,33 @@ async fn publish_errors_are_written_in_the_stream_namespace() {
     let mut c = accept(&h.listener).await;
     wait_connected(&mut h, true).await;
 
-    c.send("<iq type='set' id='pub1' from='example.org' to='push.test'>\
+    c.send(
+        "<iq type='set' id='pub1' from='example.org' to='push.test'>\
             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='no-such-node'><item>\
-            <notification xmlns='urn:xmpp:push:0'/></item></publish></pubsub></iq>").await;
+            <notification xmlns='urn:xmpp:push:0'/></item></publish></pubsub></iq>",
+    )
+    .await;
     let reply = c.iq_with("id='pub1'").await;
     assert!(reply.contains("type='error'"), "{reply}");
-    assert!(reply.contains("<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'"), "{reply}");
+    assert!(
+        reply.contains("<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'"),
+        "{reply}"
+    );
     assert!(reply.contains("<error type='cancel'"), "{reply}");
     // Prosody cannot read an <error/> in another namespace (xep0357-interop.md §4.4).
     assert!(!reply.contains("jabber:client"), "{reply}");
 
     // A publish from a user's full JID is not a server's publish.
-    c.send("<iq type='set' id='pub2' from='user@example.org/res' to='push.test'>\
-            <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='x'/></pubsub></iq>").await;
+    c.send(
+        "<iq type='set' id='pub2' from='user@example.org/res' to='push.test'>\
+            <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='x'/></pubsub></iq>",
+    )
+    .await;
     let reply = c.iq_with("id='pub2'").await;
-    assert!(reply.contains("<forbidden") && reply.contains("type='auth'"), "{reply}");
+    assert!(
+        reply.contains("<forbidden") && reply.contains("type='auth'"),
+        "{reply}"
+    );
     h.stop.send(true).unwrap();
 }
 
@@ -191,16 +263,24 @@ async fn malformed_stanza_is_answered_and_the_stream_survives() {
     wait_connected(&mut h, true).await;
 
     // An IQ get must carry exactly one payload: this one carries none.
-    c.send("<iq type='get' id='bad1' from='example.org' to='push.test'/>").await;
+    c.send("<iq type='get' id='bad1' from='example.org' to='push.test'/>")
+        .await;
     let reply = c.iq_with("id='bad1'").await;
-    assert!(reply.contains("type='error'") && reply.contains("bad-request"), "{reply}");
+    assert!(
+        reply.contains("type='error'") && reply.contains("bad-request"),
+        "{reply}"
+    );
 
     // Unparsable sender: nobody to answer, but the stream must stay up.
-    c.send("<message from='a@@b' to='push.test'><body>x</body></message>").await;
+    c.send("<message from='a@@b' to='push.test'><body>x</body></message>")
+        .await;
     c.send("<iq type='get' id='p2' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
     let pong = c.iq_with("id='p2'").await;
     assert!(pong.contains("type='result'"), "{pong}");
-    assert!(*h.connected.borrow(), "stream dropped after a malformed stanza");
+    assert!(
+        *h.connected.borrow(),
+        "stream dropped after a malformed stanza"
+    );
     h.stop.send(true).unwrap();
 }
 
@@ -211,11 +291,20 @@ async fn quiet_stream_is_pinged_not_dropped() {
     wait_connected(&mut h, true).await;
 
     let ping = c.iq_with("pushgate-ping-").await;
-    assert!(ping.contains("type='get'") && ping.contains("urn:xmpp:ping"), "{ping}");
-    assert!(ping.contains("to='test'"), "ping goes to the hosting server: {ping}");
+    assert!(
+        ping.contains("type='get'") && ping.contains("urn:xmpp:ping"),
+        "{ping}"
+    );
+    assert!(
+        ping.contains("to='test'"),
+        "ping goes to the hosting server: {ping}"
+    );
     let id_start = ping.find("id='").unwrap() + 4;
     let id = &ping[id_start..id_start + ping[id_start..].find('\'').unwrap()];
-    c.send(&format!("<iq type='result' id='{id}' from='test' to='push.test'/>")).await;
+    c.send(&format!(
+        "<iq type='result' id='{id}' from='test' to='push.test'/>"
+    ))
+    .await;
 
     // Still the same connection after several idle periods.
     let second = c.iq_with("pushgate-ping-").await;

@@ -62,13 +62,22 @@ impl fmt::Debug for DeviceToken {
 }
 
 /// RFC 8291 subscription keys of a WebPush registration (base64url, as browsers and
-/// UnifiedPush distributors hand them out).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// UnifiedPush distributors hand them out). `auth` is a secret, so `Debug` hides it.
+#[derive(Clone, PartialEq, Eq)]
 pub struct WebPushKeys {
     /// The user agent's P-256 public key, 65 bytes uncompressed.
     pub p256dh: String,
     /// The 16-byte authentication secret.
     pub auth: String,
+}
+
+impl fmt::Debug for WebPushKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebPushKeys")
+            .field("p256dh", &self.p256dh)
+            .field("auth", &"…")
+            .finish()
+    }
 }
 
 /// What a provider needs to know about one registered device.

@@ -57,7 +57,11 @@ pub fn exists(gw: &Gateway, node: &str) -> bool {
 }
 
 /// Runs one command request from `from` and returns the `<command/>` to answer with.
-pub async fn execute(gw: &Gateway, from: &Jid, req: CommandRequest) -> Result<CommandResponse, Fault> {
+pub async fn execute(
+    gw: &Gateway,
+    from: &Jid,
+    req: CommandRequest,
+) -> Result<CommandResponse, Fault> {
     let account = account_of(from)?;
     if req.action == crate::adhoc::Action::Cancel {
         return Ok(CommandResponse::canceled(&req));
@@ -87,7 +91,9 @@ fn account_of(from: &Jid) -> Result<BareJid, Fault> {
 }
 
 /// Reads the optional WebPush subscription keys; both or neither.
-fn webpush_keys(form: &crate::forms::Form) -> Result<Option<pushgate_providers::WebPushKeys>, Fault> {
+fn webpush_keys(
+    form: &crate::forms::Form,
+) -> Result<Option<pushgate_providers::WebPushKeys>, Fault> {
     match (form.value("p256dh"), form.value("auth")) {
         (Some(p256dh), Some(auth)) => Ok(Some(pushgate_providers::WebPushKeys {
             p256dh: p256dh.to_owned(),

@@ -48,10 +48,21 @@ fn submitted(req: &CommandRequest) -> Option<&Form> {
     req.form.as_ref().filter(|f| !f.fields.is_empty())
 }
 
-pub async fn register(gw: &Gateway, account: BareJid, provider: &str, req: &CommandRequest) -> Result<CommandResponse, Fault> {
-    let (provider_id, provider) = gw.providers.get(provider).ok_or(Fault::NotFound("no such command"))?;
+pub async fn register(
+    gw: &Gateway,
+    account: BareJid,
+    provider: &str,
+    req: &CommandRequest,
+) -> Result<CommandResponse, Fault> {
+    let (provider_id, provider) = gw
+        .providers
+        .get(provider)
+        .ok_or(Fault::NotFound("no such command"))?;
     let Some(form) = submitted(req) else {
-        return Ok(CommandResponse::executing(req, blank_form("Register device", true).build()));
+        return Ok(CommandResponse::executing(
+            req,
+            blank_form("Register device", true).build(),
+        ));
     };
     let token = DeviceToken::new(
         form.value("token")
@@ -78,7 +89,9 @@ pub async fn register(gw: &Gateway, account: BareJid, provider: &str, req: &Comm
         })
         .await?;
     let Some(secret) = reg.secret.as_ref() else {
-        return Err(Fault::Transient("p2 registration stored without a secret".into()));
+        return Err(Fault::Transient(
+            "p2 registration stored without a secret".into(),
+        ));
     };
     tracing::info!(registration = reg.id, provider = %reg.provider, "device registered (p2)");
     let result = FormBuilder::new("form")
@@ -89,14 +102,34 @@ pub async fn register(gw: &Gateway, account: BareJid, provider: &str, req: &Comm
     Ok(CommandResponse::completed(req, Some(result)))
 }
 
-pub async fn unregister(gw: &Gateway, account: BareJid, provider: &str, req: &CommandRequest) -> Result<CommandResponse, Fault> {
-    let (provider_id, _) = gw.providers.get(provider).ok_or(Fault::NotFound("no such command"))?;
+pub async fn unregister(
+    gw: &Gateway,
+    account: BareJid,
+    provider: &str,
+    req: &CommandRequest,
+) -> Result<CommandResponse, Fault> {
+    let (provider_id, _) = gw
+        .providers
+        .get(provider)
+        .ok_or(Fault::NotFound("no such command"))?;
     let Some(form) = submitted(req) else {
-        return Ok(CommandResponse::executing(req, blank_form("Unregister device", false).build()));
+        return Ok(CommandResponse::executing(
+            req,
+            blank_form("Unregister device", false).build(),
+        ));
     };
     let muc = muc(form)?;
-    let key = device_key(Dialect::P2, &DeviceToken::new(""), Some(device_id(form)?), muc.as_ref());
-    if !gw.store.unregister(Dialect::P2, provider_id, &account, &key).await? {
+    let key = device_key(
+        Dialect::P2,
+        &DeviceToken::new(""),
+        Some(device_id(form)?),
+        muc.as_ref(),
+    );
+    if !gw
+        .store
+        .unregister(Dialect::P2, provider_id, &account, &key)
+        .await?
+    {
         return Err(Fault::NotFound("no such registration"));
     }
     tracing::info!(provider = %provider_id, "device unregistered (p2)");

@@ -22,18 +22,30 @@ fn submitted(req: &CommandRequest) -> Result<Option<&Form>, Fault> {
     match (&req.form, req.action) {
         (Some(form), _) if !form.fields.is_empty() => Ok(Some(form)),
         (_, Action::Execute | Action::Next | Action::Prev) => Ok(None),
-        _ => Err(Fault::BadRequest("the command needs a submitted form".into())),
+        _ => Err(Fault::BadRequest(
+            "the command needs a submitted form".into(),
+        )),
     }
 }
 
 fn blank_form(gw: &Gateway, title: &str, with_second_token: bool) -> FormBuilder {
-    let options: Vec<(&str, &str)> = gw.providers.ids().map(|id| (id.as_str(), id.as_str())).collect();
+    let options: Vec<(&str, &str)> = gw
+        .providers
+        .ids()
+        .map(|id| (id.as_str(), id.as_str()))
+        .collect();
     let form = FormBuilder::new("form")
         .title(title)
         .input("provider", "list-single", "Provider", true, options)
         .input("device-token", "text-single", "Device token", true, []);
     if with_second_token {
-        form.input("device-second-token", "text-single", "Device second (VoIP) token", false, [])
+        form.input(
+            "device-second-token",
+            "text-single",
+            "Device second (VoIP) token",
+            false,
+            [],
+        )
     } else {
         form
     }
@@ -44,9 +56,16 @@ fn required<'a>(form: &'a Form, var: &str) -> Result<&'a str, Fault> {
         .ok_or_else(|| Fault::BadRequest(format!("field '{var}' is required")))
 }
 
-pub async fn register(gw: &Gateway, account: BareJid, req: &CommandRequest) -> Result<CommandResponse, Fault> {
+pub async fn register(
+    gw: &Gateway,
+    account: BareJid,
+    req: &CommandRequest,
+) -> Result<CommandResponse, Fault> {
     let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(req, blank_form(gw, "Register device", true).build()));
+        return Ok(CommandResponse::executing(
+            req,
+            blank_form(gw, "Register device", true).build(),
+        ));
     };
     let (provider_id, provider) = gw
         .providers
@@ -77,14 +96,25 @@ pub async fn register(gw: &Gateway, account: BareJid, req: &CommandRequest) -> R
     let result = FormBuilder::new("result")
         .field("node", "text-single", [reg.node.as_str()])
         .field("features", "list-multi", FEATURES)
-        .field("max-payload-size", "text-single", [gw.max_payload_size.to_string()])
+        .field(
+            "max-payload-size",
+            "text-single",
+            [gw.max_payload_size.to_string()],
+        )
         .build();
     Ok(CommandResponse::completed(req, Some(result)))
 }
 
-pub async fn unregister(gw: &Gateway, account: BareJid, req: &CommandRequest) -> Result<CommandResponse, Fault> {
+pub async fn unregister(
+    gw: &Gateway,
+    account: BareJid,
+    req: &CommandRequest,
+) -> Result<CommandResponse, Fault> {
     let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(req, blank_form(gw, "Unregister device", false).build()));
+        return Ok(CommandResponse::executing(
+            req,
+            blank_form(gw, "Unregister device", false).build(),
+        ));
     };
     let (provider_id, _) = gw
         .providers
@@ -92,7 +122,11 @@ pub async fn unregister(gw: &Gateway, account: BareJid, req: &CommandRequest) ->
         .ok_or(Fault::NotFound("unknown provider"))?;
     let token = DeviceToken::new(required(form, "device-token")?);
     let key = device_key(Dialect::Tigase, &token, None, None);
-    if !gw.store.unregister(Dialect::Tigase, provider_id, &account, &key).await? {
+    if !gw
+        .store
+        .unregister(Dialect::Tigase, provider_id, &account, &key)
+        .await?
+    {
         return Err(Fault::NotFound("no such registration"));
     }
     tracing::info!(provider = %provider_id, "device unregistered (tigase)");

@@ -61,24 +61,33 @@ pub async fn handle(gw: &Gateway, from: &Jid, req: &PublishRequest) -> Result<Ou
     let Some((_, provider)) = gw.providers.get(reg.provider.as_str()) else {
         // The operator removed this provider. Not the device's fault: keep the registration.
         tracing::warn!("registration refers to a provider that is no longer configured");
-        return Err(Fault::Transient(format!("provider {} not configured", reg.provider)));
+        return Err(Fault::Transient(format!(
+            "provider {} not configured",
+            reg.provider
+        )));
     };
     let notification = req.notification(reg.account.as_str());
     let device = reg.device();
-    let verdict = match tokio::time::timeout(gw.publish_timeout, provider.send(&device, &notification)).await {
-        Ok(v) => v,
-        Err(_) => Verdict::Transient {
-            retry_after: None,
-            reason: "provider did not answer in time".into(),
-        },
-    };
+    let verdict =
+        match tokio::time::timeout(gw.publish_timeout, provider.send(&device, &notification)).await
+        {
+            Ok(v) => v,
+            Err(_) => Verdict::Transient {
+                retry_after: None,
+                reason: "provider did not answer in time".into(),
+            },
+        };
     apply(gw, &reg, verdict).await
 }
 
 /// Finds the registration behind a publish and checks that this server may publish to it.
 /// Unknown node, foreign domain and wrong secret look the same from outside, so a prober
 /// learns nothing about which nodes exist.
-async fn authorise(gw: &Gateway, from_domain: &str, req: &PublishRequest) -> Result<Registration, Fault> {
+async fn authorise(
+    gw: &Gateway,
+    from_domain: &str,
+    req: &PublishRequest,
+) -> Result<Registration, Fault> {
     const NOT_FOUND: Fault = Fault::NotFound("no such node");
     let node = req.node.as_deref().ok_or(NOT_FOUND)?;
     let Some(reg) = gw.store.find_by_node(node).await? else {
@@ -89,14 +98,22 @@ async fn authorise(gw: &Gateway, from_domain: &str, req: &PublishRequest) -> Res
         .map(|d| d.domain().as_str() == reg.domain)
         .unwrap_or(false);
     if !same_domain {
-        tracing::info!(registration = reg.id, reason = "foreign_domain", "publish refused");
+        tracing::info!(
+            registration = reg.id,
+            reason = "foreign_domain",
+            "publish refused"
+        );
         return Err(NOT_FOUND);
     }
-    if let Some(secret) = &reg.secret {
-        if !req.secret.as_deref().is_some_and(|s| secret.matches(s)) {
-            tracing::info!(registration = reg.id, reason = "wrong_secret", "publish refused");
-            return Err(NOT_FOUND);
-        }
+    if let Some(secret) = &reg.secret
+        && !req.secret.as_deref().is_some_and(|s| secret.matches(s))
+    {
+        tracing::info!(
+            registration = reg.id,
+            reason = "wrong_secret",
+            "publish refused"
+        );
+        return Err(NOT_FOUND);
     }
     Ok(reg)
 }
@@ -113,7 +130,10 @@ async fn apply(gw: &Gateway, reg: &Registration, verdict: Verdict) -> Result<Out
             gw.store.delete(reg.id).await?;
             Ok(Outcome::DeadToken)
         }
-        Verdict::Transient { retry_after, reason } => {
+        Verdict::Transient {
+            retry_after,
+            reason,
+        } => {
             tracing::warn!(%reason, retry_after_secs = retry_after.map(|d| d.as_secs()), "delivery failed for now");
             gw.store.record_error(reg.id, &reason).await?;
             Ok(Outcome::Transient)

@@ -92,7 +92,10 @@ impl PublishRequest {
     fn read_notification(&mut self, n: &Element) {
         for child in n.children() {
             if let Ok(form) = Form::parse(child) {
-                if form.form_type().is_none_or(|t| t == "urn:xmpp:push:summary") {
+                if form
+                    .form_type()
+                    .is_none_or(|t| t == "urn:xmpp:push:summary")
+                {
                     self.summary = Summary {
                         message_count: form.value("message-count").and_then(|c| c.parse().ok()),
                         sender: form.value("last-message-sender").map(str::to_owned),
@@ -226,13 +229,16 @@ mod tests {
         let n = r.notification("a@b");
         assert_eq!((n.kind, n.priority), (Kind::Background, Priority::Low));
         // no <item> at all
-        let r = parse("<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='x'/></pubsub>").unwrap();
+        let r =
+            parse("<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='x'/></pubsub>")
+                .unwrap();
         assert_eq!(r.node.as_deref(), Some("x"));
     }
 
     #[test]
     fn tigase_clear_and_sender_and_nickname() {
-        let clear = "<x xmlns='jabber:x:data'><field var='message-count'><value>0</value></field></x>";
+        let clear =
+            "<x xmlns='jabber:x:data'><field var='message-count'><value>0</value></field></x>";
         let r = parse(&wrap("node='N'", clear, "")).unwrap();
         assert_eq!(r.notification("a@b").kind, Kind::Clear);
 
@@ -241,7 +247,9 @@ mod tests {
             <field var='last-message-sender'><value>room@muc.example/nick</value></field>\
             <field var='last-message-body'><value>hi all</value></field></x>\
             <groupchat xmlns='http://tigase.org/protocol/muc#offline'><nickname>nick</nickname></groupchat>";
-        let n = parse(&wrap("node='N'", msg, "")).unwrap().notification("a@b");
+        let n = parse(&wrap("node='N'", msg, ""))
+            .unwrap()
+            .notification("a@b");
         assert_eq!(n.content.sender.as_deref(), Some("room@muc.example/nick"));
         assert_eq!(n.content.message_count, Some(3));
         assert_eq!(n.content.nickname.as_deref(), Some("nick"));
@@ -250,35 +258,72 @@ mod tests {
     #[test]
     fn priority_hints_and_encrypted_payloads() {
         let low = "<priority xmlns='tigase:push:priority:0'>low</priority>";
-        let n = parse(&wrap("node='N'", &format!("{PROSODY}{low}"), "")).unwrap().notification("a");
+        let n = parse(&wrap("node='N'", &format!("{PROSODY}{low}"), ""))
+            .unwrap()
+            .notification("a");
         assert_eq!(n.kind, Kind::Background);
 
         let high = "<priority xmlns='tigase:push:priority:0'>high</priority>";
-        let n = parse(&wrap("node='N'", high, "")).unwrap().notification("a");
+        let n = parse(&wrap("node='N'", high, ""))
+            .unwrap()
+            .notification("a");
         assert_eq!((n.kind, n.priority), (Kind::Alert, Priority::High));
 
         let enc = "<encrypted xmlns='tigase:push:encrypt:0' iv='SVY='>Q0lQSEVS</encrypted>";
         let r = parse(&wrap("node='N'", enc, "")).unwrap();
         let n = r.notification("a");
         assert_eq!(n.kind, Kind::Alert);
-        assert_eq!(n.encrypted, Some(Encrypted { payload: "Q0lQSEVS".into(), iv: "SVY=".into() }));
+        assert_eq!(
+            n.encrypted,
+            Some(Encrypted {
+                payload: "Q0lQSEVS".into(),
+                iv: "SVY=".into()
+            })
+        );
 
-        let voip = "<encrypted xmlns='tigase:push:encrypt:0' iv='SVY=' type='voip'>Q0lQSEVS</encrypted>";
-        assert_eq!(parse(&wrap("node='N'", voip, "")).unwrap().notification("a").kind, Kind::Voip);
+        let voip =
+            "<encrypted xmlns='tigase:push:encrypt:0' iv='SVY=' type='voip'>Q0lQSEVS</encrypted>";
+        assert_eq!(
+            parse(&wrap("node='N'", voip, ""))
+                .unwrap()
+                .notification("a")
+                .kind,
+            Kind::Voip
+        );
         let jingle = "<jingle xmlns='tigase:push:jingle:0' action='propose' sid='s'><media>audio</media></jingle>";
-        assert_eq!(parse(&wrap("node='N'", jingle, "")).unwrap().notification("a").kind, Kind::Voip);
+        assert_eq!(
+            parse(&wrap("node='N'", jingle, ""))
+                .unwrap()
+                .notification("a")
+                .kind,
+            Kind::Voip
+        );
     }
 
     #[test]
     fn refuses_what_is_not_a_publish() {
-        assert_eq!(parse("<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='x' jid='a@b'/></pubsub>"), Err(PublishError::NoPublish));
-        assert_eq!(parse("<query xmlns='jabber:iq:roster'/>"), Err(PublishError::NotPubsub));
+        assert_eq!(
+            parse(
+                "<pubsub xmlns='http://jabber.org/protocol/pubsub'><subscribe node='x' jid='a@b'/></pubsub>"
+            ),
+            Err(PublishError::NoPublish)
+        );
+        assert_eq!(
+            parse("<query xmlns='jabber:iq:roster'/>"),
+            Err(PublishError::NotPubsub)
+        );
     }
 
     #[test]
     fn garbage_counts_are_ignored() {
         let f = "<x xmlns='jabber:x:data'><field var='message-count'><value>-7</value></field></x>";
-        assert_eq!(parse(&wrap("node='N'", f, "")).unwrap().summary.message_count, None);
+        assert_eq!(
+            parse(&wrap("node='N'", f, ""))
+                .unwrap()
+                .summary
+                .message_count,
+            None
+        );
     }
 
     proptest! {
