@@ -86,7 +86,7 @@ async fn dispatch(
             let req = CommandRequest::try_from(payload)?;
             let outcome = crate::commands::execute(gw, from, req).await;
             if let Err(f) = &outcome {
-                tracing::info!(outcome = %f.label(), "command refused: {f}");
+                tracing::info!(reason = %f.label(), "command refused: {f}");
             }
             outcome.map(|r| Some(r.into()))
         }

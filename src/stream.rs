@@ -18,7 +18,6 @@ use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmlStream, XmppStreamElement,
 };
-use tracing::Instrument;
 use xmpp_parsers::component::Handshake;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, Jid};
@@ -195,12 +194,13 @@ async fn serve(
                         return Err(StreamError::Closed);
                     };
                     let (gw, tx) = (gw.clone(), tx.clone());
+                    // The router opens a span per stanza; nothing is inherited from here.
                     tokio::spawn(async move {
                         if let Some(reply) = router::handle(&gw, stanza).await {
                             let _ = tx.send(reply).await;
                         }
                         drop(permit);
-                    }.instrument(tracing::Span::current()));
+                    });
                 }
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
                     return Err(StreamError::StreamError(format!("{e:?}")));

@@ -10,6 +10,7 @@ pub mod request;
 use std::str::FromStr;
 
 use pushgate_providers::Verdict;
+use tracing::Instrument;
 use xmpp_parsers::jid::Jid;
 
 pub use request::PublishRequest;
@@ -56,8 +57,10 @@ pub async fn handle(gw: &Gateway, from: &Jid, req: &PublishRequest) -> Result<Ou
     }
     let reg = authorise(gw, from.domain().as_str(), req).await?;
     let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
-    let _enter = span.enter();
+    deliver(gw, req, reg).instrument(span).await
+}
 
+async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Result<Outcome, Fault> {
     let Some((_, provider)) = gw.providers.get(reg.provider.as_str()) else {
         // The operator removed this provider. Not the device's fault: keep the registration.
         tracing::warn!("registration refers to a provider that is no longer configured");

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
-from slixmpp.xmlstream import ET as SET  # noqa: F401  (same ElementTree)
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -432,7 +432,6 @@ class FakePushComponent:
             r.send()
 
     def wait_for(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[ET.Element]:
-        import time
         deadline = time.monotonic() + timeout
         with self._cond:
             while len(self.publishes) < count:

@@ -11,6 +11,7 @@ gets the tails of Prosody's and pushgate's logs appended to its report.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import sys
@@ -29,11 +30,26 @@ DOMAIN = "localhost"
 OTHER_DOMAIN = "other.localhost"
 PUSH_JID = "push.localhost"
 FAKE_PUSH_JID = "fakepush.localhost"
-LOCAL_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "hank", "ivan")
+LOCAL_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "hank", "ivan",
+               "judy")
 OTHER_USERS = ("mallory",)
 
 # Everything that has a log worth showing when a test fails (objects with .diagnostics()).
 _LIVE: list = []
+
+
+@atexit.register
+def _last_resort_cleanup():
+    """Fixture finalizers stop everything; this only catches an interpreter exit that skipped
+    them, so no Prosody or pushgate outlives the test run."""
+    for x in list(_LIVE):
+        try:
+            if isinstance(x, Pushgate):
+                x.cleanup()
+            else:
+                x.stop()
+        except Exception:
+            pass
 
 
 class Stack:

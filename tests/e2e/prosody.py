@@ -10,13 +10,14 @@ VirtualHosts route to each other locally.
     srv.restart()      # SIGTERM, then start again on the same ports with the same data
     srv.stop()         # SIGTERM by PID, wait, delete the temp dir
 
-Can also run on its own (scripts/run-local does not need it, but it is handy):
-    python3 tests/e2e/prosody.py      # starts alice/bob on localhost + push.localhost, prints, waits
+Can also run on its own (scripts/run-local has its own copy in bash, without Python deps):
+    python3 tests/e2e/prosody.py      # alice/bob on localhost + push.localhost; Ctrl-C stops
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -171,7 +172,7 @@ class Prosody:
         if self._stdout:
             self._stdout.close()
             self._stdout = None
-        if cleanup:
+        if cleanup and not os.environ.get("PUSHGATE_E2E_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     def restart(self):
@@ -200,7 +201,7 @@ class Prosody:
 
     def wait_component(self, jid: str, since: int, timeout: float = 15.0, alive=None):
         """Wait for '<jid>:component ... External component successfully authenticated'."""
-        return self.log.wait_for(rf"(^|\s){_re(jid)}:component\s+info\s+{COMPONENT_AUTH_LINE}",
+        return self.log.wait_for(rf"(^|\s){re.escape(jid)}:component\s+info\s+{COMPONENT_AUTH_LINE}",
                                  since=since, timeout=timeout, alive=alive,
                                  what=f"component {jid} authenticated")
 
@@ -209,11 +210,6 @@ class Prosody:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def _re(s: str) -> str:
-    import re
-    return re.escape(s)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,7 +19,9 @@ from logfile import LogFile
 from webpush_endpoint import public_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-OUTCOME_RE = re.compile(r"\boutcome=\"?([a-z_]+)\"?")
+# A publish's answer is logged at INFO with `outcome=<label>`. Refused ad-hoc commands carry an
+# `outcome=` too ("command refused: ... outcome=not_found"), so only lines about a publish count.
+OUTCOME_RE = re.compile(r"(?i)publish.*\boutcome=\"?([a-z_]+)\"?")
 OUTCOMES = {"delivered", "not_found", "forbidden", "dead_token", "transient", "our_fault",
             "malformed"}
 VAPID_SUBJECT = "mailto:test@localhost"
@@ -121,7 +122,8 @@ class Pushgate:
         self.check_binary()
         since = self.prosody.log.offset()
         env = dict(os.environ)
-        env.setdefault("RUST_LOG", os.environ.get("PUSHGATE_E2E_RUST_LOG", "info"))
+        # outcome= lines are INFO: an ambient RUST_LOG=warn must not hide them
+        env["RUST_LOG"] = os.environ.get("PUSHGATE_E2E_RUST_LOG", "info")
         env["NO_COLOR"] = "1"
         env.setdefault("RUST_BACKTRACE", "1")
         self._logf = open(self.log.path, "ab")
@@ -157,8 +159,10 @@ class Pushgate:
         self.kill(signal.SIGTERM)
 
     def cleanup(self):
+        """Stop; remove the temp dir unless PUSHGATE_E2E_KEEP is set (to read logs later)."""
         self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not os.environ.get("PUSHGATE_E2E_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # --- log -----------------------------------------------------------------------------
     def outcomes(self, since: int = 0) -> list[str]:

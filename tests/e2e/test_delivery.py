@@ -102,3 +102,23 @@ def test_dead_token_ends_registration(stack, pushgate, endpoint, connect):
     err = expect_error(carol.command, PUSH_JID, "unregister-device",
                        form=submit_form({"provider": "webpush", "device-token": dev.url}))
     assert err.condition == "item-not-found", err
+
+
+def test_404_is_a_dead_token_too(stack, pushgate, endpoint, connect):
+    prosody = stack.prosody
+    dev = endpoint.new_device()
+    endpoint.set_status(dev, 404)
+    judy = connect("judy")
+    node = register_tigase(judy, dev, "webpush")
+    judy.enable_push(PUSH_JID, node)
+    judy.disconnect()
+    bob = connect("bob")
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("judy@localhost", "endpoint unknown")
+    assert wait_deliveries(endpoint, dev, 1)[0].status == 404
+    assert pushgate.wait_outcomes(since) == ["dead_token"]
+    prosody.log.wait_for(re.escape(DISABLED_LINE.format(jid=PUSH_JID, node=node)), since=since_p)
+    judy = connect("judy")
+    err = expect_error(judy.command, PUSH_JID, "unregister-device",
+                       form=submit_form({"provider": "webpush", "device-token": dev.url}))
+    assert err.condition == "item-not-found", err

@@ -20,20 +20,24 @@ def test_wrong_secret_is_not_found_and_right_secret_still_works(stack, pushgate,
     dev = endpoint.new_device()
     dave = connect("dave")
     node, secret = register_p2(dave, dev, "dave-phone-" + secrets.token_hex(3))
-    wrong = secret[:-2] + ("AA" if not secret.endswith("AA") else "BB")
-    dave.enable_push(PUSH_JID, node, secret=wrong)
     dave.disconnect()
     bob = connect("bob")
+    wrong = secret[:-2] + ("AA" if not secret.endswith("AA") else "BB")
 
-    since, since_p = pushgate.log.offset(), prosody.log.offset()
-    bob.send_message("dave@localhost", "with the wrong secret")
-    assert pushgate.wait_outcomes(since) == ["not_found"]
-    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found"))
-                         + f".*'{re.escape(PUSH_JID)}<{re.escape(node)}'", since=since_p)
-    assert endpoint.deliveries_for(dev) == [], "nothing may be delivered with a wrong secret"
+    # no publish-options at all, then a wrong secret: both refused as an unknown node. Prosody
+    # drops the registration after each error (push_max_errors = 1): dave enables again.
+    for what, sent_secret in (("no secret", None), ("a wrong secret", wrong)):
+        dave = connect("dave")
+        dave.enable_push(PUSH_JID, node, secret=sent_secret)
+        dave.disconnect()
+        since, since_p = pushgate.log.offset(), prosody.log.offset()
+        bob.send_message("dave@localhost", f"with {what}")
+        assert pushgate.wait_outcomes(since) == ["not_found"], what
+        prosody.log.wait_for(
+            re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found"))
+            + f".*'{re.escape(PUSH_JID)}<{re.escape(node)}'", since=since_p)
+        assert endpoint.deliveries_for(dev) == [], f"nothing may be delivered with {what}"
 
-    # Prosody dropped the registration after that error (push_max_errors = 1): enable again,
-    # now with the right secret
     dave = connect("dave")
     dave.enable_push(PUSH_JID, node, secret=secret)
     dave.disconnect()
@@ -42,6 +46,20 @@ def test_wrong_secret_is_not_found_and_right_secret_still_works(stack, pushgate,
     check_alert(wait_deliveries(endpoint, dev, 1)[0], dev, "dave@localhost", bob.full_jid,
                 "with the right secret")
     assert pushgate.wait_outcomes(since) == ["delivered"]
+
+
+def test_unknown_node_is_not_found(stack, pushgate, connect):
+    prosody = stack.prosody
+    node = secrets.token_urlsafe(16)
+    grace = connect("grace")
+    grace.enable_push(PUSH_JID, node)
+    grace.disconnect()
+    bob = connect("bob")
+    since, since_p = pushgate.log.offset(), prosody.log.offset()
+    bob.send_message("grace@localhost", "nobody registered this node")
+    assert pushgate.wait_outcomes(since) == ["not_found"]
+    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found"))
+                         + f".*'{re.escape(PUSH_JID)}<{re.escape(node)}'", since=since_p)
 
 
 @pytest.fixture
