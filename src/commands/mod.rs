@@ -10,10 +10,14 @@ mod tigase;
 
 use xmpp_parsers::jid::Jid;
 
-use crate::adhoc::{CommandRequest, CommandResponse};
+use pushgate_providers::{Device, Provider, ProviderId, WebPushKeys};
+
+use crate::adhoc::{Action, CommandRequest, CommandResponse};
 use crate::error::Fault;
+use crate::forms::Form;
 use crate::gateway::Gateway;
-use crate::ids::BareJid;
+use crate::ids::{BareJid, Dialect};
+use crate::storage::{NewRegistration, Registration};
 
 pub const REGISTER_DEVICE: &str = "register-device";
 pub const UNREGISTER_DEVICE: &str = "unregister-device";
@@ -63,7 +67,7 @@ pub async fn execute(
     req: CommandRequest,
 ) -> Result<CommandResponse, Fault> {
     let account = account_of(from)?;
-    if req.action == crate::adhoc::Action::Cancel {
+    if req.action == Action::Cancel {
         return Ok(CommandResponse::canceled(&req));
     }
     match req.node.as_str() {
@@ -90,12 +94,27 @@ fn account_of(from: &Jid) -> Result<BareJid, Fault> {
     Ok(bare)
 }
 
+/// The submitted form, or `None` when the client asks for the blank form (the first stage of a
+/// two-stage command). Finishing a command without a form is an error.
+fn submitted(req: &CommandRequest) -> Result<Option<&Form>, Fault> {
+    match (&req.form, req.action) {
+        (Some(form), _) if !form.fields.is_empty() => Ok(Some(form)),
+        (_, Action::Execute | Action::Next | Action::Prev) => Ok(None),
+        _ => Err(Fault::BadRequest(
+            "the command needs a submitted form".into(),
+        )),
+    }
+}
+
+fn required<'a>(form: &'a Form, var: &str) -> Result<&'a str, Fault> {
+    form.value(var)
+        .ok_or_else(|| Fault::BadRequest(format!("field '{var}' is required")))
+}
+
 /// Reads the optional WebPush subscription keys; both or neither.
-fn webpush_keys(
-    form: &crate::forms::Form,
-) -> Result<Option<pushgate_providers::WebPushKeys>, Fault> {
+fn webpush_keys(form: &Form) -> Result<Option<WebPushKeys>, Fault> {
     match (form.value("p256dh"), form.value("auth")) {
-        (Some(p256dh), Some(auth)) => Ok(Some(pushgate_providers::WebPushKeys {
+        (Some(p256dh), Some(auth)) => Ok(Some(WebPushKeys {
             p256dh: p256dh.to_owned(),
             auth: auth.to_owned(),
         })),
@@ -104,12 +123,40 @@ fn webpush_keys(
     }
 }
 
-/// Asks the provider whether it can deliver to this device before anything is stored.
-fn validate(
-    provider: &dyn pushgate_providers::Provider,
-    device: &pushgate_providers::Device,
-) -> Result<(), Fault> {
+/// Asks the provider whether it can deliver to this device, then stores it. A bad token is
+/// refused here, not discovered at the first push.
+async fn register_device(
+    gw: &Gateway,
+    provider: &dyn Provider,
+    new: NewRegistration,
+) -> Result<Registration, Fault> {
+    let device = Device {
+        provider: new.provider.clone(),
+        token: new.token.clone(),
+        second_token: new.second_token.clone(),
+        webpush_keys: new.webpush_keys.clone(),
+    };
     provider
-        .validate(device)
-        .map_err(|e| Fault::NotAcceptable(e.to_string()))
+        .validate(&device)
+        .map_err(|e| Fault::NotAcceptable(e.to_string()))?;
+    let dialect = new.dialect;
+    let reg = gw.store.register(new).await?;
+    tracing::info!(registration = reg.id, provider = %reg.provider, dialect = dialect.as_str(), "device registered");
+    Ok(reg)
+}
+
+/// Removes a registration; `item-not-found` when there was none (Siskin treats that as done).
+async fn unregister_device(
+    gw: &Gateway,
+    req: &CommandRequest,
+    dialect: Dialect,
+    provider: &ProviderId,
+    account: &BareJid,
+    key: &str,
+) -> Result<CommandResponse, Fault> {
+    if !gw.store.unregister(dialect, provider, account, key).await? {
+        return Err(Fault::NotFound("no such registration"));
+    }
+    tracing::info!(%provider, dialect = dialect.as_str(), "device unregistered");
+    Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
 }

@@ -5,9 +5,9 @@
 
 use std::str::FromStr;
 
-use pushgate_providers::{Device, DeviceToken};
+use pushgate_providers::DeviceToken;
 
-use super::{validate, webpush_keys};
+use super::{register_device, required, submitted, unregister_device, webpush_keys};
 use crate::adhoc::{CommandRequest, CommandResponse};
 use crate::error::Fault;
 use crate::forms::{Form, FormBuilder};
@@ -44,10 +44,6 @@ fn muc(form: &Form) -> Result<Option<BareJid>, Fault> {
         .map_err(|_| Fault::BadRequest("'muc' must be a bare JID".into()))
 }
 
-fn submitted(req: &CommandRequest) -> Option<&Form> {
-    req.form.as_ref().filter(|f| !f.fields.is_empty())
-}
-
 pub async fn register(
     gw: &Gateway,
     account: BareJid,
@@ -58,42 +54,28 @@ pub async fn register(
         .providers
         .get(provider)
         .ok_or(Fault::NotFound("no such command"))?;
-    let Some(form) = submitted(req) else {
+    let Some(form) = submitted(req)? else {
         return Ok(CommandResponse::executing(
             req,
             blank_form("Register device", true).build(),
         ));
     };
-    let token = DeviceToken::new(
-        form.value("token")
-            .ok_or_else(|| Fault::BadRequest("field 'token' is required".into()))?,
-    );
-    let device = Device {
+    let new = NewRegistration {
+        dialect: Dialect::P2,
         provider: provider_id.clone(),
-        token: token.clone(),
+        account,
+        device_id: Some(device_id(form)?.to_owned()),
+        muc: muc(form)?,
+        token: DeviceToken::new(required(form, "token")?),
         second_token: None,
         webpush_keys: webpush_keys(form)?,
     };
-    validate(provider.as_ref(), &device)?;
-    let reg = gw
-        .store
-        .register(NewRegistration {
-            dialect: Dialect::P2,
-            provider: device.provider,
-            account,
-            device_id: Some(device_id(form)?.to_owned()),
-            muc: muc(form)?,
-            token,
-            second_token: None,
-            webpush_keys: device.webpush_keys,
-        })
-        .await?;
+    let reg = register_device(gw, provider.as_ref(), new).await?;
     let Some(secret) = reg.secret.as_ref() else {
         return Err(Fault::Transient(
             "p2 registration stored without a secret".into(),
         ));
     };
-    tracing::info!(registration = reg.id, provider = %reg.provider, "device registered (p2)");
     let result = FormBuilder::new("form")
         .field("jid", "jid-single", [gw.jid.to_string()])
         .field("node", "text-single", [reg.node.as_str()])
@@ -112,7 +94,7 @@ pub async fn unregister(
         .providers
         .get(provider)
         .ok_or(Fault::NotFound("no such command"))?;
-    let Some(form) = submitted(req) else {
+    let Some(form) = submitted(req)? else {
         return Ok(CommandResponse::executing(
             req,
             blank_form("Unregister device", false).build(),
@@ -125,13 +107,5 @@ pub async fn unregister(
         Some(device_id(form)?),
         muc.as_ref(),
     );
-    if !gw
-        .store
-        .unregister(Dialect::P2, provider_id, &account, &key)
-        .await?
-    {
-        return Err(Fault::NotFound("no such registration"));
-    }
-    tracing::info!(provider = %provider_id, "device unregistered (p2)");
-    Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
+    unregister_device(gw, req, Dialect::P2, provider_id, &account, &key).await
 }
