@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod apns;
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration
@@ -200,6 +201,11 @@ pub trait Provider: Send + Sync {
 
     /// Delivers one notification. Never panics and never hangs past the provider's own timeout.
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict;
+
+    /// The APNs provider behind this trait object, for APNs-only operations (credential upload).
+    fn as_apns(&self) -> Option<&apns::Apns> {
+        None
+    }
 }
 
 /// One `[providers.<id>]` section of the configuration, tagged by `kind`.
@@ -207,6 +213,7 @@ pub trait Provider: Send + Sync {
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum ProviderConfig {
     Webpush(webpush::WebPushConfig),
+    Apns(apns::ApnsConfig),
 }
 
 /// Builds the provider for one configuration section. `key` is that section's dotted path, so
@@ -214,5 +221,6 @@ pub enum ProviderConfig {
 pub fn build(key: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, ConfigError> {
     match config {
         ProviderConfig::Webpush(c) => Ok(Arc::new(webpush::WebPush::new(key, c)?)),
+        ProviderConfig::Apns(c) => Ok(Arc::new(apns::Apns::new(key, c)?)),
     }
 }

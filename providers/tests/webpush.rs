@@ -746,7 +746,9 @@ fn config_section_parses_with_its_kind_tag_and_defaults() {
         "#,
     )
     .unwrap();
-    let ProviderConfig::Webpush(c) = config;
+    let ProviderConfig::Webpush(c) = config else {
+        panic!("not a webpush section")
+    };
     assert_eq!(c.vapid_subject, "https://example.org/contact");
     assert_eq!(c.allowed_hosts, vec!["*.example.org".to_owned()]);
     assert_eq!(c.ttl_secs, 86_400);
@@ -777,7 +779,9 @@ fn shipped_example_config_section_is_accepted() {
             .unwrap();
     let doc: toml::Table = toml::from_str(&text).unwrap();
     let section = doc["providers"]["webpush"].clone();
-    let ProviderConfig::Webpush(c) = section.try_into::<ProviderConfig>().unwrap();
+    let ProviderConfig::Webpush(c) = section.try_into::<ProviderConfig>().unwrap() else {
+        panic!("not a webpush section")
+    };
     assert_eq!(c.ttl_secs, WebPushConfig::default().ttl_secs);
     assert_eq!(c.max_body_chars, WebPushConfig::default().max_body_chars);
     assert_eq!(

@@ -1,0 +1,846 @@
+//! The APNs provider: delivers a [`Notification`] to an iOS device through Apple's HTTP/2
+//! provider API, with token (.p8) or certificate (.p12 / PEM) authentication.
+//!
+//! Why it looks the way it does (providers.md §1, rust-stack.md §5):
+//! * Its own client on reqwest rather than a2: the base URL and an extra CA must be configurable
+//!   (tests run against a local HTTP/2 server; private relays exist), unknown APNs reasons must
+//!   survive as strings, and idle connections need HTTP/2 PINGs.
+//! * Credentials may arrive after start (admin upload), so they live behind a lock and are
+//!   swapped whole with their connection pool; in-flight deliveries finish on the old pool.
+//! * Verdicts follow the HTTP status first and the `reason` second, so a reason Apple adds later
+//!   still lands in the right class.
+//! * Device tokens, keys, JWTs and payloads are never logged; a token shows only its prefix.
+
+mod client;
+mod credentials;
+mod jwt;
+mod payload;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tracing::Instrument as _;
+
+pub use credentials::{CredentialError, CredentialInfo, Credentials};
+
+use crate::{ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict};
+use client::{ClientSettings, Pool};
+use jwt::TokenSigner;
+use payload::{MappingSettings, Planned, PushType};
+
+/// Apple's production endpoint.
+pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
+/// Apple's development (sandbox) endpoint.
+pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
+
+/// `apns-collapse-id` may be at most this many bytes.
+const MAX_COLLAPSE_ID_BYTES: usize = 64;
+
+/// How much of an error response is read (so the stream completes) and kept for the reason.
+const MAX_RESPONSE_READ_BYTES: usize = 8 * 1024;
+const MAX_REASON_CHARS: usize = 200;
+
+/// `[providers.<id>]` with `kind = "apns"`; the keys are documented in `etc/pushgate.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    /// The app's bundle id (`apns-topic`); VoIP pushes go to `<topic>.voip`.
+    pub topic: String,
+    pub environment: Environment,
+    /// Defaults to Apple's production or sandbox endpoint for `environment`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Extra trusted CA (PEM), added to the system roots: tests and private relays.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Token auth: the .p8 key file, its key id and the team id.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// Certificate auth from a PKCS#12 bundle and its password.
+    #[serde(default)]
+    pub p12_file: Option<PathBuf>,
+    #[serde(default)]
+    pub p12_password: Option<String>,
+    /// Certificate auth from a PEM certificate (+ chain) and a PEM private key.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// Connections to APNs (Tigase's `pool-size`).
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: usize,
+    /// HTTP/2 PING interval on idle connections; 0 sends none.
+    #[serde(default = "defaults::ping_interval_secs")]
+    pub ping_interval_secs: u64,
+    /// Bound on one request, connection to last response byte.
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// `apns-expiration` = now + this; 0 = "now or never".
+    #[serde(default = "defaults::expiration_secs")]
+    pub expiration_secs: u64,
+    /// The same for VoIP pushes: a stale ring is useless.
+    #[serde(default = "defaults::voip_expiration_secs")]
+    pub voip_expiration_secs: u64,
+    /// `apns-collapse-id` for every push (≤ 64 bytes).
+    #[serde(default)]
+    pub collapse_id: Option<String>,
+    /// Bodies longer than this many characters are cut and end in "…".
+    #[serde(default = "defaults::max_body_chars")]
+    pub max_body_chars: usize,
+}
+
+mod defaults {
+    pub fn pool_size() -> usize {
+        2
+    }
+    pub fn ping_interval_secs() -> u64 {
+        60
+    }
+    pub fn request_timeout_secs() -> u64 {
+        8
+    }
+    pub fn expiration_secs() -> u64 {
+        86_400
+    }
+    pub fn voip_expiration_secs() -> u64 {
+        30
+    }
+    pub fn max_body_chars() -> usize {
+        500
+    }
+}
+
+impl ApnsConfig {
+    /// A configuration with every optional key at its default and no credentials.
+    pub fn new(topic: impl Into<String>, environment: Environment) -> Self {
+        Self {
+            topic: topic.into(),
+            environment,
+            base_url: None,
+            ca_file: None,
+            key_file: None,
+            key_id: None,
+            team_id: None,
+            p12_file: None,
+            p12_password: None,
+            cert_file: None,
+            private_key_file: None,
+            pool_size: defaults::pool_size(),
+            ping_interval_secs: defaults::ping_interval_secs(),
+            request_timeout_secs: defaults::request_timeout_secs(),
+            expiration_secs: defaults::expiration_secs(),
+            voip_expiration_secs: defaults::voip_expiration_secs(),
+            collapse_id: None,
+            max_body_chars: defaults::max_body_chars(),
+        }
+    }
+}
+
+/// Which APNs environment the app's tokens belong to; a token from the other one is refused as
+/// `BadDeviceToken`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Production,
+    Sandbox,
+}
+
+impl Environment {
+    fn label(self) -> &'static str {
+        match self {
+            Environment::Production => "production",
+            Environment::Sandbox => "sandbox",
+        }
+    }
+}
+
+/// Credentials in use, with the pool built for them (certificate auth binds the TLS identity
+/// to the connections) and, for token auth, the shared provider token.
+struct Active {
+    info: CredentialInfo,
+    pool: Pool,
+    signer: Option<TokenSigner>,
+}
+
+/// The APNs provider for one app (topic + environment).
+pub struct Apns {
+    /// The configuration section's dotted path, for logs.
+    key: String,
+    topic: String,
+    voip_topic: String,
+    environment: Environment,
+    base_url: String,
+    client_settings: ClientSettings,
+    pool_size: usize,
+    request_timeout: Duration,
+    collapse_id: Option<String>,
+    mapping: MappingSettings,
+    active: RwLock<Option<Arc<Active>>>,
+}
+
+impl fmt::Debug for Apns {
+    /// Shows the settings but never credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Apns")
+            .field("key", &self.key)
+            .field("topic", &self.topic)
+            .field("environment", &self.environment)
+            .field("base_url", &self.base_url)
+            .field("pool_size", &self.pool_size)
+            .field("credentials", &self.credential_info())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Apns {
+    /// Builds the provider for the section at `key`; every error names the offending key below
+    /// it. Credentials in the config are optional: an app may get them later via the admin
+    /// command. Without credentials, send() answers `Verdict::Transient`.
+    pub fn new(key: &str, config: &ApnsConfig) -> Result<Self, ConfigError> {
+        let err = |field: &str, message: String| ConfigError {
+            key: format!("{key}.{field}"),
+            message,
+        };
+
+        if config.topic.trim().is_empty() || config.topic.contains(char::is_whitespace) {
+            return Err(err("topic", "must be the app's bundle id".to_owned()));
+        }
+        let base_url = match &config.base_url {
+            Some(u) => {
+                let url =
+                    url::Url::parse(u).map_err(|e| err("base_url", format!("not a URL: {e}")))?;
+                if url.scheme() != "https" || url.host().is_none() {
+                    return Err(err("base_url", "must be an https:// URL".to_owned()));
+                }
+                u.trim_end_matches('/').to_owned()
+            }
+            None => match config.environment {
+                Environment::Production => PRODUCTION_URL.to_owned(),
+                Environment::Sandbox => SANDBOX_URL.to_owned(),
+            },
+        };
+        if let Some(id) = &config.collapse_id
+            && (id.is_empty() || id.len() > MAX_COLLAPSE_ID_BYTES)
+        {
+            return Err(err(
+                "collapse_id",
+                format!(
+                    "must be 1 to {MAX_COLLAPSE_ID_BYTES} bytes, got {}",
+                    id.len()
+                ),
+            ));
+        }
+        if config.pool_size == 0 || config.pool_size > 64 {
+            return Err(err("pool_size", "must be between 1 and 64".to_owned()));
+        }
+        if config.request_timeout_secs == 0 {
+            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
+        }
+        let extra_roots = match &config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| err("ca_file", format!("cannot read {}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    err(
+                        "ca_file",
+                        format!("{} is not a PEM certificate bundle: {e}", path.display()),
+                    )
+                })?;
+                if certs.is_empty() {
+                    return Err(err(
+                        "ca_file",
+                        format!("{} holds no certificate", path.display()),
+                    ));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let request_timeout = Duration::from_secs(config.request_timeout_secs);
+
+        let apns = Self {
+            key: key.to_owned(),
+            topic: config.topic.clone(),
+            voip_topic: format!("{}.voip", config.topic),
+            environment: config.environment,
+            base_url,
+            client_settings: ClientSettings {
+                extra_roots,
+                connect_timeout: request_timeout,
+                ping_interval: (config.ping_interval_secs > 0)
+                    .then(|| Duration::from_secs(config.ping_interval_secs)),
+            },
+            pool_size: config.pool_size,
+            request_timeout,
+            collapse_id: config.collapse_id.clone(),
+            mapping: MappingSettings {
+                max_body_chars: config.max_body_chars,
+                expiration_secs: config.expiration_secs,
+                voip_expiration_secs: config.voip_expiration_secs,
+            },
+            active: RwLock::new(None),
+        };
+
+        match load_credentials(config).map_err(|(field, message)| err(field, message))? {
+            Some((field, credentials)) => {
+                let info = apns
+                    .set_credentials(credentials)
+                    .map_err(|e| err(field, e.to_string()))?;
+                tracing::info!(provider = key, topic = %apns.topic, environment = apns.environment.label(),
+                    credentials = info.kind, subject = info.subject.as_deref().unwrap_or(""), "APNs provider ready");
+            }
+            None => tracing::warn!(
+                provider = key,
+                topic = %apns.topic,
+                "APNs provider has no credentials; deliveries fail until some are uploaded"
+            ),
+        }
+        Ok(apns)
+    }
+
+    /// Hot-swaps credentials (validated first); new connections and JWTs use them at once. Safe
+    /// to call concurrently with send(): deliveries in flight finish with the old ones.
+    pub fn set_credentials(
+        &self,
+        credentials: Credentials,
+    ) -> Result<CredentialInfo, CredentialError> {
+        let info = credentials.validate(SystemTime::now())?;
+        let signer = match &credentials {
+            Credentials::Token {
+                key_pem,
+                key_id,
+                team_id,
+            } => Some(TokenSigner::new(key_pem, key_id, team_id)?),
+            Credentials::Certificate { .. } => None,
+        };
+        let identity = credentials.identity_pem();
+        let pool = Pool::build(self.pool_size, &self.client_settings, identity.as_deref())
+            .map_err(CredentialError::Unreadable)?;
+        let active = Arc::new(Active {
+            info: info.clone(),
+            pool,
+            signer,
+        });
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Some(active);
+        tracing::info!(provider = %self.key, credentials = info.kind, "APNs credentials installed");
+        Ok(info)
+    }
+
+    pub fn credential_info(&self) -> Option<CredentialInfo> {
+        self.current().map(|a| a.info.clone())
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// Makes the cached provider token look `by` older, so tests can exercise the renewal
+    /// rules without waiting 20 minutes. No effect with certificate auth.
+    #[doc(hidden)]
+    pub fn backdate_provider_token(&self, by: Duration) {
+        if let Some(signer) = self.current().as_ref().and_then(|a| a.signer.as_ref()) {
+            signer.backdate(by);
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Active>> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One delivery, run inside the delivery span: at most one retry on another connection
+    /// after a connection failure, and one after `ExpiredProviderToken` with a renewed token.
+    async fn deliver(&self, active: &Active, push: &Planned<'_>) -> Verdict {
+        let mut jwt = match &active.signer {
+            Some(s) => match s.current() {
+                Ok(t) => Some(t),
+                Err(reason) => return Verdict::OurFault { reason },
+            },
+            None => None,
+        };
+        let mut slot = active.pool.next_slot();
+        let mut may_reconnect = true;
+        let mut may_renew = true;
+        // Retries share the one bound, so a delivery never takes longer than request_timeout.
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Verdict::Transient {
+                    retry_after: None,
+                    reason: format!(
+                        "no answer from APNs within {} s",
+                        self.request_timeout.as_secs()
+                    ),
+                };
+            }
+            let request = self.request(active.pool.client(slot), push, jwt.as_deref(), left);
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) if may_reconnect && is_connection_error(&e) => {
+                    tracing::debug!(error = %e.without_url(), "APNs connection failed; retrying on the next connection");
+                    may_reconnect = false;
+                    slot += 1;
+                    continue;
+                }
+                Err(e) => return classify_error(e, self.request_timeout),
+            };
+            let status = response.status();
+            let span = tracing::Span::current();
+            span.record("status", status.as_u16());
+            if let Some(id) = response
+                .headers()
+                .get("apns-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                span.record("apns_id", id);
+            }
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let reason = read_reason(response).await;
+            match classify(status, &reason, retry_after, self.environment) {
+                Classified::Done(v) => return v,
+                Classified::ExpiredProviderToken => {
+                    let (Some(signer), Some(rejected), true) = (&active.signer, &jwt, may_renew)
+                    else {
+                        return Verdict::Transient {
+                            retry_after: None,
+                            reason: "APNs answered 403 ExpiredProviderToken".to_owned(),
+                        };
+                    };
+                    may_renew = false;
+                    match signer.after_rejection(rejected) {
+                        Ok(Some(fresh)) => jwt = Some(fresh),
+                        Ok(None) => {
+                            tracing::error!(
+                                "APNs calls a provider token younger than 20 min expired; is the clock right?"
+                            );
+                            return Verdict::Transient {
+                                retry_after: None,
+                                reason: "APNs answered 403 ExpiredProviderToken to a token younger than 20 minutes (clock skew?)".to_owned(),
+                            };
+                        }
+                        Err(reason) => return Verdict::OurFault { reason },
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        client: &reqwest::Client,
+        push: &Planned<'_>,
+        jwt: Option<&str>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let topic = if push.push_type == PushType::Voip {
+            &self.voip_topic
+        } else {
+            &self.topic
+        };
+        let expiration = match push.expiration_secs {
+            0 => 0,
+            secs => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+                .saturating_add(secs),
+        };
+        let mut request = client
+            .post(format!(
+                "{}/3/device/{}",
+                self.base_url,
+                push.token.as_str()
+            ))
+            .timeout(timeout)
+            .header("apns-topic", topic)
+            .header("apns-push-type", push.push_type.header())
+            .header("apns-priority", push.push_type.priority())
+            .header("apns-expiration", expiration)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(push.body.clone());
+        if let Some(id) = &self.collapse_id {
+            request = request.header("apns-collapse-id", id);
+        }
+        if let Some(jwt) = jwt {
+            request = request.header(http::header::AUTHORIZATION, format!("bearer {jwt}"));
+        }
+        request
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Apns {
+    fn kind(&self) -> &'static str {
+        "apns"
+    }
+
+    fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
+        check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)?;
+        if let Some(second) = &device.second_token {
+            check_token(second.as_str())
+                .map_err(|m| RegistrationError::InvalidToken(format!("second token: {m}")))?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
+        let span = tracing::info_span!(
+            "apns_delivery",
+            provider = %self.key,
+            kind = kind_label(notification.kind),
+            push_type = tracing::field::Empty,
+            token = ?device.token,
+            status = tracing::field::Empty,
+            apns_id = tracing::field::Empty,
+        );
+        async {
+            let verdict = self.send_inner(device, notification).await;
+            match &verdict {
+                Verdict::Sent => tracing::info!(verdict = verdict.label(), "apns delivery"),
+                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
+                    tracing::info!(verdict = verdict.label(), reason, "apns delivery")
+                }
+                Verdict::OurFault { reason } => {
+                    tracing::warn!(verdict = verdict.label(), reason, "apns delivery")
+                }
+            }
+            verdict
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn as_apns(&self) -> Option<&Apns> {
+        Some(self)
+    }
+}
+
+impl Apns {
+    async fn send_inner(&self, device: &Device, notification: &Notification) -> Verdict {
+        let push = match payload::plan(device, notification, &self.mapping) {
+            Ok(p) => p,
+            Err(reason) => return Verdict::OurFault { reason },
+        };
+        tracing::Span::current().record("push_type", push.push_type.header());
+        if let Err(m) = check_token(push.token.as_str()) {
+            // The path must not carry anything but hex; APNs would refuse it as BadDeviceToken.
+            return Verdict::DeadToken {
+                reason: format!("stored token is unusable: {m}"),
+            };
+        }
+        let Some(active) = self.current() else {
+            return Verdict::Transient {
+                retry_after: None,
+                reason: "no APNs credentials configured".to_owned(),
+            };
+        };
+        self.deliver(&active, &push).await
+    }
+}
+
+/// APNs device tokens are hex: 32 bytes today, longer ones are allowed for the future.
+fn check_token(token: &str) -> Result<(), String> {
+    if !(64..=200).contains(&token.len()) {
+        return Err(format!(
+            "an APNs token is 64 to 200 hex characters, got {}",
+            token.len()
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("an APNs token consists of hex characters only".to_owned());
+    }
+    Ok(())
+}
+
+/// Reads whichever credentials the section configures; `Err((key, message))` names the key.
+fn load_credentials(
+    config: &ApnsConfig,
+) -> Result<Option<(&'static str, Credentials)>, (&'static str, String)> {
+    let token_auth =
+        config.key_file.is_some() || config.key_id.is_some() || config.team_id.is_some();
+    let p12_auth = config.p12_file.is_some() || config.p12_password.is_some();
+    let pem_auth = config.cert_file.is_some() || config.private_key_file.is_some();
+    if [token_auth, p12_auth, pem_auth]
+        .iter()
+        .filter(|b| **b)
+        .count()
+        > 1
+    {
+        let field = if token_auth { "key_file" } else { "p12_file" };
+        return Err((
+            field,
+            "configure one kind of credentials: key_file/key_id/team_id (token), p12_file/p12_password, or cert_file/private_key_file".to_owned(),
+        ));
+    }
+    if token_auth {
+        let path = config.key_file.as_deref().ok_or((
+            "key_file",
+            "required for token auth (key_id/team_id are set)".to_owned(),
+        ))?;
+        let key_id = config
+            .key_id
+            .as_deref()
+            .ok_or(("key_id", "required with key_file".to_owned()))?;
+        let team_id = config
+            .team_id
+            .as_deref()
+            .ok_or(("team_id", "required with key_file".to_owned()))?;
+        let pem = read_text(path).map_err(|m| ("key_file", m))?;
+        let credentials = Credentials::from_p8(&pem, key_id, team_id).map_err(|e| match e {
+            CredentialError::InvalidIdentifier {
+                what: "team_id",
+                message,
+            } => ("team_id", message),
+            CredentialError::InvalidIdentifier { message, .. } => ("key_id", message),
+            other => ("key_file", format!("{}: {other}", path.display())),
+        })?;
+        return Ok(Some(("key_file", credentials)));
+    }
+    if p12_auth {
+        let path = config
+            .p12_file
+            .as_deref()
+            .ok_or(("p12_file", "required with p12_password".to_owned()))?;
+        let der = std::fs::read(path)
+            .map_err(|e| ("p12_file", format!("cannot read {}: {e}", path.display())))?;
+        let credentials = Credentials::from_p12(&der, config.p12_password.as_deref().unwrap_or(""))
+            .map_err(|e| match e {
+                CredentialError::WrongPassword => ("p12_password", e.to_string()),
+                other => ("p12_file", format!("{}: {other}", path.display())),
+            })?;
+        return Ok(Some(("p12_file", credentials)));
+    }
+    if pem_auth {
+        let cert_path = config
+            .cert_file
+            .as_deref()
+            .ok_or(("cert_file", "required with private_key_file".to_owned()))?;
+        let key_path = config
+            .private_key_file
+            .as_deref()
+            .ok_or(("private_key_file", "required with cert_file".to_owned()))?;
+        let cert = read_text(cert_path).map_err(|m| ("cert_file", m))?;
+        let key = read_text(key_path).map_err(|m| ("private_key_file", m))?;
+        let credentials =
+            Credentials::from_pem(&cert, &key).map_err(|e| ("cert_file", e.to_string()))?;
+        return Ok(Some(("cert_file", credentials)));
+    }
+    Ok(None)
+}
+
+fn read_text(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Alert => "alert",
+        Kind::Background => "background",
+        Kind::Voip => "voip",
+        Kind::Clear => "clear",
+    }
+}
+
+/// What an APNs answer means.
+#[derive(Debug, PartialEq, Eq)]
+enum Classified {
+    Done(Verdict),
+    /// Renew the provider token and retry once.
+    ExpiredProviderToken,
+}
+
+/// Maps an APNs answer onto a verdict: the status decides the class, the reason refines it
+/// (providers.md §1.4). Unknown reasons keep their string.
+fn classify(
+    status: StatusCode,
+    reason: &str,
+    retry_after: Option<Duration>,
+    environment: Environment,
+) -> Classified {
+    let code = status.as_u16();
+    let shown = if reason.is_empty() {
+        format!("APNs answered {code}")
+    } else {
+        format!("APNs answered {code} {reason}")
+    };
+    let verdict = match (code, reason) {
+        (200, _) => Verdict::Sent,
+        (410, _) | (400, "DeviceTokenNotForTopic") => Verdict::DeadToken { reason: shown },
+        (400, "BadDeviceToken") => {
+            tracing::info!(
+                environment = environment.label(),
+                "APNs refused the token as BadDeviceToken; a token of the other environment?"
+            );
+            Verdict::DeadToken {
+                reason: format!("{shown} (sent to the {} environment)", environment.label()),
+            }
+        }
+        // A stale connection, not the notification: worth another try.
+        (400, "IdleTimeout") => Verdict::Transient {
+            retry_after: None,
+            reason: shown,
+        },
+        (403, "ExpiredProviderToken") => return Classified::ExpiredProviderToken,
+        (403, _) => {
+            tracing::error!(reason = %shown, "APNs refused pushgate's credentials; devices are kept");
+            Verdict::Transient {
+                retry_after: None,
+                reason: format!("{shown} (credentials or configuration)"),
+            }
+        }
+        (429, _) | (500..=599, _) => Verdict::Transient {
+            retry_after,
+            reason: shown,
+        },
+        _ => Verdict::OurFault { reason: shown },
+    };
+    Classified::Done(verdict)
+}
+
+/// The `reason` of an APNs error body, read leniently: JSON `{"reason":…}`, else a printable
+/// excerpt of whatever came back, else empty.
+async fn read_reason(mut response: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_RESPONSE_READ_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let text = match serde_json::from_slice::<serde_json::Value>(&buf) {
+        Ok(v) => match v.get("reason").and_then(|r| r.as_str()) {
+            Some(r) => r.to_owned(),
+            None => String::new(),
+        },
+        Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+    };
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_REASON_CHARS)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+/// A failure of the connection rather than of this request: another connection may work.
+fn is_connection_error(err: &reqwest::Error) -> bool {
+    !err.is_timeout() && !err.is_builder() && (err.is_connect() || err.is_request())
+}
+
+/// Maps a failed request onto a verdict; reqwest errors carry the URL (and so the token), which
+/// is stripped.
+fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
+    let err = err.without_url();
+    if err.is_timeout() {
+        return Verdict::Transient {
+            retry_after: None,
+            reason: format!("no answer from APNs within {} s", timeout.as_secs()),
+        };
+    }
+    if err.is_builder() {
+        return Verdict::OurFault {
+            reason: format!("cannot build the APNs request: {}", error_chain(&err)),
+        };
+    }
+    let what = if err.is_connect() {
+        "cannot connect to APNs"
+    } else {
+        "APNs request failed"
+    };
+    Verdict::Transient {
+        retry_after: None,
+        reason: format!("{what}: {}", error_chain(&err)),
+    }
+}
+
+/// `err: cause: cause…`, so the underlying TLS or I/O error is visible.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(code: u16, reason: &str) -> Classified {
+        classify(
+            StatusCode::from_u16(code).unwrap(),
+            reason,
+            None,
+            Environment::Production,
+        )
+    }
+
+    #[test]
+    fn classification_by_status_then_reason() {
+        assert_eq!(verdict(200, ""), Classified::Done(Verdict::Sent));
+        assert!(matches!(
+            verdict(410, "Unregistered"),
+            Classified::Done(Verdict::DeadToken { .. })
+        ));
+        assert!(matches!(
+            verdict(410, "SomethingNew"),
+            Classified::Done(Verdict::DeadToken { .. })
+        ));
+        assert!(
+            matches!(verdict(400, "BadDeviceToken"), Classified::Done(Verdict::DeadToken { reason }) if reason.contains("production"))
+        );
+        assert_eq!(
+            verdict(403, "ExpiredProviderToken"),
+            Classified::ExpiredProviderToken
+        );
+        assert!(matches!(
+            verdict(403, "BadCertificateEnvironment"),
+            Classified::Done(Verdict::Transient { .. })
+        ));
+        assert!(matches!(
+            verdict(400, "BadTopic"),
+            Classified::Done(Verdict::OurFault { .. })
+        ));
+        assert!(
+            matches!(verdict(418, "Teapot"), Classified::Done(Verdict::OurFault { reason }) if reason.contains("Teapot"))
+        );
+        assert!(
+            matches!(verdict(502, "Whatever"), Classified::Done(Verdict::Transient { reason, .. }) if reason.contains("Whatever"))
+        );
+    }
+
+    #[test]
+    fn tokens_must_be_hex_of_sane_length() {
+        assert!(check_token(&"a0".repeat(32)).is_ok());
+        assert!(check_token(&"A".repeat(200)).is_ok());
+        assert!(check_token(&"a".repeat(63)).is_err());
+        assert!(check_token(&"a".repeat(201)).is_err());
+        assert!(check_token(&format!("{}/x", "a".repeat(64))).is_err());
+    }
+}
