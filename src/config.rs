@@ -67,6 +67,8 @@ pub struct Config {
     #[serde(default)]
     pub registration: RegistrationConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub providers: BTreeMap<String, ProviderConfig>,
 }
 
@@ -138,6 +140,36 @@ fn default_max_payload() -> u32 {
     3000
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bare JIDs allowed to run admin commands (`set-apns-certificate`); they also get the
+    /// certificate expiry warnings.
+    #[serde(default)]
+    pub jids: Vec<String>,
+    #[serde(default = "default_expiry_warning_days")]
+    pub cert_expiry_warning_days: u32,
+    #[serde(default = "default_cert_check_interval")]
+    pub cert_check_interval_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            jids: Vec::new(),
+            cert_expiry_warning_days: default_expiry_warning_days(),
+            cert_check_interval_secs: default_cert_check_interval(),
+        }
+    }
+}
+
+fn default_expiry_warning_days() -> u32 {
+    30
+}
+fn default_cert_check_interval() -> u64 {
+    3600
+}
+
 impl Config {
     /// Reads `path` (which must exist) and the environment, then checks the values.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -206,6 +238,23 @@ impl Config {
                 "must be between 1 and 30 (ejabberd gives up on a publish after 32 s)",
             ));
         }
+        for (i, jid) in self.admin.jids.iter().enumerate() {
+            let parsed = BareJid::from_str(jid).map_err(|e| {
+                ConfigError::invalid(format!("admin.jids[{i}]"), format!("not a JID: {e}"))
+            })?;
+            if parsed.node().is_none() {
+                return Err(ConfigError::invalid(
+                    format!("admin.jids[{i}]"),
+                    "an admin is a user account (user@example.org)",
+                ));
+            }
+        }
+        if self.admin.cert_check_interval_secs == 0 {
+            return Err(ConfigError::invalid(
+                "admin.cert_check_interval_secs",
+                "must be at least 1",
+            ));
+        }
         for id in self.providers.keys() {
             if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 return Err(ConfigError::invalid(
@@ -220,6 +269,15 @@ impl Config {
     pub fn component_jid(&self) -> BareJid {
         // validate() has parsed it already; a failure here would be a bug, not bad input.
         BareJid::from_str(&self.component.jid).unwrap_or_else(|e| panic!("validated JID: {e}"))
+    }
+
+    /// The admin JIDs, parsed (validate() has checked them).
+    pub fn admins(&self) -> Vec<BareJid> {
+        self.admin
+            .jids
+            .iter()
+            .filter_map(|j| BareJid::from_str(j).ok())
+            .collect()
     }
 
     pub fn publish_timeout(&self) -> Duration {
@@ -278,6 +336,19 @@ mod tests {
         assert!(e.to_string().contains("publish_timeout_secs"), "{e}");
         let e = Config::from_toml_str("[component]\njid=\"p.x\"\n").unwrap_err();
         assert!(e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn admins_must_be_user_jids() {
+        let c = Config::from_toml_str(&format!(
+            "{MINIMAL}[admin]\njids = [\"root@example.org\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.admins().len(), 1);
+        assert_eq!(c.admin.cert_expiry_warning_days, 30);
+        let e = Config::from_toml_str(&format!("{MINIMAL}[admin]\njids = [\"example.org\"]\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("admin.jids[0]"), "{e}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use minidom::Element;
 use minidom::rxml::xml_ncname;
+use xmpp_parsers::jid::Jid;
 use xmpp_parsers::{minidom, ns};
 
 use crate::adhoc;
@@ -38,7 +39,7 @@ fn query(namespace: &str, node: Option<&str>) -> Element {
     q
 }
 
-pub fn info(gw: &Gateway, node: Option<&str>) -> Result<Element, Fault> {
+pub fn info(gw: &Gateway, requester: &Jid, node: Option<&str>) -> Result<Element, Fault> {
     let mut q = query(ns::DISCO_INFO, node);
     match node {
         None => {
@@ -61,7 +62,7 @@ pub fn info(gw: &Gateway, node: Option<&str>) -> Result<Element, Fault> {
         Some(adhoc::NS) => {
             q.append_child(identity("automation", "command-list", "Commands"));
         }
-        Some(n) if commands::exists(gw, n) => {
+        Some(n) if commands::exists(gw, requester, n) => {
             q.append_child(identity("automation", "command-node", n));
             q.append_child(feature(adhoc::NS));
             q.append_child(feature(ns::DATA_FORMS));
@@ -71,12 +72,12 @@ pub fn info(gw: &Gateway, node: Option<&str>) -> Result<Element, Fault> {
     Ok(q)
 }
 
-pub fn items(gw: &Gateway, node: Option<&str>) -> Result<Element, Fault> {
+pub fn items(gw: &Gateway, requester: &Jid, node: Option<&str>) -> Result<Element, Fault> {
     let mut q = query(ns::DISCO_ITEMS, node);
     match node {
         None => {}
         Some(adhoc::NS) => {
-            for c in commands::available(gw) {
+            for c in commands::available(gw, requester) {
                 q.append_child(
                     Element::builder("item", ns::DISCO_ITEMS)
                         .attr(xml_ncname!("jid").into(), gw.jid.to_string())

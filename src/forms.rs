@@ -70,6 +70,15 @@ impl Form {
             .filter(|v| !v.is_empty())
     }
 
+    /// All values of a field joined by newlines (text-multi fields such as PEM blocks), trimmed;
+    /// `None` when missing or empty.
+    pub fn text(&self, var: &str) -> Option<String> {
+        let field = self.fields.iter().find(|f| f.var == var)?;
+        let joined = field.values.join("\n");
+        let trimmed = joined.trim();
+        (!trimmed.is_empty()).then(|| trimmed.to_owned())
+    }
+
     pub fn form_type(&self) -> Option<&str> {
         self.value("FORM_TYPE")
     }
@@ -215,6 +224,21 @@ mod tests {
         );
         assert_eq!(f.kind, None);
         assert_eq!(f.value("message-count"), Some("0"));
+    }
+
+    #[test]
+    fn multi_line_values_join() {
+        let f = parse(
+            "<x xmlns='jabber:x:data' type='submit'><field var='pem'>\
+               <value>-----BEGIN X-----</value><value>AAAA</value><value>-----END X-----</value>\
+             </field><field var='empty'><value> </value></field></x>",
+        );
+        assert_eq!(
+            f.text("pem").as_deref(),
+            Some("-----BEGIN X-----\nAAAA\n-----END X-----")
+        );
+        assert_eq!(f.text("empty"), None);
+        assert_eq!(f.text("missing"), None);
     }
 
     #[test]

@@ -7,13 +7,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pushgate_providers::{Provider, ProviderId};
+use tokio::sync::mpsc;
+use xmpp_parsers::stanza::Stanza;
 
 use crate::config::{Config, ConfigError};
 use crate::ids::BareJid;
 use crate::storage::Store;
 
+/// Stanzas waiting for the component stream: replies, and messages background tasks send.
+pub type Outbox = mpsc::Receiver<Stanza>;
+const OUTBOX_CAPACITY: usize = 1024;
+
 pub struct Gateway {
     pub jid: BareJid,
+    pub admins: Vec<BareJid>,
+    pub cert_expiry_warning_days: u32,
+    pub cert_check_interval: std::time::Duration,
+    /// Where to put stanzas to send; the stream drains it while connected.
+    pub outbox: mpsc::Sender<Stanza>,
     pub max_payload_size: u32,
     pub publish_timeout: std::time::Duration,
     pub store: Store,
@@ -21,14 +32,27 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(config: &Config, store: Store) -> Result<Arc<Self>, ConfigError> {
-        Ok(Arc::new(Gateway {
+    pub fn new(config: &Config, store: Store) -> Result<(Arc<Self>, Outbox), ConfigError> {
+        let (outbox, drain) = mpsc::channel(OUTBOX_CAPACITY);
+        let gw = Arc::new(Gateway {
             jid: config.component_jid(),
+            admins: config.admins(),
+            cert_expiry_warning_days: config.admin.cert_expiry_warning_days,
+            cert_check_interval: std::time::Duration::from_secs(
+                config.admin.cert_check_interval_secs,
+            ),
+            outbox,
             max_payload_size: config.registration.max_payload_size,
             publish_timeout: config.publish_timeout(),
             store,
             providers: Providers::from_config(config)?,
-        }))
+        });
+        Ok((gw, drain))
+    }
+
+    pub fn is_admin(&self, jid: &xmpp_parsers::jid::Jid) -> bool {
+        let bare = jid.to_bare();
+        self.admins.contains(&bare)
     }
 }
 
@@ -57,6 +81,13 @@ impl Providers {
 
     pub fn ids(&self) -> impl Iterator<Item = &ProviderId> {
         self.0.keys()
+    }
+
+    /// The APNs apps, for credential upload and expiry checks.
+    pub fn apns(&self) -> impl Iterator<Item = (&ProviderId, &pushgate_providers::apns::Apns)> {
+        self.0
+            .iter()
+            .filter_map(|(id, p)| p.as_apns().map(|a| (id, a)))
     }
 
     pub fn is_empty(&self) -> bool {

@@ -8,11 +8,13 @@
 pub mod adhoc;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod disco;
 pub mod error;
 pub mod forms;
 pub mod gateway;
 pub mod ids;
+pub mod metrics;
 pub mod publish;
 pub mod router;
 pub mod storage;

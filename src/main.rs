@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 use pushgate::config::Config;
+use pushgate::credentials;
 use pushgate::gateway::{Gateway, Providers};
 use pushgate::storage::Store;
 use pushgate::stream::{self, StreamConfig};
@@ -110,7 +111,7 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let gw = match Gateway::new(&config, store) {
+    let (gw, outbox) = match Gateway::new(&config, store) {
         Ok(gw) => gw,
         Err(e) => {
             tracing::error!("config error in {}: {e}", path.display());
@@ -134,7 +135,8 @@ async fn run(path: PathBuf) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    stream::run(gw, stream_cfg, stop_rx, connected_tx).await;
+    credentials::spawn_tasks(gw.clone(), stop_rx.clone());
+    stream::run(gw, stream_cfg, outbox, stop_rx, connected_tx).await;
     ExitCode::SUCCESS
 }
 

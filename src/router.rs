@@ -79,8 +79,8 @@ async fn dispatch(
 ) -> Result<Option<Element>, Fault> {
     let node = payload.attr("node");
     match (is_set, payload.name(), payload.ns().as_str()) {
-        (false, "query", ns::DISCO_INFO) => disco::info(gw, node).map(Some),
-        (false, "query", ns::DISCO_ITEMS) => disco::items(gw, node).map(Some),
+        (false, "query", ns::DISCO_INFO) => disco::info(gw, from, node).map(Some),
+        (false, "query", ns::DISCO_ITEMS) => disco::items(gw, from, node).map(Some),
         (false, "ping", ns::PING) => Ok(None),
         (true, "command", adhoc::NS) => {
             let req = CommandRequest::try_from(payload)?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmlStream, XmppStreamElement,
@@ -26,7 +26,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
 use crate::error::Fault;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Outbox};
 use crate::router;
 
 type Stream = XmlStream<BufStream<TcpStream>, FallibleStreamElement>;
@@ -94,6 +94,7 @@ pub type Connected = watch::Receiver<bool>;
 pub async fn run(
     gw: Arc<Gateway>,
     cfg: StreamConfig,
+    mut outbox: Outbox,
     mut shutdown: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
 ) {
@@ -106,7 +107,7 @@ pub async fn run(
                 tracing::info!(server = %cfg.server, jid = %cfg.jid, "component connected");
                 backoff.reset();
                 let _ = connected.send(true);
-                let end = serve(&gw, &cfg, stream, &mut shutdown, &pings).await;
+                let end = serve(&gw, &cfg, stream, &mut outbox, &mut shutdown, &pings).await;
                 let _ = connected.send(false);
                 match end {
                     Ok(()) => {
@@ -174,10 +175,10 @@ async fn serve(
     gw: &Arc<Gateway>,
     cfg: &StreamConfig,
     mut stream: Stream,
+    outbox: &mut Outbox,
     shutdown: &mut watch::Receiver<bool>,
     pings: &AtomicU64,
 ) -> Result<(), StreamError> {
-    let (tx, mut rx) = mpsc::channel::<Stanza>(MAX_IN_FLIGHT);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         tokio::select! {
@@ -193,11 +194,11 @@ async fn serve(
                     let Ok(permit) = permits.clone().acquire_owned().await else {
                         return Err(StreamError::Closed);
                     };
-                    let (gw, tx) = (gw.clone(), tx.clone());
+                    let gw = gw.clone();
                     // The router opens a span per stanza; nothing is inherited from here.
                     tokio::spawn(async move {
                         if let Some(reply) = router::handle(&gw, stanza).await {
-                            let _ = tx.send(reply).await;
+                            let _ = gw.outbox.send(reply).await;
                         }
                         drop(permit);
                     });
@@ -213,7 +214,7 @@ async fn serve(
                     }
                 }
             },
-            Some(out) = rx.recv() => stream.send(&out).await?,
+            Some(out) = outbox.recv() => stream.send(&out).await?,
             _ = shutdown.changed() => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
                 return Ok(());

@@ -41,7 +41,7 @@ async fn start(idle_ping: Duration) -> Harness {
     let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
         .await
         .unwrap();
-    let gw: Arc<Gateway> = Gateway::new(&config, store).unwrap();
+    let (gw, outbox): (Arc<Gateway>, _) = Gateway::new(&config, store).unwrap();
     let cfg = StreamConfig {
         jid: "push.test".parse().unwrap(),
         secret: SECRET.into(),
@@ -51,7 +51,7 @@ async fn start(idle_ping: Duration) -> Harness {
     };
     let (stop, stop_rx) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
-    let task = tokio::spawn(stream::run(gw, cfg, stop_rx, connected_tx));
+    let task = tokio::spawn(stream::run(gw, cfg, outbox, stop_rx, connected_tx));
     Harness {
         listener,
         stop,

@@ -111,6 +111,7 @@ on_both_backends!(
     concurrent_registrations_converge,
     reopening_keeps_data,
     corrupt_rows_are_errors,
+    credentials_are_upserted_and_listed_by_age,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -661,7 +662,66 @@ async fn instances_starting_together_migrate_once_postgres() {
             ))
             .await
             .unwrap();
-        assert_eq!(applied.len(), 1, "one migration, recorded once");
+        assert_eq!(
+            applied.len(),
+            pushgate_migrations::count(),
+            "every migration recorded exactly once"
+        );
     })
     .await;
+}
+
+/// Uploaded provider credentials: one row per provider, replaced in place, and listed by
+/// `updated_at` so instances can apply only what changed since they last looked.
+async fn credentials_are_upserted_and_listed_by_age(url: String) {
+    use pushgate_providers::apns::Credentials;
+    let store = Store::open(&url).await.unwrap();
+    let id = ProviderId::new("tigase:messenger:apns:1");
+    assert!(
+        store
+            .credentials_changed_since(None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let first = Credentials::Certificate {
+        cert_pem: "CERT-1".into(),
+        key_pem: "KEY-1".into(),
+    };
+    let not_after = chrono::Utc::now() + chrono::Duration::days(30);
+    let t1 = store
+        .save_credentials(&id, &first, Some(not_after))
+        .await
+        .unwrap();
+    let all = store.credentials_changed_since(None).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].provider, id);
+    assert_eq!(all[0].updated_at, t1);
+    assert!(
+        matches!(&all[0].credentials, Credentials::Certificate { cert_pem, .. } if cert_pem == "CERT-1")
+    );
+    assert!(all[0].not_after.is_some());
+    assert!(
+        store
+            .credentials_changed_since(Some(t1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = Credentials::Token {
+        key_pem: "P8".into(),
+        key_id: "KEYID".into(),
+        team_id: "TEAM".into(),
+    };
+    let t2 = store.save_credentials(&id, &second, None).await.unwrap();
+    assert!(t2 > t1);
+    let changed = store.credentials_changed_since(Some(t1)).await.unwrap();
+    assert_eq!(changed.len(), 1, "replaced in place, not added");
+    assert!(
+        matches!(&changed[0].credentials, Credentials::Token { key_id, team_id, .. } if key_id == "KEYID" && team_id == "TEAM")
+    );
+    assert_eq!(changed[0].not_after, None);
 }

@@ -10,6 +10,7 @@ use sea_orm_migration::sea_orm::{
 use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261122_000001_registrations;
+mod m20261122_000002_provider_credentials;
 
 /// All of pushgate's migrations, oldest first.
 pub struct Migrator;
@@ -17,8 +18,16 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261122_000001_registrations::Migration)]
+        vec![
+            Box::new(m20261122_000001_registrations::Migration),
+            Box::new(m20261122_000002_provider_credentials::Migration),
+        ]
     }
+}
+
+/// How many migrations this build knows: what a fully migrated database has recorded.
+pub fn count() -> usize {
+    Migrator::migrations().len()
 }
 
 /// Advisory lock key that serialises migrations across instances ("pushgate" in ASCII).

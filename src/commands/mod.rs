@@ -5,6 +5,7 @@
 //! `register-push-<provider>` / `unregister-push-<provider>` (Conversations). Each lives in its
 //! own module; both end in the same store.
 
+mod admin;
 mod p2;
 mod tigase;
 
@@ -30,8 +31,8 @@ pub struct CommandInfo {
     pub name: String,
 }
 
-/// The commands `requester` may run, in a stable order.
-pub fn available(gw: &Gateway) -> Vec<CommandInfo> {
+/// The commands `requester` may run, in a stable order: admin commands only for admins.
+pub fn available(gw: &Gateway, requester: &Jid) -> Vec<CommandInfo> {
     let mut list = vec![
         CommandInfo {
             node: REGISTER_DEVICE.into(),
@@ -42,6 +43,12 @@ pub fn available(gw: &Gateway) -> Vec<CommandInfo> {
             name: "Unregister device".into(),
         },
     ];
+    if gw.is_admin(requester) && gw.providers.apns().next().is_some() {
+        list.push(CommandInfo {
+            node: admin::SET_APNS_CERTIFICATE.into(),
+            name: "Set APNs certificate".into(),
+        });
+    }
     for id in gw.providers.ids() {
         list.push(CommandInfo {
             node: format!("{P2_REGISTER_PREFIX}{id}"),
@@ -55,9 +62,9 @@ pub fn available(gw: &Gateway) -> Vec<CommandInfo> {
     list
 }
 
-/// Whether `node` names one of our commands (for disco#info on a command node).
-pub fn exists(gw: &Gateway, node: &str) -> bool {
-    available(gw).iter().any(|c| c.node == node)
+/// Whether `node` names one of the commands `requester` may run (disco#info on a command node).
+pub fn exists(gw: &Gateway, requester: &Jid, node: &str) -> bool {
+    available(gw, requester).iter().any(|c| c.node == node)
 }
 
 /// Runs one command request from `from` and returns the `<command/>` to answer with.
@@ -73,6 +80,7 @@ pub async fn execute(
     match req.node.as_str() {
         REGISTER_DEVICE => tigase::register(gw, account, &req).await,
         UNREGISTER_DEVICE => tigase::unregister(gw, account, &req).await,
+        admin::SET_APNS_CERTIFICATE => admin::set_apns_certificate(gw, from, &req).await,
         node => {
             if let Some(id) = node.strip_prefix(P2_REGISTER_PREFIX) {
                 p2::register(gw, account, id, &req).await

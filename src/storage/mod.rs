@@ -10,6 +10,7 @@
 //! through the SHA-256 of the node and confirmed in constant time, and nothing here logs a node,
 //! secret or token whole.
 
+pub mod credentials;
 pub mod entity;
 
 use std::fmt;

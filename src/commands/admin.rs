@@ -1,0 +1,132 @@
+//! `set-apns-certificate`: admins replace an APNs app's credentials without a restart.
+//!
+//! APNs certificates expire every year. The command takes a .p12 (base64, with its password), a
+//! PEM certificate and key, or a .p8 token key with its key id and team id; validates it before
+//! anything is stored (parses, not expired, key matches certificate); stores it so every instance
+//! sharing the database picks it up; and applies it here at once. Only JIDs in `admin.jids` may
+//! run it.
+
+use std::time::SystemTime;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::{DateTime, SecondsFormat, Utc};
+use pushgate_providers::apns::{CredentialError, CredentialInfo, Credentials};
+use xmpp_parsers::jid::Jid;
+
+use super::{required, submitted};
+use crate::adhoc::{CommandRequest, CommandResponse};
+use crate::error::Fault;
+use crate::forms::{Form, FormBuilder};
+use crate::gateway::Gateway;
+
+pub const SET_APNS_CERTIFICATE: &str = "set-apns-certificate";
+
+fn blank_form(gw: &Gateway) -> FormBuilder {
+    let options: Vec<(&str, &str)> = gw
+        .providers
+        .apns()
+        .map(|(id, _)| (id.as_str(), id.as_str()))
+        .collect();
+    FormBuilder::new("form")
+        .title("Set APNs credentials")
+        .instructions(
+            "Give one of: a .p12 file (base64) and its password; a PEM certificate and its \
+             private key; or a .p8 token key with its key id and team id.",
+        )
+        .input("provider", "list-single", "APNs app", true, options)
+        .input("p12", "text-multi", "PKCS#12 file, base64", false, [])
+        .input("password", "text-private", "PKCS#12 password", false, [])
+        .input("certificate", "text-multi", "Certificate (PEM)", false, [])
+        .input("private-key", "text-multi", "Private key (PEM)", false, [])
+        .input("p8", "text-multi", "Token key (.p8, PEM)", false, [])
+        .input("key-id", "text-single", "Key id", false, [])
+        .input("team-id", "text-single", "Team id", false, [])
+}
+
+fn refused(e: CredentialError) -> Fault {
+    Fault::NotAcceptable(e.to_string())
+}
+
+/// Exactly one credential set from the form, parsed.
+fn credentials(form: &Form) -> Result<Credentials, Fault> {
+    let p12 = form.text("p12");
+    let cert = form.text("certificate");
+    let p8 = form.text("p8");
+    match (p12, cert, p8) {
+        (Some(p12), None, None) => {
+            let der = STANDARD
+                .decode(p12.split_whitespace().collect::<String>())
+                .map_err(|_| Fault::BadRequest("'p12' is not base64".into()))?;
+            let password = form.text("password").unwrap_or_default();
+            Credentials::from_p12(&der, &password).map_err(refused)
+        }
+        (None, Some(cert), None) => {
+            let key = form
+                .text("private-key")
+                .ok_or_else(|| Fault::BadRequest("field 'private-key' is required".into()))?;
+            Credentials::from_pem(&cert, &key).map_err(refused)
+        }
+        (None, None, Some(p8)) => {
+            Credentials::from_p8(&p8, required(form, "key-id")?, required(form, "team-id")?)
+                .map_err(refused)
+        }
+        (None, None, None) => Err(Fault::BadRequest(
+            "give 'p12', 'certificate' + 'private-key', or 'p8' + 'key-id' + 'team-id'".into(),
+        )),
+        _ => Err(Fault::BadRequest(
+            "give exactly one kind of credentials".into(),
+        )),
+    }
+}
+
+fn rfc3339(t: Option<SystemTime>) -> String {
+    t.map(|t| DateTime::<Utc>::from(t).to_rfc3339_opts(SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+pub async fn set_apns_certificate(
+    gw: &Gateway,
+    from: &Jid,
+    req: &CommandRequest,
+) -> Result<CommandResponse, Fault> {
+    if !gw.is_admin(from) {
+        return Err(Fault::Forbidden("admins only"));
+    }
+    let Some(form) = submitted(req)? else {
+        return Ok(CommandResponse::executing(req, blank_form(gw).build()));
+    };
+    let wanted = required(form, "provider")?;
+    let (provider, apns) = gw
+        .providers
+        .apns()
+        .find(|(id, _)| id.as_str() == wanted)
+        .ok_or(Fault::NotFound("no such APNs app"))?;
+    let credentials = credentials(form)?;
+    let info: CredentialInfo = credentials.validate(SystemTime::now()).map_err(refused)?;
+    let not_after = info.not_after.map(DateTime::<Utc>::from);
+    gw.store
+        .save_credentials(provider, &credentials, not_after)
+        .await?;
+    apns.set_credentials(credentials).map_err(refused)?;
+    crate::credentials::record(provider, &info, gw.cert_expiry_warning_days);
+    tracing::info!(%provider, kind = info.kind, admin = %from.to_bare(), "APNs credentials replaced");
+    let result = FormBuilder::new("result")
+        .field("provider", "text-single", [provider.as_str()])
+        .field("kind", "text-single", [info.kind])
+        .field(
+            "subject",
+            "text-single",
+            [info.subject.clone().unwrap_or_default()],
+        )
+        .field("not-after", "text-single", [rfc3339(info.not_after)])
+        .build();
+    let note = match info.not_after {
+        Some(_) => format!(
+            "Credentials for {provider} stored; valid until {}",
+            rfc3339(info.not_after)
+        ),
+        None => format!("Token key for {provider} stored"),
+    };
+    Ok(CommandResponse::completed(req, Some(result)).with_note(note))
+}

@@ -1,0 +1,173 @@
+//! APNs credentials at run time: apply what admins upload on any instance, and watch expiry.
+//!
+//! An upload is stored in the database; every instance polls for rows newer than the last it
+//! applied, so a certificate replaced on one instance reaches all of them within
+//! `SYNC_INTERVAL`, without a restart. Expiring certificates are the most common way APNs
+//! delivery silently stops, so a periodic check warns in the log, in a metric and by chat message
+//! to each admin well before the day.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use pushgate_providers::ProviderId;
+use pushgate_providers::apns::CredentialInfo;
+use tokio::sync::watch;
+use xmpp_parsers::jid::Jid;
+use xmpp_parsers::message::{Lang, Message};
+use xmpp_parsers::stanza::Stanza;
+
+use crate::gateway::Gateway;
+use crate::metrics::METRICS;
+use crate::storage::StoreError;
+
+/// How often instances look for credentials uploaded elsewhere.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(10);
+/// A warning is repeated at most this often per app.
+const WARN_EVERY: Duration = Duration::from_secs(24 * 60 * 60);
+const DAY: u64 = 24 * 60 * 60;
+
+/// Applies stored credentials newer than `since` to this instance's APNs apps; returns the
+/// newest `updated_at` seen, to pass as `since` next time.
+pub async fn apply_stored(
+    gw: &Gateway,
+    since: Option<DateTime<Utc>>,
+) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut newest = since;
+    for stored in gw.store.credentials_changed_since(since).await? {
+        newest = newest.max(Some(stored.updated_at));
+        let Some((id, apns)) = gw.providers.apns().find(|(id, _)| **id == stored.provider) else {
+            tracing::debug!(provider = %stored.provider, "stored credentials for an app not configured here");
+            continue;
+        };
+        match apns.set_credentials(stored.credentials) {
+            Ok(info) => {
+                record(id, &info, gw.cert_expiry_warning_days);
+                tracing::info!(provider = %id, kind = info.kind, "applied stored APNs credentials");
+            }
+            Err(e) => tracing::error!(provider = %id, "stored APNs credentials refused: {e}"),
+        }
+    }
+    Ok(newest)
+}
+
+/// Updates the expiry metrics of one app.
+pub fn record(provider: &ProviderId, info: &CredentialInfo, warning_days: u32) {
+    let labels = [provider.as_str()];
+    let Some(not_after) = info.not_after else {
+        for g in [
+            &METRICS.apns_certificate_expiry,
+            &METRICS.apns_certificate_expiring,
+            &METRICS.apns_certificate_expired,
+        ] {
+            let _ = g.remove_label_values(&labels);
+        }
+        return;
+    };
+    let secs = not_after
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    METRICS
+        .apns_certificate_expiry
+        .with_label_values(&labels)
+        .set(secs as i64);
+    let left = not_after.duration_since(SystemTime::now()).ok();
+    let expired = left.is_none();
+    let expiring = left.is_none_or(|l| l.as_secs() < u64::from(warning_days) * DAY);
+    METRICS
+        .apns_certificate_expiring
+        .with_label_values(&labels)
+        .set(i64::from(expiring));
+    METRICS
+        .apns_certificate_expired
+        .with_label_values(&labels)
+        .set(i64::from(expired));
+}
+
+/// Checks every app's certificate against `now`; logs, updates metrics, and returns the chat
+/// messages to send to admins (at most one per app per `WARN_EVERY`, tracked in `warned`).
+pub fn check_expiry(
+    gw: &Gateway,
+    now: SystemTime,
+    warned: &mut HashMap<ProviderId, SystemTime>,
+) -> Vec<Stanza> {
+    let mut messages = Vec::new();
+    for (id, apns) in gw.providers.apns() {
+        let Some(info) = apns.credential_info() else {
+            continue;
+        };
+        record(id, &info, gw.cert_expiry_warning_days);
+        let Some(not_after) = info.not_after else {
+            continue;
+        };
+        let until = DateTime::<Utc>::from(not_after).format("%Y-%m-%d %H:%M UTC");
+        let text = match not_after.duration_since(now) {
+            Err(_) => {
+                tracing::error!(provider = %id, %until, "APNs certificate has expired: deliveries fail until it is replaced");
+                format!(
+                    "The APNs certificate of {id} expired on {until}. Replace it with the set-apns-certificate command."
+                )
+            }
+            Ok(left) if left.as_secs() < u64::from(gw.cert_expiry_warning_days) * DAY => {
+                let days = left.as_secs() / DAY;
+                tracing::warn!(provider = %id, %until, days, "APNs certificate expires soon");
+                format!(
+                    "The APNs certificate of {id} expires on {until} (in {days} days). Replace it with the set-apns-certificate command."
+                )
+            }
+            Ok(_) => continue,
+        };
+        let recently = warned
+            .get(id)
+            .is_some_and(|t| now.duration_since(*t).is_ok_and(|d| d < WARN_EVERY));
+        if recently {
+            continue;
+        }
+        warned.insert(id.clone(), now);
+        for admin in &gw.admins {
+            let mut m = Message::chat(Some(Jid::from(admin.clone())))
+                .with_body(Lang(String::new()), text.clone());
+            m.from = Some(Jid::from(gw.jid.clone()));
+            messages.push(m.into());
+        }
+    }
+    messages
+}
+
+/// Starts credential sync and the expiry watch; both stop with `shutdown`.
+pub fn spawn_tasks(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+    if gw.providers.apns().next().is_none() {
+        return;
+    }
+    let (g, mut stop) = (gw.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        let mut since = None;
+        loop {
+            match apply_stored(&g, since).await {
+                Ok(newest) => since = newest,
+                Err(e) => tracing::warn!("cannot read stored credentials: {e}"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+    let mut stop = shutdown;
+    tokio::spawn(async move {
+        let mut warned = HashMap::new();
+        loop {
+            for m in check_expiry(&gw, SystemTime::now(), &mut warned) {
+                if gw.outbox.send(m).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(gw.cert_check_interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
