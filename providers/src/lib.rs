@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod apns;
+pub mod fcm;
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration
@@ -214,6 +215,7 @@ pub trait Provider: Send + Sync {
 pub enum ProviderConfig {
     Webpush(webpush::WebPushConfig),
     Apns(apns::ApnsConfig),
+    Fcm(fcm::FcmConfig),
 }
 
 /// Builds the provider for one configuration section. `key` is that section's dotted path, so
@@ -222,5 +224,6 @@ pub fn build(key: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, Co
     match config {
         ProviderConfig::Webpush(c) => Ok(Arc::new(webpush::WebPush::new(key, c)?)),
         ProviderConfig::Apns(c) => Ok(Arc::new(apns::Apns::new(key, c)?)),
+        ProviderConfig::Fcm(c) => Ok(Arc::new(fcm::Fcm::new(key, c)?)),
     }
 }

@@ -1,0 +1,238 @@
+//! Maps a [`Notification`] onto one FCM HTTP v1 message: a data-only message with the keys
+//! Tigase's Android client reads (providers.md §5.2), its Android priority and TTL.
+//!
+//! Why data-only: XMPP clients fetch the messages themselves and build their own notification,
+//! and data messages always reach the app's handler (a `notification` block would be shown by
+//! the OS while the app is in the background). Why it is apart from the transport: the mapping
+//! is what clients depend on, so it lives in one place and is unit-tested without a network.
+//! Keys whose source is missing are omitted; with an encrypted payload no plaintext sender,
+//! body or nickname goes out.
+
+use serde_json::{Map, Value, json};
+
+use crate::{Kind, Notification, Priority};
+
+/// FCM's limit on the data payload (keys + values, in bytes).
+pub(crate) const MAX_DATA_BYTES: usize = 4096;
+const ELLIPSIS: &str = "…";
+
+/// The mapping's knobs, from the configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct MappingSettings {
+    pub max_body_chars: usize,
+    pub ttl_secs: u64,
+}
+
+/// One message, ready for the transport.
+#[derive(Debug)]
+pub(crate) struct Planned {
+    /// `android.priority`: `high` or `normal`.
+    pub priority: &'static str,
+    /// The request body, `{"message":{…}}`.
+    pub body: Vec<u8>,
+}
+
+/// Builds the message for `n` to the registration token `token`; `Err` (our fault) when the data
+/// cannot fit in FCM's 4096 bytes even with the body cut.
+pub(crate) fn plan(
+    token: &str,
+    n: &Notification,
+    settings: &MappingSettings,
+) -> Result<Planned, String> {
+    let mut data = data_for(n);
+    if let Some(body) = data.get("body").cloned() {
+        let cut = cut(&body, settings.max_body_chars);
+        let without_body = data_bytes(&data) - body.len();
+        let room = MAX_DATA_BYTES.saturating_sub(without_body);
+        let fitted = fit_bytes(&cut, room);
+        data.insert("body".to_owned(), fitted);
+    }
+    let size = data_bytes(&data);
+    if size > MAX_DATA_BYTES {
+        return Err(format!(
+            "the FCM data payload is {size} bytes, over FCM's limit of {MAX_DATA_BYTES} (account, sender, nickname or encrypted payload too large)"
+        ));
+    }
+    let priority = priority(n);
+    let data: Map<String, Value> = data
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
+        .collect();
+    let message = json!({
+        "message": {
+            "token": token,
+            "data": data,
+            "android": {
+                "priority": priority,
+                "ttl": format!("{}s", settings.ttl_secs),
+            },
+        }
+    });
+    Ok(Planned {
+        priority,
+        body: message.to_string().into_bytes(),
+    })
+}
+
+/// High wakes the device from Doze at once; Android demotes apps whose high-priority messages
+/// never lead to a visible notification, so only what the user should see now is high.
+fn priority(n: &Notification) -> &'static str {
+    match (n.kind, n.priority) {
+        (Kind::Alert | Kind::Voip, _) | (_, Priority::High) => "high",
+        _ => "normal",
+    }
+}
+
+/// The string→string data map, in a stable order (BTreeMap) for tests and logs.
+fn data_for(n: &Notification) -> std::collections::BTreeMap<String, String> {
+    let mut data = std::collections::BTreeMap::new();
+    let c = &n.content;
+    let mut put = |key: &str, value: Option<String>| {
+        if let Some(v) = value {
+            data.insert(key.to_owned(), v);
+        }
+    };
+    put("account", c.account.clone());
+    if n.kind == Kind::Clear {
+        put("unread-messages", Some("0".to_owned()));
+        return data;
+    }
+    put("unread-messages", c.message_count.map(|m| m.to_string()));
+    match &n.encrypted {
+        Some(enc) => {
+            put("encrypted", Some(enc.payload.clone()));
+            put("iv", Some(enc.iv.clone()));
+        }
+        None => {
+            put("sender", c.sender.clone());
+            put("body", c.body.clone());
+            put("nickname", c.nickname.clone());
+        }
+    }
+    data
+}
+
+fn data_bytes(data: &std::collections::BTreeMap<String, String>) -> usize {
+    data.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// `text` cut to `max` characters, ending in "…" when cut.
+fn cut(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut out: String = text.chars().take(max).collect();
+    out.push_str(ELLIPSIS);
+    out
+}
+
+/// `text` cut further, on a character boundary, to at most `max` bytes including the "…".
+fn fit_bytes(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let budget = max.saturating_sub(ELLIPSIS.len());
+    let mut end = 0;
+    for (i, ch) in text.char_indices() {
+        if i + ch.len_utf8() > budget {
+            break;
+        }
+        end = i + ch.len_utf8();
+    }
+    let mut out = text[..end].trim_end_matches(ELLIPSIS).to_owned();
+    out.push_str(ELLIPSIS);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Content, Encrypted};
+
+    fn settings() -> MappingSettings {
+        MappingSettings {
+            max_body_chars: 500,
+            ttl_secs: 86_400,
+        }
+    }
+
+    fn note(kind: Kind, priority: Priority, body: Option<&str>) -> Notification {
+        Notification {
+            kind,
+            priority,
+            content: Content {
+                account: Some("juliet@capulet.example".into()),
+                sender: Some("romeo@montague.example".into()),
+                body: body.map(str::to_owned),
+                message_count: Some(2),
+                nickname: None,
+            },
+            encrypted: None,
+        }
+    }
+
+    fn data(p: &Planned) -> Value {
+        serde_json::from_slice::<Value>(&p.body).unwrap()["message"]["data"].clone()
+    }
+
+    #[test]
+    fn priorities() {
+        let s = settings();
+        let p = |k, pr| plan("t", &note(k, pr, None), &s).unwrap().priority;
+        assert_eq!(p(Kind::Alert, Priority::Low), "high");
+        assert_eq!(p(Kind::Voip, Priority::Normal), "high");
+        assert_eq!(p(Kind::Background, Priority::High), "high");
+        assert_eq!(p(Kind::Background, Priority::Normal), "normal");
+        assert_eq!(p(Kind::Clear, Priority::Low), "normal");
+    }
+
+    #[test]
+    fn body_is_cut_by_chars_then_to_fit_the_limit() {
+        let s = MappingSettings {
+            max_body_chars: 3,
+            ..settings()
+        };
+        let planned = plan("t", &note(Kind::Alert, Priority::High, Some("héllo")), &s).unwrap();
+        assert_eq!(data(&planned)["body"], "hél…");
+
+        let huge = "é".repeat(5000);
+        let s = MappingSettings {
+            max_body_chars: 100_000,
+            ..settings()
+        };
+        let planned = plan("t", &note(Kind::Alert, Priority::High, Some(&huge)), &s).unwrap();
+        let d = data(&planned);
+        let total: usize = d
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+            .sum();
+        assert!(
+            total <= MAX_DATA_BYTES && total > MAX_DATA_BYTES - 8,
+            "{total}"
+        );
+        assert!(d["body"].as_str().unwrap().ends_with('…'));
+    }
+
+    #[test]
+    fn encrypted_replaces_plaintext_and_oversize_is_refused() {
+        let mut n = note(Kind::Alert, Priority::High, Some("secret"));
+        n.content.nickname = Some("Romeo".into());
+        n.encrypted = Some(Encrypted {
+            payload: "Y2lwaGVy".into(),
+            iv: "aXY=".into(),
+        });
+        let d = data(&plan("t", &n, &settings()).unwrap());
+        assert_eq!(
+            d,
+            json!({"account":"juliet@capulet.example","unread-messages":"2","encrypted":"Y2lwaGVy","iv":"aXY="})
+        );
+        n.encrypted = Some(Encrypted {
+            payload: "A".repeat(MAX_DATA_BYTES),
+            iv: "aXY=".into(),
+        });
+        let err = plan("t", &n, &settings()).unwrap_err();
+        assert!(err.contains("4096"), "{err}");
+    }
+}

@@ -1,0 +1,740 @@
+//! The FCM provider: delivers a [`Notification`] to an Android device through Firebase Cloud
+//! Messaging's HTTP v1 API, authenticated with a Google service account.
+//!
+//! Why it looks the way it does (providers.md §2, rust-stack.md §3, §6):
+//! * Its own OAuth (oauth.rs) on ring rather than gcp_auth/jsonwebtoken: one RS256 signature, no
+//!   `rsa` crate, and a cache that shares one refresh among concurrent deliveries.
+//! * Its own client on reqwest: the base URL and an extra CA are configurable (tests run against
+//!   a local HTTP/2 server; private relays exist). Sends speak HTTP/2 only, so concurrent
+//!   deliveries multiplex over one connection instead of opening one each.
+//! * Verdicts follow the HTTP status first and FCM's `errorCode` second, so a code Google adds
+//!   later still lands in the right class; only answers that certainly mean "this token is gone"
+//!   delete a registration.
+//! * Access tokens, the key, device tokens (beyond a prefix) and message content are never logged.
+
+mod message;
+mod oauth;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde::Deserialize;
+use tracing::Instrument as _;
+
+use crate::{ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict};
+use message::MappingSettings;
+use oauth::{ServiceAccount, TokenSource};
+
+/// Google's endpoint.
+pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
+
+/// FCM registration tokens are ~160 characters today; this bounds what is stored.
+const MAX_TOKEN_CHARS: usize = 4096;
+/// Google's floor for backing off after `QUOTA_EXCEEDED` (providers.md §2.3).
+const QUOTA_BACKOFF: Duration = Duration::from_secs(60);
+/// How much of an answer is read (so the stream completes) and kept for the reason.
+const MAX_RESPONSE_READ_BYTES: usize = 16 * 1024;
+const MAX_REASON_CHARS: usize = 300;
+/// PINGs on idle connections, so a connection that died silently is noticed before a send.
+const PING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// `[providers.<id>]` with `kind = "fcm"`; the keys are documented in `etc/pushgate.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The Google service-account JSON (`project_id`, `private_key`, `private_key_id`,
+    /// `client_email`, `token_uri`).
+    pub service_account_file: PathBuf,
+    /// FCM's endpoint; only tests and relays change it.
+    #[serde(default = "defaults::base_url")]
+    pub base_url: String,
+    /// Extra trusted CA (PEM), added to the system roots: tests and private relays.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `android.ttl`: how long FCM keeps an undelivered message.
+    #[serde(default = "defaults::ttl_secs")]
+    pub ttl_secs: u64,
+    /// Bodies longer than this many characters are cut and end in "…".
+    #[serde(default = "defaults::max_body_chars")]
+    pub max_body_chars: usize,
+    /// Bound on one delivery, access token included.
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+}
+
+mod defaults {
+    pub fn base_url() -> String {
+        super::DEFAULT_BASE_URL.to_owned()
+    }
+    pub fn ttl_secs() -> u64 {
+        86_400
+    }
+    pub fn max_body_chars() -> usize {
+        500
+    }
+    pub fn request_timeout_secs() -> u64 {
+        8
+    }
+}
+
+/// FCM's maximum `android.ttl`.
+const MAX_TTL_SECS: u64 = 28 * 86_400;
+
+impl FcmConfig {
+    /// A configuration with every optional key at its default.
+    pub fn new(service_account_file: impl Into<PathBuf>) -> Self {
+        Self {
+            service_account_file: service_account_file.into(),
+            base_url: defaults::base_url(),
+            ca_file: None,
+            ttl_secs: defaults::ttl_secs(),
+            max_body_chars: defaults::max_body_chars(),
+            request_timeout_secs: defaults::request_timeout_secs(),
+        }
+    }
+}
+
+/// The FCM provider for one Firebase project.
+pub struct Fcm {
+    /// The configuration section's dotted path, for logs.
+    key: String,
+    send_url: String,
+    client: reqwest::Client,
+    tokens: TokenSource,
+    request_timeout: Duration,
+    mapping: MappingSettings,
+}
+
+impl fmt::Debug for Fcm {
+    /// Shows the settings but never credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Fcm")
+            .field("key", &self.key)
+            .field("project_id", &self.tokens.project_id())
+            .field("send_url", &self.send_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fcm {
+    /// Builds the provider for the section at `key`; every error names the offending key below
+    /// it. The service account is read and its key checked now, so a bad file stops the start.
+    pub fn new(key: &str, config: &FcmConfig) -> Result<Self, ConfigError> {
+        let err = |field: &str, message: String| ConfigError {
+            key: format!("{key}.{field}"),
+            message,
+        };
+        let account = ServiceAccount::load(&config.service_account_file)
+            .map_err(|e| err("service_account_file", e.to_string()))?;
+        let url = url::Url::parse(&config.base_url)
+            .map_err(|e| err("base_url", format!("not a URL: {e}")))?;
+        if url.scheme() != "https" || url.host().is_none() {
+            return Err(err("base_url", "must be an https:// URL".to_owned()));
+        }
+        if config.ttl_secs > MAX_TTL_SECS {
+            return Err(err(
+                "ttl_secs",
+                format!("must be at most {MAX_TTL_SECS} (28 days)"),
+            ));
+        }
+        if config.max_body_chars == 0 {
+            return Err(err("max_body_chars", "must be at least 1".to_owned()));
+        }
+        if config.request_timeout_secs == 0 {
+            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
+        }
+        let extra_roots = match &config.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| err("ca_file", format!("cannot read {}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    err(
+                        "ca_file",
+                        format!("{} is not a PEM certificate bundle: {e}", path.display()),
+                    )
+                })?;
+                if certs.is_empty() {
+                    return Err(err(
+                        "ca_file",
+                        format!("{} holds no certificate", path.display()),
+                    ));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let request_timeout = Duration::from_secs(config.request_timeout_secs);
+        let client =
+            build_client(&extra_roots, request_timeout, true).map_err(|m| err("ca_file", m))?;
+        // The token endpoint may be plain http on loopback (checked in oauth.rs) and need not
+        // speak HTTP/2, so it gets its own client.
+        let token_client =
+            build_client(&extra_roots, request_timeout, false).map_err(|m| err("ca_file", m))?;
+        let send_url = format!(
+            "{}/v1/projects/{}/messages:send",
+            config.base_url.trim_end_matches('/'),
+            account.project_id
+        );
+        let project_id = account.project_id.clone();
+        let fcm = Self {
+            key: key.to_owned(),
+            send_url,
+            client,
+            tokens: TokenSource::new(account, token_client, request_timeout),
+            request_timeout,
+            mapping: MappingSettings {
+                max_body_chars: config.max_body_chars,
+                ttl_secs: config.ttl_secs,
+            },
+        };
+        tracing::info!(provider = key, project_id, "FCM provider ready");
+        Ok(fcm)
+    }
+
+    /// One delivery, run inside the delivery span: at most one retry after a connection
+    /// failure, and one with a fresh access token after a 401. Everything shares one bound.
+    async fn deliver(&self, body: &[u8]) -> Verdict {
+        let deadline = Instant::now() + self.request_timeout;
+        let timed_out = || Verdict::Transient {
+            retry_after: None,
+            reason: format!(
+                "no answer from FCM within {} s",
+                self.request_timeout.as_secs()
+            ),
+        };
+        let mut may_refresh = true;
+        let mut may_reconnect = true;
+        loop {
+            let access = match tokio::time::timeout_at(deadline.into(), self.tokens.get()).await {
+                Err(_) => return timed_out(),
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "no FCM access token");
+                    return Verdict::Transient {
+                        retry_after: None,
+                        reason: format!("no FCM access token: {e}"),
+                    };
+                }
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return timed_out();
+            }
+            let request = self
+                .client
+                .post(&self.send_url)
+                .timeout(left)
+                .header(http::header::AUTHORIZATION, format!("Bearer {access}"))
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(body.to_vec());
+            let response = match request.send().await {
+                Ok(r) => r,
+                Err(e) if may_reconnect && is_connection_error(&e) => {
+                    tracing::debug!(error = %e.without_url(), "FCM connection failed; retrying once");
+                    may_reconnect = false;
+                    continue;
+                }
+                Err(e) => return classify_error(e, self.request_timeout),
+            };
+            let status = response.status();
+            tracing::Span::current().record("status", status.as_u16());
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let answer = read_body(response).await;
+            let error = FcmError::parse(&answer);
+            match classify(status, error.as_ref(), retry_after) {
+                Classified::Done(v) => return v,
+                Classified::Unauthenticated(reason) if may_refresh => {
+                    tracing::info!(%reason, "FCM refused the access token; refreshing it once");
+                    may_refresh = false;
+                    self.tokens.invalidate(&access).await;
+                }
+                Classified::Unauthenticated(reason) => {
+                    tracing::error!(%reason, "FCM refused a freshly fetched access token; check the service account's permissions");
+                    return Verdict::Transient {
+                        retry_after: None,
+                        reason: format!("{reason} (after a token refresh; credentials)"),
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// A reqwest client for FCM (`h2_only`: HTTP/2 prior knowledge over TLS, one multiplexed
+/// connection) or for the token endpoint.
+fn build_client(
+    extra_roots: &[reqwest::Certificate],
+    connect_timeout: Duration,
+    h2_only: bool,
+) -> Result<reqwest::Client, String> {
+    // reqwest is built without a rustls provider of its own; whoever installs first wins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")));
+    if h2_only {
+        builder = builder
+            .http2_prior_knowledge()
+            .https_only(true)
+            .pool_idle_timeout(None)
+            .http2_keep_alive_interval(PING_INTERVAL)
+            .http2_keep_alive_timeout(connect_timeout)
+            .http2_keep_alive_while_idle(true);
+    }
+    if !extra_roots.is_empty() {
+        builder = builder.tls_certs_merge(extra_roots.iter().cloned());
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+#[async_trait::async_trait]
+impl Provider for Fcm {
+    fn kind(&self) -> &'static str {
+        "fcm"
+    }
+
+    fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
+        check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
+    }
+
+    async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
+        let span = tracing::info_span!(
+            "fcm_delivery",
+            provider = %self.key,
+            kind = kind_label(notification.kind),
+            priority = tracing::field::Empty,
+            token = ?device.token,
+            status = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+        );
+        async {
+            let verdict = self.send_inner(device, notification).await;
+            tracing::Span::current().record("verdict", verdict.label());
+            match &verdict {
+                Verdict::Sent => tracing::info!(verdict = verdict.label(), "fcm delivery"),
+                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
+                    tracing::info!(verdict = verdict.label(), reason, "fcm delivery")
+                }
+                Verdict::OurFault { reason } => {
+                    tracing::warn!(verdict = verdict.label(), reason, "fcm delivery")
+                }
+            }
+            verdict
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Fcm {
+    async fn send_inner(&self, device: &Device, notification: &Notification) -> Verdict {
+        if let Err(m) = check_token(device.token.as_str()) {
+            return Verdict::DeadToken {
+                reason: format!("stored token is unusable: {m}"),
+            };
+        }
+        let planned = match message::plan(device.token.as_str(), notification, &self.mapping) {
+            Ok(p) => p,
+            Err(reason) => return Verdict::OurFault { reason },
+        };
+        tracing::Span::current().record("priority", planned.priority);
+        self.deliver(&planned.body).await
+    }
+}
+
+/// FCM registration tokens are opaque printable strings (base64url-ish with `:`).
+fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("an FCM registration token cannot be empty".to_owned());
+    }
+    if token.chars().count() > MAX_TOKEN_CHARS {
+        return Err(format!(
+            "an FCM registration token is at most {MAX_TOKEN_CHARS} characters"
+        ));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "an FCM registration token contains no whitespace or control characters".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Alert => "alert",
+        Kind::Background => "background",
+        Kind::Voip => "voip",
+        Kind::Clear => "clear",
+    }
+}
+
+/// The parts of a Google API error answer that decide the verdict, read leniently: any of them
+/// may be missing.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct FcmError {
+    /// Canonical status, e.g. `INVALID_ARGUMENT`.
+    status: String,
+    message: String,
+    /// The `FcmError` detail's `errorCode`, e.g. `UNREGISTERED`.
+    error_code: String,
+    /// The first `BadRequest` field violation: field path and description.
+    field: Option<(String, String)>,
+}
+
+impl FcmError {
+    /// `None` when the answer is not a Google error object (e.g. a relay's HTML page).
+    fn parse(body: &[u8]) -> Option<Self> {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        let error = value.get("error")?.as_object()?;
+        let text = |v: Option<&serde_json::Value>| {
+            v.and_then(|s| s.as_str())
+                .map(|s| printable(s, MAX_REASON_CHARS))
+                .unwrap_or_default()
+        };
+        let mut parsed = FcmError {
+            status: text(error.get("status")),
+            message: text(error.get("message")),
+            ..Default::default()
+        };
+        for detail in error
+            .get("details")
+            .and_then(|d| d.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if parsed.error_code.is_empty() {
+                parsed.error_code = text(detail.get("errorCode"));
+            }
+            if parsed.field.is_none()
+                && let Some(v) = detail
+                    .get("fieldViolations")
+                    .and_then(|f| f.as_array())
+                    .and_then(|f| f.first())
+            {
+                parsed.field = Some((text(v.get("field")), text(v.get("description"))));
+            }
+        }
+        Some(parsed)
+    }
+
+    /// The error code, else the status: what the reason shows first.
+    fn code(&self) -> &str {
+        if self.error_code.is_empty() {
+            &self.status
+        } else {
+            &self.error_code
+        }
+    }
+
+    fn is(&self, code: &str) -> bool {
+        self.error_code == code || self.status == code
+    }
+
+    /// 400 INVALID_ARGUMENT about the token itself rather than about the message.
+    fn is_invalid_token(&self) -> bool {
+        if self
+            .field
+            .as_ref()
+            .is_some_and(|(f, _)| f == "message.token")
+        {
+            return true;
+        }
+        let m = self.message.to_ascii_lowercase();
+        m.contains("registration token") && (m.contains("not a valid") || m.contains("invalid"))
+    }
+}
+
+/// What an FCM answer means.
+#[derive(Debug, PartialEq, Eq)]
+enum Classified {
+    Done(Verdict),
+    /// The access token was refused: refresh it and retry once. Carries the reason.
+    Unauthenticated(String),
+}
+
+/// Maps an FCM answer onto a verdict (providers.md §2.3): the status decides the class, the
+/// error code refines it. Unknown codes keep their string.
+fn classify(
+    status: StatusCode,
+    error: Option<&FcmError>,
+    retry_after: Option<Duration>,
+) -> Classified {
+    let code = status.as_u16();
+    let shown = match error {
+        Some(e) => {
+            let mut s = format!("FCM answered {code}");
+            if !e.code().is_empty() {
+                s.push(' ');
+                s.push_str(e.code());
+            }
+            if !e.message.is_empty() {
+                s.push_str(": ");
+                s.push_str(&e.message);
+            }
+            if let Some((field, description)) = &e.field {
+                s.push_str(&format!(" (field {field}: {description})"));
+            }
+            s
+        }
+        None => format!("FCM answered {code}"),
+    };
+    let transient = |retry_after, reason| Verdict::Transient {
+        retry_after,
+        reason,
+    };
+    let verdict = match (code, error) {
+        (200..=299, _) => Verdict::Sent,
+        (_, Some(e)) if e.error_code == "UNREGISTERED" => Verdict::DeadToken { reason: shown },
+        (404, Some(_)) => Verdict::DeadToken { reason: shown },
+        // Not Google's answer: a wrong base_url or a relay's page. Devices are not to blame.
+        (404, None) => Verdict::OurFault {
+            reason: format!("{shown} without an FCM error (is base_url right?)"),
+        },
+        (403, Some(e)) if e.is("SENDER_ID_MISMATCH") => Verdict::DeadToken { reason: shown },
+        (400, Some(e)) if e.is_invalid_token() => Verdict::DeadToken { reason: shown },
+        (401, Some(e)) if e.is("THIRD_PARTY_AUTH_ERROR") => {
+            tracing::error!(reason = %shown, "FCM cannot reach the platform behind it (APNs or web push credentials in the Firebase project); devices are kept");
+            transient(None, format!("{shown} (Firebase project configuration)"))
+        }
+        (401, _) => return Classified::Unauthenticated(shown),
+        (403, _) => {
+            tracing::error!(reason = %shown, "FCM refused pushgate's service account (permission, disabled API or wrong project); devices are kept");
+            transient(None, format!("{shown} (credentials or configuration)"))
+        }
+        (429, _) => transient(Some(retry_after.unwrap_or(QUOTA_BACKOFF)), shown),
+        (500..=599, _) => transient(retry_after, shown),
+        _ => Verdict::OurFault { reason: shown },
+    };
+    Classified::Done(verdict)
+}
+
+/// The answer's body, up to a bound (so the stream completes without reading a flood).
+async fn read_body(mut response: reqwest::Response) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while buf.len() < MAX_RESPONSE_READ_BYTES {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf
+}
+
+/// A failure of the connection rather than of this request: a new connection may work.
+fn is_connection_error(err: &reqwest::Error) -> bool {
+    !err.is_timeout() && !err.is_builder() && (err.is_connect() || err.is_request())
+}
+
+/// Maps a failed request onto a verdict; the URL is stripped from reqwest's error.
+fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
+    let err = err.without_url();
+    if err.is_timeout() {
+        return Verdict::Transient {
+            retry_after: None,
+            reason: format!("no answer from FCM within {} s", timeout.as_secs()),
+        };
+    }
+    if err.is_builder() {
+        return Verdict::OurFault {
+            reason: format!("cannot build the FCM request: {}", error_chain(&err)),
+        };
+    }
+    let what = if err.is_connect() {
+        "cannot connect to FCM"
+    } else {
+        "FCM request failed"
+    };
+    Verdict::Transient {
+        retry_after: None,
+        reason: format!("{what}: {}", error_chain(&err)),
+    }
+}
+
+/// `err: cause: cause…`, so the underlying TLS or I/O error is visible.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !out.ends_with(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.
+fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn google(code: u16, status: &str, message: &str, error_code: Option<&str>) -> Vec<u8> {
+        let details = match error_code {
+            Some(c) => serde_json::json!([{
+                "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                "errorCode": c
+            }]),
+            None => serde_json::json!([]),
+        };
+        serde_json::json!({"error": {"code": code, "message": message, "status": status, "details": details}})
+            .to_string()
+            .into_bytes()
+    }
+
+    fn verdict(code: u16, body: &[u8], retry_after: Option<u64>) -> Classified {
+        classify(
+            StatusCode::from_u16(code).unwrap(),
+            FcmError::parse(body).as_ref(),
+            retry_after.map(Duration::from_secs),
+        )
+    }
+
+    #[test]
+    fn classification_by_status_then_error_code() {
+        assert_eq!(verdict(200, b"{}", None), Classified::Done(Verdict::Sent));
+        assert!(matches!(
+            verdict(404, &google(404, "NOT_FOUND", "Requested entity was not found.", Some("UNREGISTERED")), None),
+            Classified::Done(Verdict::DeadToken { reason }) if reason.contains("UNREGISTERED")
+        ));
+        assert!(matches!(
+            verdict(404, b"<html>Not Found</html>", None),
+            Classified::Done(Verdict::OurFault { .. })
+        ));
+        assert!(matches!(
+            verdict(
+                403,
+                &google(
+                    403,
+                    "PERMISSION_DENIED",
+                    "SenderId mismatch",
+                    Some("SENDER_ID_MISMATCH")
+                ),
+                None
+            ),
+            Classified::Done(Verdict::DeadToken { .. })
+        ));
+        assert!(matches!(
+            verdict(
+                403,
+                &google(403, "PERMISSION_DENIED", "Permission denied", None),
+                None
+            ),
+            Classified::Done(Verdict::Transient { .. })
+        ));
+        assert!(matches!(
+            verdict(
+                400,
+                &google(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "The registration token is not a valid FCM registration token",
+                    Some("INVALID_ARGUMENT")
+                ),
+                None
+            ),
+            Classified::Done(Verdict::DeadToken { .. })
+        ));
+        assert!(matches!(
+            verdict(400, &google(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'", Some("INVALID_ARGUMENT")), None),
+            Classified::Done(Verdict::OurFault { reason }) if reason.contains("message.android.ttl")
+        ));
+        assert!(matches!(
+            verdict(
+                401,
+                &google(
+                    401,
+                    "UNAUTHENTICATED",
+                    "Request had invalid authentication credentials.",
+                    None
+                ),
+                None
+            ),
+            Classified::Unauthenticated(_)
+        ));
+        assert!(matches!(
+            verdict(
+                401,
+                &google(
+                    401,
+                    "UNAUTHENTICATED",
+                    "Auth error from APNS or Web Push Service",
+                    Some("THIRD_PARTY_AUTH_ERROR")
+                ),
+                None
+            ),
+            Classified::Done(Verdict::Transient { .. })
+        ));
+        assert_eq!(
+            verdict(
+                429,
+                &google(429, "RESOURCE_EXHAUSTED", "quota", Some("QUOTA_EXCEEDED")),
+                None
+            ),
+            Classified::Done(Verdict::Transient {
+                retry_after: Some(QUOTA_BACKOFF),
+                reason: "FCM answered 429 QUOTA_EXCEEDED: quota".into()
+            })
+        );
+        assert!(matches!(
+            verdict(503, b"", Some(7)),
+            Classified::Done(Verdict::Transient { retry_after: Some(d), .. }) if d == Duration::from_secs(7)
+        ));
+        assert!(matches!(
+            verdict(418, b"teapot", None),
+            Classified::Done(Verdict::OurFault { .. })
+        ));
+    }
+
+    #[test]
+    fn field_violations_are_read() {
+        let body = serde_json::json!({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "Invalid JSON payload received.",
+            "details": [{"@type": "type.googleapis.com/google.rpc.BadRequest",
+                "fieldViolations": [{"field": "message.data[0].value", "description": "Invalid value"}]}]}});
+        let e = FcmError::parse(body.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            e.field,
+            Some(("message.data[0].value".into(), "Invalid value".into()))
+        );
+        assert!(!e.is_invalid_token());
+        let token = serde_json::json!({"error": {"code": 400, "status": "INVALID_ARGUMENT", "message": "x",
+            "details": [{"fieldViolations": [{"field": "message.token", "description": "Invalid registration token"}]}]}});
+        assert!(
+            FcmError::parse(token.to_string().as_bytes())
+                .unwrap()
+                .is_invalid_token()
+        );
+    }
+
+    #[test]
+    fn tokens_must_be_printable_and_bounded() {
+        assert!(check_token("dQw4w9WgXcQ:APA91bH-some_token").is_ok());
+        assert!(check_token("").is_err());
+        assert!(check_token("a b").is_err());
+        assert!(check_token("a\u{7}b").is_err());
+        assert!(check_token(&"a".repeat(4096)).is_ok());
+        assert!(check_token(&"a".repeat(4097)).is_err());
+    }
+}
