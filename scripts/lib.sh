@@ -3,7 +3,8 @@
 #
 # Installs what the tests and the local run need when it is missing (a fresh Debian machine has
 # none of it): Prosody 0.12 + prosody-modules (mod_cloud_notify) from Debian, and the Python
-# packages of tests/e2e/requirements.txt from PyPI.
+# packages of tests/e2e/requirements.txt from PyPI; the `openssl` CLI (the APNs end-to-end tests
+# make .p12 files with it, including legacy RC2-40 ones).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
@@ -48,24 +49,27 @@ stop_system_prosody() {
     fi
 }
 
+# Debian packages the tests need: Prosody + prosody-modules, and the openssl CLI.
 ensure_prosody() {
-    if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1 && have_cloud_notify; then
+    if command -v prosody >/dev/null 2>&1 && command -v prosodyctl >/dev/null 2>&1 && have_cloud_notify \
+        && command -v openssl >/dev/null 2>&1; then
         return 0
     fi
-    command -v apt-get >/dev/null 2>&1 || die "prosody + prosody-modules are missing and there is no apt-get: install Prosody 0.12 and prosody-modules (mod_cloud_notify) by hand"
-    log "installing prosody and prosody-modules (Debian packages)"
+    command -v apt-get >/dev/null 2>&1 || die "prosody + prosody-modules or openssl are missing and there is no apt-get: install Prosody 0.12, prosody-modules (mod_cloud_notify) and the openssl CLI by hand"
+    log "installing prosody, prosody-modules and openssl (Debian packages)"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
-        prosody prosody-modules
+        prosody prosody-modules openssl
     stop_system_prosody
     command -v prosody >/dev/null 2>&1 || die "prosody is still missing after apt-get install"
     have_cloud_notify || die "mod_cloud_notify is still missing after installing prosody-modules"
+    command -v openssl >/dev/null 2>&1 || die "openssl is still missing after apt-get install"
 }
 
 python_deps_ok() {
     python3 - <<'PY' >/dev/null 2>&1
-import cryptography, pytest, slixmpp
+import cryptography, h2, pytest, slixmpp
 assert slixmpp.__version__.startswith("1.17"), slixmpp.__version__
 PY
 }

@@ -111,7 +111,7 @@ pub fn check_expiry(
                 )
             }
             Ok(left) if left.as_secs() < u64::from(gw.cert_expiry_warning_days) * DAY => {
-                let days = left.as_secs() / DAY;
+                let days = left.as_secs().div_ceil(DAY);
                 tracing::warn!(provider = %id, %until, days, "APNs certificate expires soon");
                 format!(
                     "The APNs certificate of {id} expires on {until} (in {days} days). Replace it with the set-apns-certificate command."
@@ -136,22 +136,30 @@ pub fn check_expiry(
     messages
 }
 
-/// Starts credential sync and the expiry watch; both stop with `shutdown`.
-pub fn spawn_tasks(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
+/// Applies the stored credentials, then starts credential sync and the expiry watch (both stop
+/// with `shutdown`). Awaited before the component connects, so no publish arrives while an app
+/// still lacks the credentials the database holds for it.
+pub async fn start(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
     if gw.providers.apns().next().is_none() {
         return;
     }
+    let mut since = match apply_stored(&gw, None).await {
+        Ok(newest) => newest,
+        Err(e) => {
+            tracing::warn!("cannot read stored credentials: {e}");
+            None
+        }
+    };
     let (g, mut stop) = (gw.clone(), shutdown.clone());
     tokio::spawn(async move {
-        let mut since = None;
         loop {
-            match apply_stored(&g, since).await {
-                Ok(newest) => since = newest,
-                Err(e) => tracing::warn!("cannot read stored credentials: {e}"),
-            }
             tokio::select! {
                 _ = tokio::time::sleep(SYNC_INTERVAL) => {}
                 _ = stop.changed() => return,
+            }
+            match apply_stored(&g, since).await {
+                Ok(newest) => since = newest,
+                Err(e) => tracing::warn!("cannot read stored credentials: {e}"),
             }
         }
     });

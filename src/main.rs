@@ -135,7 +135,7 @@ async fn run(path: PathBuf) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    credentials::spawn_tasks(gw.clone(), stop_rx.clone());
+    credentials::start(gw.clone(), stop_rx.clone()).await;
     stream::run(gw, stream_cfg, outbox, stop_rx, connected_tx).await;
     ExitCode::SUCCESS
 }

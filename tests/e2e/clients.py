@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
@@ -131,6 +131,7 @@ class CommandResult:
     actions: list[str]
     form: Form | None
     xml: str
+    notes: list[tuple[str | None, str]] = field(default_factory=list)  # [(type, text)]
 
 
 @dataclass
@@ -330,7 +331,9 @@ class Client:
         actions = [a.tag.split("}", 1)[-1] for a in actions_el] if actions_el is not None else []
         return CommandResult(status=c.get("status"), sessionid=c.get("sessionid"),
                              node=c.get("node"), actions=actions,
-                             form=parse_form(c.find(f"{{{NS_DATA}}}x")), xml=str(r))
+                             form=parse_form(c.find(f"{{{NS_DATA}}}x")), xml=str(r),
+                             notes=[(n.get("type"), n.text or "")
+                                    for n in c.findall(f"{{{NS_COMMANDS}}}note")])
 
     # XEP-0357 at the own server
     def enable_push(self, service: str, node: str | None, secret: str | None = None,

@@ -55,12 +55,15 @@ def _last_resort_cleanup():
 class Stack:
     """A Prosody plus (optionally started) pushgate, sharing a component secret."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, users: tuple[str, ...] = LOCAL_USERS, pushgate_toml: str = ""):
+        """users: local parts on `localhost` (mallory on other.localhost is always there);
+        pushgate_toml: extra pushgate config (see Pushgate's extra_toml)."""
         self.name = name
+        self.pushgate_toml = pushgate_toml
         self.push_secret = secrets.token_hex(12)
         self.fake_secret = secrets.token_hex(12)
         self.prosody = Prosody(
-            users=[(u, DOMAIN, PASSWORD) for u in LOCAL_USERS]
+            users=[(u, DOMAIN, PASSWORD) for u in users]
             + [(u, OTHER_DOMAIN, PASSWORD) for u in OTHER_USERS],
             components={PUSH_JID: self.push_secret, FAKE_PUSH_JID: self.fake_secret},
             hosts=(DOMAIN, OTHER_DOMAIN),
@@ -80,7 +83,7 @@ class Stack:
 
     def make_pushgate(self) -> Pushgate:
         self.pushgate = Pushgate(self.prosody, PUSH_JID, self.push_secret,
-                                 name=f"pushgate[{self.name}]")
+                                 name=f"pushgate[{self.name}]", extra_toml=self.pushgate_toml)
         _LIVE.append(self.pushgate)
         return self.pushgate
 

@@ -44,8 +44,10 @@ def toml_str(s: str) -> str:
 
 class Pushgate:
     def __init__(self, prosody, jid: str, secret: str, binary: str | None = None,
-                 name: str = "pushgate"):
+                 name: str = "pushgate", extra_toml: str = ""):
+        """extra_toml: appended to the generated config (more provider sections, [admin])."""
         self.prosody = prosody
+        self.extra_toml = extra_toml
         self.jid = jid
         self.secret = secret
         self.binary = binary or binary_path()
@@ -99,6 +101,8 @@ class Pushgate:
                 "allowed_hosts = []",
                 "denied_hosts = []",
             ]
+        if self.extra_toml:
+            out += ["", self.extra_toml.strip("\n")]
         return "\n".join(out) + "\n"
 
     def write_config(self):
