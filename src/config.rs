@@ -10,10 +10,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Toml};
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::Dict;
 use serde::Deserialize;
 
-use pushgate_providers::ProviderConfig;
+use pushgate_providers::{ProviderConfig, SectionSource};
 
 use crate::ids::BareJid;
 
@@ -68,8 +69,67 @@ pub struct Config {
     pub registration: RegistrationConfig,
     #[serde(default)]
     pub admin: AdminConfig,
-    #[serde(default)]
+    /// Provider sections as written; typed into `providers` section by section, so that errors
+    /// name `providers.<id>.<key>`.
+    #[serde(default, rename = "providers")]
+    raw_providers: BTreeMap<String, Dict>,
+    #[serde(skip)]
     pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+/// One provider section without its `kind`, as a figment of its own.
+struct Section(Figment);
+
+impl SectionSource for Section {
+    type Error = figment::Error;
+    fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, figment::Error> {
+        self.0.extract()
+    }
+}
+
+/// Types each `[providers.<id>]` section by its `kind`.
+fn typed_providers(
+    raw: &BTreeMap<String, Dict>,
+) -> Result<BTreeMap<String, ProviderConfig>, ConfigError> {
+    let mut typed = BTreeMap::new();
+    for (id, section) in raw {
+        let mut keys = section.clone();
+        let kind = match keys.remove("kind") {
+            Some(v) => v.into_string().ok_or_else(|| {
+                ConfigError::invalid(format!("providers.{id}.kind"), "must be a string")
+            })?,
+            None => {
+                return Err(ConfigError::invalid(
+                    format!("providers.{id}.kind"),
+                    "missing (webpush, apns, fcm or fcm-xmpp)",
+                ));
+            }
+        };
+        let source = Section(Figment::from(Serialized::defaults(keys)));
+        let config = ProviderConfig::from_section(&kind, &source)
+            .map_err(|e| {
+                let inner = ConfigError::from(e);
+                match inner {
+                    ConfigError::Invalid { key, message } => ConfigError::Invalid {
+                        key: format!("providers.{id}.{key}"),
+                        message: message
+                            .split(" (from ")
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    },
+                    other => other,
+                }
+            })?
+            .ok_or_else(|| {
+                ConfigError::invalid(
+                    format!("providers.{id}.kind"),
+                    format!("unknown provider kind '{kind}' (webpush, apns, fcm or fcm-xmpp)"),
+                )
+            })?;
+        typed.insert(id.clone(), config);
+    }
+    Ok(typed)
 }
 
 #[derive(Debug, Deserialize)]
@@ -189,7 +249,8 @@ impl Config {
         let env = Env::prefixed("PUSHGATE_")
             .filter(|k| k.as_str().contains("__"))
             .split("__");
-        let config: Config = base.merge(env).extract()?;
+        let mut config: Config = base.merge(env).extract()?;
+        config.providers = typed_providers(&config.raw_providers)?;
         config.validate()?;
         Ok(config)
     }
@@ -349,6 +410,35 @@ mod tests {
         let e = Config::from_toml_str(&format!("{MINIMAL}[admin]\njids = [\"example.org\"]\n"))
             .unwrap_err();
         assert!(e.to_string().contains("admin.jids[0]"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_inside_provider_sections_name_the_key() {
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[providers.\"tigase:messenger:apns:1\"]\nkind = \"apns\"\ntopic = \"a.b\"\nenvironment = \"staging\"\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("providers.tigase:messenger:apns:1.environment"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[providers.up]\nkind = \"webpush\"\nttl_secs = \"long\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("providers.up.ttl_secs"), "{e}");
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[providers.up]\nkind = \"webpush\"\nttl = 3\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("providers.up") && e.to_string().contains("ttl"),
+            "{e}"
+        );
+        let e =
+            Config::from_toml_str(&format!("{MINIMAL}[providers.up]\nttl_secs = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("providers.up.kind"), "{e}");
     }
 
     #[test]

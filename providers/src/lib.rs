@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 pub mod apns;
 pub mod fcm;
+pub mod fcm_xmpp;
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration
@@ -216,6 +217,34 @@ pub enum ProviderConfig {
     Webpush(webpush::WebPushConfig),
     Apns(apns::ApnsConfig),
     Fcm(fcm::FcmConfig),
+    /// LEGACY FCM XMPP (CCS); Google shut it down in 2024.
+    #[serde(rename = "fcm-xmpp")]
+    FcmXmpp(fcm_xmpp::FcmXmppConfig),
+}
+
+/// Where the keys of one provider section come from. The configuration loader implements it, so
+/// a bad value is reported as `providers.<id>.<key>`: deserialising through the tagged enum would
+/// buffer the section and lose the key's name.
+pub trait SectionSource {
+    type Error;
+    fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, Self::Error>;
+}
+
+impl ProviderConfig {
+    /// The section's configuration for its `kind`, read from `section` (which holds every key but
+    /// `kind`); `None` for a kind no provider has.
+    pub fn from_section<S: SectionSource>(
+        kind: &str,
+        section: &S,
+    ) -> Result<Option<Self>, S::Error> {
+        Ok(Some(match kind {
+            "webpush" => ProviderConfig::Webpush(section.extract()?),
+            "apns" => ProviderConfig::Apns(section.extract()?),
+            "fcm" => ProviderConfig::Fcm(section.extract()?),
+            "fcm-xmpp" => ProviderConfig::FcmXmpp(section.extract()?),
+            _ => return Ok(None),
+        }))
+    }
 }
 
 /// Builds the provider for one configuration section. `key` is that section's dotted path, so
@@ -225,5 +254,6 @@ pub fn build(key: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, Co
         ProviderConfig::Webpush(c) => Ok(Arc::new(webpush::WebPush::new(key, c)?)),
         ProviderConfig::Apns(c) => Ok(Arc::new(apns::Apns::new(key, c)?)),
         ProviderConfig::Fcm(c) => Ok(Arc::new(fcm::Fcm::new(key, c)?)),
+        ProviderConfig::FcmXmpp(c) => Ok(Arc::new(fcm_xmpp::FcmXmpp::new(key, c)?)),
     }
 }

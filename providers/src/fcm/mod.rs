@@ -12,7 +12,7 @@
 //!   delete a registration.
 //! * Access tokens, the key, device tokens (beyond a prefix) and message content are never logged.
 
-mod message;
+pub(crate) mod message;
 mod oauth;
 
 use std::fmt;
