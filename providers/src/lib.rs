@@ -124,6 +124,8 @@ pub struct Content {
     pub message_count: Option<u32>,
     /// Sender's nickname in a group chat.
     pub nickname: Option<String>,
+    /// Which group chat a per-room registration is for (p2 registrations: a hash of it).
+    pub channel: Option<String>,
 }
 
 /// An end-to-end encrypted payload (Tigase `tigase:push:encrypt:0`): passed through untouched.
@@ -141,6 +143,9 @@ pub struct Notification {
     pub priority: Priority,
     pub content: Content,
     pub encrypted: Option<Encrypted>,
+    /// Notifications with the same key replace each other where the provider can do that
+    /// (FCM `collapse_key`, APNs `apns-collapse-id`, WebPush `Topic`).
+    pub collapse_key: Option<String>,
 }
 
 /// What became of one delivery attempt. Fronts map this onto their protocol in one place.

@@ -239,6 +239,9 @@ impl WebPush {
             .timeout(self.request_timeout)
             .header("ttl", ttl)
             .header("urgency", urgency(n));
+        if let Some(topic) = n.collapse_key.as_deref().filter(|t| is_topic(t)) {
+            request = request.header("topic", topic);
+        }
 
         request = match &device.webpush_keys {
             Some(keys) => {
@@ -724,6 +727,14 @@ fn priority_label(priority: Priority) -> &'static str {
     }
 }
 
+/// RFC 8030 §5.4: a `Topic` is at most 32 characters of the base64url alphabet.
+fn is_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 32
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// RFC 8030 `Urgency`: calls always wake the device.
 fn urgency(n: &Notification) -> &'static str {
     if n.kind == Kind::Voip {
@@ -747,6 +758,8 @@ struct PlainPayload<'a> {
     message_count: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     nickname: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -796,6 +809,7 @@ fn build_payload(n: &Notification, max_body_chars: usize) -> Result<Vec<u8>, Str
         body: c.body.as_deref().map(|b| cut_chars(b, max_body_chars)),
         message_count: c.message_count,
         nickname: c.nickname.as_deref(),
+        channel: c.channel.as_deref(),
     };
     loop {
         let json = encode(&payload)?;
@@ -1133,8 +1147,10 @@ mod tests {
                 body,
                 message_count: Some(3),
                 nickname: None,
+                channel: None,
             },
             encrypted,
+            collapse_key: None,
         }
     }
 

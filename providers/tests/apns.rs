@@ -45,6 +45,7 @@ fn content() -> Content {
         body: Some("wherefore art thou".into()),
         message_count: Some(3),
         nickname: Some("Romeo".into()),
+        channel: None,
     }
 }
 
@@ -54,6 +55,7 @@ fn note(kind: Kind, content: Content, encrypted: Option<Encrypted>) -> Notificat
         priority: Priority::High,
         content,
         encrypted,
+        collapse_key: None,
     }
 }
 
@@ -233,6 +235,19 @@ async fn alert_omits_missing_keys_and_has_no_collapse_id_unless_configured() {
             "aps": {"alert": {"title": "New message", "body": "New message"}, "mutable-content": 1, "sound": "default"},
             "account": "juliet@capulet.example"
         })
+    );
+}
+
+#[tokio::test]
+async fn the_notifications_collapse_key_becomes_the_collapse_id() {
+    let s = Setup::token_auth().await;
+    let apns = s.provider(&s.token_config());
+    let mut n = alert();
+    n.collapse_key = Some("abc123".into());
+    assert_eq!(apns.send(&device(&token(3), None), &n).await, Verdict::Sent);
+    assert_eq!(
+        s.server.only_request().header("apns-collapse-id"),
+        Some("abc123")
     );
 }
 

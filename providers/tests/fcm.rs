@@ -46,6 +46,7 @@ fn content() -> Content {
         body: Some("wherefore art thou".into()),
         message_count: Some(3),
         nickname: Some("Romeo".into()),
+        channel: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn note(kind: Kind, priority: Priority, content: Content) -> Notification {
         priority,
         content,
         encrypted: None,
+        collapse_key: None,
     }
 }
 
@@ -305,6 +307,30 @@ async fn voip_and_high_background_are_high_priority() {
         data(&s.server.sends_for(&token(4))[0]),
         serde_json::json!({})
     );
+}
+
+/// A Conversations-style notification carries hashes only, and its collapse key reaches Android.
+#[tokio::test]
+async fn channel_and_collapse_key_reach_the_message() {
+    let s = Setup::new().await;
+    let fcm = s.provider(&s.config());
+    let mut n = note(
+        Kind::Alert,
+        Priority::High,
+        Content {
+            account: Some("a".repeat(40)),
+            channel: Some("c".repeat(40)),
+            ..Content::default()
+        },
+    );
+    n.collapse_key = Some("cccccc".into());
+    assert_eq!(fcm.send(&device(&token(9)), &n).await, Verdict::Sent);
+    let sent = s.server.only_send();
+    assert_eq!(
+        data(&sent),
+        serde_json::json!({"account": "a".repeat(40), "channel": "c".repeat(40)})
+    );
+    assert_eq!(sent.json()["message"]["android"]["collapse_key"], "cccccc");
 }
 
 #[tokio::test]

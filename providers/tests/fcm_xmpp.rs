@@ -45,8 +45,10 @@ fn alert() -> Notification {
             body: Some("wherefore art thou".into()),
             message_count: Some(3),
             nickname: Some("Romeo".into()),
+            channel: None,
         },
         encrypted: None,
+        collapse_key: None,
     }
 }
 
@@ -60,6 +62,7 @@ fn background() -> Notification {
             ..Default::default()
         },
         encrypted: None,
+        collapse_key: None,
     }
 }
 

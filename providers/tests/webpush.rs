@@ -52,8 +52,10 @@ fn alert(priority: Priority, body: &str) -> Notification {
             body: Some(body.into()),
             message_count: Some(2),
             nickname: None,
+            channel: None,
         },
         encrypted: None,
+        collapse_key: None,
     }
 }
 
@@ -125,6 +127,31 @@ async fn encrypted_alert_is_decryptable_and_signed() {
 }
 
 #[tokio::test]
+async fn collapse_key_becomes_the_topic_and_channel_is_in_the_body() {
+    let mut n = alert(Priority::High, "hi");
+    n.collapse_key = Some("a1b2c3".into());
+    n.content.channel = Some("f".repeat(40));
+    let endpoint = Endpoint::start(Behaviour::status(201)).await;
+    let sub = Subscriber::generate();
+    let push = provider(&local_config(None));
+    let verdict = push
+        .send(&device(&endpoint.url("/push/abc"), Some(sub.keys())), &n)
+        .await;
+    assert_eq!(verdict, Verdict::Sent);
+    let req = endpoint.only_request();
+    assert_eq!(req.header("topic"), Some("a1b2c3"));
+    assert_eq!(
+        json(&sub.decrypt(&req.body).unwrap())["channel"],
+        "f".repeat(40)
+    );
+
+    // Not a valid RFC 8030 topic: no header rather than a refused request.
+    n.collapse_key = Some("room@conference.example".into());
+    let (_, endpoint) = send_to(Behaviour::status(201), &n).await;
+    assert_eq!(endpoint.only_request().header("topic"), None);
+}
+
+#[tokio::test]
 async fn low_priority_background_gets_urgency_low() {
     let n = Notification {
         kind: Kind::Background,
@@ -134,6 +161,7 @@ async fn low_priority_background_gets_urgency_low() {
             ..Content::default()
         },
         encrypted: None,
+        collapse_key: None,
     };
     let (verdict, endpoint) = send_to(Behaviour::status(201), &n).await;
     assert_eq!(verdict, Verdict::Sent);
@@ -156,6 +184,7 @@ async fn normal_priority_gets_urgency_normal_and_voip_high_with_short_ttl() {
         priority: Priority::Normal,
         content: Content::default(),
         encrypted: None,
+        collapse_key: None,
     };
     let (verdict, endpoint) = send_to(Behaviour::status(201), &call).await;
     assert_eq!(verdict, Verdict::Sent);
@@ -224,6 +253,7 @@ async fn end_to_end_encrypted_payload_is_passed_through() {
             payload: "c2VjcmV0IGNpcGhlcnRleHQ=".into(),
             iv: "aXZpdml2aXZpdg==".into(),
         }),
+        collapse_key: None,
     };
     let endpoint = Endpoint::start(Behaviour::status(201)).await;
     let sub = Subscriber::generate();

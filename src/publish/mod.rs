@@ -9,7 +9,7 @@ pub mod request;
 
 use std::str::FromStr;
 
-use pushgate_providers::Verdict;
+use pushgate_providers::{Content, Notification, Verdict};
 use tracing::Instrument;
 use xmpp_parsers::jid::Jid;
 
@@ -17,6 +17,7 @@ pub use request::PublishRequest;
 
 use crate::error::Fault;
 use crate::gateway::Gateway;
+use crate::ids::Dialect;
 use crate::storage::Registration;
 
 /// How a publish ended, for logs and (later) metrics.
@@ -69,7 +70,7 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
             reg.provider
         )));
     };
-    let notification = req.notification(reg.account.as_str());
+    let notification = notification_for(req, &reg);
     let device = reg.device();
     let verdict =
         match tokio::time::timeout(gw.publish_timeout, provider.send(&device, &notification)).await
@@ -81,6 +82,43 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
             },
         };
     apply(gw, &reg, verdict).await
+}
+
+/// The notification as the registration's dialect promised it to the app. Tigase-dialect apps
+/// get the summary. p2 (Conversations) registrations get no content at all, only
+/// `account` = SHA-1 hex of (account bare JID, NUL, device id), `channel` likewise for a
+/// per-room registration, and a collapse key from the first six hex digits of the channel hash,
+/// else of the account hash: the app recomputes the hashes to find what to sync, and the
+/// provider (Google, Apple) learns nothing about who talks to whom.
+fn notification_for(req: &PublishRequest, reg: &Registration) -> Notification {
+    let mut n = req.notification(reg.account.as_str());
+    if reg.dialect == Dialect::P2 {
+        let device_id = reg.device_id.as_deref().unwrap_or_default();
+        let account = p2_hash(reg.account.as_str(), device_id);
+        let channel = reg.muc.as_ref().map(|m| p2_hash(m.as_str(), device_id));
+        n.collapse_key = Some(channel.as_deref().unwrap_or(&account)[..6].to_owned());
+        n.content = Content {
+            account: Some(account),
+            channel,
+            ..Content::default()
+        };
+    }
+    n
+}
+
+/// p2's device hash: SHA-1 hex of `jid ‖ 0x00 ‖ device_id`.
+fn p2_hash(jid: &str, device_id: &str) -> String {
+    use sha1::{Digest, Sha1};
+    use std::fmt::Write;
+    let digest = Sha1::new()
+        .chain_update(jid.as_bytes())
+        .chain_update([0u8])
+        .chain_update(device_id.as_bytes())
+        .finalize();
+    digest.iter().fold(String::with_capacity(40), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// Finds the registration behind a publish and checks that this server may publish to it.
@@ -146,5 +184,19 @@ async fn apply(gw: &Gateway, reg: &Registration, verdict: Verdict) -> Result<Out
             gw.store.record_error(reg.id, &reason).await?;
             Ok(Outcome::OurFault)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p2_hash_is_sha1_of_jid_nul_device() {
+        // sha1("alice@example.org\0phone1"), computed independently
+        assert_eq!(
+            p2_hash("alice@example.org", "phone1"),
+            "61fb5afaec5f6273a3ce61cc75b311549ba60846"
+        );
     }
 }

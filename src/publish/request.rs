@@ -161,8 +161,10 @@ impl PublishRequest {
                 body: s.body.clone(),
                 message_count: s.message_count,
                 nickname: self.nickname.clone(),
+                channel: None,
             },
             encrypted: self.encrypted.clone(),
+            collapse_key: None,
         }
     }
 }

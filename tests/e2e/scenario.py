@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 
@@ -58,6 +59,20 @@ def check_alert(d: Delivery, device: Device, account: str, sender: str, body: st
     assert p.get("body") == body, where
     # Prosody always sends message-count 1
     assert p.get("message-count") == 1, where
+
+
+def check_p2_alert(d: Delivery, account: str, device_id: str):
+    """A p2 (Conversations-contract) delivery of an important message: no content at all, the
+    account as SHA-1 hex of (bare JID, NUL, device id), and its first six hex digits as the
+    collapse key (the WebPush Topic)."""
+    where = d.summary()
+    account_hash = hashlib.sha1(account.encode() + b"\0" + device_id.encode()).hexdigest()
+    assert d.status == 201, where
+    assert d.vapid_error is None, f"VAPID check failed: {d.vapid_error}; {where}"
+    assert d.decrypt_error is None, f"payload unreadable: {d.decrypt_error}; {where}"
+    assert d.payload == {"kind": "alert", "priority": "high", "account": account_hash}, where
+    assert d.headers.get("topic") == account_hash[:6], where
+    assert d.headers.get("urgency") == "high", where
 
 
 def assert_quiet(pushgate, prosody, since_pg: int, since_prosody: int, user: str, node: str,

@@ -10,7 +10,7 @@ import pytest
 from clients import expect_error, submit_form
 from conftest import PUSH_JID
 from prosody import DISABLED_LINE, ERROR_LINE
-from scenario import (assert_quiet, check_alert, register_p2, register_tigase,
+from scenario import (assert_quiet, check_alert, check_p2_alert, register_p2, register_tigase,
                       wait_deliveries)
 
 
@@ -35,7 +35,7 @@ def alice_devices(stack, pushgate, endpoint_session, connect_factory):
     alice.enable_push(PUSH_JID, nodes["p2"], secret=secret)
     alice.enable_push(PUSH_JID, nodes["plain"])
     alice.disconnect()
-    yield devs, nodes
+    yield devs, nodes, device_id
     # leave alice without registrations at Prosody for the other modules
     alice = connect_factory(stack.prosody, "alice")
     alice.disable_push(PUSH_JID)
@@ -43,14 +43,14 @@ def alice_devices(stack, pushgate, endpoint_session, connect_factory):
 
 
 def test_offline_messages_are_delivered(alice_devices, pushgate, endpoint, connect):
-    devs, nodes = alice_devices
+    devs, nodes, device_id = alice_devices
     bob = connect("bob")
     since = pushgate.log.offset()
     texts = [f"hello alice {i} {secrets.token_hex(3)}" for i in (1, 2)]
     for t in texts:
         bob.send_message("alice@localhost", t)
 
-    for name in ("tigase", "p2", "plain"):
+    for name in ("tigase", "plain"):
         got = wait_deliveries(endpoint, devs[name], 2)
         assert len(got) == 2, f"{name}: expected one delivery per publish, got {len(got)}"
         assert sorted(d.payload["body"] for d in got if isinstance(d.payload, dict)) == \
@@ -58,6 +58,11 @@ def test_offline_messages_are_delivered(alice_devices, pushgate, endpoint, conne
         for d in got:
             check_alert(d, devs[name], account="alice@localhost", sender=bob.full_jid,
                         body=d.payload["body"])
+    # p2 (Conversations' contract): no content, a hashed account, a collapse key.
+    got = wait_deliveries(endpoint, devs["p2"], 2)
+    assert len(got) == 2, f"p2: expected one delivery per publish, got {len(got)}"
+    for d in got:
+        check_p2_alert(d, "alice@localhost", device_id)
     assert endpoint.deliveries_for(devs["p2_old"]) == [], \
         "the p2 re-registration's old token must not be used any more"
     outcomes = pushgate.wait_outcomes(since, count=6)

@@ -11,7 +11,7 @@ import pytest
 from clients import expect_error
 from conftest import PUSH_JID
 from prosody import ERROR_LINE
-from scenario import check_alert, register_p2, register_tigase, wait_deliveries
+from scenario import check_alert, check_p2_alert, register_p2, register_tigase, wait_deliveries
 
 
 def test_wrong_secret_is_not_found_and_right_secret_still_works(stack, pushgate, endpoint,
@@ -19,7 +19,8 @@ def test_wrong_secret_is_not_found_and_right_secret_still_works(stack, pushgate,
     prosody = stack.prosody
     dev = endpoint.new_device()
     dave = connect("dave")
-    node, secret = register_p2(dave, dev, "dave-phone-" + secrets.token_hex(3))
+    device_id = "dave-phone-" + secrets.token_hex(3)
+    node, secret = register_p2(dave, dev, device_id)
     dave.disconnect()
     bob = connect("bob")
     wrong = secret[:-2] + ("AA" if not secret.endswith("AA") else "BB")
@@ -43,8 +44,7 @@ def test_wrong_secret_is_not_found_and_right_secret_still_works(stack, pushgate,
     dave.disconnect()
     since = pushgate.log.offset()
     bob.send_message("dave@localhost", "with the right secret")
-    check_alert(wait_deliveries(endpoint, dev, 1)[0], dev, "dave@localhost", bob.full_jid,
-                "with the right secret")
+    check_p2_alert(wait_deliveries(endpoint, dev, 1)[0], "dave@localhost", device_id)
     assert pushgate.wait_outcomes(since) == ["delivered"]
 
 

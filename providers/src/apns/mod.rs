@@ -478,7 +478,7 @@ impl Apns {
             .header("apns-expiration", expiration)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(push.body.clone());
-        if let Some(id) = &self.collapse_id {
+        if let Some(id) = push.collapse_id.as_deref().or(self.collapse_id.as_deref()) {
             request = request.header("apns-collapse-id", id);
         }
         if let Some(jwt) = jwt {

@@ -62,6 +62,8 @@ pub(crate) struct Planned<'a> {
     pub push_type: PushType,
     /// `apns-expiration` relative to now; 0 means "now or never" (the header is then `0`).
     pub expiration_secs: u64,
+    /// `apns-collapse-id` asked for by the notification (the app's configured one otherwise).
+    pub collapse_id: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -86,6 +88,7 @@ pub(crate) fn plan<'a>(
             let body = encode(&Value::Object(payload))?;
             check_size(&body, MAX_VOIP_PAYLOAD_BYTES)?;
             Ok(Planned {
+                collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: voip_token,
                 push_type: PushType::Voip,
                 expiration_secs: settings.voip_expiration_secs,
@@ -100,6 +103,7 @@ pub(crate) fn plan<'a>(
             };
             let body = alert_payload(n, default_body, settings.max_body_chars)?;
             Ok(Planned {
+                collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: &device.token,
                 push_type: PushType::Alert,
                 // A call that falls back to an alert is just as useless once stale.
@@ -130,6 +134,7 @@ pub(crate) fn plan<'a>(
             let body = encode(&Value::Object(payload))?;
             check_size(&body, MAX_PAYLOAD_BYTES)?;
             Ok(Planned {
+                collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: &device.token,
                 push_type: PushType::Background,
                 expiration_secs: settings.expiration_secs,
@@ -282,8 +287,10 @@ mod tests {
                 body: body.map(Into::into),
                 message_count: Some(2),
                 nickname: None,
+                channel: None,
             },
             encrypted: None,
+            collapse_key: None,
         }
     }
 

@@ -58,14 +58,18 @@ pub(crate) fn plan(
         .into_iter()
         .map(|(k, v)| (k, Value::String(v)))
         .collect();
+    let mut android = json!({
+        "priority": priority,
+        "ttl": format!("{}s", settings.ttl_secs),
+    });
+    if let Some(key) = &n.collapse_key {
+        android["collapse_key"] = Value::String(key.clone());
+    }
     let message = json!({
         "message": {
             "token": token,
             "data": data,
-            "android": {
-                "priority": priority,
-                "ttl": format!("{}s", settings.ttl_secs),
-            },
+            "android": android,
         }
     });
     Ok(Planned {
@@ -93,6 +97,7 @@ fn data_for(n: &Notification) -> std::collections::BTreeMap<String, String> {
         }
     };
     put("account", c.account.clone());
+    put("channel", c.channel.clone());
     if n.kind == Kind::Clear {
         put("unread-messages", Some("0".to_owned()));
         return data;
@@ -166,8 +171,10 @@ mod tests {
                 body: body.map(str::to_owned),
                 message_count: Some(2),
                 nickname: None,
+                channel: None,
             },
             encrypted: None,
+            collapse_key: None,
         }
     }
 

@@ -340,13 +340,16 @@ impl FcmXmpp {
             .pointer("/message/data")
             .cloned()
             .unwrap_or_else(|| Value::Object(Default::default()));
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "to": token,
             "message_id": message_id,
             "priority": planned.priority,
             "time_to_live": self.ttl_secs,
             "data": data,
         });
+        if let Some(key) = &n.collapse_key {
+            json["collapse_key"] = Value::String(key.clone());
+        }
         Ok((json.to_string(), planned.priority))
     }
 
