@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub mod apns;
 pub mod fcm;
 pub mod fcm_xmpp;
+mod transport;
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration
@@ -106,11 +107,34 @@ pub enum Kind {
     Clear,
 }
 
+impl Kind {
+    /// The name used in payloads, logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Alert => "alert",
+            Kind::Background => "background",
+            Kind::Voip => "voip",
+            Kind::Clear => "clear",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Priority {
     Low,
     Normal,
     High,
+}
+
+impl Priority {
+    /// The name used in payloads and logs.
+    pub fn label(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
 }
 
 /// The summary a front could extract; every part is optional because servers send as little

@@ -29,8 +29,7 @@ use tracing::Instrument as _;
 use url::{Host, Url};
 
 use crate::{
-    ConfigError, Device, Kind, Notification, Priority, Provider, RegistrationError, Verdict,
-    WebPushKeys,
+    ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict, WebPushKeys,
 };
 
 /// UnifiedPush (AND_3) caps endpoint URLs at 1000 bytes; longer ones are not real endpoints.
@@ -323,20 +322,12 @@ impl Provider for WebPush {
             "webpush_delivery",
             provider = %self.key,
             host = %endpoint.host,
-            kind = kind_label(notification.kind),
+            kind = notification.kind.label(),
             status = tracing::field::Empty,
         );
         async {
             let verdict = self.deliver(endpoint, device, notification).await;
-            match &verdict {
-                Verdict::Sent => tracing::info!(verdict = verdict.label(), "webpush delivery"),
-                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
-                    tracing::info!(verdict = verdict.label(), reason, "webpush delivery")
-                }
-                Verdict::OurFault { reason } => {
-                    tracing::warn!(verdict = verdict.label(), reason, "webpush delivery")
-                }
-            }
+            crate::transport::log_verdict("webpush delivery", &verdict);
             verdict
         }
         .instrument(span)
@@ -710,23 +701,6 @@ fn pem_block(pem: &str, label: &str) -> Option<String> {
 // ---------------------------------------------------------------------------------------------
 // Payload
 
-fn kind_label(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Alert => "alert",
-        Kind::Background => "background",
-        Kind::Voip => "voip",
-        Kind::Clear => "clear",
-    }
-}
-
-fn priority_label(priority: Priority) -> &'static str {
-    match priority {
-        Priority::High => "high",
-        Priority::Normal => "normal",
-        Priority::Low => "low",
-    }
-}
-
 /// RFC 8030 §5.4: a `Topic` is at most 32 characters of the base64url alphabet.
 fn is_topic(t: &str) -> bool {
     !t.is_empty()
@@ -740,7 +714,7 @@ fn urgency(n: &Notification) -> &'static str {
     if n.kind == Kind::Voip {
         "high"
     } else {
-        priority_label(n.priority)
+        n.priority.label()
     }
 }
 
@@ -791,7 +765,7 @@ fn build_payload(n: &Notification, max_body_chars: usize) -> Result<Vec<u8>, Str
         let json = encode(&EncryptedPayload {
             encrypted: &enc.payload,
             iv: &enc.iv,
-            kind: kind_label(n.kind),
+            kind: n.kind.label(),
         })?;
         return if json.len() <= MAX_PLAINTEXT_BYTES {
             Ok(json)
@@ -802,8 +776,8 @@ fn build_payload(n: &Notification, max_body_chars: usize) -> Result<Vec<u8>, Str
 
     let c = &n.content;
     let mut payload = PlainPayload {
-        kind: kind_label(n.kind),
-        priority: priority_label(n.priority),
+        kind: n.kind.label(),
+        priority: n.priority.label(),
         account: c.account.as_deref(),
         sender: c.sender.as_deref(),
         body: c.body.as_deref().map(|b| cut_chars(b, max_body_chars)),
@@ -916,41 +890,7 @@ fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
         }
         source = e.source();
     }
-    if err.is_timeout() {
-        return Verdict::Transient {
-            retry_after: None,
-            reason: format!("no answer within {} s", timeout.as_secs()),
-        };
-    }
-    if err.is_builder() {
-        return Verdict::OurFault {
-            reason: format!("cannot build the request: {}", error_chain(&err)),
-        };
-    }
-    let what = if err.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    };
-    Verdict::Transient {
-        retry_after: None,
-        reason: format!("{what}: {}", error_chain(&err)),
-    }
-}
-
-/// `err: cause: cause…`, the way the underlying I/O error becomes visible.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
+    crate::transport::classify_request_error(err, timeout, "the push service")
 }
 
 /// A short, printable start of the response body, for the verdict's reason; reading it also lets
@@ -1036,7 +976,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Content, Encrypted};
+    use crate::{Content, Encrypted, Priority};
 
     #[test]
     fn imf_fixdate_parses_and_rejects_garbage() {

@@ -27,7 +27,7 @@ use tracing::Instrument as _;
 
 pub use credentials::{CredentialError, CredentialInfo, Credentials};
 
-use crate::{ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict};
+use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
 use client::{ClientSettings, Pool};
 use jwt::TokenSigner;
 use payload::{MappingSettings, Planned, PushType};
@@ -391,13 +391,19 @@ impl Apns {
             let request = self.request(active.pool.client(slot), push, jwt.as_deref(), left);
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e) if may_reconnect && is_connection_error(&e) => {
+                Err(e) if may_reconnect && crate::transport::is_connection_error(&e) => {
                     tracing::debug!(error = %e.without_url(), "APNs connection failed; retrying on the next connection");
                     may_reconnect = false;
                     slot += 1;
                     continue;
                 }
-                Err(e) => return classify_error(e, self.request_timeout),
+                Err(e) => {
+                    return crate::transport::classify_request_error(
+                        e,
+                        self.request_timeout,
+                        "APNs",
+                    );
+                }
             };
             let status = response.status();
             let span = tracing::Span::current();
@@ -507,7 +513,7 @@ impl Provider for Apns {
         let span = tracing::info_span!(
             "apns_delivery",
             provider = %self.key,
-            kind = kind_label(notification.kind),
+            kind = notification.kind.label(),
             push_type = tracing::field::Empty,
             token = ?device.token,
             status = tracing::field::Empty,
@@ -515,15 +521,7 @@ impl Provider for Apns {
         );
         async {
             let verdict = self.send_inner(device, notification).await;
-            match &verdict {
-                Verdict::Sent => tracing::info!(verdict = verdict.label(), "apns delivery"),
-                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
-                    tracing::info!(verdict = verdict.label(), reason, "apns delivery")
-                }
-                Verdict::OurFault { reason } => {
-                    tracing::warn!(verdict = verdict.label(), reason, "apns delivery")
-                }
-            }
+            crate::transport::log_verdict("apns delivery", &verdict);
             verdict
         }
         .instrument(span)
@@ -652,15 +650,6 @@ fn read_text(path: &Path) -> Result<String, String> {
     std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
-fn kind_label(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Alert => "alert",
-        Kind::Background => "background",
-        Kind::Voip => "voip",
-        Kind::Clear => "clear",
-    }
-}
-
 /// What an APNs answer means.
 #[derive(Debug, PartialEq, Eq)]
 enum Classified {
@@ -740,52 +729,6 @@ async fn read_reason(mut response: reqwest::Response) -> String {
         .collect::<String>()
         .trim()
         .to_owned()
-}
-
-/// A failure of the connection rather than of this request: another connection may work.
-fn is_connection_error(err: &reqwest::Error) -> bool {
-    !err.is_timeout() && !err.is_builder() && (err.is_connect() || err.is_request())
-}
-
-/// Maps a failed request onto a verdict; reqwest errors carry the URL (and so the token), which
-/// is stripped.
-fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
-    let err = err.without_url();
-    if err.is_timeout() {
-        return Verdict::Transient {
-            retry_after: None,
-            reason: format!("no answer from APNs within {} s", timeout.as_secs()),
-        };
-    }
-    if err.is_builder() {
-        return Verdict::OurFault {
-            reason: format!("cannot build the APNs request: {}", error_chain(&err)),
-        };
-    }
-    let what = if err.is_connect() {
-        "cannot connect to APNs"
-    } else {
-        "APNs request failed"
-    };
-    Verdict::Transient {
-        retry_after: None,
-        reason: format!("{what}: {}", error_chain(&err)),
-    }
-}
-
-/// `err: cause: cause…`, so the underlying TLS or I/O error is visible.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
-use crate::{ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict};
+use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
 use message::MappingSettings;
 use oauth::{ServiceAccount, TokenSource};
 
@@ -231,12 +231,18 @@ impl Fcm {
                 .body(body.to_vec());
             let response = match request.send().await {
                 Ok(r) => r,
-                Err(e) if may_reconnect && is_connection_error(&e) => {
+                Err(e) if may_reconnect && crate::transport::is_connection_error(&e) => {
                     tracing::debug!(error = %e.without_url(), "FCM connection failed; retrying once");
                     may_reconnect = false;
                     continue;
                 }
-                Err(e) => return classify_error(e, self.request_timeout),
+                Err(e) => {
+                    return crate::transport::classify_request_error(
+                        e,
+                        self.request_timeout,
+                        "FCM",
+                    );
+                }
             };
             let status = response.status();
             tracing::Span::current().record("status", status.as_u16());
@@ -312,7 +318,7 @@ impl Provider for Fcm {
         let span = tracing::info_span!(
             "fcm_delivery",
             provider = %self.key,
-            kind = kind_label(notification.kind),
+            kind = notification.kind.label(),
             priority = tracing::field::Empty,
             token = ?device.token,
             status = tracing::field::Empty,
@@ -321,15 +327,7 @@ impl Provider for Fcm {
         async {
             let verdict = self.send_inner(device, notification).await;
             tracing::Span::current().record("verdict", verdict.label());
-            match &verdict {
-                Verdict::Sent => tracing::info!(verdict = verdict.label(), "fcm delivery"),
-                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
-                    tracing::info!(verdict = verdict.label(), reason, "fcm delivery")
-                }
-                Verdict::OurFault { reason } => {
-                    tracing::warn!(verdict = verdict.label(), reason, "fcm delivery")
-                }
-            }
+            crate::transport::log_verdict("fcm delivery", &verdict);
             verdict
         }
         .instrument(span)
@@ -354,7 +352,7 @@ impl Fcm {
 }
 
 /// FCM registration tokens are opaque printable strings (base64url-ish with `:`).
-fn check_token(token: &str) -> Result<(), String> {
+pub(crate) fn check_token(token: &str) -> Result<(), String> {
     if token.is_empty() {
         return Err("an FCM registration token cannot be empty".to_owned());
     }
@@ -369,15 +367,6 @@ fn check_token(token: &str) -> Result<(), String> {
         );
     }
     Ok(())
-}
-
-fn kind_label(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Alert => "alert",
-        Kind::Background => "background",
-        Kind::Voip => "voip",
-        Kind::Clear => "clear",
-    }
 }
 
 /// The parts of a Google API error answer that decide the verdict, read leniently: any of them
@@ -530,51 +519,6 @@ async fn read_body(mut response: reqwest::Response) -> Vec<u8> {
         }
     }
     buf
-}
-
-/// A failure of the connection rather than of this request: a new connection may work.
-fn is_connection_error(err: &reqwest::Error) -> bool {
-    !err.is_timeout() && !err.is_builder() && (err.is_connect() || err.is_request())
-}
-
-/// Maps a failed request onto a verdict; the URL is stripped from reqwest's error.
-fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
-    let err = err.without_url();
-    if err.is_timeout() {
-        return Verdict::Transient {
-            retry_after: None,
-            reason: format!("no answer from FCM within {} s", timeout.as_secs()),
-        };
-    }
-    if err.is_builder() {
-        return Verdict::OurFault {
-            reason: format!("cannot build the FCM request: {}", error_chain(&err)),
-        };
-    }
-    let what = if err.is_connect() {
-        "cannot connect to FCM"
-    } else {
-        "FCM request failed"
-    };
-    Verdict::Transient {
-        retry_after: None,
-        reason: format!("{what}: {}", error_chain(&err)),
-    }
-}
-
-/// `err: cause: cause…`, so the underlying TLS or I/O error is visible.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !out.ends_with(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
-        source = e.source();
-    }
-    out
 }
 
 /// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.

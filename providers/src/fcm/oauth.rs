@@ -314,7 +314,9 @@ impl TokenSource {
             .body(form)
             .send()
             .await
-            .map_err(|e| TokenError::Unreachable(super::error_chain(&e.without_url())))?;
+            .map_err(|e| {
+                TokenError::Unreachable(crate::transport::error_chain(&e.without_url()))
+            })?;
         let status = response.status();
         let body = read_limited(response).await;
         if !status.is_success() {

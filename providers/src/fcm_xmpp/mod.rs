@@ -30,7 +30,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument as _;
 
 use crate::fcm::message::{self, MappingSettings};
-use crate::{ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict};
+use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
 use conn::{Conn, ConnectError, Outcome, Target};
 
 /// Google's (shut down) production endpoint.
@@ -38,7 +38,6 @@ pub const DEFAULT_SERVER: &str = "fcm-xmpp.googleapis.com:5235";
 /// The stream's `to` and the realm of the SASL identity `<sender_id>@<domain>`.
 pub const DEFAULT_DOMAIN: &str = "fcm.googleapis.com";
 
-const MAX_TOKEN_CHARS: usize = 4096;
 /// CCS's maximum `time_to_live`.
 const MAX_TTL_SECS: u64 = 2_419_200;
 const MAX_POOL_SIZE: usize = 16;
@@ -354,7 +353,7 @@ impl FcmXmpp {
     }
 
     async fn send_inner(&self, device: &Device, notification: &Notification) -> Verdict {
-        if let Err(m) = check_token(device.token.as_str()) {
+        if let Err(m) = crate::fcm::check_token(device.token.as_str()) {
             return Verdict::DeadToken {
                 reason: format!("stored token is unusable: {m}"),
             };
@@ -472,14 +471,14 @@ impl Provider for FcmXmpp {
     }
 
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
-        check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
+        crate::fcm::check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
     }
 
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
         let span = tracing::info_span!(
             "fcm_xmpp_delivery",
             provider = %self.key,
-            kind = kind_label(notification.kind),
+            kind = notification.kind.label(),
             priority = tracing::field::Empty,
             token = ?device.token,
             connection = tracing::field::Empty,
@@ -488,15 +487,7 @@ impl Provider for FcmXmpp {
         async {
             let verdict = self.send_inner(device, notification).await;
             tracing::Span::current().record("verdict", verdict.label());
-            match &verdict {
-                Verdict::Sent => tracing::info!(verdict = verdict.label(), "fcm-xmpp delivery"),
-                Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
-                    tracing::info!(verdict = verdict.label(), reason, "fcm-xmpp delivery")
-                }
-                Verdict::OurFault { reason } => {
-                    tracing::warn!(verdict = verdict.label(), reason, "fcm-xmpp delivery")
-                }
-            }
+            crate::transport::log_verdict("fcm-xmpp delivery", &verdict);
             verdict
         }
         .instrument(span)
@@ -554,33 +545,6 @@ fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::TlsC
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// As for FCM HTTP v1: opaque printable strings.
-fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty() {
-        return Err("an FCM registration token cannot be empty".to_owned());
-    }
-    if token.chars().count() > MAX_TOKEN_CHARS {
-        return Err(format!(
-            "an FCM registration token is at most {MAX_TOKEN_CHARS} characters"
-        ));
-    }
-    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(
-            "an FCM registration token contains no whitespace or control characters".to_owned(),
-        );
-    }
-    Ok(())
-}
-
-fn kind_label(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Alert => "alert",
-        Kind::Background => "background",
-        Kind::Voip => "voip",
-        Kind::Clear => "clear",
-    }
 }
 
 /// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.
