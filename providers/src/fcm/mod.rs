@@ -486,10 +486,10 @@ fn classify(
     let verdict = match (code, error) {
         (200..=299, _) => Verdict::Sent,
         (_, Some(e)) if e.error_code == "UNREGISTERED" => Verdict::DeadToken { reason: shown },
-        (404, Some(_)) => Verdict::DeadToken { reason: shown },
-        // Not Google's answer: a wrong base_url or a relay's page. Devices are not to blame.
-        (404, None) => Verdict::OurFault {
-            reason: format!("{shown} without an FCM error (is base_url right?)"),
+        // A 404 without UNREGISTERED is not about the token: a wrong project_id or base_url, or
+        // a relay's page. Deleting registrations for it would wipe every device at once.
+        (404, _) => Verdict::OurFault {
+            reason: format!("{shown} without UNREGISTERED (are project_id and base_url right?)"),
         },
         (403, Some(e)) if e.is("SENDER_ID_MISMATCH") => Verdict::DeadToken { reason: shown },
         (400, Some(e)) if e.is_invalid_token() => Verdict::DeadToken { reason: shown },
@@ -565,6 +565,15 @@ mod tests {
         ));
         assert!(matches!(
             verdict(404, b"<html>Not Found</html>", None),
+            Classified::Done(Verdict::OurFault { .. })
+        ));
+        // A wrong project_id: Google's 404 without an FcmError must not delete every device.
+        assert!(matches!(
+            verdict(
+                404,
+                &google(404, "NOT_FOUND", "Requested entity was not found.", None),
+                None
+            ),
             Classified::Done(Verdict::OurFault { .. })
         ));
         assert!(matches!(
