@@ -136,6 +136,7 @@ async fn run(path: PathBuf) -> ExitCode {
         let _ = stop_tx.send(true);
     });
     credentials::start(gw.clone(), stop_rx.clone()).await;
+    pushgate::metrics::spawn_refresh(gw.store.clone(), stop_rx.clone());
     stream::run(gw, stream_cfg, outbox, stop_rx, connected_tx).await;
     ExitCode::SUCCESS
 }

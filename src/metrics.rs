@@ -1,14 +1,34 @@
-//! Prometheus metrics, in one registry the HTTP surface will expose.
+//! Prometheus metrics, in one registry that `/metrics` and `get-statistics` expose.
 //!
-//! Names follow Prometheus conventions (`pushgate_…`, `_seconds`, `_total`). Registration happens
-//! once, at first use; a name clash would be a programming error caught by the tests.
+//! Names follow Prometheus conventions (`pushgate_…`, `_total`, `_seconds`). Labels are bounded:
+//! provider ids come from the configuration, outcomes and kinds from closed sets; nothing that a
+//! client chooses (JIDs, tokens, reasons) becomes a label. Registration happens once, at first use;
+//! a name clash would be a programming error, caught by the tests.
 
 use std::sync::LazyLock;
 
-use prometheus::{IntGaugeVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
+    /// Publishes answered, by outcome (`delivered`, `not_found`, `dead_token`, `transient`, …).
+    pub publishes: IntCounterVec,
+    /// Provider deliveries by provider id, kind and verdict.
+    pub deliveries: IntCounterVec,
+    /// How long providers took to answer, by provider id.
+    pub delivery_seconds: HistogramVec,
+    /// Registrations deleted because the provider reported the token dead, by provider id.
+    pub dead_tokens_removed: IntCounterVec,
+    /// Stored registrations by provider id (refreshed periodically).
+    pub registrations: IntGaugeVec,
+    /// Ad-hoc commands by node and outcome.
+    pub commands: IntCounterVec,
+    /// 1 while the component stream is up.
+    pub xmpp_connected: IntGauge,
+    /// Component reconnections after a lost stream.
+    pub xmpp_reconnects: IntCounter,
     /// Unix time at which each app's APNs certificate expires (absent for token keys).
     pub apns_certificate_expiry: IntGaugeVec,
     /// 1 while an app's certificate expires within the warning window (or has expired).
@@ -17,34 +37,105 @@ pub struct Metrics {
     pub apns_certificate_expired: IntGaugeVec,
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), &["provider"])
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    name: &str,
+    m: M,
+) -> M {
     registry
-        .register(Box::new(g.clone()))
+        .register(Box::new(m.clone()))
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    g
+    m
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(registry, name, m)
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    register(registry, name, m)
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let registry = Registry::new();
+    let r = Registry::new();
+    let delivery_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "pushgate_delivery_duration_seconds",
+            "How long a provider took to answer a delivery.",
+        )
+        .buckets(vec![
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ]),
+        &["provider"],
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_delivery_duration_seconds: {e}"));
+    let xmpp_connected = IntGauge::new(
+        "pushgate_xmpp_connected",
+        "1 while the component stream to the XMPP server is up.",
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_xmpp_connected: {e}"));
+    let xmpp_reconnects = IntCounter::new(
+        "pushgate_xmpp_reconnects_total",
+        "Component reconnections after a lost stream.",
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_xmpp_reconnects_total: {e}"));
     Metrics {
-        apns_certificate_expiry: gauge(
-            &registry,
+        publishes: counter_vec(
+            &r,
+            "pushgate_publishes_total",
+            "XEP-0357 publishes answered, by outcome.",
+            &["outcome"],
+        ),
+        deliveries: counter_vec(
+            &r,
+            "pushgate_deliveries_total",
+            "Provider deliveries by provider id, notification kind and verdict.",
+            &["provider", "kind", "verdict"],
+        ),
+        delivery_seconds: register(&r, "pushgate_delivery_duration_seconds", delivery_seconds),
+        dead_tokens_removed: counter_vec(
+            &r,
+            "pushgate_registrations_removed_dead_token_total",
+            "Registrations deleted because the provider reported the token dead.",
+            &["provider"],
+        ),
+        registrations: gauge_vec(
+            &r,
+            "pushgate_registrations",
+            "Stored registrations by provider id.",
+            &["provider"],
+        ),
+        commands: counter_vec(
+            &r,
+            "pushgate_commands_total",
+            "Ad-hoc commands by node and outcome.",
+            &["command", "outcome"],
+        ),
+        xmpp_connected: register(&r, "pushgate_xmpp_connected", xmpp_connected),
+        xmpp_reconnects: register(&r, "pushgate_xmpp_reconnects_total", xmpp_reconnects),
+        apns_certificate_expiry: gauge_vec(
+            &r,
             "pushgate_apns_certificate_expiry_timestamp_seconds",
             "When the APNs certificate of an app expires (Unix time).",
+            &["provider"],
         ),
-        apns_certificate_expiring: gauge(
-            &registry,
+        apns_certificate_expiring: gauge_vec(
+            &r,
             "pushgate_apns_certificate_expiring",
             "1 while an app's APNs certificate expires within the warning window.",
+            &["provider"],
         ),
-        apns_certificate_expired: gauge(
-            &registry,
+        apns_certificate_expired: gauge_vec(
+            &r,
             "pushgate_apns_certificate_expired",
             "1 once an app's APNs certificate has expired.",
+            &["provider"],
         ),
-        registry,
+        registry: r,
     }
 });
 
@@ -56,4 +147,56 @@ pub fn render() -> String {
         tracing::error!("cannot encode metrics: {e}");
     }
     out
+}
+
+/// Every sample as `(name{labels}, value)`, read from the text format so that the
+/// `get-statistics` command shows exactly what `/metrics` serves (label values unquoted, as
+/// form field names); histograms appear as their `_count`.
+pub fn samples() -> Vec<(String, String)> {
+    render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(name, _)| {
+            let base = name.split('{').next().unwrap_or_default();
+            !base.ends_with("_bucket") && !base.ends_with("_sum")
+        })
+        .map(|(name, value)| (name.replace('"', ""), value.to_owned()))
+        .collect()
+}
+
+/// Refreshes the registrations-by-provider gauge from the store.
+pub async fn refresh_registrations(
+    store: &crate::storage::Store,
+) -> Result<(), crate::storage::StoreError> {
+    let counts = store.count_by_provider().await?;
+    METRICS.registrations.reset();
+    for (provider, n) in counts {
+        METRICS
+            .registrations
+            .with_label_values(&[&provider])
+            .set(n as i64);
+    }
+    Ok(())
+}
+
+/// How often the registrations gauge is refreshed from the store.
+const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Keeps the registrations gauge current until `shutdown` flips.
+pub fn spawn_refresh(
+    store: crate::storage::Store,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = refresh_registrations(&store).await {
+                tracing::warn!("cannot count registrations: {e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
 }

@@ -14,6 +14,7 @@ use crate::adhoc::{self, CommandRequest};
 use crate::disco;
 use crate::error::Fault;
 use crate::gateway::Gateway;
+use crate::metrics::METRICS;
 use crate::publish::{self, PublishRequest, request::PublishError};
 
 /// Handles one stanza; returns the reply to send, if any.
@@ -84,10 +85,24 @@ async fn dispatch(
         (false, "ping", ns::PING) => Ok(None),
         (true, "command", adhoc::NS) => {
             let req = CommandRequest::try_from(payload)?;
+            // Only our own command names become metric labels; anything else is "other".
+            let command = if crate::commands::exists(gw, from, &req.node) {
+                req.node.clone()
+            } else {
+                "other".to_owned()
+            };
             let outcome = crate::commands::execute(gw, from, req).await;
-            if let Err(f) = &outcome {
-                tracing::info!(reason = %f.label(), "command refused: {f}");
-            }
+            let label = match &outcome {
+                Ok(_) => "ok",
+                Err(f) => {
+                    tracing::info!(reason = %f.label(), "command refused: {f}");
+                    f.label()
+                }
+            };
+            METRICS
+                .commands
+                .with_label_values(&[command.as_str(), label])
+                .inc();
             outcome.map(|r| Some(r.into()))
         }
         (true, "pubsub", publish::request::NS_PUBSUB) => {
@@ -100,6 +115,7 @@ async fn dispatch(
                 },
             };
             tracing::info!(outcome = %label, "publish answered");
+            METRICS.publishes.with_label_values(&[label]).inc();
             result.map(|()| None)
         }
         _ => Err(Fault::ServiceUnavailable),

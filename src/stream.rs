@@ -27,6 +27,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use crate::error::Fault;
 use crate::gateway::{Gateway, Outbox};
+use crate::metrics::METRICS;
 use crate::router;
 
 type Stream = XmlStream<BufStream<TcpStream>, FallibleStreamElement>;
@@ -107,14 +108,19 @@ pub async fn run(
                 tracing::info!(server = %cfg.server, jid = %cfg.jid, "component connected");
                 backoff.reset();
                 let _ = connected.send(true);
+                METRICS.xmpp_connected.set(1);
                 let end = serve(&gw, &cfg, stream, &mut outbox, &mut shutdown, &pings).await;
                 let _ = connected.send(false);
+                METRICS.xmpp_connected.set(0);
                 match end {
                     Ok(()) => {
                         tracing::info!("component stream closed for shutdown");
                         return;
                     }
-                    Err(e) => tracing::warn!("component disconnected: {e}"),
+                    Err(e) => {
+                        tracing::warn!("component disconnected: {e}");
+                        METRICS.xmpp_reconnects.inc();
+                    }
                 }
             }
             Ok(Err(e)) => tracing::warn!(server = %cfg.server, "cannot connect: {e}"),

@@ -270,3 +270,44 @@ async fn the_command_is_listed_for_admins_only() {
     assert!(!bob.contains("set-apns-certificate"), "{bob}");
     assert!(bob.contains("register-device"), "{bob}");
 }
+
+#[tokio::test]
+async fn statistics_are_for_admins_and_carry_the_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path()).await;
+    let stats = |from: &str| {
+        let xml = format!(
+            "<iq xmlns='jabber:component:accept' type='set' id='s' from='{from}' to='push.test'>\
+               <command xmlns='http://jabber.org/protocol/commands' node='get-statistics' action='execute'/></iq>"
+        );
+        Stanza::from(Iq::try_from(xml.parse::<Element>().unwrap()).unwrap())
+    };
+    assert_eq!(
+        error_condition(&run(&gw, stats("bob@example.org/x")).await),
+        "Forbidden"
+    );
+
+    // One refused publish, so at least one publish counter exists.
+    let publish = "<iq xmlns='jabber:component:accept' type='set' id='p' from='example.org' to='push.test'>\
+        <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='nope'/></pubsub></iq>";
+    let reply = run(
+        &gw,
+        Stanza::from(Iq::try_from(publish.parse::<Element>().unwrap()).unwrap()),
+    )
+    .await;
+    assert_eq!(error_condition(&reply), "ItemNotFound");
+
+    let text = result_text(&run(&gw, stats("admin@example.org/x")).await);
+    assert!(text.contains("status='completed'"), "{text}");
+    assert!(
+        text.contains("pushgate_publishes_total{outcome=not_found}"),
+        "{text}"
+    );
+    assert!(text.contains("pushgate_commands_total"), "{text}");
+    let items = result_text(&run(&gw, {
+        let xml = "<iq xmlns='jabber:component:accept' type='get' id='d' from='admin@example.org/x' to='push.test'>\
+            <query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/></iq>";
+        Stanza::from(Iq::try_from(xml.parse::<Element>().unwrap()).unwrap())
+    }).await);
+    assert!(items.contains("get-statistics"), "{items}");
+}

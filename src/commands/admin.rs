@@ -21,6 +21,7 @@ use crate::forms::{Form, FormBuilder};
 use crate::gateway::Gateway;
 
 pub const SET_APNS_CERTIFICATE: &str = "set-apns-certificate";
+pub const GET_STATISTICS: &str = "get-statistics";
 
 fn blank_form(gw: &Gateway) -> FormBuilder {
     let options: Vec<(&str, &str)> = gw
@@ -129,4 +130,24 @@ pub async fn set_apns_certificate(
         None => format!("Token key for {provider} stored"),
     };
     Ok(CommandResponse::completed(req, Some(result)).with_note(note))
+}
+
+/// `get-statistics`: the counters `/metrics` serves, as a result form, for admins who live in
+/// their XMPP client (Tigase's statistics command does the same). Single stage: no input.
+pub async fn get_statistics(
+    gw: &Gateway,
+    from: &Jid,
+    req: &CommandRequest,
+) -> Result<CommandResponse, Fault> {
+    if !gw.is_admin(from) {
+        return Err(Fault::Forbidden("admins only"));
+    }
+    if let Err(e) = crate::metrics::refresh_registrations(&gw.store).await {
+        tracing::warn!("cannot count registrations: {e}");
+    }
+    let mut form = FormBuilder::new("result").title("pushgate statistics");
+    for (name, value) in crate::metrics::samples() {
+        form = form.field(&name, "text-single", [value]);
+    }
+    Ok(CommandResponse::completed(req, Some(form.build())))
 }

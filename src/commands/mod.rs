@@ -43,6 +43,12 @@ pub fn available(gw: &Gateway, requester: &Jid) -> Vec<CommandInfo> {
             name: "Unregister device".into(),
         },
     ];
+    if gw.is_admin(requester) {
+        list.push(CommandInfo {
+            node: admin::GET_STATISTICS.into(),
+            name: "Get statistics".into(),
+        });
+    }
     if gw.is_admin(requester) && gw.providers.apns().next().is_some() {
         list.push(CommandInfo {
             node: admin::SET_APNS_CERTIFICATE.into(),
@@ -81,6 +87,7 @@ pub async fn execute(
         REGISTER_DEVICE => tigase::register(gw, account, &req).await,
         UNREGISTER_DEVICE => tigase::unregister(gw, account, &req).await,
         admin::SET_APNS_CERTIFICATE => admin::set_apns_certificate(gw, from, &req).await,
+        admin::GET_STATISTICS => admin::get_statistics(gw, from, &req).await,
         node => {
             if let Some(id) = node.strip_prefix(P2_REGISTER_PREFIX) {
                 p2::register(gw, account, id, &req).await

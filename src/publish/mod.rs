@@ -18,6 +18,7 @@ pub use request::PublishRequest;
 use crate::error::Fault;
 use crate::gateway::Gateway;
 use crate::ids::Dialect;
+use crate::metrics::METRICS;
 use crate::storage::Registration;
 
 /// How a publish ended, for logs and (later) metrics.
@@ -72,6 +73,7 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
     };
     let notification = notification_for(req, &reg);
     let device = reg.device();
+    let started = std::time::Instant::now();
     let verdict =
         match tokio::time::timeout(gw.publish_timeout, provider.send(&device, &notification)).await
         {
@@ -81,6 +83,15 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
                 reason: "provider did not answer in time".into(),
             },
         };
+    let provider_id = reg.provider.as_str();
+    METRICS
+        .delivery_seconds
+        .with_label_values(&[provider_id])
+        .observe(started.elapsed().as_secs_f64());
+    METRICS
+        .deliveries
+        .with_label_values(&[provider_id, notification.kind.label(), verdict.label()])
+        .inc();
     apply(gw, &reg, verdict).await
 }
 
@@ -169,6 +180,10 @@ async fn apply(gw: &Gateway, reg: &Registration, verdict: Verdict) -> Result<Out
         Verdict::DeadToken { reason } => {
             tracing::info!(%reason, "token is dead: registration removed");
             gw.store.delete(reg.id).await?;
+            METRICS
+                .dead_tokens_removed
+                .with_label_values(&[reg.provider.as_str()])
+                .inc();
             Ok(Outcome::DeadToken)
         }
         Verdict::Transient {

@@ -12,6 +12,7 @@
 
 pub mod credentials;
 pub mod entity;
+mod stats;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
