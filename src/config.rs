@@ -186,14 +186,22 @@ fn default_data_dir() -> PathBuf {
 pub struct RegistrationConfig {
     #[serde(default = "default_max_payload")]
     pub max_payload_size: u32,
+    /// At most one low-priority push per registration in this many seconds (0: no limit).
+    #[serde(default = "default_low_priority_interval")]
+    pub low_priority_interval_secs: u64,
 }
 
 impl Default for RegistrationConfig {
     fn default() -> Self {
         RegistrationConfig {
             max_payload_size: default_max_payload(),
+            low_priority_interval_secs: default_low_priority_interval(),
         }
     }
+}
+
+fn default_low_priority_interval() -> u64 {
+    10
 }
 
 fn default_max_payload() -> u32 {

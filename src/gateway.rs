@@ -26,6 +26,8 @@ pub struct Gateway {
     /// Where to put stanzas to send; the stream drains it while connected.
     pub outbox: mpsc::Sender<Stanza>,
     pub max_payload_size: u32,
+    /// Holds back low-priority pushes to a device that just got one.
+    pub coalescer: crate::publish::coalesce::Coalescer,
     pub publish_timeout: std::time::Duration,
     pub store: Store,
     pub providers: Providers,
@@ -43,6 +45,9 @@ impl Gateway {
             ),
             outbox,
             max_payload_size: config.registration.max_payload_size,
+            coalescer: crate::publish::coalesce::Coalescer::new(std::time::Duration::from_secs(
+                config.registration.low_priority_interval_secs,
+            )),
             publish_timeout: config.publish_timeout(),
             store,
             providers: Providers::from_config(config)?,

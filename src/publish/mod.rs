@@ -5,11 +5,12 @@
 //! `item-not-found` for an unknown node or a dead token (and the registration is deleted), a
 //! `wait` error for anything transient, always within `publish_timeout`.
 
+pub mod coalesce;
 pub mod request;
 
 use std::str::FromStr;
 
-use pushgate_providers::{Content, Notification, Verdict};
+use pushgate_providers::{Content, Notification, Priority, Verdict};
 use tracing::Instrument;
 use xmpp_parsers::jid::Jid;
 
@@ -25,6 +26,8 @@ use crate::storage::Registration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
+    /// A low-priority push held back because the device got one moments ago.
+    Coalesced,
     DeadToken,
     Transient,
     OurFault,
@@ -34,6 +37,7 @@ impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Delivered => "delivered",
+            Outcome::Coalesced => "coalesced",
             Outcome::DeadToken => "dead_token",
             Outcome::Transient => "transient",
             Outcome::OurFault => "our_fault",
@@ -43,7 +47,7 @@ impl Outcome {
     /// The reply the publishing server gets.
     pub fn reply(self) -> Result<(), Fault> {
         match self {
-            Outcome::Delivered => Ok(()),
+            Outcome::Delivered | Outcome::Coalesced => Ok(()),
             Outcome::DeadToken => Err(Fault::NotFound("device token is no longer valid")),
             Outcome::Transient => Err(Fault::Transient("provider unavailable".into())),
             Outcome::OurFault => Err(Fault::Transient("delivery failed".into())),
@@ -72,6 +76,11 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
         )));
     };
     let notification = notification_for(req, &reg);
+    if notification.priority == Priority::Low
+        && !gw.coalescer.admit(reg.id, std::time::Instant::now())
+    {
+        return Ok(Outcome::Coalesced);
+    }
     let device = reg.device();
     let started = std::time::Instant::now();
     let verdict =

@@ -1,0 +1,151 @@
+//! Low-priority pushes are coalesced per device; important ones always go through.
+//!
+//! Publishes go through pushgate's real router, store (SQLite) and WebPush provider to a local
+//! HTTP endpoint that counts what reaches it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pushgate::config::Config;
+use pushgate::gateway::Gateway;
+use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
+use pushgate::router;
+use pushgate::storage::{NewRegistration, Store};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza::Stanza;
+
+/// An HTTP/1.1 endpoint that answers every request 201 and counts them.
+async fn endpoint() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push/device-1", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // One request: headers, then content-length bytes of body.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..end + 4 + len);
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    if socket
+                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+fn publish(node: &str, body: Option<&str>) -> Stanza {
+    let body_field = body
+        .map(|b| format!("<field var='last-message-body'><value>{b}</value></field>"))
+        .unwrap_or_default();
+    let xml = format!(
+        "<iq xmlns='jabber:component:accept' type='set' id='p' from='example.org' to='push.test'>\
+           <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item>\
+             <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'>\
+               <field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>\
+               <field var='message-count'><value>1</value></field>{body_field}\
+             </x></notification></item></publish></pubsub></iq>"
+    );
+    Iq::try_from(xml.parse::<Element>().unwrap())
+        .unwrap()
+        .into()
+}
+
+async fn answered_result(gw: &Gateway, stanza: Stanza) {
+    match router::handle(gw, stanza).await {
+        Some(Stanza::Iq(Iq::Result { .. })) => {}
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn low_priority_bursts_become_one_push_and_messages_always_go() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::from_toml_str(
+        "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
+         [registration]\nlow_priority_interval_secs = 10\n\
+         [providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n",
+    )
+    .unwrap();
+    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
+        .await
+        .unwrap();
+    let (gw, _outbox) = Gateway::new(&config, store).unwrap();
+    let (url, reached) = endpoint().await;
+    let register = |token: &str| NewRegistration {
+        dialect: Dialect::Tigase,
+        provider: ProviderId::new("webpush"),
+        account: "alice@example.org".parse::<BareJid>().unwrap(),
+        device_id: None,
+        muc: None,
+        token: DeviceToken::new(token),
+        second_token: None,
+        webpush_keys: None,
+    };
+    let reg = gw.store.register(register(&url)).await.unwrap();
+    let node = reg.node.as_str().to_owned();
+
+    // A burst of chat-state publishes (no body): the first wakes the device, the rest are
+    // answered result and held back.
+    for _ in 0..5 {
+        answered_result(&gw, publish(&node, None)).await;
+    }
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        1,
+        "one low-priority push per interval"
+    );
+
+    // Messages are never held back, even inside the interval.
+    answered_result(&gw, publish(&node, Some("hello"))).await;
+    answered_result(&gw, publish(&node, Some("again"))).await;
+    assert_eq!(reached.load(Ordering::SeqCst), 3);
+
+    // Devices are coalesced independently.
+    let other = gw
+        .store
+        .register(register(&format!("{url}-2")))
+        .await
+        .unwrap();
+    answered_result(&gw, publish(other.node.as_str(), None)).await;
+    assert_eq!(reached.load(Ordering::SeqCst), 4);
+
+    let metrics = pushgate::metrics::render();
+    assert!(
+        metrics.contains("pushgate_publishes_total{outcome=\"coalesced\"} 4"),
+        "{metrics}"
+    );
+}
