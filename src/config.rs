@@ -69,6 +69,8 @@ pub struct Config {
     pub registration: RegistrationConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -238,6 +240,73 @@ fn default_cert_check_interval() -> u64 {
     3600
 }
 
+/// `[http]`: the small HTTP server (Siskin's REST unregister, health checks, `/metrics`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `ip:port` to listen on, e.g. `127.0.0.1:5281`; absent = no HTTP server.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Largest accepted request body; bigger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Unregister requests allowed per client IP and minute (token bucket, burst = this).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_minute: u32,
+    /// Take the client IP from the last `X-Forwarded-For` hop (only behind a proxy that sets it).
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            max_body_bytes: default_max_body_bytes(),
+            rate_limit_per_minute: default_rate_limit(),
+            trust_forwarded_for: false,
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    4096
+}
+fn default_rate_limit() -> u32 {
+    60
+}
+
+impl HttpConfig {
+    /// The parsed `listen` address (validate() has checked it).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "http.listen",
+                format!("'{listen}' is not ip:port (e.g. 127.0.0.1:5281 or [::1]:5281)"),
+            ));
+        }
+        if !(64..=1024 * 1024).contains(&self.max_body_bytes) {
+            return Err(ConfigError::invalid(
+                "http.max_body_bytes",
+                "must be between 64 and 1048576",
+            ));
+        }
+        if self.rate_limit_per_minute == 0 {
+            return Err(ConfigError::invalid(
+                "http.rate_limit_per_minute",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads `path` (which must exist) and the environment, then checks the values.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -324,6 +393,7 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        self.http.validate()?;
         for id in self.providers.keys() {
             if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 return Err(ConfigError::invalid(
@@ -447,6 +517,33 @@ mod tests {
         let e =
             Config::from_toml_str(&format!("{MINIMAL}[providers.up]\nttl_secs = 3\n")).unwrap_err();
         assert!(e.to_string().contains("providers.up.kind"), "{e}");
+    }
+
+    #[test]
+    fn http_section_defaults_and_errors_name_the_key() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.http.listen, None);
+        assert_eq!(c.http.max_body_bytes, 4096);
+        assert_eq!(c.http.rate_limit_per_minute, 60);
+        assert!(!c.http.trust_forwarded_for);
+        let c = Config::from_toml_str(&format!(
+            "{MINIMAL}[http]\nlisten = \"[::1]:5281\"\ntrust_forwarded_for = true\n"
+        ))
+        .unwrap();
+        assert_eq!(c.http.listen_addr().unwrap().port(), 5281);
+        assert!(c.http.trust_forwarded_for);
+        let e = Config::from_toml_str(&format!("{MINIMAL}[http]\nlisten = \"localhost\"\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("http.listen"), "{e}");
+        let e = Config::from_toml_str(&format!("{MINIMAL}[http]\nrate_limit_per_minute = 0\n"))
+            .unwrap_err();
+        assert!(e.to_string().contains("http.rate_limit_per_minute"), "{e}");
+        let e =
+            Config::from_toml_str(&format!("{MINIMAL}[http]\nmax_body_bytes = 1\n")).unwrap_err();
+        assert!(e.to_string().contains("http.max_body_bytes"), "{e}");
+        let e =
+            Config::from_toml_str(&format!("{MINIMAL}[http]\nlisten_on = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
     }
 
     #[test]

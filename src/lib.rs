@@ -6,6 +6,7 @@
 //! docs/architecture.md.
 
 pub mod adhoc;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod credentials;
@@ -13,6 +14,7 @@ pub mod disco;
 pub mod error;
 pub mod forms;
 pub mod gateway;
+pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod publish;

@@ -32,6 +32,17 @@ enum Command {
         #[arg(long, env = "PUSHGATE_CONFIG", default_value = "etc/pushgate.toml")]
         config: PathBuf,
     },
+    /// List or remove device registrations.
+    Devices {
+        #[command(subcommand)]
+        command: pushgate::cli::devices::DevicesCommand,
+    },
+    /// Send one real push through a configured provider and print its verdict.
+    PushTest(pushgate::cli::push_test::PushTestArgs),
+    /// Show each APNs app's credentials and their expiry (exit 1 if any is expired or missing).
+    Certs(pushgate::cli::certs::CertsArgs),
+    /// Apply pending database migrations and exit.
+    Migrate(pushgate::cli::migrate::MigrateArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +51,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
+        Command::Devices { command } => pushgate::cli::devices::run(command),
+        Command::PushTest(args) => pushgate::cli::push_test::run(args),
+        Command::Certs(args) => pushgate::cli::certs::run(args),
+        Command::Migrate(args) => pushgate::cli::migrate::run(args),
         Command::Run { config } => {
             init_tracing();
             let runtime = match tokio::runtime::Runtime::new() {
@@ -129,7 +144,8 @@ async fn run(path: PathBuf) -> ExitCode {
         idle_ping: Duration::from_secs(config.component.idle_ping_secs),
     };
     let (stop_tx, stop_rx) = watch::channel(false);
-    let (connected_tx, _connected_rx) = watch::channel(false);
+    let (connected_tx, connected_rx) = watch::channel(false);
+    let stop_tx_http = stop_tx.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!("shutting down");
@@ -137,8 +153,24 @@ async fn run(path: PathBuf) -> ExitCode {
     });
     credentials::start(gw.clone(), stop_rx.clone()).await;
     pushgate::metrics::spawn_refresh(gw.store.clone(), stop_rx.clone());
+    // The HTTP server (if configured) fails fast: a port that cannot be bound stops pushgate.
+    let http = tokio::spawn({
+        let (gw, http_cfg, stop) = (gw.clone(), config.http.clone(), stop_rx.clone());
+        let stop_all = stop_tx_http;
+        async move {
+            let result = pushgate::http::serve(gw, http_cfg, connected_rx, stop).await;
+            if let Err(e) = &result {
+                tracing::error!("http: {e}");
+                let _ = stop_all.send(true);
+            }
+            result
+        }
+    });
     stream::run(gw, stream_cfg, outbox, stop_rx, connected_tx).await;
-    ExitCode::SUCCESS
+    match http.await {
+        Ok(Err(_)) => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
 }
 
 async fn wait_for_signal() {

@@ -10,9 +10,12 @@
 //! through the SHA-256 of the node and confirmed in constant time, and nothing here logs a node,
 //! secret or token whole.
 
+mod admin;
 pub mod credentials;
 pub mod entity;
 mod stats;
+
+pub use admin::RegistrationFilter;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

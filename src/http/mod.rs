@@ -1,0 +1,212 @@
+//! The HTTP side of pushgate (`[http]`): Siskin's REST unregister, health checks, `/metrics`.
+//!
+//! | Route | What |
+//! |---|---|
+//! | `POST /unregister-device/{component-jid}`, `POST /rest/push/unregister-device/{component-jid}` | [`unregister`] (rate limited per client IP, body ≤ `max_body_bytes`) |
+//! | `GET /healthz` | 200 while the process serves |
+//! | `GET /readyz` | 200 while the component stream is up and the database answers, else 503 |
+//! | `GET /metrics` | Prometheus text format |
+//!
+//! Every answer is JSON except `/metrics`; unknown routes get 404, a wrong method 405. Each
+//! request runs in a `http` tracing span (method, route template, status) and is counted in
+//! `pushgate_http_requests_total{route,status}`, where `route` is the matched template (never
+//! the raw path, which a client chooses) or `unmatched`.
+
+mod health;
+pub mod limit;
+mod unregister;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use prometheus::{IntCounterVec, Opts};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::HttpConfig;
+use crate::gateway::Gateway;
+use limit::RateLimiter;
+
+/// The unregister route templates (also the `route` label values).
+pub const UNREGISTER_ROUTE: &str = "/unregister-device/{component}";
+pub const REST_UNREGISTER_ROUTE: &str = "/rest/push/unregister-device/{component}";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("http.listen: '{0}' is not ip:port")]
+    BadListen(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct HttpState {
+    pub gw: Arc<Gateway>,
+    pub config: Arc<HttpConfig>,
+    /// Whether the component stream is up (see [`crate::stream::Connected`]).
+    pub connected: crate::stream::Connected,
+    limiter: Arc<RateLimiter>,
+}
+
+impl HttpState {
+    pub fn new(gw: Arc<Gateway>, config: HttpConfig, connected: watch::Receiver<bool>) -> Self {
+        let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
+        HttpState {
+            gw,
+            config: Arc::new(config),
+            connected,
+            limiter,
+        }
+    }
+}
+
+static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    let m = IntCounterVec::new(
+        Opts::new(
+            "pushgate_http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+        ),
+        &["route", "status"],
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_http_requests_total: {e}"));
+    crate::metrics::METRICS
+        .registry
+        .register(Box::new(m.clone()))
+        .unwrap_or_else(|e| panic!("metric pushgate_http_requests_total: {e}"));
+    m
+});
+
+/// `{"result":"failure","reason":…}` with `status`.
+pub(crate) fn failure(status: StatusCode, reason: &str) -> Response {
+    (status, Json(json!({"result": "failure", "reason": reason}))).into_response()
+}
+
+/// All routes, with state, limits, tracing and metrics. Serve it with
+/// [`serve_on`] (or `into_make_service_with_connect_info::<SocketAddr>()`): without the peer
+/// address every client shares one rate-limit bucket.
+pub fn router(state: HttpState) -> Router {
+    LazyLock::force(&HTTP_REQUESTS);
+    let unregister = Router::new()
+        .route(UNREGISTER_ROUTE, post(unregister::unregister))
+        .route(REST_UNREGISTER_ROUTE, post(unregister::unregister))
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .merge(unregister)
+        .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
+        .layer(middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Binds `config.listen` and serves until `shutdown` turns true. Without `listen` there is no
+/// server: this just waits for shutdown, so callers can run it unconditionally.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    config: HttpConfig,
+    connected: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), HttpError> {
+    let Some(listen) = config.listen.clone() else {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+        return Ok(());
+    };
+    let addr: SocketAddr = listen.parse().map_err(|_| HttpError::BadListen(listen))?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| HttpError::Bind { addr, source })?;
+    tracing::info!("HTTP server listening on {addr}");
+    serve_on(
+        listener,
+        router(HttpState::new(gw, config, connected)),
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `router` on an already bound listener (with peer addresses for the rate limit) until
+/// `shutdown` turns true; in-flight requests are finished first.
+pub async fn serve_on(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), HttpError> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+    .map_err(HttpError::Serve)
+}
+
+/// Outermost layer: tracing span, request counter, JSON body for 405.
+async fn observe(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::info_span!(
+        "http",
+        method = %req.method(),
+        route = %route,
+        status = tracing::field::Empty
+    );
+    let mut response = next.run(req).instrument(span.clone()).await;
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // axum answers 405 with an empty body (and an Allow header, which we keep).
+        let allow = response.headers().get(header::ALLOW).cloned();
+        response = failure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        if let Some(allow) = allow {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+    }
+    let status = response.status();
+    span.record("status", status.as_u16());
+    span.in_scope(|| tracing::debug!("answered"));
+    HTTP_REQUESTS
+        .with_label_values(&[route.as_str(), status.as_str()])
+        .inc();
+    response
+}
+
+/// Per-client-IP token bucket on the public routes; 429 with `Retry-After` when empty.
+async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) -> Response {
+    let ip = limit::client_ip(
+        req.headers(),
+        req.extensions().get::<ConnectInfo<SocketAddr>>(),
+        state.config.trust_forwarded_for,
+    );
+    match state.limiter.check(ip) {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            tracing::debug!("rate limited");
+            let mut response = failure(StatusCode::TOO_MANY_REQUESTS, "too many requests");
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(limit::retry_after_secs(wait)),
+            );
+            response
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Siskin's HTTP unregister (Tigase REST API): `POST /unregister-device/{component-jid}` and
+//! `POST /rest/push/unregister-device/{component-jid}` with
+//! `{"account": "user@example.org", "provider": "…", "device-token": "…"}`.
+//!
+//! Siskin calls this when the app can no longer log in (account deleted, password changed), so
+//! the request carries no credential but the device token itself: whoever knows the token of a
+//! registration may remove it, exactly as with the `unregister-device` command.
+//!
+//! **Failures are 404 `{"result":"failure","reason":…}`**, as in Tigase, so an outsider cannot
+//! tell a wrong component JID from an unknown account, provider or token. The reason is the
+//! generic `"not found"` for all of those (wrong component JID, account not a JID, unknown
+//! provider, no such registration, already removed); only a malformed request (body not JSON,
+//! a field missing, empty or not a string) gets a specific reason, because that reveals nothing
+//! about what is stored and helps whoever wrote the client. Siskin itself only looks at `result`.
+//! Bodies over `http.max_body_bytes` get 413, a storage failure 503 (retry later); the
+//! `Content-Type` is not checked and unknown extra fields are ignored.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{HttpState, failure};
+use crate::ids::{BareJid, DeviceToken, Dialect};
+use crate::storage::device_key;
+
+/// The request body. Fields are optional here so that a missing one is named in the answer.
+#[derive(Deserialize)]
+struct Body {
+    account: Option<String>,
+    provider: Option<String>,
+    #[serde(rename = "device-token")]
+    device_token: Option<String>,
+}
+
+fn not_found() -> Response {
+    failure(StatusCode::NOT_FOUND, "not found")
+}
+
+/// A required, non-empty string field; `Err` is the reason to answer with.
+fn field<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, String> {
+    // Not trimmed: the token must match what `register-device` stored, byte for byte.
+    match value.as_deref() {
+        Some(v) if !v.trim().is_empty() => Ok(v),
+        Some(_) => Err(format!("field '{name}' is empty")),
+        None => Err(format!("field '{name}' is missing")),
+    }
+}
+
+pub async fn unregister(
+    State(state): State<HttpState>,
+    Path(component): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return failure(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+        }
+        Err(rejection) => {
+            tracing::debug!("cannot read request body: {rejection}");
+            return failure(StatusCode::BAD_REQUEST, "cannot read request body");
+        }
+    };
+    let gw = &state.gw;
+    if BareJid::new(&component).ok().as_ref() != Some(&gw.jid) {
+        return not_found();
+    }
+    let body: Body = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return failure(
+                StatusCode::NOT_FOUND,
+                &format!("malformed JSON body: {}", json_error_class(&e)),
+            );
+        }
+    };
+    let (account, provider, token) = match (
+        field(&body.account, "account"),
+        field(&body.provider, "provider"),
+        field(&body.device_token, "device-token"),
+    ) {
+        (Ok(a), Ok(p), Ok(t)) => (a, p, t),
+        (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => {
+            return failure(StatusCode::NOT_FOUND, &reason);
+        }
+    };
+    let Ok(account) = BareJid::new(account) else {
+        return not_found();
+    };
+    let Some((provider_id, _)) = gw.providers.get(provider) else {
+        return not_found();
+    };
+    let key = device_key(Dialect::Tigase, &DeviceToken::new(token), None, None);
+    match gw
+        .store
+        .unregister(Dialect::Tigase, provider_id, &account, &key)
+        .await
+    {
+        Ok(true) => {
+            // The account's domain only: the full JID and the token stay out of logs.
+            tracing::info!(
+                provider = %provider_id,
+                domain = %account.domain(),
+                "registration removed via HTTP unregister"
+            );
+            Json(json!({"result": "success"})).into_response()
+        }
+        Ok(false) => not_found(),
+        Err(e) => {
+            tracing::error!("HTTP unregister: storage error: {e}");
+            failure(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
+        }
+    }
+}
+
+/// What kind of JSON error, without echoing any of the input.
+fn json_error_class(e: &serde_json::Error) -> &'static str {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax => "syntax error",
+        Category::Eof => "unexpected end of input",
+        Category::Data => "expected an object of strings",
+        Category::Io => "cannot read",
+    }
+}
