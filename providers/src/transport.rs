@@ -75,3 +75,119 @@ pub(crate) fn log_verdict(what: &str, verdict: &Verdict) {
         }
     }
 }
+
+/// Exponential backoff with jitter, per key: after the n-th failure in a row a key is held back
+/// for `base · 2^(n−1)` (at most `max`) varied by ±20 %, or for as long as the service asked
+/// (`Retry-After`) if that is longer. A success clears the key. Holding back answers the caller
+/// at once instead of adding load to a service that said it is overloaded.
+pub(crate) struct Backoff<K> {
+    base: Duration,
+    max: Duration,
+    state: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, u32)>>,
+}
+
+/// Above this many keys, keys whose hold has ended are forgotten.
+const BACKOFF_PRUNE_ABOVE: usize = 10_000;
+
+impl<K: std::hash::Hash + Eq + Clone> Backoff<K> {
+    pub(crate) fn new(base: Duration, max: Duration) -> Self {
+        Backoff {
+            base,
+            max,
+            state: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, (std::time::Instant, u32)>> {
+        // A poisoned lock only means a panic elsewhere mid-update; the map is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How much longer `key` is held back, if it is.
+    pub(crate) fn blocked(&self, key: &K, now: std::time::Instant) -> Option<Duration> {
+        let until = self.lock().get(key).map(|(until, _)| *until)?;
+        let left = until.saturating_duration_since(now);
+        (!left.is_zero()).then_some(left)
+    }
+
+    /// Records a failure; returns how long `key` is now held back.
+    pub(crate) fn failed(
+        &self,
+        key: K,
+        asked: Option<Duration>,
+        now: std::time::Instant,
+    ) -> Duration {
+        let mut state = self.lock();
+        if state.len() >= BACKOFF_PRUNE_ABOVE {
+            state.retain(|_, (until, _)| *until > now);
+        }
+        let failures = state.get(&key).map_or(0, |(_, n)| *n).saturating_add(1);
+        let exponential = self
+            .base
+            .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+            .min(self.max);
+        let hold = jitter(exponential).max(asked.unwrap_or_default());
+        state.insert(key, (now + hold, failures));
+        hold
+    }
+
+    pub(crate) fn succeeded(&self, key: &K) {
+        self.lock().remove(key);
+    }
+}
+
+/// `d` varied by up to ±20 %, so that many held-back senders do not return in step.
+fn jitter(d: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    // A fresh RandomState is randomly keyed: enough randomness for spreading retries.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    let factor = 0.8 + (r % 401) as f64 / 1000.0;
+    d.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn backoff_doubles_with_jitter_honours_retry_after_and_resets() {
+        let b = Backoff::new(Duration::from_secs(60), Duration::from_secs(3600));
+        let t0 = Instant::now();
+        assert_eq!(b.blocked(&"tok", t0), None);
+        let first = b.failed("tok", None, t0);
+        assert!((48..=72).contains(&first.as_secs()), "{first:?}");
+        assert!(b.blocked(&"tok", t0).is_some());
+        assert_eq!(b.blocked(&"other", t0), None, "keys are independent");
+        let second = b.failed("tok", None, t0);
+        assert!((96..=144).contains(&second.as_secs()), "{second:?}");
+        let asked = b.failed("tok", Some(Duration::from_secs(7200)), t0);
+        assert_eq!(
+            asked,
+            Duration::from_secs(7200),
+            "Retry-After beyond the backoff wins"
+        );
+        assert_eq!(b.blocked(&"tok", t0 + Duration::from_secs(7201)), None);
+        b.succeeded(&"tok");
+        let again = b.failed("tok", None, t0);
+        assert!(
+            (48..=72).contains(&again.as_secs()),
+            "a success starts over: {again:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let t0 = Instant::now();
+        let mut last = Duration::ZERO;
+        for _ in 0..30 {
+            last = b.failed((), None, t0);
+        }
+        assert!(last <= Duration::from_secs(72), "{last:?}");
+    }
+}

@@ -484,11 +484,40 @@ async fn transient_answers() {
         (25, 403, "InvalidProviderToken"),
         (26, 502, "SomethingNewFromApple"),
     ] {
-        match verdict_for(&s, &apns, n, Reply::reason(status, reason)).await {
+        // 500 and 503 are retried once: script the failure twice.
+        s.server.script(
+            &token(n),
+            vec![Reply::reason(status, reason), Reply::reason(status, reason)],
+        );
+        match apns.send(&device(&token(n), None), &alert()).await {
             Verdict::Transient { reason: r, .. } => assert!(r.contains(reason), "{r}"),
             other => panic!("{status} {reason}: expected Transient, got {other:?}"),
         }
     }
+}
+
+/// Apple's guidance: a 500 or 503 is retried, on another connection. One retry fits the bound.
+#[tokio::test]
+async fn a_passing_server_error_is_retried_once() {
+    let s = Setup::token_auth().await;
+    let apns = s.provider(&s.token_config());
+    s.server
+        .script(&token(27), vec![Reply::reason(503, "Shutdown")]);
+    assert_eq!(
+        apns.send(&device(&token(27), None), &alert()).await,
+        Verdict::Sent
+    );
+    assert_eq!(s.server.requests_for(&token(27)).len(), 2);
+    // Told to wait: no retry.
+    s.server.script(
+        &token(28),
+        vec![Reply::reason(503, "ServiceUnavailable").with_header("retry-after", "5")],
+    );
+    assert!(matches!(
+        apns.send(&device(&token(28), None), &alert()).await,
+        Verdict::Transient { .. }
+    ));
+    assert_eq!(s.server.requests_for(&token(28)).len(), 1);
 }
 
 #[tokio::test]

@@ -475,7 +475,7 @@ async fn other_invalid_argument_is_our_fault_naming_the_field() {
 #[tokio::test]
 async fn quota_exceeded_backs_off_at_least_a_minute_or_as_told() {
     let s = Setup::new().await;
-    let fcm = s.provider(&s.config());
+    // A fresh provider per send: this test is about classification, not the backoff gate.
     let quota = || {
         Reply::google(
             429,
@@ -488,16 +488,79 @@ async fn quota_exceeded_backs_off_at_least_a_minute_or_as_told() {
         &token(14),
         vec![quota(), quota().with_header("retry-after", "120")],
     );
-    let v = fcm.send(&device(&token(14)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(14)), &alert())
+        .await;
     assert_transient(&v, Some(Duration::from_secs(60)), "QUOTA_EXCEEDED");
-    let v = fcm.send(&device(&token(14)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(14)), &alert())
+        .await;
     assert_transient(&v, Some(Duration::from_secs(120)), "QUOTA_EXCEEDED");
+}
+
+/// After FCM asks to slow down, pushgate holds back instead of sending: a 429 holds that device
+/// (others still go), a 5xx holds the whole service briefly; a success starts over.
+#[tokio::test]
+async fn slow_down_answers_hold_back_the_next_sends() {
+    let s = Setup::new().await;
+    let fcm = s.provider(&s.config());
+    let quota = Reply::google(
+        429,
+        "RESOURCE_EXHAUSTED",
+        "Quota exceeded",
+        Some("QUOTA_EXCEEDED"),
+    );
+    s.server.script(&token(30), vec![quota]);
+    assert!(matches!(
+        fcm.send(&device(&token(30)), &alert()).await,
+        Verdict::Transient { .. }
+    ));
+    let held = fcm.send(&device(&token(30)), &alert()).await;
+    match &held {
+        Verdict::Transient {
+            retry_after: Some(left),
+            reason,
+        } => {
+            assert!(reason.contains("holding back"), "{reason}");
+            assert!(*left <= Duration::from_secs(72), "{left:?}");
+        }
+        other => panic!("expected a held-back transient, got {other:?}"),
+    }
+    assert_eq!(
+        s.server.sends().len(),
+        1,
+        "the held-back send never reached FCM"
+    );
+    assert_eq!(
+        fcm.send(&device(&token(31)), &alert()).await,
+        Verdict::Sent,
+        "other devices go on"
+    );
+
+    // A 5xx holds every device for about a second, then sending resumes.
+    s.server
+        .script(&token(32), vec![Reply::status(503, "overloaded")]);
+    assert!(matches!(
+        fcm.send(&device(&token(32)), &alert()).await,
+        Verdict::Transient { .. }
+    ));
+    let sends = s.server.sends().len();
+    let held = fcm.send(&device(&token(33)), &alert()).await;
+    assert!(
+        matches!(&held, Verdict::Transient { reason, .. } if reason.contains("holding back")),
+        "{held:?}"
+    );
+    assert_eq!(s.server.sends().len(), sends);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(fcm.send(&device(&token(33)), &alert()).await, Verdict::Sent);
 }
 
 #[tokio::test]
 async fn server_errors_are_transient_and_honour_retry_after() {
     let s = Setup::new().await;
-    let fcm = s.provider(&s.config());
+    // A fresh provider per send: this test is about classification, not the backoff gate.
     s.server.script(
         &token(15),
         vec![
@@ -508,11 +571,20 @@ async fn server_errors_are_transient_and_honour_retry_after() {
             Reply::status(503, "overloaded"),
         ],
     );
-    let v = fcm.send(&device(&token(15)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(15)), &alert())
+        .await;
     assert_transient(&v, Some(Duration::from_secs(30)), "500 INTERNAL");
-    let v = fcm.send(&device(&token(15)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(15)), &alert())
+        .await;
     assert_transient(&v, Some(Duration::from_secs(5)), "503 UNAVAILABLE");
-    let v = fcm.send(&device(&token(15)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(15)), &alert())
+        .await;
     assert_transient(&v, None, "503");
 }
 
@@ -582,7 +654,7 @@ async fn permission_problems_are_transient_and_keep_the_device() {
 #[tokio::test]
 async fn unknown_answers_are_classed_by_status() {
     let s = Setup::new().await;
-    let fcm = s.provider(&s.config());
+    // A fresh provider per send: this test is about classification, not the backoff gate.
     s.server.script(
         &token(19),
         vec![
@@ -591,15 +663,24 @@ async fn unknown_answers_are_classed_by_status() {
             Reply::status(404, "<html>Not Found</html>"),
         ],
     );
-    let v = fcm.send(&device(&token(19)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(19)), &alert())
+        .await;
     assert!(
         matches!(&v, Verdict::OurFault { reason } if reason.contains("418")),
         "{v:?}"
     );
-    let v = fcm.send(&device(&token(19)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(19)), &alert())
+        .await;
     assert_transient(&v, None, "UNSPECIFIED_ERROR");
     // A 404 that is not Google's error object: a wrong base_url, not a dead device.
-    let v = fcm.send(&device(&token(19)), &alert()).await;
+    let v = s
+        .provider(&s.config())
+        .send(&device(&token(19)), &alert())
+        .await;
     assert!(
         matches!(&v, Verdict::OurFault { reason } if reason.contains("base_url")),
         "{v:?}"

@@ -37,6 +37,9 @@ pub const PRODUCTION_URL: &str = "https://api.push.apple.com";
 /// Apple's development (sandbox) endpoint.
 pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
 
+/// Pause before retrying a 500/503, so a restarting APNs node is not hit again at once.
+const SERVER_ERROR_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
 /// `apns-collapse-id` may be at most this many bytes.
 const MAX_COLLAPSE_ID_BYTES: usize = 64;
 
@@ -375,6 +378,7 @@ impl Apns {
         let mut slot = active.pool.next_slot();
         let mut may_reconnect = true;
         let mut may_renew = true;
+        let mut may_retry_server_error = true;
         // Retries share the one bound, so a delivery never takes longer than request_timeout.
         let deadline = Instant::now() + self.request_timeout;
         loop {
@@ -423,6 +427,23 @@ impl Apns {
                 .map(Duration::from_secs);
             let reason = read_reason(response).await;
             match classify(status, &reason, retry_after, self.environment) {
+                // Apple: 500 and 503 (ServiceUnavailable, Shutdown) are retried, on a new
+                // connection; once, within the same deadline, unless told to wait longer.
+                Classified::Done(Verdict::Transient { .. })
+                    if may_retry_server_error
+                        && matches!(status.as_u16(), 500 | 503)
+                        && retry_after.is_none() =>
+                {
+                    tracing::debug!(
+                        status = status.as_u16(),
+                        "APNs server error; retrying once on the next connection"
+                    );
+                    may_retry_server_error = false;
+                    slot += 1;
+                    let pause = SERVER_ERROR_RETRY_PAUSE
+                        .min(deadline.saturating_duration_since(Instant::now()));
+                    tokio::time::sleep(pause).await;
+                }
                 Classified::Done(v) => return v,
                 Classified::ExpiredProviderToken => {
                     let (Some(signer), Some(rejected), true) = (&active.signer, &jwt, may_renew)

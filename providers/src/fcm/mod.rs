@@ -23,6 +23,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
+use crate::transport::Backoff;
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
 use message::MappingSettings;
 use oauth::{ServiceAccount, TokenSource};
@@ -34,6 +35,11 @@ pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 const MAX_TOKEN_CHARS: usize = 4096;
 /// Google's floor for backing off after `QUOTA_EXCEEDED` (providers.md §2.3).
 const QUOTA_BACKOFF: Duration = Duration::from_secs(60);
+/// Longest a device is held back after repeated 429s.
+const MAX_DEVICE_BACKOFF: Duration = Duration::from_secs(3600);
+/// First hold of the whole service after a 5xx; doubles up to `MAX_SERVICE_BACKOFF`.
+const SERVICE_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_SERVICE_BACKOFF: Duration = Duration::from_secs(60);
 /// How much of an answer is read (so the stream completes) and kept for the reason.
 const MAX_RESPONSE_READ_BYTES: usize = 16 * 1024;
 const MAX_REASON_CHARS: usize = 300;
@@ -105,6 +111,10 @@ pub struct Fcm {
     tokens: TokenSource,
     request_timeout: Duration,
     mapping: MappingSettings,
+    /// Devices FCM answered 429 for: at least a minute before the next try (providers.md §2.3).
+    device_backoff: Backoff<String>,
+    /// The whole service after 5xx answers: seconds, doubling up to a minute.
+    service_backoff: Backoff<()>,
 }
 
 impl fmt::Debug for Fcm {
@@ -188,6 +198,8 @@ impl Fcm {
                 max_body_chars: config.max_body_chars,
                 ttl_secs: config.ttl_secs,
             },
+            device_backoff: Backoff::new(QUOTA_BACKOFF, MAX_DEVICE_BACKOFF),
+            service_backoff: Backoff::new(SERVICE_BACKOFF, MAX_SERVICE_BACKOFF),
         };
         tracing::info!(provider = key, project_id, "FCM provider ready");
         Ok(fcm)
@@ -195,7 +207,14 @@ impl Fcm {
 
     /// One delivery, run inside the delivery span: at most one retry after a connection
     /// failure, and one with a fresh access token after a 401. Everything shares one bound.
-    async fn deliver(&self, body: &[u8]) -> Verdict {
+    /// Delivers `body`; returns the last HTTP status FCM answered (for the backoff) and the verdict.
+    async fn deliver(&self, body: &[u8]) -> (Option<StatusCode>, Verdict) {
+        let mut last_status = None;
+        let verdict = self.deliver_inner(body, &mut last_status).await;
+        (last_status, verdict)
+    }
+
+    async fn deliver_inner(&self, body: &[u8], last_status: &mut Option<StatusCode>) -> Verdict {
         let deadline = Instant::now() + self.request_timeout;
         let timed_out = || Verdict::Transient {
             retry_after: None,
@@ -245,6 +264,7 @@ impl Fcm {
                 }
             };
             let status = response.status();
+            *last_status = Some(status);
             tracing::Span::current().record("status", status.as_u16());
             let retry_after = response
                 .headers()
@@ -347,7 +367,41 @@ impl Fcm {
             Err(reason) => return Verdict::OurFault { reason },
         };
         tracing::Span::current().record("priority", planned.priority);
-        self.deliver(&planned.body).await
+        let token = device.token.as_str().to_owned();
+        let now = Instant::now();
+        if let Some(left) = self
+            .service_backoff
+            .blocked(&(), now)
+            .or_else(|| self.device_backoff.blocked(&token, now))
+        {
+            return Verdict::Transient {
+                retry_after: Some(left),
+                reason: format!(
+                    "holding back after FCM asked to slow down ({} s left)",
+                    left.as_secs()
+                ),
+            };
+        }
+        let (status, verdict) = self.deliver(&planned.body).await;
+        let now = Instant::now();
+        let asked = match &verdict {
+            Verdict::Transient { retry_after, .. } => *retry_after,
+            _ => None,
+        };
+        match status {
+            Some(s) if s.is_success() => {
+                self.service_backoff.succeeded(&());
+                self.device_backoff.succeeded(&token);
+            }
+            Some(StatusCode::TOO_MANY_REQUESTS) => {
+                self.device_backoff.failed(token, asked, now);
+            }
+            Some(s) if s.is_server_error() => {
+                self.service_backoff.failed((), asked, now);
+            }
+            _ => {}
+        }
+        verdict
     }
 }
 
