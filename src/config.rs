@@ -179,6 +179,17 @@ impl Default for StorageConfig {
     }
 }
 
+impl StorageConfig {
+    /// The database to open: `url`, or the embedded SQLite file under `data_dir` (created if
+    /// missing).
+    pub fn database_url(&self) -> Result<String, crate::storage::StoreError> {
+        match &self.url {
+            Some(url) => Ok(url.clone()),
+            None => crate::storage::Store::sqlite_url_in(&self.data_dir),
+        }
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }

@@ -109,15 +109,12 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let url = match &config.storage.url {
-        Some(url) => url.clone(),
-        None => match Store::sqlite_url_in(&config.storage.data_dir) {
-            Ok(url) => url,
-            Err(e) => {
-                tracing::error!("storage.data_dir: {e}");
-                return ExitCode::from(2);
-            }
-        },
+    let url = match config.storage.database_url() {
+        Ok(url) => url,
+        Err(e) => {
+            tracing::error!("storage.data_dir: {e}");
+            return ExitCode::from(2);
+        }
     };
     let store = match Store::open(&url).await {
         Ok(s) => s,

@@ -97,11 +97,10 @@ pub fn load_config(path: &Path) -> Result<Config, Failure> {
 /// Opens the store the way `run` does (`storage.url`, or SQLite under `storage.data_dir`), which
 /// runs pending migrations.
 pub async fn open_store(config: &Config) -> Result<Store, Failure> {
-    let url = match &config.storage.url {
-        Some(url) => url.clone(),
-        None => Store::sqlite_url_in(&config.storage.data_dir)
-            .map_err(|e| Failure::usage(format!("storage.data_dir: {e}")))?,
-    };
+    let url = config
+        .storage
+        .database_url()
+        .map_err(|e| Failure::usage(format!("storage.data_dir: {e}")))?;
     Store::open(&url)
         .await
         .map_err(|e| Failure::failed(format!("cannot open the database: {e}")))
