@@ -6,19 +6,19 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
 use pushgate::storage::{NewRegistration, Registration, RegistrationFilter, Store};
 use pushgate_providers::apns::Credentials;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, Statement};
 
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+#[macro_use]
+mod common;
+use common::raw_connect;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -65,57 +65,21 @@ where
     scenario(Env { dir, storage, url }).await;
 }
 
-async fn raw_connect(url: &str) -> DatabaseConnection {
-    let mut opts = ConnectOptions::new(url);
-    opts.connect_timeout(Duration::from_secs(5))
-        .max_connections(1)
-        .sqlx_logging(false);
-    Database::connect(opts)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {url} (PostgreSQL is required): {e}"))
-}
-
 /// A fresh PostgreSQL database for the scenario, dropped afterwards even if it panics.
 async fn on_postgres<F, Fut>(scenario: F)
 where
     F: FnOnce(Env) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let admin = raw_connect(&format!("{PG_SERVER}/test")).await;
-    let name = format!("pushgate_cli_{:016x}", getrandom::u64().unwrap());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = format!("{PG_SERVER}/{name}");
-    let env = Env {
-        dir: tempfile::tempdir().unwrap(),
-        storage: format!("[storage]\nurl = {url:?}\n"),
-        url,
-    };
-    let outcome = AssertUnwindSafe(scenario(env)).catch_unwind().await;
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::on_sqlite(super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::on_postgres(super::$scenario).await
-            }
-        }
-    )*};
+    common::with_fresh_postgres("pushgate_cli", |url| async move {
+        let env = Env {
+            dir: tempfile::tempdir().unwrap(),
+            storage: format!("[storage]\nurl = {url:?}\n"),
+            url,
+        };
+        scenario(env).await
+    })
+    .await;
 }
 
 on_both_backends!(

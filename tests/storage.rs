@@ -6,18 +6,16 @@
 //! its own database and drops it afterwards, so parallel tests and reruns never collide.
 
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
-use futures::FutureExt;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
 use pushgate::storage::{NewRegistration, Store, StoreError, device_key};
 use pushgate_providers::WebPushKeys;
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+#[macro_use]
+mod common;
+use common::raw_connect;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -48,56 +46,14 @@ where
     scenario(url).await;
 }
 
-async fn raw_connect(url: &str) -> DatabaseConnection {
-    let mut opts = ConnectOptions::new(url);
-    opts.connect_timeout(Duration::from_secs(5))
-        .max_connections(1)
-        .sqlx_logging(false);
-    Database::connect(opts)
-        .await
-        .unwrap_or_else(|e| panic!("cannot connect to {url} (PostgreSQL is required): {e}"))
-}
-
-/// Runs `scenario` with the URL of a fresh, empty PostgreSQL database, dropped afterwards even
-/// if the scenario panics.
+/// Runs `scenario` with the URL of a fresh, empty PostgreSQL database, dropped afterwards.
 async fn on_postgres<F, Fut>(scenario: F)
 where
     F: FnOnce(String) -> Fut,
     Fut: Future<Output = ()>,
 {
     init_tracing();
-    let admin = raw_connect(&format!("{PG_SERVER}/test")).await;
-    let name = format!("pushgate_t_{:016x}", getrandom::u64().unwrap());
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let outcome = AssertUnwindSafe(scenario(format!("{PG_SERVER}/{name}")))
-        .catch_unwind()
-        .await;
-    admin
-        .execute_unprepared(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
-}
-
-/// One `sqlite` and one `postgres` test per scenario, named `<scenario>::<backend>`.
-macro_rules! on_both_backends {
-    ($($scenario:ident),* $(,)?) => {$(
-        mod $scenario {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::on_sqlite(super::$scenario).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                super::on_postgres(super::$scenario).await
-            }
-        }
-    )*};
+    common::with_fresh_postgres("pushgate_t", scenario).await;
 }
 
 on_both_backends!(
