@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use tokio::io::BufStream;
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, watch};
 use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
 use tokio_xmpp::xmlstream::{
     FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmlStream, XmppStreamElement,
@@ -186,9 +186,16 @@ async fn serve(
     pings: &AtomicU64,
 ) -> Result<(), StreamError> {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    // Wakes the loop when a handler finishes, so reading resumes even if it sent no reply.
+    let freed = Arc::new(Notify::new());
     loop {
+        // Read only while another stanza may be in flight, but always drain the outbox: handlers
+        // hold their permit until their reply is queued, so a loop that waited for a permit
+        // without draining would deadlock against a full outbox.
+        let reading = permits.available_permits() > 0;
         tokio::select! {
-            item = stream.next() => match item {
+            _ = freed.notified(), if !reading => {}
+            item = stream.next(), if reading => match item {
                 None | Some(Err(ReadError::StreamFooterReceived)) => return Err(StreamError::Closed),
                 Some(Err(ReadError::HardError(e))) => return Err(e.into()),
                 Some(Err(ReadError::SoftTimeout)) => {
@@ -197,9 +204,11 @@ async fn serve(
                 }
                 Some(Err(ReadError::ParseError(e))) => tracing::warn!("unparsable element ignored: {e}"),
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
-                    let Ok(permit) = permits.clone().acquire_owned().await else {
+                    // Only this loop acquires, and `reading` saw a free permit.
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
                         return Err(StreamError::Closed);
                     };
+                    let freed = freed.clone();
                     let gw = gw.clone();
                     // The router opens a span per stanza; nothing is inherited from here.
                     tokio::spawn(async move {
@@ -207,6 +216,7 @@ async fn serve(
                             let _ = gw.outbox.send(reply).await;
                         }
                         drop(permit);
+                        freed.notify_one();
                     });
                 }
                 Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {

@@ -345,3 +345,62 @@ async fn reconnects_after_the_server_goes_away() {
     h.stop.send(true).unwrap();
     timeout(WAIT, h.task).await.unwrap().unwrap();
 }
+
+/// Thousands of requests at once, replies read as they come: every request is answered. Guards
+/// against the loop waiting for in-flight capacity while replies pile up unsent (a deadlock the
+/// benchmark found at 10,000 publishes/s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_requests_is_answered_in_full() {
+    const N: usize = 6000;
+    let mut h = start(Duration::from_secs(60)).await;
+    let c = accept(&h.listener).await;
+    wait_connected(&mut h, true).await;
+    let (mut reader, mut writer) = c.socket.into_split();
+    let send = tokio::spawn(async move {
+        let mut batch = String::new();
+        for i in 0..N {
+            if i % 2 == 0 {
+                batch.push_str(&format!(
+                    "<iq type='set' id='f{i}' from='example.org' to='push.test'>\
+                     <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n{i}'><item>\
+                     <notification xmlns='urn:xmpp:push:0'/></item></publish></pubsub></iq>"
+                ));
+            } else {
+                batch.push_str(&format!(
+                    "<iq type='get' id='f{i}' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>"
+                ));
+            }
+            if batch.len() > 64 * 1024 {
+                writer.write_all(batch.as_bytes()).await.unwrap();
+                batch.clear();
+            }
+        }
+        writer.write_all(batch.as_bytes()).await.unwrap();
+        writer
+    });
+    let mut seen = 0;
+    let mut text = String::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while seen < N {
+        let n = timeout(Duration::from_secs(60), reader.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {seen} of {N} replies"))
+            .unwrap();
+        assert!(n > 0, "connection closed after {seen} replies");
+        text.push_str(std::str::from_utf8(&chunk[..n]).unwrap());
+        // Count replies by their complete id attribute (`id='f123'`), then drop what was counted;
+        // an id cut by the chunk boundary waits for the next read.
+        let mut consumed = 0;
+        while let Some(at) = text[consumed..].find("id='f") {
+            let start = consumed + at + 5;
+            let Some(end) = text[start..].find('\'') else {
+                break;
+            };
+            seen += 1;
+            consumed = start + end + 1;
+        }
+        text.drain(..consumed);
+    }
+    let _writer = send.await.unwrap();
+    h.stop.send(true).unwrap();
+}
