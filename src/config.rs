@@ -168,6 +168,13 @@ pub struct StorageConfig {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     pub url: Option<String>,
+    /// Registrations kept in memory for publish lookups (0 = none); see storage/cache.rs.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: usize,
+    /// How long a cached registration is trusted: the longest another instance's change (an
+    /// unregister) can go unseen here.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
 }
 
 impl Default for StorageConfig {
@@ -175,8 +182,17 @@ impl Default for StorageConfig {
         StorageConfig {
             data_dir: default_data_dir(),
             url: None,
+            cache_capacity: default_cache_capacity(),
+            cache_ttl_secs: default_cache_ttl(),
         }
     }
+}
+
+fn default_cache_capacity() -> usize {
+    10_000
+}
+fn default_cache_ttl() -> u64 {
+    30
 }
 
 impl StorageConfig {

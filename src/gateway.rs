@@ -12,7 +12,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use crate::config::{Config, ConfigError};
 use crate::ids::BareJid;
-use crate::storage::Store;
+use crate::storage::{Store, SuccessLog};
 
 /// Stanzas waiting for the component stream: replies, and messages background tasks send.
 pub type Outbox = mpsc::Receiver<Stanza>;
@@ -30,6 +30,8 @@ pub struct Gateway {
     pub coalescer: crate::publish::coalesce::Coalescer,
     pub publish_timeout: std::time::Duration,
     pub store: Store,
+    /// Accepted deliveries, written to the store in batches by `storage::SuccessLog::run`.
+    pub successes: SuccessLog,
     pub providers: Providers,
 }
 
@@ -50,6 +52,7 @@ impl Gateway {
             )),
             publish_timeout: config.publish_timeout(),
             store,
+            successes: SuccessLog::default(),
             providers: Providers::from_config(config)?,
         });
         Ok((gw, drain))

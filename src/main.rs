@@ -117,7 +117,10 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     let store = match Store::open(&url).await {
-        Ok(s) => s,
+        Ok(s) => s.with_cache(
+            config.storage.cache_capacity,
+            Duration::from_secs(config.storage.cache_ttl_secs),
+        ),
         Err(e) => {
             tracing::error!("cannot open the database: {e}");
             return ExitCode::FAILURE;
@@ -150,6 +153,11 @@ async fn run(path: PathBuf) -> ExitCode {
     });
     credentials::start(gw.clone(), stop_rx.clone()).await;
     pushgate::metrics::spawn_refresh(gw.store.clone(), stop_rx.clone());
+    let successes = tokio::spawn(gw.successes.clone().run(
+        gw.store.clone(),
+        Duration::from_secs(1),
+        stop_rx.clone(),
+    ));
     // The HTTP server (if configured) fails fast: a port that cannot be bound stops pushgate.
     let http = tokio::spawn({
         let (gw, http_cfg, stop) = (gw.clone(), config.http.clone(), stop_rx.clone());
@@ -164,6 +172,8 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     });
     stream::run(gw, stream_cfg, outbox, stop_rx, connected_tx).await;
+    // The last second's delivery timestamps.
+    let _ = successes.await;
     match http.await {
         Ok(Err(_)) => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,

@@ -230,13 +230,30 @@ async fn serve(
                     }
                 }
             },
-            Some(out) = outbox.recv() => stream.send(&out).await?,
+            Some(out) = outbox.recv() => send_batch(&mut stream, outbox, out).await?,
             _ = shutdown.changed() => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
                 return Ok(());
             }
         }
     }
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once: under load one
+/// write carries many replies instead of one system call each.
+async fn send_batch(
+    stream: &mut Stream,
+    outbox: &mut Outbox,
+    first: Stanza,
+) -> Result<(), StreamError> {
+    const MAX_BATCH: usize = 64;
+    stream.feed(&first).await?;
+    for _ in 1..MAX_BATCH {
+        let Ok(next) = outbox.try_recv() else { break };
+        stream.feed(&next).await?;
+    }
+    SinkExt::<&Stanza>::flush(stream).await?;
+    Ok(())
 }
 
 /// A request we could not parse still deserves an answer, when it says who asked.

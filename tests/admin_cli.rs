@@ -204,7 +204,7 @@ async fn list_shows_and_filters(env: Env) {
     let config = env.config("");
     let store = env.store().await;
     let regs = seed(&store).await;
-    store.record_success(regs[0].id).await.unwrap();
+    store.record_successes(&[regs[0].id]).await.unwrap();
     store
         .record_error(regs[2].id, "BadDeviceToken")
         .await

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{NewRegistration, Store, StoreError, device_key};
+use pushgate::storage::{NewRegistration, Store, StoreError, SuccessLog, device_key};
 use pushgate_providers::WebPushKeys;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
@@ -68,6 +68,9 @@ on_both_backends!(
     reopening_keeps_data,
     corrupt_rows_are_errors,
     credentials_are_upserted_and_listed_by_age,
+    cached_lookups_see_this_instances_changes,
+    dead_token_removal_spares_a_new_token,
+    batches_are_inserted_whole_or_not_at_all,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +434,12 @@ async fn delivery_outcomes_are_recorded(url: String) {
         .await
         .unwrap();
 
-    store.record_success(r.id).await.unwrap();
+    // Successes are batched: one row however often it was recorded, written at the flush.
+    let log = SuccessLog::default();
+    log.record(r.id);
+    log.record(r.id);
+    assert_eq!(log.flush(&store).await, 1);
+    assert_eq!(log.flush(&store).await, 0, "nothing left pending");
     let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
     let success_at = after.last_success_at.expect("last_success_at set");
     assert!(success_at >= r.created_at);
@@ -441,7 +449,7 @@ async fn delivery_outcomes_are_recorded(url: String) {
     let reason = "é".repeat(600);
     store.record_error(r.id, &reason).await.unwrap();
     let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
-    let err = after.last_error.expect("last_error set");
+    let err = after.last_error.clone().expect("last_error set");
     assert_eq!(err.chars().count(), 500);
     assert!(err.chars().all(|c| c == 'é'));
     assert!(after.last_error_at.expect("last_error_at set") >= success_at);
@@ -453,7 +461,7 @@ async fn delivery_outcomes_are_recorded(url: String) {
 
     // Recording for a registration that is gone is not an error.
     assert!(store.delete(r.id).await.unwrap());
-    store.record_success(r.id).await.unwrap();
+    store.record_successes(&[r.id]).await.unwrap();
     store.record_error(r.id, "late").await.unwrap();
     assert_eq!(store.count().await.unwrap(), 0);
 }
@@ -680,4 +688,150 @@ async fn credentials_are_upserted_and_listed_by_age(url: String) {
         matches!(&changed[0].credentials, Credentials::Token { key_id, team_id, .. } if key_id == "KEYID" && team_id == "TEAM")
     );
     assert_eq!(changed[0].not_after, None);
+}
+
+/// The publish cache never hides a change made through the same store: a refreshed token, an
+/// unregister, a removal.
+async fn cached_lookups_see_this_instances_changes(url: String) {
+    let store = Store::open(&url)
+        .await
+        .unwrap()
+        .with_cache(100, Duration::from_secs(3600));
+    let r = store
+        .register(p2("juliet@capulet.example", "phone", None, "t1"))
+        .await
+        .unwrap();
+    let node = r.node.as_str().to_owned();
+    assert_eq!(
+        store
+            .find_by_node(&node)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .as_str(),
+        "t1"
+    );
+    // Same device, new token: the cached entry must not survive.
+    store
+        .register(p2("juliet@capulet.example", "phone", None, "t2"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .find_by_node(&node)
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .as_str(),
+        "t2"
+    );
+    // A wrong node of the same length is not found even while the real one is cached.
+    let mut wrong = node.clone();
+    wrong.replace_range(0..1, if node.starts_with('A') { "B" } else { "A" });
+    assert!(store.find_by_node(&wrong).await.unwrap().is_none());
+    assert!(
+        store
+            .unregister(r.dialect, &r.provider, &r.account, &r.device_key)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store.find_by_node(&node).await.unwrap().is_none(),
+        "unregistered"
+    );
+
+    let r = store
+        .register(tigase("romeo@montague.example", "t3"))
+        .await
+        .unwrap();
+    assert!(store.find_by_node(r.node.as_str()).await.unwrap().is_some());
+    assert!(store.delete(r.id).await.unwrap());
+    assert!(
+        store.find_by_node(r.node.as_str()).await.unwrap().is_none(),
+        "deleted"
+    );
+
+    // Another instance's removal is only seen once the entry expires: that is the TTL's
+    // documented trade-off.
+    let cached = Store::open(&url)
+        .await
+        .unwrap()
+        .with_cache(100, Duration::from_millis(300));
+    let other = Store::open(&url).await.unwrap();
+    let r = store
+        .register(tigase("romeo@montague.example", "t4"))
+        .await
+        .unwrap();
+    assert!(
+        cached
+            .find_by_node(r.node.as_str())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(other.delete(r.id).await.unwrap());
+    assert!(
+        cached
+            .find_by_node(r.node.as_str())
+            .await
+            .unwrap()
+            .is_some(),
+        "still cached"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        cached
+            .find_by_node(r.node.as_str())
+            .await
+            .unwrap()
+            .is_none(),
+        "expired"
+    );
+}
+
+/// A provider calls a token dead while the device registers a new one (perhaps through another
+/// instance): the registration must survive.
+async fn dead_token_removal_spares_a_new_token(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let old = store
+        .register(p2("juliet@capulet.example", "phone", None, "old"))
+        .await
+        .unwrap();
+    let new = store
+        .register(p2("juliet@capulet.example", "phone", None, "new"))
+        .await
+        .unwrap();
+    assert_eq!(old.id, new.id);
+    assert!(
+        !store.delete_if_token(&old).await.unwrap(),
+        "token changed: kept"
+    );
+    assert_eq!(store.count().await.unwrap(), 1);
+    assert!(store.delete_if_token(&new).await.unwrap());
+    assert_eq!(store.count().await.unwrap(), 0);
+}
+
+async fn batches_are_inserted_whole_or_not_at_all(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let batch: Vec<_> = (0..1200)
+        .map(|i| tigase("romeo@montague.example", &format!("token-{i}")))
+        .collect();
+    let stored = store.insert_batch(&batch).await.unwrap();
+    assert_eq!(stored.len(), 1200);
+    assert_eq!(store.count().await.unwrap(), 1200);
+    let found = store
+        .find_by_node(stored[1100].node.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.token.as_str(), "token-1100");
+    // One device already registered: the whole batch is refused, nothing half-inserted.
+    let again = vec![
+        tigase("juliet@capulet.example", "fresh"),
+        tigase("romeo@montague.example", "token-5"),
+    ];
+    assert!(store.insert_batch(&again).await.is_err());
+    assert_eq!(store.count().await.unwrap(), 1200);
 }

@@ -13,6 +13,7 @@
 //!   header, while `exp` must stay within 24 h and `TTL` defaults to a day.
 //! * The endpoint URL is a capability: it is never logged whole, only its host.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ const VOIP_TTL_SECS: u32 = 60;
 
 /// Lifetime of a VAPID token; RFC 8292 allows at most 24 h, half of that leaves room for clock skew.
 const VAPID_VALIDITY: Duration = Duration::from_secs(12 * 60 * 60);
+/// A signed VAPID header is reused this long, well inside its validity.
+const VAPID_REUSE: Duration = Duration::from_secs(60 * 60);
+/// Distinct push services whose VAPID headers are kept; beyond it the cache starts over.
+const VAPID_CACHED_ORIGINS: usize = 1024;
 
 /// How much of an error response is kept for the verdict's reason.
 const MAX_RESPONSE_EXCERPT_CHARS: usize = 200;
@@ -271,7 +276,8 @@ impl WebPush {
         };
 
         if let Some(vapid) = &self.vapid {
-            match vapid.authorization(&endpoint.origin, &self.vapid_subject, SystemTime::now()) {
+            match vapid.authorization_for(&endpoint.origin, &self.vapid_subject, SystemTime::now())
+            {
                 Ok(value) => request = request.header(http::header::AUTHORIZATION, value),
                 Err(reason) => return Verdict::OurFault { reason },
             }
@@ -630,6 +636,10 @@ enum VapidKeyError {
 struct VapidKey {
     signing: p256::ecdsa::SigningKey,
     public_b64: String,
+    /// Signed headers by origin with when they were signed: an ES256 signature costs more CPU
+    /// than the rest of a delivery, and a token is valid for `VAPID_VALIDITY`, so one per
+    /// origin is reused for `VAPID_REUSE`.
+    signed: std::sync::Mutex<HashMap<String, (String, SystemTime)>>,
 }
 
 impl VapidKey {
@@ -651,7 +661,34 @@ impl VapidKey {
         Ok(Self {
             signing: p256::ecdsa::SigningKey::from(&secret),
             public_b64: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public.as_bytes()),
+            signed: std::sync::Mutex::default(),
         })
+    }
+
+    /// The `Authorization` value for a request to `origin`: a recent one if there is one.
+    fn authorization_for(
+        &self,
+        origin: &str,
+        subject: &str,
+        now: SystemTime,
+    ) -> Result<String, String> {
+        let lock = || {
+            self.signed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        if let Some((header, at)) = lock().get(origin)
+            && now.duration_since(*at).is_ok_and(|age| age < VAPID_REUSE)
+        {
+            return Ok(header.clone());
+        }
+        let header = self.authorization(origin, subject, now)?;
+        let mut signed = lock();
+        if signed.len() >= VAPID_CACHED_ORIGINS {
+            signed.clear();
+        }
+        signed.insert(origin.to_owned(), (header.clone(), now));
+        Ok(header)
     }
 
     /// The `Authorization` value for one request to `origin`.
@@ -977,6 +1014,35 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 mod tests {
     use super::*;
     use crate::{Content, Encrypted, Priority};
+
+    #[test]
+    fn vapid_headers_are_reused_per_origin_then_renewed() {
+        let secret = p256::SecretKey::from_slice(&[7u8; 32]).unwrap();
+        let key = VapidKey {
+            signing: p256::ecdsa::SigningKey::from(&secret),
+            public_b64: "k".into(),
+            signed: std::sync::Mutex::default(),
+        };
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let sub = "mailto:ops@example.org";
+        let a = key
+            .authorization_for("https://push.example", sub, t0)
+            .unwrap();
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!(
+            key.authorization_for("https://push.example", sub, later)
+                .unwrap(),
+            a
+        );
+        let other = key
+            .authorization_for("https://other.example", sub, later)
+            .unwrap();
+        assert_ne!(other, a, "each origin has its own audience");
+        let renewed = key
+            .authorization_for("https://push.example", sub, t0 + VAPID_REUSE)
+            .unwrap();
+        assert_ne!(renewed, a, "renewed after VAPID_REUSE");
+    }
 
     #[test]
     fn imf_fixdate_parses_and_rejects_garbage() {

@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod request;
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use pushgate_providers::{Content, Notification, Priority, Verdict};
 use tracing::Instrument;
@@ -63,10 +64,10 @@ pub async fn handle(gw: &Gateway, from: &Jid, req: &PublishRequest) -> Result<Ou
     }
     let reg = authorise(gw, from.domain().as_str(), req).await?;
     let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
-    deliver(gw, req, reg).instrument(span).await
+    deliver(gw, req, &reg).instrument(span).await
 }
 
-async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Result<Outcome, Fault> {
+async fn deliver(gw: &Gateway, req: &PublishRequest, reg: &Registration) -> Result<Outcome, Fault> {
     let Some((_, provider)) = gw.providers.get(reg.provider.as_str()) else {
         // The operator removed this provider. Not the device's fault: keep the registration.
         tracing::warn!("registration refers to a provider that is no longer configured");
@@ -75,7 +76,7 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
             reg.provider
         )));
     };
-    let notification = notification_for(req, &reg);
+    let notification = notification_for(req, reg);
     if notification.priority == Priority::Low
         && !gw.coalescer.admit(reg.id, std::time::Instant::now())
     {
@@ -101,7 +102,7 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: Registration) -> Resul
         .deliveries
         .with_label_values(&[provider_id, notification.kind.label(), verdict.label()])
         .inc();
-    apply(gw, &reg, verdict).await
+    apply(gw, reg, verdict).await
 }
 
 /// The notification as the registration's dialect promised it to the app. Tigase-dialect apps
@@ -148,7 +149,7 @@ async fn authorise(
     gw: &Gateway,
     from_domain: &str,
     req: &PublishRequest,
-) -> Result<Registration, Fault> {
+) -> Result<Arc<Registration>, Fault> {
     const NOT_FOUND: Fault = Fault::NotFound("no such node");
     let node = req.node.as_deref().ok_or(NOT_FOUND)?;
     let Some(reg) = gw.store.find_by_node(node).await? else {
@@ -183,12 +184,18 @@ async fn authorise(
 async fn apply(gw: &Gateway, reg: &Registration, verdict: Verdict) -> Result<Outcome, Fault> {
     match verdict {
         Verdict::Sent => {
-            gw.store.record_success(reg.id).await?;
+            // Written behind the reply: the server waits for nothing it does not need.
+            gw.successes.record(reg.id);
             Ok(Outcome::Delivered)
         }
         Verdict::DeadToken { reason } => {
+            if !gw.store.delete_if_token(reg).await? {
+                // Re-registered (new token) or removed while we delivered: nothing to delete,
+                // and the server must not drop a registration that may be fresh.
+                tracing::info!(%reason, "token is dead but the registration changed meanwhile: kept");
+                return Ok(Outcome::Transient);
+            }
             tracing::info!(%reason, "token is dead: registration removed");
-            gw.store.delete(reg.id).await?;
             METRICS
                 .dead_tokens_removed
                 .with_label_values(&[reg.provider.as_str()])

@@ -50,7 +50,9 @@ impl Store {
         if let Some(provider) = provider {
             delete = delete.filter(Column::Provider.eq(provider.as_str()));
         }
-        Ok(delete.exec(&self.db).await?.rows_affected)
+        let removed = delete.exec(&self.db).await?.rows_affected;
+        self.forget_all();
+        Ok(removed)
     }
 
     /// The migrations recorded as applied, oldest first (sea-orm's `seaql_migrations` table).

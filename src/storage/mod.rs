@@ -11,22 +11,26 @@
 //! secret or token whole.
 
 mod admin;
+mod cache;
 pub mod credentials;
 pub mod entity;
 mod stats;
+mod write_behind;
 
 pub use admin::RegistrationFilter;
+pub use write_behind::SuccessLog;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::sea_query::Expr;
-use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
     ActiveModelTrait, ActiveValue::NotSet, ActiveValue::Set, ColumnTrait, ConnectOptions, Database,
-    DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, SqlErr,
+    DatabaseConnection, DbErr, EntityTrait, PaginatorTrait, QueryFilter, SqlErr, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
@@ -34,6 +38,7 @@ use tracing::{debug, info, warn};
 use crate::ids::{BareJid, DeviceToken, Dialect, NodeId, ProviderId, Secret};
 use pushgate_providers::{Device, WebPushKeys};
 
+use cache::{NodeHash, RegistrationCache};
 use entity::{ActiveModel, Column, Entity, Model};
 
 /// How often `register` re-reads after losing an insert race before giving up. One retry is
@@ -187,6 +192,38 @@ impl TryFrom<Model> for Registration {
     }
 }
 
+/// A fresh row for `new`: a new node and, for p2, a new secret.
+fn new_row(new: &NewRegistration, key: &str) -> ActiveModel {
+    let node = NodeId::generate();
+    let secret = match new.dialect {
+        Dialect::P2 => Some(Secret::generate()),
+        Dialect::Tigase => None,
+    };
+    let at = now();
+    ActiveModel {
+        id: NotSet,
+        dialect: Set(new.dialect.as_str().to_owned()),
+        provider: Set(new.provider.as_str().to_owned()),
+        account: Set(new.account.as_str().to_owned()),
+        domain: Set(new.account.domain().as_str().to_owned()),
+        device_key: Set(key.to_owned()),
+        device_id: Set(new.device_id.clone()),
+        muc: Set(new.muc.as_ref().map(|m| m.as_str().to_owned())),
+        token: Set(new.token.as_str().to_owned()),
+        second_token: Set(new.second_token.as_ref().map(|t| t.as_str().to_owned())),
+        webpush_p256dh: Set(new.webpush_keys.as_ref().map(|k| k.p256dh.clone())),
+        webpush_auth: Set(new.webpush_keys.as_ref().map(|k| k.auth.clone())),
+        node_hash: Set(node_hash(node.as_str())),
+        node: Set(node.as_str().to_owned()),
+        secret: Set(secret.map(|s| s.as_str().to_owned())),
+        created_at: Set(at),
+        updated_at: Set(at),
+        last_success_at: Set(None),
+        last_error_at: Set(None),
+        last_error: Set(None),
+    }
+}
+
 /// What makes two registrations "the same device": Tigase dialect → the token; p2 → device id +
 /// muc (the token is ignored then, so unregistering needs no token). A p2 client that sends no
 /// device id is identified by its token + muc instead.
@@ -236,7 +273,11 @@ pub fn device_key(
 
 /// The indexed lookup key of a node: an index probe on it reveals nothing about stored nodes.
 fn node_hash(node: &str) -> String {
-    hex(&Sha256::digest(node.as_bytes()))
+    hex(&node_digest(node))
+}
+
+fn node_digest(node: &str) -> NodeHash {
+    Sha256::digest(node.as_bytes()).into()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -263,6 +304,8 @@ fn is_unique_violation(e: &DbErr) -> bool {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// Publish lookups only; off unless [`Store::with_cache`] turns it on.
+    cache: Option<Arc<RegistrationCache>>,
 }
 
 impl fmt::Debug for Store {
@@ -327,8 +370,14 @@ impl Store {
             Some(_) => {
                 // WAL lets lookups proceed while a registration is written; writers queue on
                 // the busy timeout instead of failing with "database is locked".
+                //
+                // synchronous=NORMAL is the setting SQLite recommends with WAL: no corruption on
+                // any crash, and a process crash loses nothing; only a power cut or kernel
+                // crash can lose the last transactions. It saves an fsync per write, which
+                // capped registrations at a few hundred per second (docs/performance.md).
                 opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
                     o.journal_mode(SqliteJournalMode::Wal)
+                        .synchronous(SqliteSynchronous::Normal)
                         .busy_timeout(Duration::from_secs(10))
                 });
             }
@@ -339,7 +388,26 @@ impl Store {
         let db = Database::connect(opts).await?;
         pushgate_migrations::run(&db).await?;
         info!(backend = ?db.get_database_backend(), "registration store ready");
-        Ok(Store { db })
+        Ok(Store { db, cache: None })
+    }
+
+    /// Keeps up to `capacity` registrations for up to `ttl` for [`Store::find_by_node`]; see
+    /// `cache.rs` for what that means with several instances. Zero turns caching off.
+    pub fn with_cache(mut self, capacity: usize, ttl: Duration) -> Store {
+        self.cache = RegistrationCache::new(capacity, ttl).map(Arc::new);
+        self
+    }
+
+    fn forget(&self, node: &str) {
+        if let Some(cache) = &self.cache {
+            cache.remove(&node_digest(node));
+        }
+    }
+
+    fn forget_all(&self) {
+        if let Some(cache) = &self.cache {
+            cache.clear();
+        }
     }
 
     /// The default embedded database, `sqlite://<data_dir>/pushgate.db?mode=rwc`; creates
@@ -383,6 +451,7 @@ impl Store {
             if let Some(existing) = self.find_device(&new, &key).await? {
                 match self.refresh(existing, &new).await {
                     Ok(m) => {
+                        self.forget(&m.node);
                         debug!(id = m.id, "registration refreshed");
                         return Registration::try_from(m);
                     }
@@ -435,53 +504,66 @@ impl Store {
     }
 
     async fn insert(&self, new: &NewRegistration, key: &str) -> Result<Model, DbErr> {
-        let node = NodeId::generate();
-        let secret = match new.dialect {
-            Dialect::P2 => Some(Secret::generate()),
-            Dialect::Tigase => None,
-        };
-        let at = now();
-        ActiveModel {
-            id: NotSet,
-            dialect: Set(new.dialect.as_str().to_owned()),
-            provider: Set(new.provider.as_str().to_owned()),
-            account: Set(new.account.as_str().to_owned()),
-            domain: Set(new.account.domain().as_str().to_owned()),
-            device_key: Set(key.to_owned()),
-            device_id: Set(new.device_id.clone()),
-            muc: Set(new.muc.as_ref().map(|m| m.as_str().to_owned())),
-            token: Set(new.token.as_str().to_owned()),
-            second_token: Set(new.second_token.as_ref().map(|t| t.as_str().to_owned())),
-            webpush_p256dh: Set(new.webpush_keys.as_ref().map(|k| k.p256dh.clone())),
-            webpush_auth: Set(new.webpush_keys.as_ref().map(|k| k.auth.clone())),
-            node_hash: Set(node_hash(node.as_str())),
-            node: Set(node.as_str().to_owned()),
-            secret: Set(secret.map(|s| s.as_str().to_owned())),
-            created_at: Set(at),
-            updated_at: Set(at),
-            last_success_at: Set(None),
-            last_error_at: Set(None),
-            last_error: Set(None),
-        }
-        .insert(&self.db)
-        .await
+        new_row(new, key).insert(&self.db).await
     }
 
-    /// Lookup by node, via the indexed hash, confirmed with a constant-time comparison.
-    pub async fn find_by_node(&self, node: &str) -> Result<Option<Registration>, StoreError> {
+    /// Registers many new devices at once, in one transaction of multi-row inserts: for seeding
+    /// benchmarks and for importing registrations from another push service. Unlike
+    /// [`Store::register`] it is not idempotent: if any device is already registered, nothing
+    /// is inserted and the unique index's error is returned.
+    pub async fn insert_batch(
+        &self,
+        batch: &[NewRegistration],
+    ) -> Result<Vec<Registration>, StoreError> {
+        // 20 columns a row stays far below SQLite's and PostgreSQL's bind-parameter limits.
+        const ROWS_PER_STATEMENT: usize = 500;
+        let txn = self.db.begin().await?;
+        let mut stored = Vec::with_capacity(batch.len());
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let rows = chunk.iter().map(|new| {
+                let key = device_key(
+                    new.dialect,
+                    &new.token,
+                    new.device_id.as_deref(),
+                    new.muc.as_ref(),
+                );
+                new_row(new, &key)
+            });
+            for m in Entity::insert_many(rows).exec_with_returning(&txn).await? {
+                stored.push(Registration::try_from(m)?);
+            }
+        }
+        txn.commit().await?;
+        info!(count = stored.len(), "registrations imported");
+        Ok(stored)
+    }
+
+    /// Lookup by node, via the indexed hash (and the cache, if on), confirmed with a
+    /// constant-time comparison.
+    pub async fn find_by_node(&self, node: &str) -> Result<Option<Arc<Registration>>, StoreError> {
         if node.is_empty() || node.len() > MAX_NODE_LEN {
             return Ok(None);
         }
+        let digest = node_digest(node);
+        if let Some(cache) = &self.cache
+            && let Some(reg) = cache.get(&digest, Instant::now())
+        {
+            return Ok(reg.node.matches(node).then_some(reg));
+        }
         let found = Entity::find()
-            .filter(Column::NodeHash.eq(node_hash(node)))
+            .filter(Column::NodeHash.eq(hex(&digest)))
             .one(&self.db)
             .await?;
-        match found {
+        let reg = match found {
             Some(m) if NodeId::from_stored(m.node.clone()).matches(node) => {
-                Registration::try_from(m).map(Some)
+                Arc::new(Registration::try_from(m)?)
             }
-            _ => Ok(None),
+            _ => return Ok(None),
+        };
+        if let Some(cache) = &self.cache {
+            cache.put(digest, reg.clone(), Instant::now());
         }
+        Ok(Some(reg))
     }
 
     /// Removes the registration of (dialect, provider, account, device key); false if there was
@@ -501,21 +583,38 @@ impl Store {
             .exec(&self.db)
             .await?;
         debug!(removed = res.rows_affected, "unregister");
+        if res.rows_affected > 0 {
+            self.forget_all();
+        }
         Ok(res.rows_affected > 0)
     }
 
-    /// Removes a registration by id (e.g. after a provider reported its token dead).
+    /// Removes a registration by id (an operator's `devices remove`).
     pub async fn delete(&self, id: i64) -> Result<bool, StoreError> {
         let res = Entity::delete_by_id(id).exec(&self.db).await?;
+        self.forget_all();
         Ok(res.rows_affected > 0)
     }
 
-    /// Notes a delivery the provider accepted. A vanished row is not an error: it was
-    /// unregistered meanwhile.
-    pub async fn record_success(&self, id: i64) -> Result<(), StoreError> {
+    /// Removes `reg` after its provider called its token dead, unless the row has meanwhile got
+    /// another token (the device re-registered, perhaps through another instance): false then,
+    /// and the fresh registration stays.
+    pub async fn delete_if_token(&self, reg: &Registration) -> Result<bool, StoreError> {
+        let res = Entity::delete_many()
+            .filter(Column::Id.eq(reg.id))
+            .filter(Column::Token.eq(reg.token.as_str()))
+            .exec(&self.db)
+            .await?;
+        self.forget(reg.node.as_str());
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Notes deliveries the providers accepted (see [`SuccessLog`], which batches them). Vanished
+    /// rows are not an error: they were unregistered meanwhile.
+    pub async fn record_successes(&self, ids: &[i64]) -> Result<(), StoreError> {
         Entity::update_many()
             .col_expr(Column::LastSuccessAt, Expr::value(now()))
-            .filter(Column::Id.eq(id))
+            .filter(Column::Id.is_in(ids.iter().copied()))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -545,8 +644,47 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Any valid registration, for tests that only need one to hold.
+    pub(crate) fn registration() -> Registration {
+        let new = NewRegistration {
+            dialect: Dialect::Tigase,
+            provider: ProviderId::new("webpush"),
+            account: "alice@example.org".parse().unwrap(),
+            device_id: None,
+            muc: None,
+            token: DeviceToken::new("https://push.example.net/t"),
+            second_token: None,
+            webpush_keys: None,
+        };
+        let mut row = new_row(&new, "key");
+        row.id = Set(1);
+        let model = Model {
+            id: 1,
+            dialect: row.dialect.unwrap(),
+            provider: row.provider.unwrap(),
+            account: row.account.unwrap(),
+            domain: row.domain.unwrap(),
+            device_key: row.device_key.unwrap(),
+            device_id: None,
+            muc: None,
+            token: row.token.unwrap(),
+            second_token: None,
+            webpush_p256dh: None,
+            webpush_auth: None,
+            node: row.node.unwrap(),
+            node_hash: row.node_hash.unwrap(),
+            secret: None,
+            created_at: row.created_at.unwrap(),
+            updated_at: row.updated_at.unwrap(),
+            last_success_at: None,
+            last_error_at: None,
+            last_error: None,
+        };
+        Registration::try_from(model).unwrap()
+    }
 
     #[test]
     fn sqlite_urls_get_create_mode() {

@@ -1,0 +1,182 @@
+//! The load itself: publishes at a fixed rate or as fast as replies come back, replies counted
+//! by kind, and pushgate's CPU and memory read from /proc around the run.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::timeout;
+
+use crate::report::{clock_ticks, cpu_ticks, status_kb};
+use crate::webpush_sink::find;
+use crate::xmpp::{attr, next_iq, publish_stanza, reply_kind};
+use crate::{Args, BoxError, COMPONENT, DOMAIN, Mode, Times};
+
+pub(crate) struct Report {
+    pub(crate) sent: u64,
+    pub(crate) replies: BTreeMap<String, u64>,
+    /// Nanoseconds since the epoch: first publish written, last reply read.
+    pub(crate) first_sent: u64,
+    pub(crate) last_reply: u64,
+    pub(crate) cpu_secs: f64,
+    pub(crate) rss_hwm_kb_before: u64,
+    pub(crate) rss_hwm_kb_after: u64,
+    pub(crate) rss_kb_after: u64,
+    pub(crate) timed_out: bool,
+}
+
+pub(crate) async fn drive(
+    args: &Args,
+    socket: TcpStream,
+    pid: u32,
+    nodes: &[String],
+    times: Arc<Times>,
+    total: usize,
+) -> Result<Report, BoxError> {
+    let (mut rd, mut wr) = socket.into_split();
+
+    // Make sure the stream is being served before measuring anything.
+    wr.write_all(
+        format!("<iq type='get' id='warmup' from='{DOMAIN}' to='{COMPONENT}'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    while find(&buf, b"id='warmup'").is_none() {
+        let n = timeout(Duration::from_secs(10), rd.read(&mut chunk))
+            .await
+            .map_err(|_| "no answer to the warm-up ping")??;
+        if n == 0 {
+            return Err("pushgate closed the stream".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    buf.clear();
+
+    let clk_tck = clock_ticks();
+    let cpu_before = cpu_ticks(pid)?;
+    let rss_hwm_kb_before = status_kb(pid, "VmHWM")?;
+
+    // Rate mode sends on the clock and never waits for replies.
+    let windowed = args.mode == Mode::Fast;
+    let window = Arc::new(Semaphore::new(args.window));
+    let replied_total = Arc::new(AtomicU64::new(0));
+    // Shared with the reader so that a timed-out run still reports what came back.
+    let kinds = Arc::new(std::sync::Mutex::new(BTreeMap::<String, u64>::new()));
+    let last_reply = Arc::new(AtomicU64::new(0));
+
+    // Reader: one reply per publish, counted by kind.
+    let reader = {
+        let times = times.clone();
+        let window = window.clone();
+        let replied_total = replied_total.clone();
+        let kinds = kinds.clone();
+        let last = last_reply.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = match rd.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                let at = times.now();
+                let mut consumed = 0;
+                while let Some((iq, next)) = next_iq(&buf[consumed..]) {
+                    let iq = String::from_utf8_lossy(iq);
+                    consumed += next;
+                    let Some(seq) = attr(&iq, "id")
+                        .and_then(|id| id.strip_prefix('b').map(str::to_owned))
+                        .and_then(|s| s.parse::<usize>().ok())
+                    else {
+                        continue;
+                    };
+                    *kinds
+                        .lock()
+                        .expect("kinds lock")
+                        .entry(reply_kind(&iq))
+                        .or_default() += 1;
+                    Times::mark(&times.replied, seq, at);
+                    last.store(at, Ordering::Relaxed);
+                    if windowed {
+                        window.add_permits(1);
+                    }
+                    if replied_total.fetch_add(1, Ordering::Relaxed) + 1 == total as u64 {
+                        return;
+                    }
+                }
+                buf.drain(..consumed);
+            }
+        })
+    };
+
+    let deadline = Duration::from_secs(args.timeout_secs);
+    let send_started = Instant::now();
+    let first_sent = times.now();
+    let sending = async {
+        match args.mode {
+            Mode::Fast => {
+                for seq in 0..total {
+                    window.acquire().await?.forget();
+                    let stanza = publish_stanza(seq, &nodes[seq % nodes.len()]);
+                    Times::mark(&times.sent, seq, times.now());
+                    wr.write_all(stanza.as_bytes()).await?;
+                }
+            }
+            Mode::Rate => {
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                let mut seq = 0usize;
+                while seq < total {
+                    tick.tick().await;
+                    let due = ((send_started.elapsed().as_secs_f64() * args.rate as f64) as usize)
+                        .min(total);
+                    let mut batch = String::new();
+                    let now = times.now();
+                    while seq < due {
+                        batch.push_str(&publish_stanza(seq, &nodes[seq % nodes.len()]));
+                        Times::mark(&times.sent, seq, now);
+                        seq += 1;
+                    }
+                    if !batch.is_empty() {
+                        wr.write_all(batch.as_bytes()).await?;
+                    }
+                }
+            }
+        }
+        Ok::<(), BoxError>(())
+    };
+    let mut timed_out = timeout(deadline, sending).await.is_err();
+    let remaining = deadline.saturating_sub(send_started.elapsed());
+    match timeout(remaining, reader).await {
+        Ok(r) => r?,
+        Err(_) => timed_out = true,
+    }
+    let replies = kinds.lock().expect("kinds lock").clone();
+    let last_reply = last_reply.load(Ordering::Relaxed);
+    let cpu_after = cpu_ticks(pid)?;
+    let rss_hwm_kb_after = status_kb(pid, "VmHWM")?;
+    let rss_kb_after = status_kb(pid, "VmRSS")?;
+    // Bounded: a stalled pushgate leaves our send buffer full.
+    let _ = timeout(Duration::from_secs(1), wr.write_all(b"</stream:stream>")).await;
+    let sent = times
+        .sent
+        .iter()
+        .filter(|t| t.load(Ordering::Relaxed) != 0)
+        .count() as u64;
+    Ok(Report {
+        sent,
+        replies,
+        first_sent,
+        last_reply,
+        cpu_secs: (cpu_after.saturating_sub(cpu_before)) as f64 / clk_tck,
+        rss_hwm_kb_before,
+        rss_hwm_kb_after,
+        rss_kb_after,
+        timed_out,
+    })
+}

@@ -1,0 +1,294 @@
+//! `pushgate-bench`: a benchmark of the whole component (see docs/performance.md).
+//!
+//! Plays the XMPP server's side of XEP-0114 on 127.0.0.1, starts the real `pushgate` binary as a
+//! child process against it, and sends Prosody-shaped XEP-0357 publishes to registrations that
+//! were seeded directly in the store, each pointing at a local plain-HTTP WebPush sink. It
+//! measures publish → reply and publish → provider-request latency, replies by kind, and the
+//! child's CPU time and peak RSS. Loopback only; bounded in count and time; kills pushgate at the
+//! end. Not part of the test suite.
+
+mod load;
+mod report;
+mod webpush_sink;
+mod xmpp;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use futures::StreamExt;
+use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
+use pushgate::storage::{NewRegistration, Store};
+use tokio::net::TcpListener;
+use tokio::time::timeout;
+
+use load::drive;
+use report::print_report;
+use webpush_sink::start_sink;
+use xmpp::handshake;
+
+pub(crate) const COMPONENT: &str = "push.bench";
+pub(crate) const DOMAIN: &str = "bench.example";
+pub(crate) const SECRET: &str = "bench-secret";
+pub(crate) const STREAM_ID: &str = "bench-stream-1";
+/// Marker in the notification body that carries the publish sequence number to the sink.
+pub(crate) const MARK: &str = "bench-";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Mode {
+    /// As fast as replies come back, with at most `--window` publishes outstanding.
+    Fast,
+    /// At a fixed `--rate` for `--duration-secs`.
+    Rate,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pushgate-bench",
+    about = "Benchmark of the whole pushgate component over loopback"
+)]
+pub(crate) struct Args {
+    /// Use target/debug/pushgate instead of target/release/pushgate.
+    #[arg(long)]
+    pub(crate) debug: bool,
+    /// The pushgate binary to start (overrides --debug).
+    #[arg(long)]
+    pub(crate) binary: Option<PathBuf>,
+    /// Registered devices (seeded through Store::register before pushgate starts).
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) devices: usize,
+    /// PostgreSQL URL of an empty, throw-away database; default: SQLite in a temp dir.
+    #[arg(long)]
+    pub(crate) postgres: Option<String>,
+    #[arg(long, value_enum, default_value = "fast")]
+    pub(crate) mode: Mode,
+    /// Fast mode: number of publishes.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) count: u64,
+    /// Fast mode: most publishes outstanding at once.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) window: usize,
+    /// Rate mode: publishes per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) rate: u64,
+    /// Rate mode: seconds of sending.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) duration_secs: u64,
+    /// Give up on outstanding replies this many seconds after sending started.
+    #[arg(long, default_value_t = 120)]
+    pub(crate) timeout_secs: u64,
+    /// A label for the summary line.
+    #[arg(long, default_value = "")]
+    pub(crate) label: String,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pushgate-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Per-sequence timestamps in nanoseconds since the benchmark's epoch; 0 = not yet.
+pub(crate) struct Times {
+    pub(crate) epoch: Instant,
+    pub(crate) sent: Vec<AtomicU64>,
+    pub(crate) replied: Vec<AtomicU64>,
+    pub(crate) delivered: Vec<AtomicU64>,
+}
+
+impl Times {
+    pub(crate) fn new(n: usize) -> Self {
+        let v = || (0..n).map(|_| AtomicU64::new(0)).collect::<Vec<_>>();
+        Times {
+            epoch: Instant::now(),
+            sent: v(),
+            replied: v(),
+            delivered: v(),
+        }
+    }
+    pub(crate) fn now(&self) -> u64 {
+        // Never 0, which means "not yet".
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+    pub(crate) fn mark(slots: &[AtomicU64], seq: usize, at: u64) {
+        if let Some(s) = slots.get(seq) {
+            let _ = s.compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("PUSHGATE_BENCH_KEEP").is_some() {
+            eprintln!("kept {} (config, pushgate.log, SQLite)", self.0.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let binary = match &args.binary {
+        Some(b) => b.clone(),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("target"));
+            target
+                .join(if args.debug { "debug" } else { "release" })
+                .join("pushgate")
+        }
+    };
+    if !binary.is_file() {
+        return Err(format!("{} not found: build it first", binary.display()).into());
+    }
+    let total = match args.mode {
+        Mode::Fast => args.count,
+        Mode::Rate => args.rate * args.duration_secs,
+    } as usize;
+    if total == 0 || args.devices == 0 || args.window == 0 {
+        return Err("count/rate/duration, devices and window must be positive".into());
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_nanos();
+    let dir = TempDir(
+        std::env::temp_dir().join(format!("pushgate-bench-{}-{stamp}", std::process::id())),
+    );
+    std::fs::create_dir_all(&dir.0)?;
+
+    let times = Arc::new(Times::new(total));
+    let sink = start_sink(times.clone()).await?;
+
+    // Seed the registrations before pushgate starts.
+    let db_url = match &args.postgres {
+        Some(u) => u.clone(),
+        None => Store::sqlite_url_in(&dir.0)?,
+    };
+    let seed_started = Instant::now();
+    let nodes = seed(&db_url, args.devices, sink.port).await?;
+    let seed_secs = seed_started.elapsed().as_secs_f64();
+    eprintln!(
+        "seeded {} registrations in {seed_secs:.1} s ({:.0}/s, direct Store::register, concurrency 8)",
+        nodes.len(),
+        nodes.len() as f64 / seed_secs
+    );
+
+    // Our side of XEP-0114, then pushgate.
+    let xmpp = TcpListener::bind("127.0.0.1:0").await?;
+    let config = dir.0.join("pushgate.toml");
+    let storage = match &args.postgres {
+        Some(u) => format!("url = {}", toml_str(u)),
+        None => format!("data_dir = {}", toml_str(path_str(&dir.0)?)),
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "[component]\njid = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\nserver = \"{}\"\n\
+             idle_ping_secs = 3600\npublish_timeout_secs = 10\n\
+             [storage]\n{storage}\n\
+             [providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n",
+            xmpp.local_addr()?
+        ),
+    )?;
+    let log_path = dir.0.join("pushgate.log");
+    let mut child = tokio::process::Command::new(&binary)
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env(
+            "RUST_LOG",
+            std::env::var("PUSHGATE_BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("pushgate exited at once")?;
+
+    let outcome = async {
+        let socket = timeout(Duration::from_secs(30), handshake(&xmpp))
+            .await
+            .map_err(|_| "pushgate did not connect and authenticate within 30 s")??;
+        drive(&args, socket, pid, &nodes, times.clone(), total).await
+    }
+    .await;
+
+    let _ = child.start_kill();
+    let _ = timeout(Duration::from_secs(10), child.wait()).await;
+    let report = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            eprintln!("pushgate's log (last lines, newest first):");
+            for l in tail {
+                eprintln!("  {l}");
+            }
+            return Err(e);
+        }
+    };
+    let warnings = std::fs::read_to_string(&log_path)
+        .map(|l| l.lines().count())
+        .unwrap_or(0);
+    print_report(&args, &report, &times, total, sink.requests(), warnings);
+    Ok(())
+}
+
+fn path_str(p: &Path) -> Result<&str, BoxError> {
+    p.to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()).into())
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).expect("string serialises")
+}
+
+async fn seed(db_url: &str, devices: usize, sink_port: u16) -> Result<Vec<String>, BoxError> {
+    let store = Store::open(db_url).await?;
+    let account: BareJid = format!("bench@{DOMAIN}").parse()?;
+    let results: Vec<_> = futures::stream::iter(0..devices)
+        .map(|i| {
+            let store = store.clone();
+            let account = account.clone();
+            async move {
+                store
+                    .register(NewRegistration {
+                        dialect: Dialect::Tigase,
+                        provider: ProviderId::new("webpush"),
+                        account,
+                        device_id: None,
+                        muc: None,
+                        token: DeviceToken::new(format!("http://127.0.0.1:{sink_port}/push/{i}")),
+                        second_token: None,
+                        webpush_keys: None,
+                    })
+                    .await
+                    .map(|r| r.node.as_str().to_owned())
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    let nodes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    drop(store);
+    Ok(nodes)
+}

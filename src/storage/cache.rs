@@ -1,0 +1,168 @@
+//! A small, bounded, short-lived cache of registrations by node, in front of the per-publish
+//! lookup.
+//!
+//! The benchmark (docs/performance.md) showed the lookup (sea-orm, sqlx's SQLite worker thread)
+//! to be the largest cost of a publish once the write behind it was batched. Devices that get
+//! pushes tend to get many in a row (a chat burst), so even a small cache answers most lookups.
+//!
+//! What a cache means with several instances on one database: this process drops an entry
+//! whenever it changes or deletes that registration, but a change made by another instance (or
+//! by `pushgate devices remove`) is seen here only when the entry expires (`ttl`). A device
+//! unregistered elsewhere may therefore get pushes for up to `ttl`; a token replaced elsewhere is
+//! never deleted by mistake, because removing a dead token is conditional on the token
+//! ([`super::Store::delete_if_token`]).
+//!
+//! Two generations instead of an LRU list: inserts go to `young`; when it is full it becomes
+//! `old` and the previous `old` is dropped. A hit in `old` moves the entry back to `young`. So at
+//! most `2 × capacity / 2` entries are held, and recently used ones survive a turnover.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::Registration;
+
+/// SHA-256 of the node: the key, so the map never compares nodes (credentials) byte by byte.
+pub type NodeHash = [u8; 32];
+
+struct Entry {
+    registration: Arc<Registration>,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct Generations {
+    young: HashMap<NodeHash, Entry>,
+    old: HashMap<NodeHash, Entry>,
+}
+
+pub struct RegistrationCache {
+    ttl: Duration,
+    /// Entries per generation.
+    per_generation: usize,
+    maps: Mutex<Generations>,
+}
+
+impl RegistrationCache {
+    /// `None` when caching is off (`capacity` or `ttl` zero).
+    pub fn new(capacity: usize, ttl: Duration) -> Option<Self> {
+        (capacity > 0 && !ttl.is_zero()).then(|| RegistrationCache {
+            ttl,
+            per_generation: capacity.div_ceil(2),
+            maps: Mutex::default(),
+        })
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, Generations> {
+        self.maps.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn get(&self, key: &NodeHash, now: Instant) -> Option<Arc<Registration>> {
+        let mut maps = self.maps();
+        if let Some(e) = maps.young.get(key) {
+            if e.expires > now {
+                return Some(e.registration.clone());
+            }
+            maps.young.remove(key);
+            return None;
+        }
+        let e = maps.old.remove(key)?;
+        if e.expires <= now {
+            return None;
+        }
+        let registration = e.registration.clone();
+        Self::insert_young(&mut maps, self.per_generation, *key, e);
+        Some(registration)
+    }
+
+    pub fn put(&self, key: NodeHash, registration: Arc<Registration>, now: Instant) {
+        let entry = Entry {
+            registration,
+            expires: now + self.ttl,
+        };
+        let mut maps = self.maps();
+        maps.old.remove(&key);
+        Self::insert_young(&mut maps, self.per_generation, key, entry);
+    }
+
+    fn insert_young(maps: &mut Generations, per_generation: usize, key: NodeHash, entry: Entry) {
+        if maps.young.len() >= per_generation && !maps.young.contains_key(&key) {
+            maps.old = std::mem::take(&mut maps.young);
+        }
+        maps.young.insert(key, entry);
+    }
+
+    pub fn remove(&self, key: &NodeHash) {
+        let mut maps = self.maps();
+        maps.young.remove(key);
+        maps.old.remove(key);
+    }
+
+    /// For changes that do not say which nodes they touched (unregister by device, bulk
+    /// removal): rare next to publishes, so forgetting everything is cheap enough.
+    pub fn clear(&self) {
+        let mut maps = self.maps();
+        maps.young.clear();
+        maps.old.clear();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        let maps = self.maps();
+        maps.young.len() + maps.old.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> NodeHash {
+        [n; 32]
+    }
+
+    fn cache(capacity: usize) -> RegistrationCache {
+        RegistrationCache::new(capacity, Duration::from_secs(30)).unwrap()
+    }
+
+    #[test]
+    fn off_when_capacity_or_ttl_is_zero() {
+        assert!(RegistrationCache::new(0, Duration::from_secs(30)).is_none());
+        assert!(RegistrationCache::new(10, Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn holds_at_most_its_capacity_and_keeps_what_is_used() {
+        let c = cache(4);
+        let now = Instant::now();
+        let reg = Arc::new(crate::storage::tests::registration());
+        for n in 0..4 {
+            c.put(key(n), reg.clone(), now);
+        }
+        // 0 was used recently: it survives the turnover that drops 1.
+        assert!(c.get(&key(0), now).is_some());
+        for n in 4..6 {
+            c.put(key(n), reg.clone(), now);
+        }
+        assert!(c.len() <= 4);
+        assert!(c.get(&key(0), now).is_some());
+        assert!(c.get(&key(1), now).is_none());
+        assert!(c.get(&key(5), now).is_some());
+    }
+
+    #[test]
+    fn entries_expire_and_can_be_removed() {
+        let c = cache(8);
+        let now = Instant::now();
+        let reg = Arc::new(crate::storage::tests::registration());
+        c.put(key(1), reg.clone(), now);
+        c.put(key(2), reg.clone(), now);
+        assert!(c.get(&key(1), now + Duration::from_secs(29)).is_some());
+        assert!(c.get(&key(1), now + Duration::from_secs(31)).is_none());
+        c.remove(&key(2));
+        assert!(c.get(&key(2), now).is_none());
+        c.put(key(3), reg, now);
+        c.clear();
+        assert_eq!(c.len(), 0);
+    }
+}
