@@ -152,6 +152,9 @@ async fn connect(cfg: &StreamConfig) -> Result<Stream, StreamError> {
         .ok_or(StreamError::NoStreamId)?
         .into_owned();
     let mut stream: Stream = pending.skip_features();
+    // Replies are already batched per write (send_batch); Nagle would hold the next small
+    // write until the server ACKs the previous one, adding up to a delayed-ACK period.
+    stream.get_stream().get_ref().set_nodelay(true)?;
     stream
         .send(&Handshake::from_stream_id_and_password(
             stream_id,
