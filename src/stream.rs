@@ -214,8 +214,11 @@ async fn serve(
                     let freed = freed.clone();
                     let gw = gw.clone();
                     // The router opens a span per stanza; nothing is inherited from here.
+                    // The handler's future is large and spawning copies it; boxed, it is built
+                    // on the worker that runs it, not on this loop, which is the one thread
+                    // every stanza passes through (docs/performance.md).
                     tokio::spawn(async move {
-                        if let Some(reply) = router::handle(&gw, stanza).await {
+                        if let Some(reply) = Box::pin(router::handle(&gw, stanza)).await {
                             let _ = gw.outbox.send(reply).await;
                         }
                         drop(permit);
