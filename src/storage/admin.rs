@@ -50,7 +50,10 @@ impl Store {
         if let Some(provider) = provider {
             delete = delete.filter(Column::Provider.eq(provider.as_str()));
         }
-        let removed = delete.exec(&self.db).await?.rows_affected;
+        let removed = {
+            let _turn = self.write_turn().await;
+            delete.exec(&self.db).await?.rows_affected
+        };
         self.forget_all();
         Ok(removed)
     }

@@ -140,6 +140,7 @@ impl Store {
             not_after: Set(not_after),
             updated_at: Set(at),
         };
+        let _turn = self.write_turn().await;
         Entity::insert(row)
             .on_conflict(
                 OnConflict::column(Column::Provider)
