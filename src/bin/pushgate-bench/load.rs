@@ -1,5 +1,6 @@
-//! The load itself: publishes at a fixed rate or as fast as replies come back, replies counted
-//! by kind, and pushgate's CPU and memory read from /proc around the run.
+//! The load itself: publishes (or register-device commands) at a fixed rate or as fast as
+//! replies come back, replies counted by kind, and pushgate's CPU and memory read from /proc
+//! around the run.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,8 +14,11 @@ use tokio::time::timeout;
 
 use crate::report::{clock_ticks, cpu_ticks, status_kb};
 use crate::webpush_sink::find;
-use crate::xmpp::{attr, next_iq, publish_stanza, reply_kind};
+use crate::xmpp::{attr, command_reply_kind, next_iq, reply_kind};
 use crate::{Args, BoxError, COMPONENT, DOMAIN, Mode, Times};
+
+/// Most unparsed reply bytes kept while waiting for the end of an `<iq>`.
+const MAX_UNPARSED_BYTES: usize = 16 * 1024 * 1024;
 
 pub(crate) struct Report {
     pub(crate) sent: u64,
@@ -23,6 +27,8 @@ pub(crate) struct Report {
     pub(crate) first_sent: u64,
     pub(crate) last_reply: u64,
     pub(crate) cpu_secs: f64,
+    /// The benchmark's own CPU (XMPP side and sink), for telling which side is the bottleneck.
+    pub(crate) bench_cpu_secs: f64,
     pub(crate) rss_hwm_kb_before: u64,
     pub(crate) rss_hwm_kb_after: u64,
     pub(crate) rss_kb_after: u64,
@@ -33,7 +39,7 @@ pub(crate) async fn drive(
     args: &Args,
     socket: TcpStream,
     pid: u32,
-    nodes: &[String],
+    stanza: &(dyn Fn(usize) -> String + Sync),
     times: Arc<Times>,
     total: usize,
 ) -> Result<Report, BoxError> {
@@ -47,23 +53,31 @@ pub(crate) async fn drive(
     .await?;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 65536];
-    while find(&buf, b"id='warmup'").is_none() {
-        let n = timeout(Duration::from_secs(10), rd.read(&mut chunk))
-            .await
-            .map_err(|_| "no answer to the warm-up ping")??;
-        if n == 0 {
-            return Err("pushgate closed the stream".into());
+    timeout(Duration::from_secs(10), async {
+        while find(&buf, b"id='warmup'").is_none() {
+            let n = rd.read(&mut chunk).await?;
+            if n == 0 || buf.len() > MAX_UNPARSED_BYTES {
+                return Err::<(), BoxError>("pushgate closed the stream".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
-        buf.extend_from_slice(&chunk[..n]);
-    }
+        Ok(())
+    })
+    .await
+    .map_err(|_| "no answer to the warm-up ping")??;
     buf.clear();
 
     let clk_tck = clock_ticks();
     let cpu_before = cpu_ticks(pid)?;
+    let own_cpu_before = cpu_ticks(std::process::id())?;
     let rss_hwm_kb_before = status_kb(pid, "VmHWM")?;
 
     // Rate mode sends on the clock and never waits for replies.
-    let windowed = args.mode == Mode::Fast;
+    let windowed = args.mode != Mode::Rate;
+    let kind_of = match args.mode {
+        Mode::Register => command_reply_kind,
+        Mode::Fast | Mode::Rate => reply_kind,
+    };
     let window = Arc::new(Semaphore::new(args.window));
     let replied_total = Arc::new(AtomicU64::new(0));
     // Shared with the reader so that a timed-out run still reports what came back.
@@ -97,8 +111,8 @@ pub(crate) async fn drive(
                     };
                     *kinds
                         .lock()
-                        .expect("kinds lock")
-                        .entry(reply_kind(&iq))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .entry(kind_of(&iq))
                         .or_default() += 1;
                     Times::mark(&times.replied, seq, at);
                     last.store(at, Ordering::Relaxed);
@@ -110,6 +124,10 @@ pub(crate) async fn drive(
                     }
                 }
                 buf.drain(..consumed);
+                // Bounded: no reply is anywhere near this; a stream that is is broken.
+                if buf.len() > MAX_UNPARSED_BYTES {
+                    break;
+                }
             }
         })
     };
@@ -119,10 +137,10 @@ pub(crate) async fn drive(
     let first_sent = times.now();
     let sending = async {
         match args.mode {
-            Mode::Fast => {
+            Mode::Fast | Mode::Register => {
                 for seq in 0..total {
                     window.acquire().await?.forget();
-                    let stanza = publish_stanza(seq, &nodes[seq % nodes.len()]);
+                    let stanza = stanza(seq);
                     Times::mark(&times.sent, seq, times.now());
                     wr.write_all(stanza.as_bytes()).await?;
                 }
@@ -138,7 +156,7 @@ pub(crate) async fn drive(
                     let mut batch = String::new();
                     let now = times.now();
                     while seq < due {
-                        batch.push_str(&publish_stanza(seq, &nodes[seq % nodes.len()]));
+                        batch.push_str(&stanza(seq));
                         Times::mark(&times.sent, seq, now);
                         seq += 1;
                     }
@@ -156,9 +174,10 @@ pub(crate) async fn drive(
         Ok(r) => r?,
         Err(_) => timed_out = true,
     }
-    let replies = kinds.lock().expect("kinds lock").clone();
+    let replies = kinds.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let last_reply = last_reply.load(Ordering::Relaxed);
     let cpu_after = cpu_ticks(pid)?;
+    let own_cpu_after = cpu_ticks(std::process::id())?;
     let rss_hwm_kb_after = status_kb(pid, "VmHWM")?;
     let rss_kb_after = status_kb(pid, "VmRSS")?;
     // Bounded: a stalled pushgate leaves our send buffer full.
@@ -174,6 +193,7 @@ pub(crate) async fn drive(
         first_sent,
         last_reply,
         cpu_secs: (cpu_after.saturating_sub(cpu_before)) as f64 / clk_tck,
+        bench_cpu_secs: (own_cpu_after.saturating_sub(own_cpu_before)) as f64 / clk_tck,
         rss_hwm_kb_before,
         rss_hwm_kb_after,
         rss_kb_after,

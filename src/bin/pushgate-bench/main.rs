@@ -1,14 +1,19 @@
 //! `pushgate-bench`: a benchmark of the whole component (see docs/performance.md).
 //!
 //! Plays the XMPP server's side of XEP-0114 on 127.0.0.1, starts the real `pushgate` binary as a
-//! child process against it, and sends Prosody-shaped XEP-0357 publishes to registrations that
-//! were seeded directly in the store, each pointing at a local plain-HTTP WebPush sink. It
-//! measures publish → reply and publish → provider-request latency, replies by kind, and the
+//! child process against it, and either sends Prosody-shaped XEP-0357 publishes to registrations
+//! seeded directly in the store, each pointing at a local provider sink (WebPush over plain
+//! HTTP/1.1, or APNs / FCM over HTTP/2 + TLS), or sends XEP-0050 `register-device` commands. It
+//! measures request → reply and publish → provider-request latency, replies by kind, and the
 //! child's CPU time and peak RSS. Loopback only; bounded in count and time; kills pushgate at the
 //! end. Not part of the test suite.
 
+mod apns_sink;
+mod fcm_sink;
 mod load;
 mod report;
+mod seed;
+mod tls_sink;
 mod webpush_sink;
 mod xmpp;
 
@@ -19,16 +24,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use futures::StreamExt;
-use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{NewRegistration, Store};
+use pushgate::storage::Store;
 use tokio::net::TcpListener;
 use tokio::time::timeout;
 
+use apns_sink::ApnsSink;
+use fcm_sink::FcmSink;
 use load::drive;
 use report::print_report;
 use webpush_sink::start_sink;
-use xmpp::handshake;
+use xmpp::{handshake, publish_stanza, register_stanza};
 
 pub(crate) const COMPONENT: &str = "push.bench";
 pub(crate) const DOMAIN: &str = "bench.example";
@@ -36,6 +41,9 @@ pub(crate) const SECRET: &str = "bench-secret";
 pub(crate) const STREAM_ID: &str = "bench-stream-1";
 /// Marker in the notification body that carries the publish sequence number to the sink.
 pub(crate) const MARK: &str = "bench-";
+/// Bounds on one run: requests (each costs three timestamps), devices, and the window.
+const MAX_TOTAL: usize = 10_000_000;
+const MAX_WINDOW: usize = 100_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
@@ -43,6 +51,40 @@ pub(crate) enum Mode {
     Fast,
     /// At a fixed `--rate` for `--duration-secs`.
     Rate,
+    /// `register-device` commands (Tigase dialect, single stage) from distinct users, as fast
+    /// as replies come back with at most `--window` outstanding; no provider deliveries.
+    Register,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ProviderKind {
+    /// Plain HTTP/1.1 WebPush endpoint.
+    Webpush,
+    /// APNs over HTTP/2 + TLS, token auth.
+    Apns,
+    /// FCM HTTP v1 over HTTP/2 + TLS, service-account OAuth.
+    Fcm,
+}
+
+/// A local provider endpoint: the pushgate configuration that points at it, the device tokens
+/// it accepts, and what it saw.
+pub(crate) trait ProviderSink: Send + Sync {
+    /// The provider id in pushgate's configuration and in the registrations.
+    fn provider_id(&self) -> &'static str;
+    /// The `[providers.<id>]` section.
+    fn provider_toml(&self) -> String;
+    /// The device token of device `i`.
+    fn token(&self, i: usize) -> String;
+    /// Deliveries accepted.
+    fn requests(&self) -> u64;
+    /// Requests refused (bad credentials, path, token).
+    fn refused(&self) -> u64 {
+        0
+    }
+    /// Anything else worth a line in the report.
+    fn note(&self) -> String {
+        String::new()
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -57,18 +99,21 @@ pub(crate) struct Args {
     /// The pushgate binary to start (overrides --debug).
     #[arg(long)]
     pub(crate) binary: Option<PathBuf>,
-    /// Registered devices (seeded through Store::register before pushgate starts).
+    /// Registered devices (seeded through Store::insert_batch before pushgate starts).
     #[arg(long, default_value_t = 1000)]
     pub(crate) devices: usize,
+    /// Which provider the devices use, and so which local sink receives the pushes.
+    #[arg(long, value_enum, default_value = "webpush")]
+    pub(crate) provider: ProviderKind,
     /// PostgreSQL URL of an empty, throw-away database; default: SQLite in a temp dir.
     #[arg(long)]
     pub(crate) postgres: Option<String>,
     #[arg(long, value_enum, default_value = "fast")]
     pub(crate) mode: Mode,
-    /// Fast mode: number of publishes.
+    /// Fast and register modes: number of publishes / commands.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) count: u64,
-    /// Fast mode: most publishes outstanding at once.
+    /// Fast and register modes: most requests outstanding at once.
     #[arg(long, default_value_t = 256)]
     pub(crate) window: usize,
     /// Rate mode: publishes per second.
@@ -160,11 +205,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
         return Err(format!("{} not found: build it first", binary.display()).into());
     }
     let total = match args.mode {
-        Mode::Fast => args.count,
-        Mode::Rate => args.rate * args.duration_secs,
-    } as usize;
+        Mode::Fast | Mode::Register => args.count,
+        Mode::Rate => args.rate.saturating_mul(args.duration_secs),
+    };
+    let total = usize::try_from(total).unwrap_or(usize::MAX);
     if total == 0 || args.devices == 0 || args.window == 0 {
         return Err("count/rate/duration, devices and window must be positive".into());
+    }
+    if total > MAX_TOTAL || args.devices > MAX_TOTAL || args.window > MAX_WINDOW {
+        return Err(format!(
+            "at most {MAX_TOTAL} requests and devices, and a window of {MAX_WINDOW}, per run"
+        )
+        .into());
     }
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
@@ -175,21 +227,29 @@ async fn run(args: Args) -> Result<(), BoxError> {
     std::fs::create_dir_all(&dir.0)?;
 
     let times = Arc::new(Times::new(total));
-    let sink = start_sink(times.clone()).await?;
+    let sink: Box<dyn ProviderSink> = match args.provider {
+        ProviderKind::Webpush => Box::new(start_sink(times.clone()).await?),
+        ProviderKind::Apns => Box::new(ApnsSink::start(&dir.0, times.clone()).await?),
+        ProviderKind::Fcm => Box::new(FcmSink::start(&dir.0, times.clone()).await?),
+    };
 
     // Seed the registrations before pushgate starts.
     let db_url = match &args.postgres {
         Some(u) => u.clone(),
         None => Store::sqlite_url_in(&dir.0)?,
     };
-    let seed_started = Instant::now();
-    let nodes = seed(&db_url, args.devices, sink.port).await?;
-    let seed_secs = seed_started.elapsed().as_secs_f64();
+    let seeded = seed::seed(&db_url, args.devices, sink.as_ref()).await?;
+    let seed_rate = seeded.rate();
     eprintln!(
-        "seeded {} registrations in {seed_secs:.1} s ({:.0}/s, direct Store::register, concurrency 8)",
-        nodes.len(),
-        nodes.len() as f64 / seed_secs
+        "seeded {} {} registrations in {:.1} s ({seed_rate:.0}/s, Store::insert_batch, {} a call; \
+         bench CPU {:.1} s)",
+        seeded.nodes.len(),
+        sink.provider_id(),
+        seeded.secs,
+        seed::BATCH,
+        seeded.cpu_secs,
     );
+    let nodes = seeded.nodes;
 
     // Our side of XEP-0114, then pushgate.
     let xmpp = TcpListener::bind("127.0.0.1:0").await?;
@@ -203,9 +263,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
         format!(
             "[component]\njid = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\nserver = \"{}\"\n\
              idle_ping_secs = 3600\npublish_timeout_secs = 10\n\
-             [storage]\n{storage}\n\
-             [providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n",
-            xmpp.local_addr()?
+             [storage]\n{storage}\n{}",
+            xmpp.local_addr()?,
+            sink.provider_toml(),
         ),
     )?;
     let log_path = dir.0.join("pushgate.log");
@@ -228,7 +288,13 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let socket = timeout(Duration::from_secs(30), handshake(&xmpp))
             .await
             .map_err(|_| "pushgate did not connect and authenticate within 30 s")??;
-        drive(&args, socket, pid, &nodes, times.clone(), total).await
+        let provider = sink.provider_id();
+        // Register mode: user i registers device `devices + i`, a token no seeded row has.
+        let stanza = |seq: usize| match args.mode {
+            Mode::Register => register_stanza(seq, provider, &sink.token(args.devices + seq)),
+            Mode::Fast | Mode::Rate => publish_stanza(seq, &nodes[seq % nodes.len()]),
+        };
+        drive(&args, socket, pid, &stanza, times.clone(), total).await
     }
     .await;
 
@@ -249,46 +315,23 @@ async fn run(args: Args) -> Result<(), BoxError> {
     let warnings = std::fs::read_to_string(&log_path)
         .map(|l| l.lines().count())
         .unwrap_or(0);
-    print_report(&args, &report, &times, total, sink.requests(), warnings);
+    print_report(
+        &args,
+        &report,
+        &times,
+        total,
+        sink.as_ref(),
+        seed_rate,
+        warnings,
+    );
     Ok(())
 }
 
-fn path_str(p: &Path) -> Result<&str, BoxError> {
+pub(crate) fn path_str(p: &Path) -> Result<&str, BoxError> {
     p.to_str()
         .ok_or_else(|| format!("non-UTF-8 path {}", p.display()).into())
 }
 
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     serde_json::to_string(s).expect("string serialises")
-}
-
-async fn seed(db_url: &str, devices: usize, sink_port: u16) -> Result<Vec<String>, BoxError> {
-    let store = Store::open(db_url).await?;
-    let account: BareJid = format!("bench@{DOMAIN}").parse()?;
-    let results: Vec<_> = futures::stream::iter(0..devices)
-        .map(|i| {
-            let store = store.clone();
-            let account = account.clone();
-            async move {
-                store
-                    .register(NewRegistration {
-                        dialect: Dialect::Tigase,
-                        provider: ProviderId::new("webpush"),
-                        account,
-                        device_id: None,
-                        muc: None,
-                        token: DeviceToken::new(format!("http://127.0.0.1:{sink_port}/push/{i}")),
-                        second_token: None,
-                        webpush_keys: None,
-                    })
-                    .await
-                    .map(|r| r.node.as_str().to_owned())
-            }
-        })
-        .buffered(8)
-        .collect()
-        .await;
-    let nodes = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    drop(store);
-    Ok(nodes)
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::load::Report;
-use crate::{Args, BoxError, Mode, Times};
+use crate::{Args, BoxError, Mode, ProviderSink, Times};
 
 pub(crate) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
@@ -47,7 +47,7 @@ pub(crate) fn percentiles(mut v: Vec<u64>) -> Option<(f64, f64, f64)> {
         let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
         v[i] as f64 / 1e6
     };
-    Some((at(0.50), at(0.99), *v.last().unwrap() as f64 / 1e6))
+    Some((at(0.50), at(0.99), at(1.0)))
 }
 
 pub(crate) fn print_report(
@@ -55,7 +55,8 @@ pub(crate) fn print_report(
     r: &Report,
     times: &Times,
     total: usize,
-    sink_requests: u64,
+    sink: &dyn ProviderSink,
+    seed_rate: f64,
     log_lines: usize,
 ) {
     let load = |s: &AtomicU64| s.load(Ordering::Relaxed);
@@ -76,7 +77,12 @@ pub(crate) fn print_report(
         }
     }
     let replied: u64 = r.replies.values().sum();
-    let results = r.replies.get("result").copied().unwrap_or(0);
+    // What a successful reply is called, and what the requests are.
+    let (success, noun) = match args.mode {
+        Mode::Register => ("completed", "commands"),
+        Mode::Fast | Mode::Rate => ("result", "publishes"),
+    };
+    let results = r.replies.get(success).copied().unwrap_or(0);
     let elapsed = r.last_reply.saturating_sub(r.first_sent) as f64 / 1e9;
     let per_sec = if elapsed > 0.0 {
         replied as f64 / elapsed
@@ -110,35 +116,59 @@ pub(crate) fn print_report(
     let mode = match args.mode {
         Mode::Fast => format!("fast(window {})", args.window),
         Mode::Rate => format!("rate({}/s x {} s)", args.rate, args.duration_secs),
+        Mode::Register => format!("register(window {})", args.window),
     };
+    let provider = sink.provider_id();
     println!(
-        "pushgate-bench: {profile} build, {db}, {} devices, {mode}",
+        "pushgate-bench: {profile} build, {db}, {provider}, {} devices (seeded at {seed_rate:.0}/s), {mode}",
         args.devices
     );
     println!(
-        "  publishes sent {}, replies {replied} {:?}{}",
+        "  {noun} sent {}, replies {replied} {:?}{}",
         r.sent,
         r.replies,
         if r.timed_out { " (TIMED OUT)" } else { "" }
     );
+    let note = sink.note();
     println!(
-        "  sink: {sink_requests} requests, {delivered_n} matched to a publish; pushgate log lines (warn+): {log_lines}"
+        "  sink: {} requests accepted, {} refused, {delivered_n} matched to a publish{}{note}; pushgate log lines (warn+): {log_lines}",
+        sink.requests(),
+        sink.refused(),
+        if note.is_empty() { "" } else { "; " },
     );
     println!(
-        "  throughput: {per_sec:.0} publishes/s over {elapsed:.2} s (first publish to last reply)"
+        "  throughput: {per_sec:.0} {noun}/s over {elapsed:.2} s (first request to last reply)"
     );
-    println!("  publish -> reply     ms: p50 {r50}  p99 {r99}  max {rmax}");
+    println!("  request -> reply     ms: p50 {r50}  p99 {r99}  max {rmax}");
     println!("  publish -> provider  ms: p50 {d50}  p99 {d99}  max {dmax}");
     println!(
-        "  pushgate CPU: {:.2} s ({cpu_per_k:.3} s per 1,000 publishes); VmHWM {} -> {} MB; VmRSS after {} MB",
+        "  pushgate CPU: {:.2} s ({cpu_per_k:.3} s per 1,000 {noun}); VmHWM {} -> {} MB; VmRSS after {} MB",
         r.cpu_secs,
         r.rss_hwm_kb_before / 1024,
         r.rss_hwm_kb_after / 1024,
         r.rss_kb_after / 1024
     );
+    println!(
+        "  bench CPU (XMPP side + sink): {:.2} s ({:.3} s per 1,000 {noun})",
+        r.bench_cpu_secs,
+        if replied > 0 {
+            r.bench_cpu_secs / replied as f64 * 1000.0
+        } else {
+            0.0
+        }
+    );
+    // Every request answered with success, and (publishes) every push delivered and matched.
+    let complete =
+        results as usize == total && (args.mode == Mode::Register || delivered_n == total);
+    let status = match (r.timed_out, complete) {
+        (true, _) => "TIMEOUT",
+        (false, true) => "ok",
+        (false, false) => "INCOMPLETE",
+    };
+    println!("  status: {status}");
     // One tab-separated line for scripts/bench.
     println!(
-        "SUMMARY\t{}\t{profile}\t{db}\t{}\t{mode}\t{}\t{results}\t{}\t{per_sec:.0}\t{cpu_per_k:.3}\t{r50}\t{r99}\t{rmax}\t{d50}\t{d99}\t{dmax}\t{}\t{}",
+        "SUMMARY\t{}\t{profile}\t{db}\t{provider}\t{}\t{seed_rate:.0}\t{mode}\t{}\t{results}\t{}\t{per_sec:.0}\t{cpu_per_k:.3}\t{r50}\t{r99}\t{rmax}\t{d50}\t{d99}\t{dmax}\t{}\t{}",
         if args.label.is_empty() {
             "-"
         } else {
@@ -148,6 +178,6 @@ pub(crate) fn print_report(
         r.sent,
         replied - results,
         r.rss_hwm_kb_after / 1024,
-        if r.timed_out { "TIMEOUT" } else { "ok" },
+        status,
     );
 }

@@ -7,15 +7,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{BoxError, MARK, Times};
+use crate::{BoxError, MARK, ProviderSink, Times};
+
+/// Bounds on one request: the head, and the body (a WebPush message is at most 4 KiB).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 pub(crate) struct Sink {
-    pub(crate) port: u16,
+    port: u16,
     requests: Arc<AtomicU64>,
 }
 
-impl Sink {
-    pub(crate) fn requests(&self) -> u64 {
+impl ProviderSink for Sink {
+    fn provider_id(&self) -> &'static str {
+        "webpush"
+    }
+    /// Plain http to loopback: the devices have no p256dh/auth, so bodies stay plaintext.
+    fn provider_toml(&self) -> String {
+        "[providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n"
+            .to_owned()
+    }
+    /// The subscription endpoint.
+    fn token(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}/push/{i}", self.port)
+    }
+    fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
 }
@@ -43,6 +59,9 @@ pub(crate) async fn sink_connection(
     let mut chunk = vec![0u8; 16384];
     loop {
         let Some(end) = find(&buf, b"\r\n\r\n") else {
+            if buf.len() > MAX_HEAD_BYTES {
+                return;
+            }
             match socket.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -55,6 +74,9 @@ pub(crate) async fn sink_connection(
             .find_map(|l| l.strip_prefix("content-length:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
+        if len > MAX_BODY_BYTES {
+            return;
+        }
         while buf.len() < end + 4 + len {
             match socket.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
@@ -84,10 +106,28 @@ pub(crate) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// The number after `bench-` in a plaintext JSON body.
 pub(crate) fn sequence_in(body: &[u8]) -> Option<usize> {
     let at = find(body, MARK.as_bytes())? + MARK.len();
-    let digits: String = body[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .map(|&b| b as char)
-        .collect();
-    digits.parse().ok()
+    let digits = &body[at..];
+    let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
+    if len == 0 {
+        return None;
+    }
+    digits[..len].iter().try_fold(0usize, |n, &d| {
+        n.checked_mul(10)?.checked_add(usize::from(d - b'0'))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sequence_in;
+
+    #[test]
+    fn sequence_numbers_are_read_after_the_marker() {
+        assert_eq!(
+            sequence_in(br#"{"body":"bench-12345 wherefore"}"#),
+            Some(12345)
+        );
+        assert_eq!(sequence_in(br#"{"body":"bench-"}"#), None);
+        assert_eq!(sequence_in(b"no marker"), None);
+        assert_eq!(sequence_in(b"bench-99999999999999999999999"), None);
+    }
 }

@@ -1,5 +1,6 @@
 //! The XMPP server's side of XEP-0114, as far as the benchmark needs it: the handshake, the
-//! publishes it sends, and just enough parsing of the replies to count them by kind.
+//! publishes and register-device commands it sends, and just enough parsing of the replies to
+//! count them by kind.
 
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,6 +69,18 @@ pub(crate) fn publish_stanza(seq: usize, node: &str) -> String {
          </x></notification></item></publish></pubsub></iq>"
     )
 }
+/// A single-stage Tigase `register-device` (XEP-0050 execute with a submitted XEP-0004 form, as
+/// Martin and Siskin send it) from user `u<seq>`. The token is one of ours: no XML escaping.
+pub(crate) fn register_stanza(seq: usize, provider: &str, token: &str) -> String {
+    format!(
+        "<iq type='set' id='b{seq}' from='u{seq}@{DOMAIN}/phone' to='{COMPONENT}'>\
+         <command xmlns='http://jabber.org/protocol/commands' node='register-device' action='execute'>\
+         <x xmlns='jabber:x:data' type='submit'>\
+         <field var='provider'><value>{provider}</value></field>\
+         <field var='device-token'><value>{token}</value></field>\
+         </x></command></iq>"
+    )
+}
 
 /// The first complete `<iq …>` in `buf` and the offset just past it.
 pub(crate) fn next_iq(buf: &[u8]) -> Option<(&[u8], usize)> {
@@ -92,6 +105,23 @@ pub(crate) fn attr<'a>(xml: &'a str, name: &str) -> Option<&'a str> {
         }
     }
     None
+}
+
+/// For a register-device reply: `completed` (a result whose command completed with a `node`),
+/// `result:<status>` for any other result, or `error:<condition>`.
+pub(crate) fn command_reply_kind(iq: &str) -> String {
+    if attr(iq, "type") != Some("result") {
+        return reply_kind(iq);
+    }
+    let status = iq
+        .find("<command")
+        .and_then(|at| attr(&iq[at..], "status"))
+        .unwrap_or("?");
+    if status == "completed" && (iq.contains("var='node'") || iq.contains("var=\"node\"")) {
+        "completed".into()
+    } else {
+        format!("result:{status}")
+    }
 }
 
 /// `result`, or `error:<condition>`.
@@ -119,5 +149,23 @@ pub(crate) fn reply_kind(iq: &str) -> String {
             format!("error:{}", condition.unwrap_or_else(|| "?".into()))
         }
         other => format!("type:{}", other.unwrap_or("?")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_replies_are_told_apart() {
+        let done = "<iq type=\"result\" id=\"b1\"><command xmlns=\"http://jabber.org/protocol/commands\" node=\"register-device\" status=\"completed\"><x xmlns=\"jabber:x:data\" type=\"result\"><field var=\"node\"><value>n</value></field></x></command></iq>";
+        assert_eq!(command_reply_kind(done), "completed");
+        let executing = "<iq type='result' id='b2'><command status='executing'/></iq>";
+        assert_eq!(command_reply_kind(executing), "result:executing");
+        let refused = "<iq type='error' id='b3'><error type='modify'><not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>";
+        assert_eq!(command_reply_kind(refused), "error:not-acceptable");
+        let stanza = register_stanza(7, "apns", "ab");
+        assert!(stanza.contains("from='u7@bench.example/phone'"), "{stanza}");
+        assert!(stanza.contains("<field var='device-token'><value>ab</value></field>"));
     }
 }

@@ -1,0 +1,232 @@
+//! A local APNs: Apple's provider API (`POST /3/device/<token>`, HTTP/2 over TLS) with token
+//! auth, answering 200 and an `apns-id` like Apple, and recording when each publish's push
+//! arrived.
+//!
+//! Why it exists: to measure pushgate's real APNs path (its HTTP/2 pool, JWT header, payload
+//! mapping) without Apple. Requests without `authorization: bearer <jwt>` or `apns-topic` are
+//! refused as Apple refuses them (403 / 400 with a JSON `reason`), so a broken client shows up
+//! as refusals rather than as speed. The JWT's shape is checked, not its signature.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hyper::body::{Bytes, Incoming};
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
+use rcgen::KeyPair;
+
+use crate::tls_sink::{self, Answer, Counts, Handler};
+use crate::{BoxError, ProviderSink, Times, path_str, toml_str};
+
+const TOPIC: &str = "example.pushgate.bench";
+const KEY_ID: &str = "BENCHKEY01";
+const TEAM_ID: &str = "BENCHTEAM1";
+const DEVICE_PATH: &str = "/3/device/";
+
+pub(crate) struct ApnsSink {
+    toml: String,
+    counts: Arc<Counts>,
+}
+
+struct Apns {
+    times: Arc<Times>,
+    counts: Arc<Counts>,
+    next_id: AtomicU64,
+}
+
+impl ApnsSink {
+    /// Starts the sink and writes its CA and the team's `.p8` key into `dir`.
+    pub(crate) async fn start(dir: &Path, times: Arc<Times>) -> Result<Self, BoxError> {
+        let key_file = dir.join("apns-key.p8");
+        // rcgen's default key is P-256; its PEM is PKCS#8, as Apple's .p8 files are.
+        std::fs::write(&key_file, KeyPair::generate()?.serialize_pem())?;
+        let counts = Arc::new(Counts::default());
+        let handler = Arc::new(Apns {
+            times,
+            counts: counts.clone(),
+            next_id: AtomicU64::new(0),
+        });
+        let at = tls_sink::start(dir, "apns", handler).await?;
+        let toml = format!(
+            "[providers.apns]\nkind = \"apns\"\ntopic = \"{TOPIC}\"\nenvironment = \"sandbox\"\n\
+             base_url = {}\nca_file = {}\nkey_file = {}\nkey_id = \"{KEY_ID}\"\n\
+             team_id = \"{TEAM_ID}\"\npool_size = 2\n",
+            toml_str(&at.base_url),
+            toml_str(path_str(&at.ca_file)?),
+            toml_str(path_str(&key_file)?),
+        );
+        Ok(Self { toml, counts })
+    }
+}
+
+impl ProviderSink for ApnsSink {
+    fn provider_id(&self) -> &'static str {
+        "apns"
+    }
+    fn provider_toml(&self) -> String {
+        self.toml.clone()
+    }
+    /// 64 hex characters, as a device token is.
+    fn token(&self, i: usize) -> String {
+        format!("{i:064x}")
+    }
+    fn requests(&self) -> u64 {
+        self.counts.accepted()
+    }
+    fn refused(&self) -> u64 {
+        self.counts.refused()
+    }
+}
+
+impl Handler for Apns {
+    async fn handle(&self, req: Request<Incoming>) -> Answer {
+        let (parts, incoming) = req.into_parts();
+        let refuse = |status: StatusCode, reason: &'static str| {
+            self.counts.refused.fetch_add(1, Ordering::Relaxed);
+            tls_sink::json(status, Bytes::from(reason))
+        };
+        let Some(token) = parts.uri.path().strip_prefix(DEVICE_PATH) else {
+            return refuse(StatusCode::NOT_FOUND, r#"{"reason":"BadPath"}"#);
+        };
+        if parts.method != Method::POST {
+            return refuse(
+                StatusCode::METHOD_NOT_ALLOWED,
+                r#"{"reason":"MethodNotAllowed"}"#,
+            );
+        }
+        if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return refuse(StatusCode::BAD_REQUEST, r#"{"reason":"BadDeviceToken"}"#);
+        }
+        let jwt = parts
+            .headers
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"bearer "));
+        match jwt {
+            None => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    r#"{"reason":"MissingProviderToken"}"#,
+                );
+            }
+            Some(jwt) if jwt.iter().filter(|&&b| b == b'.').count() != 2 => {
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    r#"{"reason":"InvalidProviderToken"}"#,
+                );
+            }
+            Some(_) => {}
+        }
+        match parts.headers.get("apns-topic") {
+            None => return refuse(StatusCode::BAD_REQUEST, r#"{"reason":"MissingTopic"}"#),
+            Some(t) if t.as_bytes() != TOPIC.as_bytes() => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    r#"{"reason":"DeviceTokenNotForTopic"}"#,
+                );
+            }
+            Some(_) => {}
+        }
+        let Some(body) = tls_sink::body(incoming).await else {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"reason":"PayloadTooLarge"}"#,
+            );
+        };
+        tls_sink::mark_delivery(&self.times, &body);
+        self.counts.accepted.fetch_add(1, Ordering::Relaxed);
+        let mut answer = tls_sink::empty(StatusCode::OK);
+        answer
+            .headers_mut()
+            .insert("apns-id", apns_id(&self.next_id));
+        answer
+    }
+}
+
+/// A fresh UUID-shaped `apns-id`, as APNs assigns one to each push that carries none.
+fn apns_id(next: &AtomicU64) -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = next.fetch_add(1, Ordering::Relaxed);
+    let mut id = *b"00000000-0000-4000-8000-000000000000";
+    for (i, slot) in id[24..].iter_mut().rev().enumerate() {
+        *slot = HEX[((n >> (4 * i)) & 0xf) as usize];
+    }
+    // Only hex digits and dashes: always a valid header value.
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apns_ids_are_uuid_shaped_and_distinct() {
+        let next = AtomicU64::new(0xabc);
+        let a = apns_id(&next);
+        let b = apns_id(&next);
+        assert_eq!(a.to_str().unwrap(), "00000000-0000-4000-8000-000000000abc");
+        assert_eq!(b.to_str().unwrap(), "00000000-0000-4000-8000-000000000abd");
+    }
+
+    /// Refusals as Apple words them, and a delivery marked by its `bench-<seq>`.
+    #[tokio::test]
+    async fn refuses_like_apple_and_marks_deliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let times = Arc::new(Times::new(10));
+        let sink = ApnsSink::start(dir.path(), times.clone()).await.unwrap();
+        let base = sink.toml.split("base_url = \"").nth(1).unwrap();
+        let base = &base[..base.find('"').unwrap()];
+        let client = crate::tls_sink::tests::client(&dir.path().join("apns-ca.pem"));
+        let url = format!("{base}/3/device/{}", sink.token(3));
+        let body = r#"{"aps":{"alert":{"body":"bench-3 hi"}}}"#;
+        let reason = |r: reqwest::Response| async move {
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap()["reason"].clone(),
+            )
+        };
+
+        let r = client
+            .post(&url)
+            .header("apns-topic", TOPIC)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reason(r).await, (403, "MissingProviderToken".into()));
+        let r = client
+            .post(&url)
+            .header("authorization", "bearer a.b.c")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reason(r).await, (400, "MissingTopic".into()));
+        let bad = format!("{base}/3/device/not-hex");
+        let r = client
+            .post(&bad)
+            .header("authorization", "bearer a.b.c")
+            .header("apns-topic", TOPIC)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reason(r).await, (400, "BadDeviceToken".into()));
+        assert_eq!(times.delivered[3].load(Ordering::Relaxed), 0);
+
+        let r = client
+            .post(&url)
+            .header("authorization", "bearer a.b.c")
+            .header("apns-topic", TOPIC)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().contains_key("apns-id"));
+        assert_eq!((sink.requests(), sink.refused()), (1, 3));
+        assert_ne!(times.delivered[3].load(Ordering::Relaxed), 0);
+        let p8 = std::fs::read_to_string(dir.path().join("apns-key.p8")).unwrap();
+        assert!(p8.starts_with("-----BEGIN PRIVATE KEY-----"));
+    }
+}
