@@ -23,6 +23,7 @@ PARTS = [
     ("XML out: replies serialised and flushed", r"start_send_xso|AsXmlIterator|poll_flush<tokio_xmpp"),
     ("spawning a task per stanza", r"^tokio::task::spawn::spawn"),
     ("router + publish handling (ours)", r"^pushgate::(router|publish)::"),
+    ("ad-hoc command handling (ours)", r"^pushgate::commands::"),
     ("publish request parsing (ours)", r"PublishRequest as core::convert::TryFrom"),
     ("registration lookup (storage)", r"pushgate::storage::Store::find_by_node"),
     ("database (sea-orm/sqlx/SQLite)", r"^(sea_orm|sqlx_core|sqlx_sqlite|sqlx_postgres)::|sqlite3"),
