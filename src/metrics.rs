@@ -23,6 +23,9 @@ pub struct Metrics {
     pub dead_tokens_removed: IntCounterVec,
     /// Stored registrations by provider id (refreshed periodically).
     pub registrations: IntGaugeVec,
+    /// Publish lookups by where they were answered (`cache`, `database`): for sizing
+    /// `storage.cache_capacity`.
+    pub registration_lookups: IntCounterVec,
     /// Ad-hoc commands by node and outcome.
     pub commands: IntCounterVec,
     /// 1 while the component stream is up.
@@ -108,6 +111,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_registrations",
             "Stored registrations by provider id.",
             &["provider"],
+        ),
+        registration_lookups: counter_vec(
+            &r,
+            "pushgate_registration_lookups_total",
+            "Registration lookups for publishes, by where they were answered (cache, database).",
+            &["source"],
         ),
         commands: counter_vec(
             &r,

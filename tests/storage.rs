@@ -71,6 +71,7 @@ on_both_backends!(
     cached_lookups_see_this_instances_changes,
     dead_token_removal_spares_a_new_token,
     batches_are_inserted_whole_or_not_at_all,
+    pending_successes_are_written_at_shutdown,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -702,6 +703,15 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
         .await
         .unwrap();
     let node = r.node.as_str().to_owned();
+    // Only stores with a cache count cache hits; the other backend's run of this test may
+    // count too, so assert growth, not an exact figure.
+    let hits = || {
+        pushgate::metrics::METRICS
+            .registration_lookups
+            .with_label_values(&["cache"])
+            .get()
+    };
+    let before = hits();
     assert_eq!(
         store
             .find_by_node(&node)
@@ -712,6 +722,9 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
             .as_str(),
         "t1"
     );
+    let cached = store.find_by_node(&node).await.unwrap().unwrap();
+    assert_eq!(cached.token.as_str(), "t1");
+    assert!(hits() > before, "the second lookup came from the cache");
     // Same device, new token: the cached entry must not survive.
     store
         .register(p2("juliet@capulet.example", "phone", None, "t2"))
@@ -834,4 +847,28 @@ async fn batches_are_inserted_whole_or_not_at_all(url: String) {
     ];
     assert!(store.insert_batch(&again).await.is_err());
     assert_eq!(store.count().await.unwrap(), 1200);
+}
+
+/// Delivery times still pending when pushgate shuts down are written, not dropped.
+async fn pending_successes_are_written_at_shutdown(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let r = store
+        .register(tigase("romeo@montague.example", "t"))
+        .await
+        .unwrap();
+    let log = SuccessLog::default();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(
+        log.clone()
+            .run(store.clone(), Duration::from_secs(3600), stopped),
+    );
+    // The first tick comes at once; record after it, so only the shutdown flush can write.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log.record(r.id);
+    let before = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    assert!(before.last_success_at.is_none());
+    stop.send(true).unwrap();
+    flusher.await.unwrap();
+    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    assert!(after.last_success_at.is_some());
 }

@@ -529,11 +529,14 @@ impl Store {
             return Ok(None);
         }
         let digest = node_digest(node);
+        let lookups = &crate::metrics::METRICS.registration_lookups;
         if let Some(cache) = &self.cache
             && let Some(reg) = cache.get(&digest, Instant::now())
         {
+            lookups.with_label_values(&["cache"]).inc();
             return Ok(reg.node.matches(node).then_some(reg));
         }
+        lookups.with_label_values(&["database"]).inc();
         let found = Entity::find()
             .filter(Column::NodeHash.eq(hex(&digest)))
             .one(&self.db)
