@@ -72,6 +72,7 @@ on_both_backends!(
     dead_token_removal_spares_a_new_token,
     batches_are_inserted_whole_or_not_at_all,
     pending_successes_are_written_at_shutdown,
+    a_burst_of_registrations_converges_per_device,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -871,4 +872,30 @@ async fn pending_successes_are_written_at_shutdown(url: String) {
     flusher.await.unwrap();
     let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
     assert!(after.last_success_at.is_some());
+}
+
+/// Registrations arriving together share statements (group commit); the same device several
+/// times in one burst still ends as one row, and every caller gets that row.
+async fn a_burst_of_registrations_converges_per_device(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let asks = (0..300).map(|i| {
+        let store = store.clone();
+        let device = format!("phone{}", i % 100);
+        async move {
+            let token = format!("token-{i}");
+            let r = store
+                .register(p2("juliet@capulet.example", &device, None, &token))
+                .await
+                .unwrap();
+            (device, r.id, r.node.as_str().to_owned())
+        }
+    });
+    let results = futures::future::join_all(asks).await;
+    assert_eq!(store.count().await.unwrap(), 100);
+    let mut by_device = std::collections::HashMap::new();
+    for (device, id, node) in results {
+        let first = by_device.entry(device).or_insert((id, node.clone()));
+        assert_eq!(*first, (id, node), "one row per device");
+    }
+    assert_eq!(by_device.len(), 100);
 }
