@@ -88,17 +88,25 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Job>) {
 async fn write_batch(store: &Store, jobs: Vec<Job>) {
     // The same device twice in one batch (a client retrying): one row, the newest values, and
     // both asks get it. PostgreSQL refuses to upsert one row twice in a statement.
-    let mut slot: HashMap<&Identity, usize> = HashMap::with_capacity(jobs.len());
+    let mut slot: HashMap<Identity, usize> = HashMap::with_capacity(jobs.len());
     let mut rows: Vec<ActiveModel> = Vec::with_capacity(jobs.len());
-    for job in &jobs {
-        match slot.get(&job.identity) {
-            Some(&i) => rows[i] = job.row.clone(),
+    let mut waiting = Vec::with_capacity(jobs.len());
+    for Job {
+        row,
+        identity,
+        reply,
+    } in jobs
+    {
+        match slot.get(&identity) {
+            Some(&i) => rows[i] = row,
             None => {
-                slot.insert(&job.identity, rows.len());
-                rows.push(job.row.clone());
+                slot.insert(identity.clone(), rows.len());
+                rows.push(row);
             }
         }
+        waiting.push((identity, reply));
     }
+    // Kept for the one-by-one retry.
     let stored: HashMap<Identity, Result<Model, DbErr>> = match store.upsert(rows.clone()).await {
         Ok(models) => models
             .into_iter()
@@ -110,23 +118,20 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
                 "batched registration failed ({e}); one by one"
             );
             let mut one_by_one = HashMap::with_capacity(rows.len());
-            for (identity, &i) in &slot {
-                let result = store
-                    .upsert(vec![rows[i].clone()])
-                    .await
-                    .and_then(|mut m| m.pop().ok_or(DbErr::RecordNotInserted));
-                one_by_one.insert((*identity).clone(), result);
+            for (identity, i) in slot {
+                let result = store.upsert_one(rows[i].clone()).await;
+                one_by_one.insert(identity, result);
             }
             one_by_one
         }
     };
-    for job in jobs {
-        let result = match stored.get(&job.identity) {
+    for (identity, reply) in waiting {
+        let result = match stored.get(&identity) {
             Some(Ok(m)) => Ok(m.clone()),
             Some(Err(e)) => Err(DbErr::Custom(e.to_string())),
             None => Err(DbErr::RecordNotInserted),
         };
-        let _ = job.reply.send(result);
+        let _ = reply.send(result);
     }
 }
 

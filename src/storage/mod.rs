@@ -267,6 +267,15 @@ pub fn device_key(
     hex(&h.finalize())
 }
 
+fn identity(new: &NewRegistration, device_key: String) -> group_commit::Identity {
+    (
+        new.dialect.as_str().to_owned(),
+        new.provider.as_str().to_owned(),
+        new.account.as_str().to_owned(),
+        device_key,
+    )
+}
+
 /// Inserts `rows`, or, where the unique index on the device identity says one exists
 /// (registered before, or by another instance a moment ago), refreshes what a client may change
 /// and keeps node, secret and created_at. One statement, atomic on both databases.
@@ -498,14 +507,8 @@ impl Store {
             new.muc.as_ref(),
         );
         let row = new_row(&new, &key);
-        let identity = (
-            new.dialect.as_str().to_owned(),
-            new.provider.as_str().to_owned(),
-            new.account.as_str().to_owned(),
-            key,
-        );
         let m = match &self.group_commit {
-            Some(batches) => match batches.submit(row, identity).await {
+            Some(batches) => match batches.submit(row, identity(&new, key)).await {
                 Ok(stored) => stored?,
                 Err(row) => self.upsert_one(row).await?,
             },
