@@ -532,15 +532,7 @@ impl Store {
         // Statements of power-of-two sizes only (200 rows = 128 + 64 + 8), in one transaction:
         // every distinct size is a prepared statement each connection caches, and a few
         // hundred of those, thousands of parameters each, cost tens of megabytes.
-        //
-        // PostgreSQL gets at most 16 rows a statement: sqlx sets no TCP_NODELAY, and a message
-        // longer than one TCP segment (64 KiB on loopback) leaves its tail waiting for a
-        // delayed ACK. 256-row statements ran at 2,117 registrations/s, 16-row ones at
-        // 6,447–7,056/s (docs/performance.md).
-        let most = match self.db.get_database_backend() {
-            DbBackend::Postgres => 16,
-            _ => usize::MAX,
-        };
+        let most = self.rows_per_statement();
         let txn = self.db.begin().await?;
         let mut stored = Vec::with_capacity(rows.len());
         while !rows.is_empty() {
@@ -550,6 +542,18 @@ impl Store {
         }
         txn.commit().await?;
         Ok(stored)
+    }
+
+    /// The most rows one multi-row statement carries. 20 columns a row, 500 rows stay far below
+    /// SQLite's bind-parameter limit. PostgreSQL gets 16: sqlx sets no TCP_NODELAY, and a
+    /// message longer than one TCP segment (64 KiB on loopback) leaves its tail waiting for the
+    /// server's delayed ACK. 256-row statements ran at 2,117 registrations/s, 16-row ones at
+    /// 6,447–7,056/s (docs/performance.md).
+    fn rows_per_statement(&self) -> usize {
+        match self.db.get_database_backend() {
+            DbBackend::Postgres => 16,
+            _ => 500,
+        }
     }
 
     async fn upsert_one(&self, row: ActiveModel) -> Result<Model, DbErr> {
@@ -567,12 +571,10 @@ impl Store {
         &self,
         batch: &[NewRegistration],
     ) -> Result<Vec<Registration>, StoreError> {
-        // 20 columns a row stays far below SQLite's and PostgreSQL's bind-parameter limits.
-        const ROWS_PER_STATEMENT: usize = 500;
         let _turn = self.write_turn().await;
         let txn = self.db.begin().await?;
         let mut stored = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        for chunk in batch.chunks(self.rows_per_statement()) {
             let rows = chunk.iter().map(|new| {
                 let key = device_key(
                     new.dialect,
