@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub mod apns;
 pub mod fcm;
 pub mod fcm_xmpp;
+pub mod framing;
 mod transport;
 pub mod webpush;
 

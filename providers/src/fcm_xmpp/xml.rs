@@ -3,17 +3,27 @@
 //!
 //! Why not xmpp-parsers/minidom: the workspace's `component` feature makes xmpp-parsers' default
 //! namespace `jabber:component:accept` build-wide (rust-stack.md §3 pitfall 1), and CCS is a
-//! `jabber:client` stream. rxml does the hard parts (well-formedness, namespaces, entities);
-//! this file only builds small trees and bounds them, so bad or hostile input is an error,
-//! never a panic or unbounded memory.
+//! `jabber:client` stream. The stream is cut into stanzas by pushgate's framer (crate::framing),
+//! which bounds size and depth before anything is parsed and skips a stanza that breaks a limit
+//! instead of ending the stream; rxml then parses each stanza alone (well-formedness,
+//! namespaces, entities) into a small tree.
+
+use std::collections::VecDeque;
 
 use rxml::Parse as _;
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
-/// Largest top-level element accepted (CCS stanzas are a few KiB).
-const MAX_ELEMENT_BYTES: usize = 256 * 1024;
-/// Deepest nesting accepted inside a stanza.
-const MAX_DEPTH: usize = 16;
+use crate::framing::{self, Framer, Limits};
+
+/// Bounds on one CCS stanza (they are a few KiB).
+const LIMITS: Limits = Limits {
+    max_bytes: 256 * 1024,
+    max_depth: 16,
+    max_name_bytes: 256,
+    max_attribute_bytes: 4096,
+    max_attributes: 32,
+    max_elements: 256,
+};
 
 /// One element with its namespace, unprefixed attributes, children and text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -41,6 +51,47 @@ impl Element {
     pub fn is(&self, ns: &str, name: &str) -> bool {
         self.ns == ns && self.name == name
     }
+
+    /// Parses one framed stanza, a complete document of bounded depth.
+    fn parse(xml: &[u8]) -> Result<Self, String> {
+        let mut parser = rxml::Parser::new();
+        let mut input = xml;
+        let mut stack: Vec<Element> = Vec::new();
+        loop {
+            match parser.parse(&mut input, true) {
+                Ok(Some(rxml::Event::StartElement(_, (ns, name), attrs))) => {
+                    stack.push(Element {
+                        ns: ns.as_str().to_owned(),
+                        name: name.to_string(),
+                        attrs: attrs
+                            .iter()
+                            .filter(|((ns, _), _)| ns.is_none())
+                            .map(|((_, k), v)| (k.to_string(), v.to_string()))
+                            .collect(),
+                        children: Vec::new(),
+                        text: String::new(),
+                    });
+                }
+                Ok(Some(rxml::Event::EndElement(_))) => {
+                    let done = stack.pop().ok_or("end without start")?;
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(done),
+                        None => return Ok(done),
+                    }
+                }
+                Ok(Some(rxml::Event::Text(_, text))) => {
+                    if let Some(open) = stack.last_mut() {
+                        open.text.push_str(&text);
+                    }
+                }
+                Ok(Some(rxml::Event::XmlDeclaration(..))) => {}
+                Ok(None) | Err(rxml::error::EndOrError::NeedMoreData) => {
+                    return Err("stanza ends early".to_owned());
+                }
+                Err(rxml::error::EndOrError::Error(e)) => return Err(e.to_string()),
+            }
+        }
+    }
 }
 
 /// What the reader yields.
@@ -58,132 +109,64 @@ pub(crate) enum Frame {
 pub(crate) enum XmlError {
     #[error("connection error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("malformed XML: {0}")]
-    Syntax(String),
-    #[error("stanza too large or too deep")]
-    TooLarge,
+    #[error("{0}")]
+    Framing(#[from] framing::FramingError),
 }
 
 /// An incremental reader over one direction of a stream; [`Self::restart`] after SASL success.
 pub(crate) struct XmlReader<R> {
     io: R,
-    parser: rxml::Parser,
-    buf: Vec<u8>,
+    framer: Framer,
+    ready: VecDeque<framing::Frame>,
     eof: bool,
-    /// Open elements below the stream root.
-    stack: Vec<Element>,
-    in_stream: bool,
-    element_bytes: usize,
 }
 
 impl<R: AsyncRead + Unpin> XmlReader<R> {
     pub fn new(io: R) -> Self {
         Self {
             io,
-            parser: rxml::Parser::new(),
-            buf: Vec::new(),
+            framer: Framer::new(LIMITS),
+            ready: VecDeque::new(),
             eof: false,
-            stack: Vec::new(),
-            in_stream: false,
-            element_bytes: 0,
         }
     }
 
-    /// A new XML document begins (RFC 6120 stream restart); unread bytes are kept.
+    /// A new XML document begins (RFC 6120 stream restart).
     pub fn restart(&mut self) {
-        self.parser = rxml::Parser::new();
-        self.stack.clear();
-        self.in_stream = false;
-        self.element_bytes = 0;
+        self.framer.reset();
     }
 
     /// The next frame. Cancel-safe: all progress lives in `self`, and the only await is a read.
     pub async fn next(&mut self) -> Result<Frame, XmlError> {
         loop {
-            let mut input: &[u8] = &self.buf;
-            let result = self.parser.parse(&mut input, self.eof);
-            let consumed = self.buf.len() - input.len();
-            self.buf.drain(..consumed);
-            match result {
-                Ok(Some(event)) => {
-                    if let Some(frame) = self.event(event)? {
-                        return Ok(frame);
+            match self.ready.pop_front() {
+                Some(framing::Frame::StreamOpen(_)) => return Ok(Frame::Header),
+                Some(framing::Frame::StreamClose) => return Ok(Frame::End),
+                Some(framing::Frame::Element { head, xml }) => match Element::parse(&xml) {
+                    Ok(element) => return Ok(Frame::Element(element)),
+                    Err(e) => {
+                        tracing::warn!(stanza = %head.name, "CCS: unparsable stanza skipped: {e}")
                     }
+                },
+                Some(framing::Frame::Rejected { head, limit }) => {
+                    let name = head.map(|h| h.name).unwrap_or_default();
+                    tracing::warn!(stanza = %name, limit = limit.label(), "CCS: stanza skipped: {limit}");
                 }
-                Ok(None) => return Ok(Frame::End),
-                Err(rxml::error::EndOrError::NeedMoreData) => {
+                None => {
                     if self.eof {
                         return Ok(Frame::End);
                     }
                     let mut chunk = [0u8; 8192];
                     let n = self.io.read(&mut chunk).await?;
                     if n == 0 {
+                        // Cut off mid-stream: the connection closed, whatever was unfinished.
                         self.eof = true;
+                        continue;
                     }
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    let mut frames = Vec::new();
+                    self.framer.feed(&chunk[..n], &mut frames)?;
+                    self.ready.extend(frames);
                 }
-                // Cut off mid-stream: the connection closed, whatever was unfinished.
-                Err(rxml::error::EndOrError::Error(_)) if self.eof => return Ok(Frame::End),
-                Err(rxml::error::EndOrError::Error(e)) => {
-                    return Err(XmlError::Syntax(e.to_string()));
-                }
-            }
-        }
-    }
-
-    fn event(&mut self, event: rxml::Event) -> Result<Option<Frame>, XmlError> {
-        if !self.stack.is_empty() {
-            self.element_bytes += event.metrics().len();
-            if self.element_bytes > MAX_ELEMENT_BYTES {
-                return Err(XmlError::TooLarge);
-            }
-        }
-        match event {
-            rxml::Event::XmlDeclaration(..) => Ok(None),
-            rxml::Event::StartElement(_, (ns, name), attrs) => {
-                if !self.in_stream {
-                    self.in_stream = true;
-                    return Ok(Some(Frame::Header));
-                }
-                if self.stack.len() >= MAX_DEPTH {
-                    return Err(XmlError::TooLarge);
-                }
-                let attrs = attrs
-                    .iter()
-                    .filter(|((ns, _), _)| ns.is_none())
-                    .map(|((_, k), v)| (k.to_string(), v.to_string()))
-                    .collect();
-                if self.stack.is_empty() {
-                    self.element_bytes = 0;
-                }
-                self.stack.push(Element {
-                    ns: ns.as_str().to_owned(),
-                    name: name.to_string(),
-                    attrs,
-                    children: Vec::new(),
-                    text: String::new(),
-                });
-                Ok(None)
-            }
-            rxml::Event::EndElement(_) => match self.stack.pop() {
-                None => {
-                    self.in_stream = false;
-                    Ok(Some(Frame::End))
-                }
-                Some(done) => match self.stack.last_mut() {
-                    Some(parent) => {
-                        parent.children.push(done);
-                        Ok(None)
-                    }
-                    None => Ok(Some(Frame::Element(done))),
-                },
-            },
-            rxml::Event::Text(_, text) => {
-                // Whitespace between stanzas (keepalives) is ignored.
-                if let Some(open) = self.stack.last_mut() {
-                    open.text.push_str(&text);
-                }
-                Ok(None)
             }
         }
     }
@@ -246,11 +229,22 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn bad_input_is_an_error_not_a_panic() {
-        let f = frames(b"<stream:stream xmlns:stream='s'><a><b></a>").await;
-        assert!(matches!(f.last(), Some(Err(_))), "{f:?}");
-        let deep = format!("<s>{}", "<a>".repeat(40));
+    async fn bad_input_is_skipped_or_an_error_never_a_panic() {
+        // A stanza that does not parse, and one nested too deeply, are skipped; the next is read.
+        let deep = format!(
+            "<s xmlns='jabber:client'><a><b></a></c>{}{}<m x='{}'/><ok/></s>",
+            "<a>".repeat(40),
+            "</a>".repeat(40),
+            "A".repeat(9000)
+        );
         let f = frames(deep.as_bytes()).await;
+        assert_eq!(f.len(), 3, "{f:?}");
+        assert!(
+            matches!(&f[1], Ok(Frame::Element(e)) if e.name == "ok"),
+            "{f:?}"
+        );
+        // Syntax no server sends ends the stream with an error.
+        let f = frames(b"<s><!DOCTYPE x>").await;
         assert!(matches!(f.last(), Some(Err(_))), "{f:?}");
         let f = frames(b"").await;
         assert_eq!(f, vec![Ok(Frame::End)]);
