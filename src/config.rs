@@ -71,6 +71,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -334,6 +336,108 @@ impl HttpConfig {
     }
 }
 
+/// `[limits]`: what one peer may cost pushgate (docs/admin-guide.md, "Limits and abuse").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza read from the XMPP server; larger ones are skipped unread and answered
+    /// `policy-violation`.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting in a stanza (the stanza itself is depth 1).
+    pub max_depth: usize,
+    /// Longest element or attribute name.
+    pub max_name_bytes: usize,
+    /// Longest attribute value (a full JID can be 3071 bytes).
+    pub max_attribute_bytes: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Most elements in one stanza.
+    pub max_elements: usize,
+    /// Stanzas handled at once; more are answered `wait` at once.
+    pub max_in_flight: usize,
+    /// Deliveries in progress at once per provider.
+    pub provider_concurrency: usize,
+    /// Deliveries waiting for a provider slot; more are answered `wait` at once.
+    pub provider_queue: usize,
+    /// Deliveries in progress at once per endpoint host (WebPush push services).
+    pub host_concurrency: usize,
+    /// Deliveries waiting for a slot of one host; more are answered `wait` at once.
+    pub host_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let stanza = pushgate_providers::framing::Limits::default();
+        LimitsConfig {
+            max_stanza_bytes: stanza.max_bytes,
+            max_depth: stanza.max_depth,
+            max_name_bytes: stanza.max_name_bytes,
+            max_attribute_bytes: stanza.max_attribute_bytes,
+            max_attributes: stanza.max_attributes,
+            max_elements: stanza.max_elements,
+            max_in_flight: 2048,
+            provider_concurrency: 256,
+            provider_queue: 256,
+            host_concurrency: 16,
+            host_queue: 64,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The framer's bounds for the component stream.
+    pub fn stanza_limits(&self) -> pushgate_providers::framing::Limits {
+        pushgate_providers::framing::Limits {
+            max_bytes: self.max_stanza_bytes,
+            max_depth: self.max_depth,
+            max_name_bytes: self.max_name_bytes,
+            max_attribute_bytes: self.max_attribute_bytes,
+            max_attributes: self.max_attributes,
+            max_elements: self.max_elements,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let ranges: [(&str, usize, std::ops::RangeInclusive<usize>, &str); 11] = [
+            (
+                "max_stanza_bytes",
+                self.max_stanza_bytes,
+                4096..=16 * 1024 * 1024,
+                "",
+            ),
+            ("max_depth", self.max_depth, 8..=256, ""),
+            ("max_name_bytes", self.max_name_bytes, 32..=1024, ""),
+            (
+                "max_attribute_bytes",
+                self.max_attribute_bytes,
+                3072..=8000,
+                " (a full JID is up to 3071 bytes; the XML parser stops at 8192)",
+            ),
+            ("max_attributes", self.max_attributes, 4..=256, ""),
+            ("max_elements", self.max_elements, 16..=65_536, ""),
+            ("max_in_flight", self.max_in_flight, 16..=65_536, ""),
+            (
+                "provider_concurrency",
+                self.provider_concurrency,
+                1..=10_000,
+                "",
+            ),
+            ("provider_queue", self.provider_queue, 0..=100_000, ""),
+            ("host_concurrency", self.host_concurrency, 1..=1000, ""),
+            ("host_queue", self.host_queue, 0..=100_000, ""),
+        ];
+        for (key, value, range, why) in ranges {
+            if !range.contains(&value) {
+                return Err(ConfigError::invalid(
+                    format!("limits.{key}"),
+                    format!("must be between {} and {}{why}", range.start(), range.end()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads `path` (which must exist) and the environment, then checks the values.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -421,6 +525,7 @@ impl Config {
             ));
         }
         self.http.validate()?;
+        self.limits.validate()?;
         for id in self.providers.keys() {
             if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 return Err(ConfigError::invalid(
@@ -571,6 +676,28 @@ mod tests {
         let e =
             Config::from_toml_str(&format!("{MINIMAL}[http]\nlisten_on = \"x\"\n")).unwrap_err();
         assert!(e.to_string().contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_ranges_that_name_the_key() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.limits.max_stanza_bytes, 256 * 1024);
+        assert_eq!(c.limits.max_depth, 64);
+        assert_eq!(c.limits.stanza_limits().max_depth, 64);
+        for (key, bad) in [
+            ("max_stanza_bytes", "9223372036854775807"),
+            ("max_depth", "100000"),
+            ("max_attribute_bytes", "9000"),
+            ("max_in_flight", "0"),
+            ("host_concurrency", "0"),
+            ("provider_concurrency", "0"),
+        ] {
+            let e =
+                Config::from_toml_str(&format!("{MINIMAL}[limits]\n{key} = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains(&format!("limits.{key}")), "{e}");
+        }
+        let e = Config::from_toml_str(&format!("{MINIMAL}[limits]\nmax_depht = 3\n")).unwrap_err();
+        assert!(e.to_string().contains("max_depht"), "{e}");
     }
 
     #[test]

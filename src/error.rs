@@ -24,6 +24,9 @@ pub enum Fault {
     /// The requester may not do this (not a server, not an admin).
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// The request breaks one of our limits; the text names it.
+    #[error("policy violation: {0}")]
+    PolicyViolation(String),
     #[error("feature not implemented")]
     NotImplemented,
     #[error("service unavailable")]
@@ -41,6 +44,7 @@ impl Fault {
             Fault::NotAcceptable(_) => "not_acceptable",
             Fault::NotFound(_) => "not_found",
             Fault::Forbidden(_) => "forbidden",
+            Fault::PolicyViolation(_) => "policy_violation",
             Fault::NotImplemented => "not_implemented",
             Fault::ServiceUnavailable => "service_unavailable",
             Fault::Transient(_) => "transient",
@@ -57,6 +61,11 @@ impl Fault {
             ),
             Fault::NotFound(t) => (ErrorType::Cancel, DefinedCondition::ItemNotFound, *t),
             Fault::Forbidden(t) => (ErrorType::Auth, DefinedCondition::Forbidden, *t),
+            Fault::PolicyViolation(t) => (
+                ErrorType::Modify,
+                DefinedCondition::PolicyViolation,
+                t.as_str(),
+            ),
             Fault::NotImplemented => (
                 ErrorType::Cancel,
                 DefinedCondition::FeatureNotImplemented,

@@ -11,10 +11,16 @@ use xmpp_parsers::minidom;
 
 pub const NS: &str = "jabber:x:data";
 
+/// No form pushgate reads has more than a dozen fields; a form with more than this is not one
+/// of ours, and reading it would only cost time.
+pub const MAX_FIELDS: usize = 128;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FormError {
     #[error("not a jabber:x:data form")]
     NotAForm,
+    #[error("form has more than {MAX_FIELDS} fields")]
+    TooManyFields,
 }
 
 /// A received form: its type (if any) and its fields in document order.
@@ -34,6 +40,14 @@ impl Form {
     pub fn parse(el: &Element) -> Result<Self, FormError> {
         if !el.is("x", NS) {
             return Err(FormError::NotAForm);
+        }
+        if el
+            .children()
+            .filter(|c| c.is("field", NS))
+            .nth(MAX_FIELDS)
+            .is_some()
+        {
+            return Err(FormError::TooManyFields);
         }
         let fields = el
             .children()
@@ -215,6 +229,26 @@ mod tests {
         assert_eq!(f.value("message-count"), Some("1"));
         assert_eq!(f.value("last-message-sender"), None);
         assert_eq!(f.value("last-message-body"), Some("New Message!"));
+    }
+
+    #[test]
+    fn forms_with_too_many_fields_are_refused() {
+        let fields = |n: usize| {
+            let mut xml = "<x xmlns='jabber:x:data'>".to_owned();
+            for i in 0..n {
+                xml.push_str(&format!("<field var='f{i}'><value>v</value></field>"));
+            }
+            xml.push_str("</x>");
+            xml.parse::<Element>().unwrap()
+        };
+        assert_eq!(
+            Form::parse(&fields(MAX_FIELDS)).unwrap().fields.len(),
+            MAX_FIELDS
+        );
+        assert_eq!(
+            Form::parse(&fields(MAX_FIELDS + 1)),
+            Err(FormError::TooManyFields)
+        );
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Gateway {
     /// Holds back low-priority pushes to a device that just got one.
     pub coalescer: crate::publish::coalesce::Coalescer,
     pub publish_timeout: std::time::Duration,
+    /// Delivery slots per provider and per endpoint host.
+    pub slots: crate::slots::Slots,
     pub store: Store,
     /// Accepted deliveries, written to the store in batches by `storage::SuccessLog::run`.
     pub successes: SuccessLog,
@@ -51,6 +53,16 @@ impl Gateway {
                 config.registration.low_priority_interval_secs,
             )),
             publish_timeout: config.publish_timeout(),
+            slots: crate::slots::Slots::new(
+                crate::slots::Bound {
+                    concurrency: config.limits.provider_concurrency,
+                    queue: config.limits.provider_queue,
+                },
+                crate::slots::Bound {
+                    concurrency: config.limits.host_concurrency,
+                    queue: config.limits.host_queue,
+                },
+            ),
             store,
             successes: SuccessLog::default(),
             providers: Providers::from_config(config)?,

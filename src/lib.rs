@@ -19,5 +19,6 @@ pub mod ids;
 pub mod metrics;
 pub mod publish;
 pub mod router;
+pub mod slots;
 pub mod storage;
 pub mod stream;

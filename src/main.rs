@@ -136,13 +136,7 @@ async fn run(path: PathBuf) -> ExitCode {
     if gw.providers.is_empty() {
         tracing::warn!("no providers configured: every registration will be refused");
     }
-    let stream_cfg = StreamConfig {
-        jid: gw.jid.clone(),
-        secret: config.component.secret.clone(),
-        server: config.component.server.clone(),
-        max_reconnect_delay: Duration::from_secs(config.component.max_reconnect_delay_secs),
-        idle_ping: Duration::from_secs(config.component.idle_ping_secs),
-    };
+    let stream_cfg = StreamConfig::new(&config);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (connected_tx, connected_rx) = watch::channel(false);
     let stop_tx_http = stop_tx.clone();

@@ -32,6 +32,12 @@ pub struct Metrics {
     pub xmpp_connected: IntGauge,
     /// Component reconnections after a lost stream.
     pub xmpp_reconnects: IntCounter,
+    /// Stanzas answered or dropped without being handled, by reason: the limit they broke
+    /// (`stanza_bytes`, `depth`, …), `in_flight` (every slot busy), `unparsable`, `deadline`.
+    pub stanzas_refused: IntCounterVec,
+    /// Deliveries not attempted because the provider or the endpoint's host had every slot
+    /// taken and its queue full, by provider id and scope (`provider`, `host`).
+    pub delivery_slots_full: IntCounterVec,
     /// Unix time at which each app's APNs certificate expires (absent for token keys).
     pub apns_certificate_expiry: IntGaugeVec,
     /// 1 while an app's certificate expires within the warning window (or has expired).
@@ -111,6 +117,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_registrations",
             "Stored registrations by provider id.",
             &["provider"],
+        ),
+        stanzas_refused: counter_vec(
+            &r,
+            "pushgate_stanzas_refused_total",
+            "Stanzas answered or dropped without being handled, by reason.",
+            &["reason"],
+        ),
+        delivery_slots_full: counter_vec(
+            &r,
+            "pushgate_delivery_slots_full_total",
+            "Deliveries refused at once because every slot of the provider or host was taken.",
+            &["provider", "scope"],
         ),
         registration_lookups: counter_vec(
             &r,

@@ -4,6 +4,7 @@
 //! included, because an unanswered IQ leaves the server guessing.
 
 use minidom::Element;
+use tokio::time::Instant;
 use tracing::Instrument;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::Jid;
@@ -17,8 +18,8 @@ use crate::gateway::Gateway;
 use crate::metrics::METRICS;
 use crate::publish::{self, PublishRequest, request::PublishError};
 
-/// Handles one stanza; returns the reply to send, if any.
-pub async fn handle(gw: &Gateway, stanza: Stanza) -> Option<Stanza> {
+/// Handles one stanza, to be answered by `deadline`; returns the reply to send, if any.
+pub async fn handle(gw: &Gateway, stanza: Stanza, deadline: Instant) -> Option<Stanza> {
     let Stanza::Iq(iq) = stanza else {
         // Messages and presences to the component carry nothing for us.
         return None;
@@ -44,7 +45,9 @@ pub async fn handle(gw: &Gateway, stanza: Stanza) -> Option<Stanza> {
         return None;
     };
     let span = tracing::info_span!("iq", %id, %from, kind = payload.name(), ns = %payload.ns());
-    let result = dispatch(gw, &from, &payload, is_set).instrument(span).await;
+    let result = dispatch(gw, &from, &payload, is_set, deadline)
+        .instrument(span)
+        .await;
     Some(reply(to, from, id, result).into())
 }
 
@@ -77,6 +80,7 @@ async fn dispatch(
     from: &Jid,
     payload: &Element,
     is_set: bool,
+    deadline: Instant,
 ) -> Result<Option<Element>, Fault> {
     let node = payload.attr("node");
     match (is_set, payload.name(), payload.ns().as_str()) {
@@ -109,7 +113,7 @@ async fn dispatch(
             let (label, result) = match PublishRequest::try_from(payload) {
                 Err(PublishError::NoPublish) => ("not_implemented", Err(Fault::NotImplemented)),
                 Err(e) => ("malformed", Err(Fault::BadRequest(e.to_string()))),
-                Ok(req) => match publish::handle(gw, from, &req).await {
+                Ok(req) => match publish::handle(gw, from, &req, deadline).await {
                     Ok(outcome) => (outcome.label(), outcome.reply()),
                     Err(fault) => (fault.label(), Err(fault)),
                 },

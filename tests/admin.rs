@@ -65,7 +65,13 @@ fn command(from: &str, fields: &[(&str, &str)]) -> Stanza {
 }
 
 async fn run(gw: &Gateway, stanza: Stanza) -> Iq {
-    let Some(Stanza::Iq(reply)) = router::handle(gw, stanza).await else {
+    let Some(Stanza::Iq(reply)) = router::handle(
+        gw,
+        stanza,
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+    )
+    .await
+    else {
         panic!("no iq reply")
     };
     reply

@@ -84,7 +84,13 @@ fn publish(node: &str, body: Option<&str>) -> Stanza {
 }
 
 async fn answered_result(gw: &Gateway, stanza: Stanza) {
-    match router::handle(gw, stanza).await {
+    match router::handle(
+        gw,
+        stanza,
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+    )
+    .await
+    {
         Some(Stanza::Iq(Iq::Result { .. })) => {}
         other => panic!("expected a result, got {other:?}"),
     }

@@ -29,25 +29,29 @@ struct Harness {
 }
 
 async fn start(idle_ping: Duration) -> Harness {
+    start_with(idle_ping, "").await
+}
+
+/// `extra` is appended to the `[component]` section and may open sections of its own.
+async fn start_with(idle_ping: Duration, extra: &str) -> Harness {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(
-        "[component]\njid = \"push.test\"\nsecret = \"component-secret\"\n\
+    let config = Config::from_toml_str(&format!(
+        "[component]\njid = \"push.test\"\nsecret = \"component-secret\"\n{extra}\n\
          [providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n\
          [providers.up]\nkind = \"webpush\"\n",
-    )
+    ))
     .unwrap();
     let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
         .await
         .unwrap();
     let (gw, outbox): (Arc<Gateway>, _) = Gateway::new(&config, store).unwrap();
     let cfg = StreamConfig {
-        jid: "push.test".parse().unwrap(),
-        secret: SECRET.into(),
         server: listener.local_addr().unwrap().to_string(),
         max_reconnect_delay: Duration::from_secs(2),
         idle_ping,
+        ..StreamConfig::new(&config)
     };
     let (stop, stop_rx) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
@@ -402,5 +406,297 @@ async fn a_flood_of_requests_is_answered_in_full() {
         text.drain(..consumed);
     }
     let _writer = send.await.unwrap();
+    h.stop.send(true).unwrap();
+}
+
+/// Everything pushgate sent, read until `marker` shows up (or it stays silent for `WAIT`).
+impl Conn {
+    async fn until(&mut self, marker: &str) -> String {
+        while !self.buf.contains(marker) {
+            self.fill().await;
+        }
+        self.buf.clone()
+    }
+
+    /// Registers `token` for `user` with the Tigase dialect and returns the node.
+    async fn register(&mut self, user: &str, token: &str) -> String {
+        let id = format!("reg-{user}-{}", token.len());
+        self.send(&format!(
+            "<iq type='set' id='{id}' from='{user}@example.org/phone' to='push.test'>\
+             <command xmlns='http://jabber.org/protocol/commands' node='register-device' action='execute'>\
+             <x xmlns='jabber:x:data' type='submit'>\
+             <field var='provider'><value>webpush</value></field>\
+             <field var='device-token'><value>{token}</value></field>\
+             </x></command></iq>"
+        ))
+        .await;
+        let reply = self.iq_with(&format!("id='{id}'")).await;
+        let start = reply
+            .find("var='node'")
+            .unwrap_or_else(|| panic!("no node: {reply}"));
+        let value = reply[start..].find("<value>").unwrap() + start + 7;
+        let end = reply[value..].find("</value>").unwrap() + value;
+        reply[value..end].to_owned()
+    }
+
+    async fn publish(&mut self, id: &str, node: &str) {
+        self.send(&format!(
+            "<iq type='set' id='{id}' from='example.org' to='push.test'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item>\
+             <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'>\
+             <field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>\
+             <field var='last-message-body'><value>hi</value></field></x>\
+             </notification></item></publish></pubsub></iq>"
+        ))
+        .await;
+    }
+}
+
+/// No new connection within a short while: the stream was never dropped.
+async fn assert_no_reconnect(h: &Harness) {
+    assert!(*h.connected.borrow(), "stream is down");
+    assert!(
+        timeout(Duration::from_millis(300), h.listener.accept())
+            .await
+            .is_err(),
+        "pushgate reconnected"
+    );
+}
+
+/// What users of any server can send the component: each hostile stanza is refused with an
+/// error the sender can read, and the stream and everybody else carry on.
+#[tokio::test]
+async fn hostile_stanzas_are_refused_and_the_stream_survives() {
+    let mut h = start(Duration::from_secs(60)).await;
+    let mut c = accept(&h.listener).await;
+    wait_connected(&mut h, true).await;
+
+    // 14,000 nested elements: this overflowed the stack and killed the process.
+    let mut deep = String::from("<message id='deep' from='mallory@example.org/x' to='push.test'>");
+    deep.push_str(&"<a>".repeat(14_000));
+    deep.push_str(&"</a>".repeat(14_000));
+    deep.push_str("</message>");
+    c.send(&deep).await;
+    let reply = c.until("id='deep'").await;
+    assert!(
+        reply.contains("type='error'") && reply.contains("<policy-violation"),
+        "{reply}"
+    );
+    assert!(reply.contains("nested too deeply"), "{reply}");
+
+    // A 9,000-byte attribute: this dropped the stream.
+    c.send(&format!(
+        "<iq type='set' id='long' from='mallory@example.org/x' to='push.test' x='{}'>\
+         <ping xmlns='urn:xmpp:ping'/></iq>",
+        "A".repeat(9_000)
+    ))
+    .await;
+    let reply = c.iq_with("id='long'").await;
+    assert!(reply.contains("<policy-violation"), "{reply}");
+    assert!(reply.contains("to='mallory@example.org/x'"), "{reply}");
+
+    // Larger than the stanza limit (256 KiB), without an id: skipped, nobody to answer.
+    c.send(&format!(
+        "<message from='mallory@example.org/x' to='push.test'><body>{}</body></message>",
+        "B".repeat(300 * 1024)
+    ))
+    .await;
+    // Too many elements, and a form far beyond any real one.
+    let mut wide = String::from(
+        "<iq type='set' id='wide' from='mallory@example.org/x' to='push.test'>\
+         <command xmlns='http://jabber.org/protocol/commands' node='register-device'>\
+         <x xmlns='jabber:x:data' type='submit'>",
+    );
+    for i in 0..5000 {
+        wide.push_str(&format!("<field var='f{i}'><value>v</value></field>"));
+    }
+    wide.push_str("</x></command></iq>");
+    c.send(&wide).await;
+    let reply = c.iq_with("id='wide'").await;
+    assert!(
+        reply.contains("<policy-violation") && reply.contains("too many elements"),
+        "{reply}"
+    );
+
+    // Everybody else is still served on the same stream.
+    c.send("<iq type='get' id='after' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert!(c.iq_with("id='after'").await.contains("type='result'"));
+    assert_no_reconnect(&h).await;
+    h.stop.send(true).unwrap();
+}
+
+/// An HTTP server that accepts connections and never answers, counting the connections open.
+async fn tarpit() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push/tarpit", listener.local_addr().unwrap());
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let count = count.clone();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                count.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, open)
+}
+
+/// A push service that answers every request `201 Created` at once.
+async fn healthy_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/push/ok", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut seen = Vec::new();
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    // Headers, then a body of content-length bytes: one request, one answer.
+                    let text = String::from_utf8_lossy(&seen).to_string();
+                    let Some(head_end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..head_end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if seen.len() < head_end + 4 + length {
+                        continue;
+                    }
+                    seen.drain(..head_end + 4 + length);
+                    let _ = socket
+                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    url
+}
+
+/// Position of the reply to request `id` in everything read so far.
+fn reply_at(text: &str, id: &str) -> Option<usize> {
+    text.find(&format!("id='{id}'"))
+}
+
+/// The whole reply to request `id`.
+fn reply_of(text: &str, id: &str) -> String {
+    let at = reply_at(text, id).unwrap_or_else(|| panic!("no reply to {id}: {text}"));
+    let start = text[..at].rfind("<iq").unwrap();
+    let end = text[at..].find("</iq>").map_or(text.len(), |e| at + e + 5);
+    text[start..end].to_owned()
+}
+
+/// One push service that never answers holds only its own slots: publishes for it beyond its
+/// slots and queue are answered `wait` at once, the rest by the deadline, and a healthy
+/// device's publish goes through meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tarpit_endpoint_delays_nobody_else() {
+    let (tarpit_url, tarpit_open) = tarpit().await;
+    let healthy_url = healthy_endpoint().await;
+    let mut h = start_with(
+        Duration::from_secs(60),
+        "publish_timeout_secs = 2\n[limits]\nhost_concurrency = 2\nhost_queue = 2\n",
+    )
+    .await;
+    let mut c = accept(&h.listener).await;
+    wait_connected(&mut h, true).await;
+    let slow = c.register("victim", &tarpit_url).await;
+    let fine = c.register("alice", &healthy_url).await;
+
+    for i in 0..10 {
+        c.publish(&format!("t{i}"), &slow).await;
+    }
+    c.publish("healthy", &fine).await;
+    let text = c.until("id='healthy'").await;
+    let healthy = reply_at(&text, "healthy").unwrap();
+    assert!(
+        reply_of(&text, "healthy").contains("type='result'"),
+        "{text}"
+    );
+    // Six were refused at once (2 in progress, 2 queued): those answers may come first.
+    let mut text = text;
+    for i in 0..10 {
+        text = c.until(&format!("id='t{i}'")).await;
+    }
+    let waited = (0..10)
+        .filter(|i| {
+            let at = reply_at(&text, &format!("t{i}")).unwrap();
+            let reply = reply_of(&text, &format!("t{i}"));
+            assert!(
+                reply.contains("type='error'") && reply.contains("type='wait'"),
+                "t{i}: {reply}"
+            );
+            at > healthy
+        })
+        .count();
+    assert!(
+        waited >= 4,
+        "the 4 publishes holding or awaiting tarpit slots are answered after the healthy one"
+    );
+    assert!(
+        tarpit_open.load(std::sync::atomic::Ordering::SeqCst) <= 2,
+        "at most host_concurrency connections to the tarpit"
+    );
+    assert_no_reconnect(&h).await;
+    h.stop.send(true).unwrap();
+}
+
+/// When every in-flight slot is taken, a new request is answered `wait` at once instead of
+/// waiting behind the slow ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_house_answers_wait_at_once() {
+    let (tarpit_url, _) = tarpit().await;
+    let mut h = start_with(
+        Duration::from_secs(60),
+        "publish_timeout_secs = 3\n[limits]\nmax_in_flight = 16\nhost_concurrency = 100\nhost_queue = 100\n",
+    )
+    .await;
+    let mut c = accept(&h.listener).await;
+    wait_connected(&mut h, true).await;
+    let slow = c.register("victim", &tarpit_url).await;
+    for i in 0..16 {
+        c.publish(&format!("t{i}"), &slow).await;
+    }
+    c.send("<iq type='get' id='extra' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    let text = c.until("id='extra'").await;
+    let at = reply_at(&text, "extra").unwrap();
+    let reply = reply_of(&text, "extra");
+    assert!(
+        reply.contains("type='wait'") && reply.contains("internal-server-error"),
+        "{text}"
+    );
+    assert!(
+        (0..16).all(|i| reply_at(&text, &format!("t{i}")).is_none_or(|t| t > at)),
+        "the ping was answered before the stuck publishes: {text}"
+    );
+    for i in 0..16 {
+        c.until(&format!("id='t{i}'")).await;
+    }
+    // Slots are free again: the next request is served normally.
+    c.send("<iq type='get' id='later' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    assert!(c.iq_with("id='later'").await.contains("type='result'"));
     h.stop.send(true).unwrap();
 }

@@ -234,6 +234,13 @@ pub trait Provider: Send + Sync {
     /// Delivers one notification. Never panics and never hangs past the provider's own timeout.
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict;
 
+    /// The host this device's deliveries go to, when the provider talks to many (WebPush: the
+    /// push service of the endpoint) rather than to one service of its own. The core gives each
+    /// such host its own delivery slots, so one slow host cannot hold everybody's.
+    fn destination_host(&self, _device: &Device) -> Option<String> {
+        None
+    }
+
     /// The APNs provider behind this trait object, for APNs-only operations (credential upload).
     fn as_apns(&self) -> Option<&apns::Apns> {
         None

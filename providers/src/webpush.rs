@@ -42,6 +42,9 @@ pub const MAX_PLAINTEXT_BYTES: usize = 3993;
 
 /// Calls are useless once the caller has given up, so they must not linger in a queue.
 const VOIP_TTL_SECS: u32 = 60;
+/// Idle connections kept per push service host, and for how long.
+const MAX_IDLE_PER_HOST: usize = 4;
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Lifetime of a VAPID token; RFC 8292 allows at most 24 h, half of that leaves room for clock skew.
 const VAPID_VALIDITY: Duration = Duration::from_secs(12 * 60 * 60);
@@ -190,6 +193,10 @@ impl WebPush {
                 allow_private_addresses: config.allow_private_addresses,
             })
             .connect_timeout(request_timeout)
+            // Connections a slow or stalled push service leaves behind are not kept forever:
+            // at most a few idle ones per host, closed after a minute.
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ConfigError {
@@ -312,6 +319,13 @@ impl Provider for WebPush {
             decode_keys(keys)?;
         }
         Ok(())
+    }
+
+    fn destination_host(&self, device: &Device) -> Option<String> {
+        self.policy
+            .check(device.token.as_str())
+            .ok()
+            .map(|e| e.origin)
     }
 
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict {

@@ -10,8 +10,10 @@ pub mod request;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pushgate_providers::{Content, Notification, Priority, Verdict};
+use tokio::time::Instant;
 use tracing::Instrument;
 use xmpp_parsers::jid::Jid;
 
@@ -56,18 +58,33 @@ impl Outcome {
     }
 }
 
-/// Handles one publish from `from`: `Err` is a refusal, `Ok` what the provider made of it.
-pub async fn handle(gw: &Gateway, from: &Jid, req: &PublishRequest) -> Result<Outcome, Fault> {
+/// Time kept between the end of a delivery attempt and the request's deadline, for recording
+/// the verdict and answering.
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
+
+/// Handles one publish from `from`, to be answered by `deadline`: `Err` is a refusal, `Ok` what
+/// the provider made of it.
+pub async fn handle(
+    gw: &Gateway,
+    from: &Jid,
+    req: &PublishRequest,
+    deadline: Instant,
+) -> Result<Outcome, Fault> {
     // Publishes come from the user's server, which is a bare domain JID.
     if from.node().is_some() || from.resource().is_some() {
         return Err(Fault::Forbidden("publishes come from servers"));
     }
     let reg = authorise(gw, from.domain().as_str(), req).await?;
     let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
-    deliver(gw, req, &reg).instrument(span).await
+    deliver(gw, req, &reg, deadline).instrument(span).await
 }
 
-async fn deliver(gw: &Gateway, req: &PublishRequest, reg: &Registration) -> Result<Outcome, Fault> {
+async fn deliver(
+    gw: &Gateway,
+    req: &PublishRequest,
+    reg: &Registration,
+    deadline: Instant,
+) -> Result<Outcome, Fault> {
     let Some((_, provider)) = gw.providers.get(reg.provider.as_str()) else {
         // The operator removed this provider. Not the device's fault: keep the registration.
         tracing::warn!("registration refers to a provider that is no longer configured");
@@ -83,17 +100,33 @@ async fn deliver(gw: &Gateway, req: &PublishRequest, reg: &Registration) -> Resu
         return Ok(Outcome::Coalesced);
     }
     let device = reg.device();
-    let started = std::time::Instant::now();
-    let verdict =
-        match tokio::time::timeout(gw.publish_timeout, provider.send(&device, &notification)).await
-        {
-            Ok(v) => v,
-            Err(_) => Verdict::Transient {
-                retry_after: None,
-                reason: "provider did not answer in time".into(),
-            },
-        };
     let provider_id = reg.provider.as_str();
+    let host = provider.destination_host(&device);
+    let send_by = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
+    let started = Instant::now();
+    let attempt = tokio::time::timeout_at(send_by, async {
+        let _pass = gw.slots.enter(&reg.provider, host.as_deref()).await?;
+        Ok::<_, crate::slots::Full>(provider.send(&device, &notification).await)
+    })
+    .await;
+    let verdict = match attempt {
+        Ok(Ok(verdict)) => verdict,
+        Ok(Err(full)) => {
+            METRICS
+                .delivery_slots_full
+                .with_label_values(&[provider_id, full.label()])
+                .inc();
+            tracing::warn!(
+                scope = full.label(),
+                "every delivery slot taken: answered 'wait'"
+            );
+            return Ok(Outcome::Transient);
+        }
+        Err(_) => Verdict::Transient {
+            retry_after: None,
+            reason: "no answer in time (waiting for a slot or the provider)".into(),
+        },
+    };
     METRICS
         .delivery_seconds
         .with_label_values(&[provider_id])

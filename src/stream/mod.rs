@@ -1,42 +1,35 @@
 //! The XEP-0114 connection to the XMPP server: handshake, read loop, keepalive, reconnection.
 //!
-//! tokio-xmpp's `Component` reports a quiet period and a single malformed stanza as end of
-//! stream, so this module drives its lower layer instead (../shared/reference/rust-stack.md §3):
-//! silence gets an XEP-0199 ping, a malformed request gets a `bad-request` answer, and only a
-//! real disconnect ends the stream. Then we reconnect with backoff, because while we are away
-//! Prosody bounces publishes (the notification is lost) and ejabberd deletes registrations.
+//! The loop frames bytes (`wire`), hands each stanza to a worker (`dispatch`) and writes replies;
+//! it never waits on a handler and no stanza can end it: one that breaks a limit is skipped and
+//! answered, one that does not parse is answered by its worker. Silence gets an XEP-0199 ping,
+//! and only a real disconnect ends the stream. Then we reconnect with backoff, because while we
+//! are away Prosody bounces publishes (the notification is lost) and ejabberd deletes
+//! registrations.
+
+mod dispatch;
+mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use tokio::io::BufStream;
-use tokio::net::TcpStream;
-use tokio::sync::{Notify, Semaphore, watch};
-use tokio_xmpp::connect::{DnsConfig, ServerConnector, TcpServerConnector};
-use tokio_xmpp::xmlstream::{
-    FallibleStreamElement, ReadError, StreamElementError, Timeouts, XmlStream, XmppStreamElement,
-};
-use xmpp_parsers::component::Handshake;
+use pushgate_providers::framing::{Frame, FramingError, Limits};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::jid::{BareJid, Jid};
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
-use crate::error::Fault;
+use crate::config::Config;
 use crate::gateway::{Gateway, Outbox};
 use crate::metrics::METRICS;
-use crate::router;
+use dispatch::Dispatcher;
 
-type Stream = XmlStream<BufStream<TcpStream>, FallibleStreamElement>;
-
-/// At most this many stanzas are handled at once; beyond it we stop reading, which pushes back
-/// on the server instead of piling up tasks. 256 keeps 25,000 publishes/s going at 10 ms
-/// provider latency; 1,024 only doubled peak memory under overload (docs/performance.md).
-const MAX_IN_FLIGHT: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may stay silent after our ping (or during the handshake).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 
 #[derive(Clone, Debug)]
@@ -46,14 +39,32 @@ pub struct StreamConfig {
     pub server: String,
     pub max_reconnect_delay: Duration,
     pub idle_ping: Duration,
+    /// Bounds on each stanza, checked before it is parsed.
+    pub limits: Limits,
+    /// Stanzas handled at once; beyond it they are answered `wait` at once.
+    pub max_in_flight: usize,
+}
+
+impl StreamConfig {
+    pub fn new(config: &Config) -> Self {
+        StreamConfig {
+            jid: config.component_jid(),
+            secret: config.component.secret.clone(),
+            server: config.component.server.clone(),
+            max_reconnect_delay: Duration::from_secs(config.component.max_reconnect_delay_secs),
+            idle_ping: Duration::from_secs(config.component.idle_ping_secs),
+            limits: config.limits.stanza_limits(),
+            max_in_flight: config.limits.max_in_flight,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error("connection: {0}")]
-    Connect(#[from] tokio_xmpp::Error),
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Framing(#[from] FramingError),
     #[error("server sent no stream id")]
     NoStreamId,
     #[error("handshake refused (wrong secret or unknown component JID?)")]
@@ -62,6 +73,10 @@ pub enum StreamError {
     Closed,
     #[error("stream error from server: {0}")]
     StreamError(String),
+    #[error("protocol error: {0}")]
+    Protocol(&'static str),
+    #[error("cannot serialise a stanza: {0}")]
+    Serialize(String),
     #[error("timed out")]
     Timeout,
 }
@@ -84,7 +99,7 @@ impl Backoff {
     }
     fn next_delay(&mut self) -> Duration {
         let d = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         d
     }
 }
@@ -101,16 +116,37 @@ pub async fn run(
     connected: watch::Sender<bool>,
 ) {
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
-    let pings = AtomicU64::new(0);
+    let mut pings = 0u64;
+    // One dispatcher for the process: handlers of a dropped stream still finish and their
+    // replies wait in the outbox for the next one.
+    let dispatcher = Dispatcher::new(gw.clone(), cfg.max_in_flight, gw.publish_timeout);
     loop {
-        let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect(&cfg)).await;
+        let attempt = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            wire::connect(
+                &cfg.server,
+                &cfg.jid,
+                &cfg.secret,
+                cfg.limits,
+                RESPONSE_TIMEOUT,
+            ),
+        )
+        .await;
         match attempt {
-            Ok(Ok(stream)) => {
+            Ok(Ok(conn)) => {
                 tracing::info!(server = %cfg.server, jid = %cfg.jid, "component connected");
                 backoff.reset();
                 let _ = connected.send(true);
                 METRICS.xmpp_connected.set(1);
-                let end = serve(&gw, &cfg, stream, &mut outbox, &mut shutdown, &pings).await;
+                let end = serve(
+                    &cfg,
+                    conn,
+                    &dispatcher,
+                    &mut outbox,
+                    &mut shutdown,
+                    &mut pings,
+                )
+                .await;
                 let _ = connected.send(false);
                 METRICS.xmpp_connected.set(0);
                 match end {
@@ -138,108 +174,67 @@ pub async fn run(
     }
 }
 
-/// Opens the TCP stream and performs the XEP-0114 handshake.
-async fn connect(cfg: &StreamConfig) -> Result<Stream, StreamError> {
-    let connector = TcpServerConnector::from(DnsConfig::addr(&cfg.server));
-    let timeouts = Timeouts {
-        read_timeout: cfg.idle_ping,
-        response_timeout: Duration::from_secs(30),
-    };
-    let jid = Jid::from(cfg.jid.clone());
-    let (mut pending, _) = connector.connect(&jid, ns::COMPONENT, timeouts).await?;
-    let stream_id = pending
-        .take_header()
-        .id
-        .ok_or(StreamError::NoStreamId)?
-        .into_owned();
-    let mut stream: Stream = pending.skip_features();
-    // Replies are already batched per write (send_batch); Nagle would hold the next small
-    // write until the server ACKs the previous one, adding up to a delayed-ACK period.
-    stream.get_stream().get_ref().set_nodelay(true)?;
-    stream
-        .send(&Handshake::from_stream_id_and_password(
-            stream_id,
-            &cfg.secret,
-        ))
-        .await?;
-    loop {
-        match stream.next().await {
-            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::ComponentHandshake(_)))) => {
-                return Ok(stream);
-            }
-            Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
-                return Err(StreamError::StreamError(format!("{e:?}")));
-            }
-            Some(Err(ReadError::SoftTimeout)) => continue,
-            Some(Err(ReadError::HardError(e))) => return Err(e.into()),
-            None | Some(Err(ReadError::StreamFooterReceived)) => {
-                return Err(StreamError::HandshakeRefused);
-            }
-            Some(_) => return Err(StreamError::HandshakeRefused),
-        }
-    }
-}
-
 /// Reads stanzas and writes replies until the stream ends (`Err`) or we shut down (`Ok`).
 async fn serve(
-    gw: &Arc<Gateway>,
     cfg: &StreamConfig,
-    mut stream: Stream,
+    conn: wire::Connection,
+    dispatcher: &Dispatcher,
     outbox: &mut Outbox,
     shutdown: &mut watch::Receiver<bool>,
-    pings: &AtomicU64,
+    pings: &mut u64,
 ) -> Result<(), StreamError> {
-    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    // Wakes the loop when a handler finishes, so reading resumes even if it sent no reply.
-    let freed = Arc::new(Notify::new());
+    let wire::Connection {
+        mut reader,
+        mut writer,
+        early,
+    } = conn;
+    let mut frames = early;
+    let mut last_heard = Instant::now();
+    // Set while a ping is out: the server must say something before then.
+    let mut answer_by: Option<Instant> = None;
     loop {
-        // Read only while another stanza may be in flight, but always drain the outbox: handlers
-        // hold their permit until their reply is queued, so a loop that waited for a permit
-        // without draining would deadlock against a full outbox.
-        let reading = permits.available_permits() > 0;
-        tokio::select! {
-            _ = freed.notified(), if !reading => {}
-            item = stream.next(), if reading => match item {
-                None | Some(Err(ReadError::StreamFooterReceived)) => return Err(StreamError::Closed),
-                Some(Err(ReadError::HardError(e))) => return Err(e.into()),
-                Some(Err(ReadError::SoftTimeout)) => {
-                    let ping = ping(cfg, pings.fetch_add(1, Ordering::Relaxed));
-                    stream.send(&Stanza::from(ping)).await?;
-                }
-                Some(Err(ReadError::ParseError(e))) => tracing::warn!("unparsable element ignored: {e}"),
-                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::Stanza(stanza)))) => {
-                    // Only this loop acquires, and `reading` saw a free permit.
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        return Err(StreamError::Closed);
-                    };
-                    let freed = freed.clone();
-                    let gw = gw.clone();
-                    // The router opens a span per stanza; nothing is inherited from here.
-                    // The handler's future is large and spawning copies it; boxed, it is built
-                    // on the worker that runs it, not on this loop, which is the one thread
-                    // every stanza passes through (docs/performance.md).
-                    tokio::spawn(async move {
-                        if let Some(reply) = Box::pin(router::handle(&gw, stanza)).await {
-                            let _ = gw.outbox.send(reply).await;
-                        }
-                        drop(permit);
-                        freed.notify_one();
-                    });
-                }
-                Some(Ok(FallibleStreamElement::Ok(XmppStreamElement::StreamError(e)))) => {
-                    return Err(StreamError::StreamError(format!("{e:?}")));
-                }
-                Some(Ok(FallibleStreamElement::Ok(other))) => tracing::debug!("ignored nonza: {other:?}"),
-                Some(Ok(FallibleStreamElement::Err(e))) => {
-                    tracing::warn!("invalid element: {e}");
-                    if let Some(reply) = answer_invalid(e) {
-                        stream.send(&Stanza::from(reply)).await?;
+        let mut answered = false;
+        for frame in frames.drain(..) {
+            let immediate = match frame {
+                Frame::Element { head, xml } => {
+                    if wire::is_stream_error(&head) {
+                        return Err(StreamError::StreamError(wire::stream_error_condition(&xml)));
                     }
+                    dispatcher.admit(head, xml, last_heard)
                 }
-            },
-            Some(out) = outbox.recv() => send_batch(&mut stream, outbox, out).await?,
+                Frame::Rejected { head, limit } => dispatch::refuse(head.as_ref(), limit),
+                Frame::StreamClose => return Err(StreamError::Closed),
+                Frame::StreamOpen(_) => return Err(StreamError::Protocol("second stream header")),
+            };
+            if let Some(reply) = immediate {
+                writer.feed(&reply).await?;
+                answered = true;
+            }
+        }
+        if answered {
+            writer.flush().await?;
+        }
+        let wake = answer_by.unwrap_or(last_heard + cfg.idle_ping);
+        tokio::select! {
+            read = reader.read(&mut frames) => {
+                if !read? {
+                    return Err(StreamError::Closed);
+                }
+                last_heard = Instant::now();
+                answer_by = None;
+            }
+            Some(out) = outbox.recv() => send_batch(&mut writer, outbox, out).await?,
+            _ = tokio::time::sleep_until(wake) => {
+                if answer_by.is_some() {
+                    return Err(StreamError::Timeout);
+                }
+                *pings += 1;
+                writer.feed(&Stanza::from(ping(cfg, *pings))).await?;
+                writer.flush().await?;
+                answer_by = Some(Instant::now() + RESPONSE_TIMEOUT);
+            }
             _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), writer.close()).await;
                 return Ok(());
             }
         }
@@ -249,37 +244,17 @@ async fn serve(
 /// Writes `first` and whatever else is already queued, then flushes once: under load one
 /// write carries many replies instead of one system call each.
 async fn send_batch(
-    stream: &mut Stream,
+    writer: &mut wire::Writer,
     outbox: &mut Outbox,
     first: Stanza,
 ) -> Result<(), StreamError> {
     const MAX_BATCH: usize = 64;
-    stream.feed(&first).await?;
+    writer.feed(&first).await?;
     for _ in 1..MAX_BATCH {
         let Ok(next) = outbox.try_recv() else { break };
-        stream.feed(&next).await?;
+        writer.feed(&next).await?;
     }
-    SinkExt::<&Stanza>::flush(stream).await?;
-    Ok(())
-}
-
-/// A request we could not parse still deserves an answer, when it says who asked.
-fn answer_invalid(e: StreamElementError) -> Option<Iq> {
-    let StreamElementError::InvalidStanza { header, error, .. } = e else {
-        return None;
-    };
-    if !matches!(header.type_.as_deref(), Some("get" | "set")) {
-        return None;
-    }
-    let requester: Jid = header.from.as_deref()?.parse().ok()?;
-    let our_jid = header.to.as_deref().and_then(|t| t.parse().ok());
-    let id = header.id?;
-    Some(router::reply(
-        our_jid,
-        requester,
-        id,
-        Err(Fault::BadRequest(format!("malformed request: {error}"))),
-    ))
+    writer.flush().await
 }
 
 /// An XEP-0199 ping to the server that hosts us, so the stream carries traffic during quiet
@@ -323,6 +298,8 @@ mod tests {
             server: "127.0.0.1:1".into(),
             max_reconnect_delay: Duration::from_secs(1),
             idle_ping: Duration::from_secs(5),
+            limits: Limits::default(),
+            max_in_flight: 16,
         };
         let Iq::Get { to, .. } = ping(&cfg, 1) else {
             panic!()

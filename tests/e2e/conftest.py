@@ -12,6 +12,7 @@ gets the tails of Prosody's and pushgate's logs appended to its report.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import sys
@@ -95,6 +96,18 @@ class Stack:
         self.prosody.stop()
         if self.prosody in _LIVE:
             _LIVE.remove(self.prosody)
+
+
+@contextlib.contextmanager
+def running_stack(name: str, users: tuple[str, ...] = LOCAL_USERS, pushgate_toml: str = ""):
+    """A Stack of its own with Prosody and pushgate started; closed on leaving."""
+    s = Stack(name, users=users, pushgate_toml=pushgate_toml)
+    try:
+        s.start_prosody()
+        s.make_pushgate().start()
+        yield s
+    finally:
+        s.close()
 
 
 @pytest.fixture(scope="session")

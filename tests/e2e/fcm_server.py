@@ -25,7 +25,6 @@ project (else 404), a JSON body with `message.token` (else 400 INVALID_ARGUMENT)
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import re

@@ -36,7 +36,7 @@ import pytest
 
 from apns_server import ApnsRequest, ApnsServer
 from clients import NS_COMMANDS, expect_error, submit_form
-from conftest import _LIVE, PUSH_JID, Stack, diagnostics
+from conftest import _LIVE, PUSH_JID, Stack, diagnostics, running_stack
 from pki import CA, make_p12, new_p8, p12_encryption, utcnow
 from prosody import DISABLED_LINE, ERROR_LINE
 from pushgate_proc import binary_path, run_check_config, toml_str
@@ -165,13 +165,8 @@ def apns_stack(pki, token_mock, mtls_mock):
         apns_section(SHARED_PROVIDER, mtls_mock.base_url, pki.ca_file),
         admin_section(),
     ])
-    s = Stack("apns", users=USERS, pushgate_toml=toml)
-    try:
-        s.start_prosody()
-        s.make_pushgate().start()
+    with running_stack("apns", users=USERS, pushgate_toml=toml) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")

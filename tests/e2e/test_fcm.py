@@ -29,7 +29,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clients import expect_error, submit_form
-from conftest import _LIVE, DOMAIN, PUSH_JID, Stack, diagnostics
+from conftest import _LIVE, DOMAIN, PUSH_JID, diagnostics, running_stack
 from fcm_server import GRANT_TYPE, SCOPE, FcmRequest, FcmServer, unregistered_error
 from pki import CA, key_pem
 from prosody import DISABLED_LINE, ERROR_LINE
@@ -117,13 +117,8 @@ def fcm_stack(pki, fcm):
         f"base_url = {toml_str(fcm.base_url)}",
         f"ca_file = {toml_str(pki.ca_file)}",
     ]) + "\n"
-    s = Stack("fcm", pushgate_toml=toml)
-    try:
-        s.start_prosody()
-        s.make_pushgate().start()
+    with running_stack("fcm", pushgate_toml=toml) as s:
         yield s
-    finally:
-        s.close()
 
 
 @pytest.fixture(scope="module")
