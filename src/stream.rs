@@ -84,7 +84,7 @@ impl Backoff {
     }
     fn next_delay(&mut self) -> Duration {
         let d = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
+        self.next = self.next.saturating_mul(2).min(self.max);
         d
     }
 }
