@@ -5,6 +5,8 @@
 //! bad values are errors that name the key, and everything is checked before anything starts.
 
 use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -57,6 +59,22 @@ impl ConfigError {
             message: message.into(),
         }
     }
+}
+
+/// `value` of `key` must lie in `range`: every number in the file is bounded, so none can
+/// overflow a duration or a size later.
+fn in_range<T: PartialOrd + Display>(
+    key: &str,
+    value: T,
+    range: RangeInclusive<T>,
+) -> Result<(), ConfigError> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::invalid(
+        key,
+        format!("must be between {} and {}", range.start(), range.end()),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -320,19 +338,12 @@ impl HttpConfig {
                 format!("'{listen}' is not ip:port (e.g. 127.0.0.1:5281 or [::1]:5281)"),
             ));
         }
-        if !(64..=1024 * 1024).contains(&self.max_body_bytes) {
-            return Err(ConfigError::invalid(
-                "http.max_body_bytes",
-                "must be between 64 and 1048576",
-            ));
-        }
-        if self.rate_limit_per_minute == 0 {
-            return Err(ConfigError::invalid(
-                "http.rate_limit_per_minute",
-                "must be at least 1",
-            ));
-        }
-        Ok(())
+        in_range("http.max_body_bytes", self.max_body_bytes, 64..=1024 * 1024)?;
+        in_range(
+            "http.rate_limit_per_minute",
+            self.rate_limit_per_minute,
+            1..=60_000,
+        )
     }
 }
 
@@ -398,43 +409,30 @@ impl LimitsConfig {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let ranges: [(&str, usize, std::ops::RangeInclusive<usize>, &str); 11] = [
-            (
-                "max_stanza_bytes",
-                self.max_stanza_bytes,
-                4096..=16 * 1024 * 1024,
-                "",
-            ),
-            ("max_depth", self.max_depth, 8..=256, ""),
-            ("max_name_bytes", self.max_name_bytes, 32..=1024, ""),
-            (
-                "max_attribute_bytes",
-                self.max_attribute_bytes,
-                3072..=8000,
-                " (a full JID is up to 3071 bytes; the XML parser stops at 8192)",
-            ),
-            ("max_attributes", self.max_attributes, 4..=256, ""),
-            ("max_elements", self.max_elements, 16..=65_536, ""),
-            ("max_in_flight", self.max_in_flight, 16..=65_536, ""),
-            (
-                "provider_concurrency",
-                self.provider_concurrency,
-                1..=10_000,
-                "",
-            ),
-            ("provider_queue", self.provider_queue, 0..=100_000, ""),
-            ("host_concurrency", self.host_concurrency, 1..=1000, ""),
-            ("host_queue", self.host_queue, 0..=100_000, ""),
-        ];
-        for (key, value, range, why) in ranges {
-            if !range.contains(&value) {
-                return Err(ConfigError::invalid(
-                    format!("limits.{key}"),
-                    format!("must be between {} and {}{why}", range.start(), range.end()),
-                ));
-            }
-        }
-        Ok(())
+        in_range(
+            "limits.max_stanza_bytes",
+            self.max_stanza_bytes,
+            4096..=16 * 1024 * 1024,
+        )?;
+        in_range("limits.max_depth", self.max_depth, 8..=256)?;
+        in_range("limits.max_name_bytes", self.max_name_bytes, 32..=1024)?;
+        // A full JID takes up to 3071 bytes; the XML parser stops at 8192.
+        in_range(
+            "limits.max_attribute_bytes",
+            self.max_attribute_bytes,
+            3072..=8000,
+        )?;
+        in_range("limits.max_attributes", self.max_attributes, 4..=256)?;
+        in_range("limits.max_elements", self.max_elements, 16..=65_536)?;
+        in_range("limits.max_in_flight", self.max_in_flight, 16..=65_536)?;
+        in_range(
+            "limits.provider_concurrency",
+            self.provider_concurrency,
+            1..=10_000,
+        )?;
+        in_range("limits.provider_queue", self.provider_queue, 0..=100_000)?;
+        in_range("limits.host_concurrency", self.host_concurrency, 1..=1000)?;
+        in_range("limits.host_queue", self.host_queue, 0..=100_000)
     }
 }
 
@@ -489,18 +487,7 @@ impl Config {
                 "expected host:port",
             ));
         }
-        if c.max_reconnect_delay_secs == 0 {
-            return Err(ConfigError::invalid(
-                "component.max_reconnect_delay_secs",
-                "must be at least 1",
-            ));
-        }
-        if c.idle_ping_secs < 5 {
-            return Err(ConfigError::invalid(
-                "component.idle_ping_secs",
-                "must be at least 5",
-            ));
-        }
+        self.check_ranges()?;
         if !(1..=30).contains(&c.publish_timeout_secs) {
             return Err(ConfigError::invalid(
                 "component.publish_timeout_secs",
@@ -518,23 +505,61 @@ impl Config {
                 ));
             }
         }
-        if self.admin.cert_check_interval_secs == 0 {
-            return Err(ConfigError::invalid(
-                "admin.cert_check_interval_secs",
-                "must be at least 1",
-            ));
-        }
         self.http.validate()?;
         self.limits.validate()?;
-        for id in self.providers.keys() {
+        for (id, section) in &self.providers {
             if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 return Err(ConfigError::invalid(
                     format!("providers.{id}"),
                     "a provider id must be non-empty and without spaces",
                 ));
             }
+            section
+                .check_ranges(&format!("providers.{id}"))
+                .map_err(|e| ConfigError::invalid(e.key, e.message))?;
         }
         Ok(())
+    }
+
+    /// The ranges of the numeric keys outside `[http]` and the provider sections (which check
+    /// their own).
+    fn check_ranges(&self) -> Result<(), ConfigError> {
+        let (c, s, r, a) = (
+            &self.component,
+            &self.storage,
+            &self.registration,
+            &self.admin,
+        );
+        in_range(
+            "component.max_reconnect_delay_secs",
+            c.max_reconnect_delay_secs,
+            1..=3600,
+        )?;
+        in_range("component.idle_ping_secs", c.idle_ping_secs, 5..=3600)?;
+        in_range("storage.cache_capacity", s.cache_capacity, 0..=10_000_000)?;
+        // 0 turns the cache off (storage/cache.rs).
+        in_range("storage.cache_ttl_secs", s.cache_ttl_secs, 0..=3600)?;
+        // What a client may put in an encrypted push: no provider carries more than 4096 bytes.
+        in_range(
+            "registration.max_payload_size",
+            r.max_payload_size,
+            256..=4096,
+        )?;
+        in_range(
+            "registration.low_priority_interval_secs",
+            r.low_priority_interval_secs,
+            0..=3600,
+        )?;
+        in_range(
+            "admin.cert_expiry_warning_days",
+            a.cert_expiry_warning_days,
+            1..=365,
+        )?;
+        in_range(
+            "admin.cert_check_interval_secs",
+            a.cert_check_interval_secs,
+            1..=86_400,
+        )
     }
 
     pub fn component_jid(&self) -> BareJid {
@@ -678,24 +703,121 @@ mod tests {
         assert!(e.to_string().contains("listen_on"), "{e}");
     }
 
+    /// Every numeric key, fed values just outside its range and i64::MAX (the largest TOML
+    /// integer: `cache_ttl_secs = 9223372036854775807` once passed and made every publish
+    /// panic), is refused with an error naming it. Lower bounds of 0 get -1.
     #[test]
-    fn limits_have_defaults_and_ranges_that_name_the_key() {
+    fn every_number_has_a_range_and_the_error_names_the_key() {
+        let cases: &[(&str, &str, &[i64])] = &[
+            ("component", "max_reconnect_delay_secs", &[0, 3601]),
+            ("component", "idle_ping_secs", &[4, 3601]),
+            ("component", "publish_timeout_secs", &[0, 31]),
+            ("storage", "cache_capacity", &[-1, 10_000_001]),
+            ("storage", "cache_ttl_secs", &[-1, 3601]),
+            ("registration", "max_payload_size", &[255, 4097]),
+            ("registration", "low_priority_interval_secs", &[-1, 3601]),
+            ("admin", "cert_expiry_warning_days", &[0, 366]),
+            ("admin", "cert_check_interval_secs", &[0, 86_401]),
+            ("http", "max_body_bytes", &[63, 1_048_577]),
+            ("http", "rate_limit_per_minute", &[0, 60_001]),
+            ("limits", "max_stanza_bytes", &[4095, 16 * 1024 * 1024 + 1]),
+            ("limits", "max_depth", &[7, 257]),
+            ("limits", "max_name_bytes", &[31, 1025]),
+            ("limits", "max_attribute_bytes", &[3071, 8001]),
+            ("limits", "max_attributes", &[3, 257]),
+            ("limits", "max_elements", &[15, 65_537]),
+            ("limits", "max_in_flight", &[15, 65_537]),
+            ("limits", "provider_concurrency", &[0, 10_001]),
+            ("limits", "provider_queue", &[-1, 100_001]),
+            ("limits", "host_concurrency", &[0, 1001]),
+            ("limits", "host_queue", &[-1, 100_001]),
+        ];
+        for (section, key, bad) in cases {
+            for value in bad.iter().chain([&i64::MAX]) {
+                let text = if *section == "component" {
+                    format!("{MINIMAL}{key} = {value}\n")
+                } else {
+                    format!("{MINIMAL}[{section}]\n{key} = {value}\n")
+                };
+                let e = Config::from_toml_str(&text).unwrap_err();
+                assert!(
+                    e.to_string().starts_with(&format!("{section}.{key}:")),
+                    "{section}.{key} = {value}: {e}"
+                );
+            }
+        }
+    }
+
+    /// The same for every numeric key of every provider kind, as `providers.<id>.<key>`; files
+    /// are not read for it, so the paths need not exist.
+    #[test]
+    fn every_provider_number_has_a_range_and_the_error_names_the_key() {
+        /// Each key with its out-of-range values.
+        type Keys = &'static [(&'static str, &'static [i64])];
+        let kinds: &[(&str, &str, Keys)] = &[
+            (
+                "webpush",
+                "",
+                &[
+                    ("ttl_secs", &[2_419_201]),
+                    ("max_body_chars", &[0, 4097]),
+                    ("request_timeout_secs", &[0, 61]),
+                ],
+            ),
+            (
+                "apns",
+                "topic = \"a.b\"\nenvironment = \"sandbox\"\n",
+                &[
+                    ("pool_size", &[0, 65]),
+                    ("ping_interval_secs", &[3601]),
+                    ("request_timeout_secs", &[0, 61]),
+                    ("expiration_secs", &[2_419_201]),
+                    ("voip_expiration_secs", &[3601]),
+                    ("max_body_chars", &[0, 4097]),
+                ],
+            ),
+            (
+                "fcm",
+                "service_account_file = \"/nonexistent/sa.json\"\n",
+                &[
+                    ("ttl_secs", &[2_419_201]),
+                    ("max_body_chars", &[0, 4097]),
+                    ("request_timeout_secs", &[0, 61]),
+                ],
+            ),
+            (
+                "fcm-xmpp",
+                "sender_id = \"1\"\nserver_key = \"k\"\n",
+                &[
+                    ("pool_size", &[0, 17]),
+                    ("ttl_secs", &[2_419_201]),
+                    ("max_body_chars", &[0, 4097]),
+                    ("request_timeout_secs", &[0, 61]),
+                ],
+            ),
+        ];
+        for (kind, required, keys) in kinds {
+            let section = format!("{MINIMAL}[providers.p]\nkind = \"{kind}\"\n{required}");
+            Config::from_toml_str(&section).unwrap_or_else(|e| panic!("{kind} with defaults: {e}"));
+            for (key, bad) in *keys {
+                for value in bad.iter().chain([&i64::MAX]) {
+                    let e =
+                        Config::from_toml_str(&format!("{section}{key} = {value}\n")).unwrap_err();
+                    assert!(
+                        e.to_string().starts_with(&format!("providers.p.{key}:")),
+                        "{kind} {key} = {value}: {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn limits_have_defaults() {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         assert_eq!(c.limits.max_stanza_bytes, 256 * 1024);
-        assert_eq!(c.limits.max_depth, 64);
         assert_eq!(c.limits.stanza_limits().max_depth, 64);
-        for (key, bad) in [
-            ("max_stanza_bytes", "9223372036854775807"),
-            ("max_depth", "100000"),
-            ("max_attribute_bytes", "9000"),
-            ("max_in_flight", "0"),
-            ("host_concurrency", "0"),
-            ("provider_concurrency", "0"),
-        ] {
-            let e =
-                Config::from_toml_str(&format!("{MINIMAL}[limits]\n{key} = {bad}\n")).unwrap_err();
-            assert!(e.to_string().contains(&format!("limits.{key}")), "{e}");
-        }
+        assert_eq!(c.limits.max_in_flight, 2048);
         let e = Config::from_toml_str(&format!("{MINIMAL}[limits]\nmax_depht = 3\n")).unwrap_err();
         assert!(e.to_string().contains("max_depht"), "{e}");
     }

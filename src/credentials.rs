@@ -72,7 +72,7 @@ pub fn record(provider: &ProviderId, info: &CredentialInfo, warning_days: u32) {
     METRICS
         .apns_certificate_expiry
         .with_label_values(&labels)
-        .set(secs as i64);
+        .set(i64::try_from(secs).unwrap_or(i64::MAX));
     let left = not_after.duration_since(SystemTime::now()).ok();
     let expired = left.is_none();
     let expiring = left.is_none_or(|l| l.as_secs() < u64::from(warning_days) * DAY);

@@ -222,6 +222,40 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl ConfigError {
+    /// `Ok` when `value` of the key at `key` lies in `range`; an error naming the key otherwise.
+    pub fn check_range<T: PartialOrd + fmt::Display>(
+        key: &str,
+        value: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<(), ConfigError> {
+        if range.contains(&value) {
+            return Ok(());
+        }
+        Err(ConfigError {
+            key: key.to_owned(),
+            message: format!("must be between {} and {}", range.start(), range.end()),
+        })
+    }
+}
+
+/// The ranges every provider section shares: its time-to-live key (`ttl_key`: `ttl_secs`,
+/// `expiration_secs`), `max_body_chars` and `request_timeout_secs`.
+fn check_common_ranges(
+    section: &str,
+    (ttl_key, ttl_secs): (&str, u64),
+    max_body_chars: usize,
+    request_timeout_secs: u64,
+) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("{section}.{field}");
+    // FCM's and CCS's maximum time to live, 28 days.
+    ConfigError::check_range(&key(ttl_key), ttl_secs, 0..=28 * 86_400)?;
+    // No provider carries more than 4096 bytes anyway.
+    ConfigError::check_range(&key("max_body_chars"), max_body_chars, 1..=4096)?;
+    // A delivery never waits longer than a minute.
+    ConfigError::check_range(&key("request_timeout_secs"), request_timeout_secs, 1..=60)
+}
+
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// The implementation's name (`webpush`, `apns`, …), for logs and metrics.
@@ -281,6 +315,17 @@ impl ProviderConfig {
             "fcm-xmpp" => ProviderConfig::FcmXmpp(section.extract()?),
             _ => return Ok(None),
         }))
+    }
+
+    /// Checks every numeric key of the section at `key` against its range, so a configuration
+    /// check finds an out-of-range value without building the provider.
+    pub fn check_ranges(&self, key: &str) -> Result<(), ConfigError> {
+        match self {
+            ProviderConfig::Webpush(c) => c.check_ranges(key),
+            ProviderConfig::Apns(c) => c.check_ranges(key),
+            ProviderConfig::Fcm(c) => c.check_ranges(key),
+            ProviderConfig::FcmXmpp(c) => c.check_ranges(key),
+        }
     }
 }
 

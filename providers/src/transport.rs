@@ -1,10 +1,16 @@
 //! What every HTTP-based provider does the same way: turning a failed request into a verdict,
-//! showing the cause behind an error, and logging the verdict of a delivery.
+//! showing the cause behind an error, logging the verdict of a delivery, reading `Retry-After`
+//! and holding back sends after a service asked to slow down.
 //!
-//! Kept in one place so the providers agree on what is transient (a timeout, a lost connection)
-//! and what is pushgate's own fault (a request it could not even build).
+//! Kept in one place so the providers agree on what is transient (a timeout, a lost connection),
+//! what is pushgate's own fault (a request it could not even build), and how long a peer may make
+//! pushgate wait: a `Retry-After` is a number from outside, so it is read once, here, and capped.
 
-use std::time::Duration;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::Verdict;
 
@@ -47,6 +53,13 @@ pub(crate) fn classify_request_error(
     }
 }
 
+/// When a delivery that starts now and may take `timeout` must be over. A timeout beyond the
+/// clock's range (none the configuration allows) means at once rather than a panic.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout).unwrap_or(now)
+}
+
 /// `err: cause: cause…`, so the underlying TLS or I/O error is visible.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -76,49 +89,80 @@ pub(crate) fn log_verdict(what: &str, verdict: &Verdict) {
     }
 }
 
+/// The longest pushgate honours a `Retry-After`: a service that asks for more (or a relay that
+/// says "in a billion seconds") is tried again after an hour rather than never.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delta-seconds or an HTTP date (IMF-fixdate and the
+/// obsolete forms httpdate reads). A date in the past is zero, anything longer is
+/// [`MAX_RETRY_AFTER`] (also digits too many for a u64), anything else (negative, fractional,
+/// garbage) is `None`.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// The response's `Retry-After`, read by [`parse_retry_after`].
+pub(crate) fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, SystemTime::now())
+}
+
 /// Exponential backoff with jitter, per key: after the n-th failure in a row a key is held back
-/// for `base · 2^(n−1)` (at most `max`) varied by ±20 %, or for as long as the service asked
-/// (`Retry-After`) if that is longer. A success clears the key. Holding back answers the caller
-/// at once instead of adding load to a service that said it is overloaded.
+/// for `base · 2^(n−1)` (at most `max`) shortened by up to 20 %, or for as long as the service
+/// asked (`Retry-After`, at most [`MAX_RETRY_AFTER`]) if that is longer. A success clears the
+/// key. Holding back answers the caller at once instead of adding load to a service that said it
+/// is overloaded.
 pub(crate) struct Backoff<K> {
     base: Duration,
     max: Duration,
-    state: std::sync::Mutex<std::collections::HashMap<K, (std::time::Instant, u32)>>,
+    state: Mutex<HashMap<K, (Instant, u32)>>,
 }
 
 /// Above this many keys, keys whose hold has ended are forgotten.
 const BACKOFF_PRUNE_ABOVE: usize = 10_000;
 
-impl<K: std::hash::Hash + Eq + Clone> Backoff<K> {
+impl<K: Hash + Eq + Clone> Backoff<K> {
     pub(crate) fn new(base: Duration, max: Duration) -> Self {
         Backoff {
             base,
             max,
-            state: std::sync::Mutex::new(std::collections::HashMap::new()),
+            state: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, (std::time::Instant, u32)>> {
+    /// Holds a key only as long as the service asked (`Retry-After`), never on its own.
+    pub(crate) fn as_asked() -> Self {
+        Self::new(Duration::ZERO, Duration::ZERO)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<K, (Instant, u32)>> {
         // A poisoned lock only means a panic elsewhere mid-update; the map is still usable.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How much longer `key` is held back, if it is.
-    pub(crate) fn blocked(&self, key: &K, now: std::time::Instant) -> Option<Duration> {
+    pub(crate) fn blocked<Q>(&self, key: &Q, now: Instant) -> Option<Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let until = self.lock().get(key).map(|(until, _)| *until)?;
         let left = until.saturating_duration_since(now);
         (!left.is_zero()).then_some(left)
     }
 
     /// Records a failure; returns how long `key` is now held back.
-    pub(crate) fn failed(
-        &self,
-        key: K,
-        asked: Option<Duration>,
-        now: std::time::Instant,
-    ) -> Duration {
+    pub(crate) fn failed(&self, key: K, asked: Option<Duration>, now: Instant) -> Duration {
         let mut state = self.lock();
         if state.len() >= BACKOFF_PRUNE_ABOVE {
             state.retain(|_, (until, _)| *until > now);
@@ -128,31 +172,129 @@ impl<K: std::hash::Hash + Eq + Clone> Backoff<K> {
             .base
             .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
             .min(self.max);
-        let hold = jitter(exponential).max(asked.unwrap_or_default());
-        state.insert(key, (now + hold, failures));
-        hold
+        let asked = asked.unwrap_or_default().min(MAX_RETRY_AFTER);
+        let hold = jitter(exponential).max(asked);
+        match now.checked_add(hold) {
+            Some(until) => {
+                state.insert(key, (until, failures));
+                hold
+            }
+            // Only a clock at the end of its range gets here: better no hold than a panic.
+            None => Duration::ZERO,
+        }
     }
 
-    pub(crate) fn succeeded(&self, key: &K) {
+    pub(crate) fn succeeded<Q>(&self, key: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.lock().remove(key);
     }
 }
 
-/// `d` varied by up to ±20 %, so that many held-back senders do not return in step.
+/// `d` shortened by up to 20 %, so that many held-back senders do not return in step (and a
+/// capped hold stays within its cap).
 fn jitter(d: Duration) -> Duration {
     use std::hash::{BuildHasher, Hasher};
     // A fresh RandomState is randomly keyed: enough randomness for spreading retries.
     let r = std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish();
-    let factor = 0.8 + (r % 401) as f64 / 1000.0;
-    d.mul_f64(factor)
+    let factor = 0.8 + (r % 201) as f64 / 1000.0;
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(d)
+}
+
+/// What a provider's answer asks pushgate to hold back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// The device token the answer was about.
+    Device,
+    /// Every send through the provider.
+    Service,
+}
+
+/// What a provider's last answer to a delivery means for later sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Answered {
+    /// No answer, or one that neither clears nor starts a hold.
+    Nothing,
+    /// Delivered: whatever held the device or the service back is over.
+    Delivered,
+    Hold(Hold),
+}
+
+/// The holds of one provider: per device token and for the whole service.
+pub(crate) struct Holds {
+    /// Names the service in reasons ("FCM", "APNs").
+    service_name: &'static str,
+    devices: Backoff<String>,
+    service: Backoff<()>,
+}
+
+impl Holds {
+    pub(crate) fn new(
+        service_name: &'static str,
+        devices: Backoff<String>,
+        service: Backoff<()>,
+    ) -> Self {
+        Holds {
+            service_name,
+            devices,
+            service,
+        }
+    }
+
+    /// A transient verdict when the service or `token` is held back at `now`.
+    pub(crate) fn check(&self, token: &str, now: Instant) -> Option<Verdict> {
+        let left = self
+            .service
+            .blocked(&(), now)
+            .or_else(|| self.devices.blocked(token, now))?;
+        Some(held_back(self.service_name, left))
+    }
+
+    /// Starts or clears holds after `answered` to a delivery to `token`; `asked` is how long the
+    /// answer asked to wait (its `Retry-After`, or the provider's floor).
+    pub(crate) fn record(
+        &self,
+        token: &str,
+        answered: Answered,
+        asked: Option<Duration>,
+        now: Instant,
+    ) {
+        match answered {
+            Answered::Nothing => {}
+            Answered::Delivered => {
+                self.service.succeeded(&());
+                self.devices.succeeded(token);
+            }
+            Answered::Hold(Hold::Device) => {
+                self.devices.failed(token.to_owned(), asked, now);
+            }
+            Answered::Hold(Hold::Service) => {
+                self.service.failed((), asked, now);
+            }
+        }
+    }
+}
+
+/// The verdict for a send that was not made because `service` asked to slow down.
+pub(crate) fn held_back(service: &str, left: Duration) -> Verdict {
+    Verdict::Transient {
+        retry_after: Some(left),
+        reason: format!(
+            "holding back after {service} asked to slow down ({} s left)",
+            left.as_secs()
+        ),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+
+    const HOUR: Duration = MAX_RETRY_AFTER;
 
     #[test]
     fn backoff_doubles_with_jitter_honours_retry_after_and_resets() {
@@ -160,34 +302,156 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(b.blocked(&"tok", t0), None);
         let first = b.failed("tok", None, t0);
-        assert!((48..=72).contains(&first.as_secs()), "{first:?}");
+        assert!((48..=60).contains(&first.as_secs()), "{first:?}");
         assert!(b.blocked(&"tok", t0).is_some());
         assert_eq!(b.blocked(&"other", t0), None, "keys are independent");
         let second = b.failed("tok", None, t0);
-        assert!((96..=144).contains(&second.as_secs()), "{second:?}");
-        let asked = b.failed("tok", Some(Duration::from_secs(7200)), t0);
+        assert!((96..=120).contains(&second.as_secs()), "{second:?}");
+        let asked = b.failed("tok", Some(Duration::from_secs(1800)), t0);
         assert_eq!(
             asked,
-            Duration::from_secs(7200),
+            Duration::from_secs(1800),
             "Retry-After beyond the backoff wins"
         );
-        assert_eq!(b.blocked(&"tok", t0 + Duration::from_secs(7201)), None);
+        assert_eq!(b.blocked(&"tok", t0 + Duration::from_secs(1801)), None);
         b.succeeded(&"tok");
         let again = b.failed("tok", None, t0);
         assert!(
-            (48..=72).contains(&again.as_secs()),
+            (48..=60).contains(&again.as_secs()),
             "a success starts over: {again:?}"
         );
     }
 
     #[test]
-    fn backoff_is_capped() {
+    fn backoff_is_capped_and_so_is_what_a_service_asks_for() {
         let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
         let t0 = Instant::now();
         let mut last = Duration::ZERO;
-        for _ in 0..30 {
+        for _ in 0..100 {
             last = b.failed((), None, t0);
         }
-        assert!(last <= Duration::from_secs(72), "{last:?}");
+        assert!(last <= Duration::from_secs(60), "{last:?}");
+        assert_eq!(b.failed((), Some(Duration::MAX), t0), HOUR);
+        assert_eq!(b.blocked(&(), t0), Some(HOUR));
+    }
+
+    #[test]
+    fn as_asked_holds_only_when_asked() {
+        let b = Backoff::as_asked();
+        let t0 = Instant::now();
+        assert_eq!(b.failed("host", None, t0), Duration::ZERO);
+        assert_eq!(b.blocked("host", t0), None);
+        assert_eq!(
+            b.failed("host", Some(Duration::from_secs(5)), t0),
+            Duration::from_secs(5)
+        );
+        assert_eq!(b.blocked("host", t0), Some(Duration::from_secs(5)));
+        assert_eq!(b.blocked("other", t0), None);
+    }
+
+    #[test]
+    fn holds_name_the_service_and_clear_on_success() {
+        let h = Holds::new("FCM", Backoff::as_asked(), Backoff::as_asked());
+        let t0 = Instant::now();
+        let (device, service) = (Answered::Hold(Hold::Device), Answered::Hold(Hold::Service));
+        h.record("a", device, Some(Duration::from_secs(9)), t0);
+        assert!(matches!(
+            h.check("a", t0),
+            Some(Verdict::Transient { retry_after: Some(d), reason })
+                if d == Duration::from_secs(9) && reason.contains("FCM")
+        ));
+        assert_eq!(h.check("b", t0), None, "only that device");
+        h.record("b", service, Some(Duration::from_secs(3)), t0);
+        assert!(h.check("c", t0).is_some(), "every device");
+        h.record("b", Answered::Nothing, None, t0);
+        assert!(
+            h.check("c", t0).is_some(),
+            "an answer that says nothing changes nothing"
+        );
+        h.record("a", Answered::Delivered, None, t0);
+        assert_eq!(h.check("a", t0), None);
+        assert_eq!(h.check("c", t0), None);
+    }
+
+    /// 2030-01-01T00:00:00Z.
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_893_456_000)
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_clamped() {
+        let at = |v| parse_retry_after(v, now());
+        assert_eq!(at("120"), Some(Duration::from_secs(120)));
+        assert_eq!(at("0"), Some(Duration::ZERO));
+        assert_eq!(at(" \t120 "), Some(Duration::from_secs(120)), "whitespace");
+        assert_eq!(at("3600"), Some(HOUR));
+        for huge in [
+            "3601",
+            "1000000000",
+            "18446744073709551615",
+            "99999999999999999999999999",
+        ] {
+            assert_eq!(at(huge), Some(HOUR), "{huge}");
+        }
+    }
+
+    #[test]
+    fn retry_after_reads_http_dates() {
+        let at = |v| parse_retry_after(v, now());
+        assert_eq!(
+            at("Tue, 01 Jan 2030 00:02:00 GMT"),
+            Some(Duration::from_secs(120))
+        );
+        // The obsolete RFC 850 and asctime forms, as httpdate reads them.
+        assert_eq!(
+            at("Tuesday, 01-Jan-30 00:02:00 GMT"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            at("Tue Jan  1 00:02:00 2030"),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            at("Fri, 31 Dec 9999 23:59:59 GMT"),
+            Some(HOUR),
+            "far future"
+        );
+        assert_eq!(
+            at("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO),
+            "a past date is now"
+        );
+    }
+
+    #[test]
+    fn retry_after_refuses_garbage() {
+        for bad in [
+            "",
+            "   ",
+            "soon",
+            "-5",
+            "+5",
+            "1.5",
+            "12 34",
+            "0x10",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now()), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn retry_after_comes_from_the_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(http::header::RETRY_AFTER, "1000000000".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(HOUR));
+        headers.insert(
+            http::header::RETRY_AFTER,
+            http::HeaderValue::from_bytes(b"\xff").unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
     }
 }

@@ -12,12 +12,17 @@
 //!   drops the port of the push resource's origin, and it ties the JWT's `exp` to the `TTL`
 //!   header, while `exp` must stay within 24 h and `TTL` defaults to a day.
 //! * The endpoint URL is a capability: it is never logged whole, only its host.
+//! * A push service's 429 or 5xx concerns that service, i.e. the endpoint's origin (one origin
+//!   serves all of a distributor's subscriptions, and pushgate is one sender to it): with a
+//!   `Retry-After` (at most an hour) sends to that origin are held back for as long, while other
+//!   push services' sends go on. Without one nothing is held: the publishing server's retry is
+//!   the backoff.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -29,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use url::{Host, Url};
 
+use crate::transport::Backoff;
 use crate::{
     ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict, WebPushKeys,
 };
@@ -117,6 +123,18 @@ impl Default for WebPushConfig {
     }
 }
 
+impl WebPushConfig {
+    /// Every numeric key in its range (`section` is the section's dotted path).
+    pub fn check_ranges(&self, section: &str) -> Result<(), ConfigError> {
+        crate::check_common_ranges(
+            section,
+            ("ttl_secs", u64::from(self.ttl_secs)),
+            self.max_body_chars,
+            self.request_timeout_secs,
+        )
+    }
+}
+
 /// The WebPush provider: one HTTP client, the endpoint policy and the VAPID key.
 pub struct WebPush {
     /// The configuration section's dotted path, for logs.
@@ -128,6 +146,8 @@ pub struct WebPush {
     max_body_chars: usize,
     request_timeout: Duration,
     client: reqwest::Client,
+    /// Push services (by origin) that asked to wait (`Retry-After` on a 429 or 5xx).
+    services: Backoff<String>,
 }
 
 impl fmt::Debug for WebPush {
@@ -152,6 +172,7 @@ impl WebPush {
             key: format!("{key}.{field}"),
             message,
         };
+        config.check_ranges(key)?;
 
         let vapid = match &config.vapid_private_key_file {
             Some(path) => Some(
@@ -166,9 +187,6 @@ impl WebPush {
                 "vapid_subject",
                 "must be a mailto: or https: URI".to_owned(),
             ));
-        }
-        if config.request_timeout_secs == 0 {
-            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
         }
         let parse_patterns = |field: &str, list: &[String]| {
             list.iter()
@@ -223,6 +241,7 @@ impl WebPush {
             max_body_chars: config.max_body_chars,
             request_timeout,
             client,
+            services: Backoff::as_asked(),
         })
     }
 
@@ -294,11 +313,7 @@ impl WebPush {
             Ok(response) => {
                 let status = response.status();
                 tracing::Span::current().record("status", status.as_u16());
-                let retry_after = response
-                    .headers()
-                    .get(http::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                let retry_after = crate::transport::retry_after(response.headers());
                 let excerpt = read_excerpt(response).await;
                 classify_status(status, retry_after, &excerpt)
             }
@@ -346,7 +361,25 @@ impl Provider for WebPush {
             status = tracing::field::Empty,
         );
         async {
+            let origin = endpoint.origin.clone();
+            if let Some(left) = self.services.blocked(&origin, Instant::now()) {
+                let service = format!("the push service at {origin}");
+                let verdict = crate::transport::held_back(&service, left);
+                crate::transport::log_verdict("webpush delivery", &verdict);
+                return verdict;
+            }
             let verdict = self.deliver(endpoint, device, notification).await;
+            match &verdict {
+                Verdict::Sent => self.services.succeeded(&origin),
+                // Only a 429 or 5xx with a Retry-After carries one (classify_status).
+                Verdict::Transient {
+                    retry_after: Some(asked),
+                    ..
+                } => {
+                    self.services.failed(origin, Some(*asked), Instant::now());
+                }
+                _ => {}
+            }
             crate::transport::log_verdict("webpush delivery", &verdict);
             verdict
         }
@@ -963,67 +996,6 @@ async fn read_excerpt(mut response: reqwest::Response) -> String {
         .to_owned()
 }
 
-/// `Retry-After` as delta-seconds or an IMF-fixdate; a date in the past means "now".
-fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = parse_imf_fixdate(value)?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// Parses `Sun, 06 Nov 1994 08:49:37 GMT`, the HTTP date format every sender must use.
-fn parse_imf_fixdate(value: &str) -> Option<SystemTime> {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-    let parts: Vec<&str> = value.split_ascii_whitespace().collect();
-    let [weekday, day, month, year, time, "GMT"] = parts.as_slice() else {
-        return None;
-    };
-    if !DAYS.iter().any(|d| weekday.strip_suffix(',') == Some(*d)) || day.len() != 2 {
-        return None;
-    }
-    let day: u32 = day.parse().ok()?;
-    let month = MONTHS.iter().position(|m| m == month)? as u32 + 1;
-    let year: i64 = if year.len() == 4 {
-        year.parse().ok()?
-    } else {
-        return None;
-    };
-    let mut hms = time.split(':');
-    let (h, m, s) = (hms.next()?, hms.next()?, hms.next()?);
-    if hms.next().is_some() || [h, m, s].iter().any(|p| p.len() != 2) {
-        return None;
-    }
-    let (h, m, s): (u64, u64, u64) = (h.parse().ok()?, m.parse().ok()?, s.parse().ok()?);
-    let days_in_month = match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
-    if !(1..=days_in_month).contains(&day) || h > 23 || m > 59 || s > 60 {
-        return None;
-    }
-    let days = days_from_civil(year, month, day);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + m * 60 + s;
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1056,47 +1028,6 @@ mod tests {
             .authorization_for("https://push.example", sub, t0 + VAPID_REUSE)
             .unwrap();
         assert_ne!(renewed, a, "renewed after VAPID_REUSE");
-    }
-
-    #[test]
-    fn imf_fixdate_parses_and_rejects_garbage() {
-        let t = parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(t.duration_since(UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
-        let leap = parse_imf_fixdate("Thu, 29 Feb 2024 00:00:00 GMT").unwrap();
-        assert_eq!(
-            leap.duration_since(UNIX_EPOCH).unwrap().as_secs(),
-            1_709_164_800
-        );
-        for bad in [
-            "",
-            "Sun, 06 Nov 1994 08:49:37 UTC",
-            "Sun, 31 Feb 1994 08:49:37 GMT",
-            "Sun, 06 Foo 1994 08:49:37 GMT",
-            "Sun, 06 Nov 1994 24:49:37 GMT",
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun, 6 Nov 1994 08:49:37 GMT",
-        ] {
-            assert!(parse_imf_fixdate(bad).is_none(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_and_dates() {
-        let now = UNIX_EPOCH + Duration::from_secs(784_111_777);
-        assert_eq!(
-            parse_retry_after(" 120 ", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-        assert_eq!(parse_retry_after("-5", now), None);
     }
 
     #[test]

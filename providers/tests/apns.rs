@@ -412,7 +412,7 @@ async fn payload_too_large_is_our_fault_and_never_sent() {
     let s2 = MockApns::start(&s.pki, Options::default()).await;
     let apns = s.provider(&ApnsConfig {
         base_url: Some(s2.base_url()),
-        max_body_chars: 100_000,
+        max_body_chars: 4096,
         ..s.token_config()
     });
     let mut n = alert();
@@ -518,6 +518,65 @@ async fn a_passing_server_error_is_retried_once() {
         Verdict::Transient { .. }
     ));
     assert_eq!(s.server.requests_for(&token(28)).len(), 1);
+}
+
+/// Asked to wait (here for 10^9 s or 2^64 − 1 s): a transient verdict, and for at most an hour
+/// 429 `TooManyRequests` holds back that token only, while a 503 or 429
+/// `TooManyProviderTokenUpdates` holds back the whole provider.
+#[tokio::test]
+async fn slow_down_answers_hold_the_token_or_the_provider_for_at_most_an_hour() {
+    let s = Setup::token_auth().await;
+    let hour = Duration::from_secs(3600);
+    let expect_held = |v: Verdict| match v {
+        Verdict::Transient {
+            retry_after: Some(left),
+            reason,
+        } => {
+            assert!(left <= hour, "{left:?}");
+            assert!(reason.contains("holding back"), "{reason}");
+        }
+        other => panic!("expected a held-back transient, got {other:?}"),
+    };
+
+    let apns = s.provider(&s.token_config());
+    let v = verdict_for(
+        &s,
+        &apns,
+        50,
+        Reply::reason(429, "TooManyRequests").with_header("retry-after", "1000000000"),
+    )
+    .await;
+    assert!(
+        matches!(v, Verdict::Transient { retry_after: Some(d), .. } if d == hour),
+        "{v:?}"
+    );
+    expect_held(apns.send(&device(&token(50), None), &alert()).await);
+    assert_eq!(s.server.requests_for(&token(50)).len(), 1);
+    assert_eq!(
+        apns.send(&device(&token(51), None), &alert()).await,
+        Verdict::Sent,
+        "other devices go on"
+    );
+
+    for (n, status, reason) in [
+        (52, 503, "ServiceUnavailable"),
+        (54, 429, "TooManyProviderTokenUpdates"),
+    ] {
+        let apns = s.provider(&s.token_config());
+        let v = verdict_for(
+            &s,
+            &apns,
+            n,
+            Reply::reason(status, reason).with_header("retry-after", "18446744073709551615"),
+        )
+        .await;
+        assert!(
+            matches!(&v, Verdict::Transient { retry_after: Some(d), .. } if *d == hour),
+            "{reason}: {v:?}"
+        );
+        expect_held(apns.send(&device(&token(n + 1), None), &alert()).await);
+        assert!(s.server.requests_for(&token(n + 1)).is_empty(), "{reason}");
+    }
 }
 
 #[tokio::test]

@@ -557,6 +557,90 @@ async fn slow_down_answers_hold_back_the_next_sends() {
     assert_eq!(fcm.send(&device(&token(33)), &alert()).await, Verdict::Sent);
 }
 
+/// The attacks of issue 11: FCM (or a relay) answering `Retry-After: 1000000000`. A 429 holds
+/// back that device only, and for at most an hour; other devices' sends go out.
+#[tokio::test]
+async fn a_huge_retry_after_holds_back_only_that_device_for_at_most_an_hour() {
+    let s = Setup::new().await;
+    let fcm = s.provider(&s.config());
+    let hour = Duration::from_secs(3600);
+    s.server.script(
+        &token(40),
+        vec![
+            Reply::google(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Quota exceeded",
+                Some("QUOTA_EXCEEDED"),
+            )
+            .with_header("retry-after", "1000000000"),
+        ],
+    );
+    let v = fcm.send(&device(&token(40)), &alert()).await;
+    assert_transient(&v, Some(hour), "QUOTA_EXCEEDED");
+    match fcm.send(&device(&token(40)), &alert()).await {
+        Verdict::Transient {
+            retry_after: Some(left),
+            reason,
+        } => {
+            assert!(left <= hour, "{left:?}");
+            assert!(reason.contains("holding back"), "{reason}");
+        }
+        other => panic!("expected a held-back transient, got {other:?}"),
+    }
+    assert_eq!(s.server.sends_for(&token(40)).len(), 1, "held back");
+    assert_eq!(fcm.send(&device(&token(41)), &alert()).await, Verdict::Sent);
+    assert_eq!(
+        s.server.sends_for(&token(41)).len(),
+        1,
+        "other devices go on"
+    );
+}
+
+/// `Retry-After: 18446744073709551615` (2^64 − 1) once panicked a worker: now it is a transient
+/// verdict asking for an hour. On a 429 that holds the device, on a 5xx the whole service
+/// (FCM's own trouble), and on a 429 whose details say the project's quota is spent, too.
+#[tokio::test]
+async fn retry_after_of_u64_max_is_an_hour_and_holds_what_it_concerns() {
+    let hour = Duration::from_secs(3600);
+    let project_quota = serde_json::json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+        "message": "Quota exceeded for quota metric 'Send requests'",
+        "details": [{"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+            "violations": [{"subject": "project:1234", "description": "per-project quota"}]}]}})
+    .to_string();
+    for (reply, whole_service) in [
+        (
+            Reply::google(429, "RESOURCE_EXHAUSTED", "q", Some("QUOTA_EXCEEDED")),
+            false,
+        ),
+        (Reply::status(503, "overloaded"), true),
+        (Reply::status(429, &project_quota), true),
+    ] {
+        let s = Setup::new().await;
+        let fcm = s.provider(&s.config());
+        s.server.script(
+            &token(42),
+            vec![reply.with_header("retry-after", "18446744073709551615")],
+        );
+        let v = fcm.send(&device(&token(42)), &alert()).await;
+        assert!(
+            matches!(&v, Verdict::Transient { retry_after: Some(d), .. } if *d == hour),
+            "{v:?}"
+        );
+        let other = fcm.send(&device(&token(43)), &alert()).await;
+        if whole_service {
+            assert!(
+                matches!(&other, Verdict::Transient { retry_after: Some(left), reason }
+                    if *left <= hour && reason.contains("holding back")),
+                "{other:?}"
+            );
+            assert!(s.server.sends_for(&token(43)).is_empty());
+        } else {
+            assert_eq!(other, Verdict::Sent);
+        }
+    }
+}
+
 #[tokio::test]
 async fn server_errors_are_transient_and_honour_retry_after() {
     let s = Setup::new().await;
@@ -768,25 +852,73 @@ async fn concurrent_sends_share_one_token_request_and_one_connection() {
 #[tokio::test]
 async fn access_token_is_renewed_five_minutes_before_expiry() {
     let s = Setup::new().await;
-    // Valid for 2 s beyond the 5-minute margin.
-    s.server.set_expires_in(302);
+    // Google's usual answer: 3599 s, so the token is renewed after 3299 s.
     let fcm = s.provider(&s.config());
     assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
     assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
     assert_eq!(s.server.token_requests().len(), 1);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    fcm.backdate_access_token(Duration::from_secs(3299 - 30))
+        .await;
+    assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
+    assert_eq!(s.server.token_requests().len(), 1, "30 s before renewal");
+    fcm.backdate_access_token(Duration::from_secs(31)).await;
     assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
     assert_eq!(s.server.token_requests().len(), 2);
     let sends = s.server.sends();
-    assert_eq!(sends[0].bearer, sends[1].bearer);
-    assert_ne!(sends[1].bearer, sends[2].bearer);
+    assert_eq!(sends[0].bearer, sends[2].bearer);
+    assert_ne!(sends[2].bearer, sends[3].bearer);
 
-    // A token that expires within the margin is used once, never cached.
+    // A token that expires within the margin is still used for a minute, not fetched per send.
     s.server.set_expires_in(300);
     let fcm = s.provider(&s.config());
     assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
     assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
+    assert_eq!(s.server.token_requests().len(), 3);
+    fcm.backdate_access_token(Duration::from_secs(61)).await;
+    assert_eq!(fcm.send(&device(&token(1)), &alert()).await, Verdict::Sent);
     assert_eq!(s.server.token_requests().len(), 4);
+}
+
+/// A token endpoint answering `expires_in` 2^64 − 1 once panicked a worker. Whatever it says
+/// (huge, zero, negative, not a number, nothing), the send completes, one token serves several
+/// sends, and none is kept longer than 55 minutes.
+#[tokio::test]
+async fn any_expires_in_neither_panics_nor_refreshes_per_send_nor_lasts_forever() {
+    let s = Setup::new().await;
+    let mut fetched = 0;
+    for expires_in in [
+        serde_json::json!(u64::MAX),
+        serde_json::json!(1e300),
+        serde_json::json!(0),
+        serde_json::json!(-5),
+        serde_json::json!("abc"),
+        serde_json::json!(null),
+    ] {
+        s.server.set_expires_in(expires_in.clone());
+        let fcm = s.provider(&s.config());
+        for _ in 0..3 {
+            assert_eq!(
+                fcm.send(&device(&token(2)), &alert()).await,
+                Verdict::Sent,
+                "expires_in {expires_in}"
+            );
+        }
+        fetched += 1;
+        assert_eq!(
+            s.server.token_requests().len(),
+            fetched,
+            "one token for three sends: expires_in {expires_in}"
+        );
+        fcm.backdate_access_token(Duration::from_secs(55 * 60 + 1))
+            .await;
+        assert_eq!(fcm.send(&device(&token(2)), &alert()).await, Verdict::Sent);
+        fetched += 1;
+        assert_eq!(
+            s.server.token_requests().len(),
+            fetched,
+            "renewed within 55 minutes: expires_in {expires_in}"
+        );
+    }
 }
 
 #[tokio::test]

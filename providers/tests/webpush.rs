@@ -218,7 +218,7 @@ async fn body_that_cannot_fit_is_cut_to_the_byte_budget() {
     let endpoint = Endpoint::start(Behaviour::status(201)).await;
     let sub = Subscriber::generate();
     let push = provider(&WebPushConfig {
-        max_body_chars: 100_000,
+        max_body_chars: 4096,
         ..local_config(None)
     });
     let verdict = push
@@ -359,7 +359,7 @@ async fn server_errors_are_transient() {
         "{verdict:?}"
     );
 
-    // Retry-After as an HTTP date.
+    // Retry-After as an HTTP date, however far ahead, is waited for at most an hour.
     let behaviour = Behaviour::Respond {
         status: 500,
         headers: vec![("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT".into())],
@@ -370,9 +370,55 @@ async fn server_errors_are_transient() {
         Verdict::Transient {
             retry_after: Some(d),
             ..
-        } => assert!(d > Duration::from_secs(365 * 24 * 3600)),
+        } => assert_eq!(d, Duration::from_secs(3600)),
         other => panic!("expected Transient with a delay, got {other:?}"),
     }
+}
+
+/// A push service answering 503 with a Retry-After of 2^64 − 1 seconds: a transient verdict, and
+/// for at most an hour only that push service is left alone; other services' subscriptions and
+/// a fresh start are unaffected.
+#[tokio::test]
+async fn a_huge_retry_after_holds_back_only_that_push_service() {
+    let busy = Endpoint::start(Behaviour::Respond {
+        status: 503,
+        headers: vec![("retry-after", "18446744073709551615".into())],
+        body: "",
+    })
+    .await;
+    let other = Endpoint::start(Behaviour::status(201)).await;
+    let sub = Subscriber::generate();
+    let push = provider(&local_config(None));
+    let send = |url: String| {
+        let (push, keys) = (&push, sub.keys());
+        async move {
+            push.send(&device(&url, Some(keys)), &alert(Priority::High, "x"))
+                .await
+        }
+    };
+    let hour = Duration::from_secs(3600);
+
+    let verdict = send(busy.url("/sub/1")).await;
+    assert!(
+        matches!(verdict, Verdict::Transient { retry_after: Some(d), .. } if d == hour),
+        "{verdict:?}"
+    );
+    // Another subscription at the same service is not even tried…
+    match send(busy.url("/sub/2")).await {
+        Verdict::Transient {
+            retry_after: Some(left),
+            reason,
+        } => {
+            assert!(left <= hour, "{left:?}");
+            assert!(reason.contains("holding back"), "{reason}");
+            assert!(!reason.contains("/sub/"), "no capability URL: {reason}");
+        }
+        other => panic!("expected a held-back transient, got {other:?}"),
+    }
+    assert_eq!(busy.requests().len(), 1);
+    // …while other push services are.
+    assert_eq!(send(other.url("/sub/3")).await, Verdict::Sent);
+    assert_eq!(other.requests().len(), 1);
 }
 
 #[tokio::test]

@@ -74,7 +74,9 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.rate))
+            // Positive and finite for any rate validate() allows; a minute (a whole refill) if not.
+            let wait = (1.0 - bucket.tokens) / self.rate;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(60)))
         }
     }
 }

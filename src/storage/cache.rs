@@ -76,9 +76,14 @@ impl RegistrationCache {
     }
 
     pub fn put(&self, key: NodeHash, registration: Arc<Registration>, now: Instant) {
+        // A ttl too long for the clock (storage.cache_ttl_secs is bounded, but this cache does
+        // not rely on it) caches nothing rather than panicking on every publish.
+        let Some(expires) = now.checked_add(self.ttl) else {
+            return;
+        };
         let entry = Entry {
             registration,
-            expires: now + self.ttl,
+            expires,
         };
         let mut maps = self.maps();
         maps.old.remove(&key);
@@ -129,6 +134,15 @@ mod tests {
     fn off_when_capacity_or_ttl_is_zero() {
         assert!(RegistrationCache::new(0, Duration::from_secs(30)).is_none());
         assert!(RegistrationCache::new(10, Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn a_ttl_beyond_the_clock_neither_panics_nor_caches() {
+        let c = RegistrationCache::new(4, Duration::from_secs(9_223_372_036_854_775_807)).unwrap();
+        let now = Instant::now();
+        c.put(key(1), Arc::new(crate::storage::tests::registration()), now);
+        assert!(c.get(&key(1), now).is_none());
+        assert_eq!(c.len(), 0);
     }
 
     #[test]

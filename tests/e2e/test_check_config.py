@@ -1,8 +1,10 @@
-"""`pushgate check-config`: the shipped example and the e2e config pass; unknown keys are named."""
+"""`pushgate check-config`: the shipped example and the e2e config pass; unknown keys and
+out-of-range numbers are named."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 
 import pytest
@@ -62,3 +64,21 @@ def test_unknown_key_is_named(binary, workdir, section, key):
     assert r.returncode != 0, _out(r)
     assert key in r.stdout + r.stderr, f"the error must name {key!r}: {_out(r)}"
     assert not r.stdout.split()[:1] or r.stdout.split()[0].rstrip(":") != "ok", _out(r)
+
+
+@pytest.mark.parametrize("key,value", [
+    # The largest TOML integer: once accepted, then every publish panicked.
+    ("storage.cache_ttl_secs", "9223372036854775807"),
+    ("providers.webpush.request_timeout_secs", "0"),
+])
+def test_out_of_range_number_is_named(binary, workdir, key, value):
+    text = open(EXAMPLE).read()
+    name = key.rsplit(".", 1)[1]
+    line = re.compile(rf"^{name} = .*$", re.MULTILINE)
+    assert line.search(text), f"{name} is set in the example"
+    path = os.path.join(workdir, "range.toml")
+    with open(path, "w") as f:
+        f.write(line.sub(f"{name} = {value}", text, count=1))
+    r = run_check_config(binary, path, cwd=workdir)
+    assert r.returncode == 2, _out(r)
+    assert f"{key}: must be between" in r.stderr, f"the error must name {key!r}: {_out(r)}"

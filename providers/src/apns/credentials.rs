@@ -256,11 +256,16 @@ fn keys_match(
     }
 }
 
+/// `secs` since the epoch; a time the platform cannot represent is the epoch itself (X.509 times
+/// end in year 9999, so only a malformed certificate gets there).
 fn epoch_time(secs: i64) -> SystemTime {
-    match u64::try_from(secs) {
-        Ok(s) => UNIX_EPOCH + Duration::from_secs(s),
-        Err(_) => UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()),
-    }
+    let offset = Duration::from_secs(secs.unsigned_abs());
+    let at = if secs >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    };
+    at.unwrap_or(UNIX_EPOCH)
 }
 
 /// Standard PEM armour with 64-character lines.
@@ -278,6 +283,14 @@ fn to_pem(label: &str, der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_times_never_panic() {
+        assert_eq!(epoch_time(86_400), UNIX_EPOCH + Duration::from_secs(86_400));
+        assert_eq!(epoch_time(-60), UNIX_EPOCH - Duration::from_secs(60));
+        let _ = epoch_time(i64::MIN);
+        let _ = epoch_time(i64::MAX);
+    }
 
     #[test]
     fn pem_armour_wraps_at_64() {

@@ -10,6 +10,16 @@
 //! * Verdicts follow the HTTP status first and the `reason` second, so a reason Apple adds later
 //!   still lands in the right class.
 //! * Device tokens, keys, JWTs and payloads are never logged; a token shows only its prefix.
+//!
+//! What an answer that asks to slow down holds back (transport.rs `Holds`):
+//! * 429 `TooManyRequests` is about one device token ("too many requests to the same token"):
+//!   that token is held back for its `Retry-After` (at most an hour), else a minute doubling up
+//!   to an hour. Other devices' sends go on.
+//! * 429 `TooManyProviderTokenUpdates` and a 5xx (`ServiceUnavailable`, `Shutdown`, after the
+//!   retry on another connection) are about the whole provider, but only held as long as APNs
+//!   (or a relay) says in `Retry-After`: Apple documents none and advises retrying, and a
+//!   provider-wide hold of its own would turn one restarting APNs node into lost notifications
+//!   for every device. The publishing server's retry is the backoff.
 
 mod client;
 mod credentials;
@@ -27,6 +37,7 @@ use tracing::Instrument as _;
 
 pub use credentials::{CredentialError, CredentialInfo, Credentials};
 
+use crate::transport::{Answered, Backoff, Hold, Holds};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
 use client::{ClientSettings, Pool};
 use jwt::TokenSigner;
@@ -39,6 +50,10 @@ pub const SANDBOX_URL: &str = "https://api.sandbox.push.apple.com";
 
 /// Pause before retrying a 500/503, so a restarting APNs node is not hit again at once.
 const SERVER_ERROR_RETRY_PAUSE: Duration = Duration::from_millis(250);
+
+/// First hold of a device after 429 `TooManyRequests`; doubles up to `MAX_DEVICE_BACKOFF`.
+const DEVICE_BACKOFF: Duration = Duration::from_secs(60);
+const MAX_DEVICE_BACKOFF: Duration = Duration::from_secs(3600);
 
 /// `apns-collapse-id` may be at most this many bytes.
 const MAX_COLLAPSE_ID_BYTES: usize = 64;
@@ -145,6 +160,29 @@ impl ApnsConfig {
             max_body_chars: defaults::max_body_chars(),
         }
     }
+
+    /// Every numeric key in its range (`section` is the section's dotted path).
+    pub fn check_ranges(&self, section: &str) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("{section}.{field}");
+        ConfigError::check_range(&key("pool_size"), self.pool_size, 1..=64)?;
+        ConfigError::check_range(
+            &key("ping_interval_secs"),
+            self.ping_interval_secs,
+            0..=3600,
+        )?;
+        // A call ringing an hour late is no call.
+        ConfigError::check_range(
+            &key("voip_expiration_secs"),
+            self.voip_expiration_secs,
+            0..=3600,
+        )?;
+        crate::check_common_ranges(
+            section,
+            ("expiration_secs", self.expiration_secs),
+            self.max_body_chars,
+            self.request_timeout_secs,
+        )
+    }
 }
 
 /// Which APNs environment the app's tokens belong to; a token from the other one is refused as
@@ -187,6 +225,8 @@ pub struct Apns {
     collapse_id: Option<String>,
     mapping: MappingSettings,
     active: RwLock<Option<Arc<Active>>>,
+    /// Devices APNs answered `TooManyRequests` for; the provider while APNs asks it to wait.
+    holds: Holds,
 }
 
 impl fmt::Debug for Apns {
@@ -213,6 +253,7 @@ impl Apns {
             message,
         };
 
+        config.check_ranges(key)?;
         if config.topic.trim().is_empty() || config.topic.contains(char::is_whitespace) {
             return Err(err("topic", "must be the app's bundle id".to_owned()));
         }
@@ -240,12 +281,6 @@ impl Apns {
                     id.len()
                 ),
             ));
-        }
-        if config.pool_size == 0 || config.pool_size > 64 {
-            return Err(err("pool_size", "must be between 1 and 64".to_owned()));
-        }
-        if config.request_timeout_secs == 0 {
-            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
         }
         let extra_roots = match &config.ca_file {
             Some(path) => {
@@ -290,6 +325,11 @@ impl Apns {
                 voip_expiration_secs: config.voip_expiration_secs,
             },
             active: RwLock::new(None),
+            holds: Holds::new(
+                "APNs",
+                Backoff::new(DEVICE_BACKOFF, MAX_DEVICE_BACKOFF),
+                Backoff::as_asked(),
+            ),
         };
 
         match load_credentials(config).map_err(|(field, message)| err(field, message))? {
@@ -380,7 +420,7 @@ impl Apns {
         let mut may_renew = true;
         let mut may_retry_server_error = true;
         // Retries share the one bound, so a delivery never takes longer than request_timeout.
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = crate::transport::deadline_after(self.request_timeout);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -419,12 +459,7 @@ impl Apns {
             {
                 span.record("apns_id", id);
             }
-            let retry_after = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = crate::transport::retry_after(response.headers());
             let reason = read_reason(response).await;
             match classify(status, &reason, retry_after, self.environment) {
                 // Apple: 500 and 503 (ServiceUnavailable, Shutdown) are retried, on a new
@@ -444,7 +479,12 @@ impl Apns {
                         .min(deadline.saturating_duration_since(Instant::now()));
                     tokio::time::sleep(pause).await;
                 }
-                Classified::Done(v) => return v,
+                Classified::Done(v) => {
+                    let answered = answered_by(status, &reason);
+                    self.holds
+                        .record(push.token.as_str(), answered, retry_after, Instant::now());
+                    return v;
+                }
                 Classified::ExpiredProviderToken => {
                     let (Some(signer), Some(rejected), true) = (&active.signer, &jwt, may_renew)
                     else {
@@ -566,6 +606,9 @@ impl Apns {
             return Verdict::DeadToken {
                 reason: format!("stored token is unusable: {m}"),
             };
+        }
+        if let Some(held) = self.holds.check(push.token.as_str(), Instant::now()) {
+            return held;
         }
         let Some(active) = self.current() else {
             return Verdict::Transient {
@@ -727,6 +770,16 @@ fn classify(
     Classified::Done(verdict)
 }
 
+/// What an APNs answer means for later sends (see the module docs).
+fn answered_by(status: StatusCode, reason: &str) -> Answered {
+    match (status.as_u16(), reason) {
+        (200, _) => Answered::Delivered,
+        (429, "TooManyProviderTokenUpdates") | (500..=599, _) => Answered::Hold(Hold::Service),
+        (429, _) => Answered::Hold(Hold::Device),
+        _ => Answered::Nothing,
+    }
+}
+
 /// The `reason` of an APNs error body, read leniently: JSON `{"reason":…}`, else a printable
 /// excerpt of whatever came back, else empty.
 async fn read_reason(mut response: reqwest::Response) -> String {
@@ -797,6 +850,25 @@ mod tests {
         assert!(
             matches!(verdict(502, "Whatever"), Classified::Done(Verdict::Transient { reason, .. }) if reason.contains("Whatever"))
         );
+    }
+
+    #[test]
+    fn slow_down_answers_hold_the_device_or_the_provider() {
+        let hold = |code, reason| answered_by(StatusCode::from_u16(code).unwrap(), reason);
+        assert_eq!(hold(429, "TooManyRequests"), Answered::Hold(Hold::Device));
+        assert_eq!(
+            hold(429, "TooManyProviderTokenUpdates"),
+            Answered::Hold(Hold::Service)
+        );
+        for reason in ["ServiceUnavailable", "Shutdown", "InternalServerError"] {
+            assert!(
+                matches!(hold(503, reason), Answered::Hold(Hold::Service)),
+                "{reason}"
+            );
+        }
+        assert_eq!(hold(200, ""), Answered::Delivered);
+        assert_eq!(hold(410, "Unregistered"), Answered::Nothing);
+        assert_eq!(hold(403, "InvalidProviderToken"), Answered::Nothing);
     }
 
     #[test]

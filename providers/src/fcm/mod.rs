@@ -11,6 +11,16 @@
 //!   later still lands in the right class; only answers that certainly mean "this token is gone"
 //!   delete a registration.
 //! * Access tokens, the key, device tokens (beyond a prefix) and message content are never logged.
+//!
+//! What an answer that asks to slow down holds back (transport.rs `Holds`), and for how long
+//! (its `Retry-After`, at most an hour, else the backoff):
+//! * 429 `QUOTA_EXCEEDED` is about the message's target (FCM's per-device rate) unless its
+//!   details say the project's quota is spent (a google.rpc `QuotaFailure` violation with a
+//!   `project:` subject, or an `ErrorInfo` `RATE_LIMIT_EXCEEDED`, as Google's quota system
+//!   answers): so it holds back that device (at least a minute, doubling up to an hour), and
+//!   the whole project only when FCM said the project is over quota. Other devices' sends go on.
+//! * A 5xx is about the service, not the message: it holds back every send for seconds,
+//!   doubling up to a minute, or as long as `Retry-After` says.
 
 pub(crate) mod message;
 mod oauth;
@@ -23,7 +33,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 use tracing::Instrument as _;
 
-use crate::transport::Backoff;
+use crate::transport::{Answered, Backoff, Hold, Holds};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
 use message::MappingSettings;
 use oauth::{ServiceAccount, TokenSource};
@@ -85,9 +95,6 @@ mod defaults {
     }
 }
 
-/// FCM's maximum `android.ttl`.
-const MAX_TTL_SECS: u64 = 28 * 86_400;
-
 impl FcmConfig {
     /// A configuration with every optional key at its default.
     pub fn new(service_account_file: impl Into<PathBuf>) -> Self {
@@ -100,6 +107,16 @@ impl FcmConfig {
             request_timeout_secs: defaults::request_timeout_secs(),
         }
     }
+
+    /// Every numeric key in its range (`section` is the section's dotted path).
+    pub fn check_ranges(&self, section: &str) -> Result<(), ConfigError> {
+        crate::check_common_ranges(
+            section,
+            ("ttl_secs", self.ttl_secs),
+            self.max_body_chars,
+            self.request_timeout_secs,
+        )
+    }
 }
 
 /// The FCM provider for one Firebase project.
@@ -111,10 +128,10 @@ pub struct Fcm {
     tokens: TokenSource,
     request_timeout: Duration,
     mapping: MappingSettings,
-    /// Devices FCM answered 429 for: at least a minute before the next try (providers.md §2.3).
-    device_backoff: Backoff<String>,
-    /// The whole service after 5xx answers: seconds, doubling up to a minute.
-    service_backoff: Backoff<()>,
+    /// Devices FCM answered 429 for: at least a minute before the next try (providers.md §2.3);
+    /// the whole service after 5xx answers or a spent project quota: seconds, doubling up to a
+    /// minute.
+    holds: Holds,
 }
 
 impl fmt::Debug for Fcm {
@@ -136,24 +153,13 @@ impl Fcm {
             key: format!("{key}.{field}"),
             message,
         };
+        config.check_ranges(key)?;
         let account = ServiceAccount::load(&config.service_account_file)
             .map_err(|e| err("service_account_file", e.to_string()))?;
         let url = url::Url::parse(&config.base_url)
             .map_err(|e| err("base_url", format!("not a URL: {e}")))?;
         if url.scheme() != "https" || url.host().is_none() {
             return Err(err("base_url", "must be an https:// URL".to_owned()));
-        }
-        if config.ttl_secs > MAX_TTL_SECS {
-            return Err(err(
-                "ttl_secs",
-                format!("must be at most {MAX_TTL_SECS} (28 days)"),
-            ));
-        }
-        if config.max_body_chars == 0 {
-            return Err(err("max_body_chars", "must be at least 1".to_owned()));
-        }
-        if config.request_timeout_secs == 0 {
-            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
         }
         let extra_roots = match &config.ca_file {
             Some(path) => {
@@ -198,24 +204,34 @@ impl Fcm {
                 max_body_chars: config.max_body_chars,
                 ttl_secs: config.ttl_secs,
             },
-            device_backoff: Backoff::new(QUOTA_BACKOFF, MAX_DEVICE_BACKOFF),
-            service_backoff: Backoff::new(SERVICE_BACKOFF, MAX_SERVICE_BACKOFF),
+            holds: Holds::new(
+                "FCM",
+                Backoff::new(QUOTA_BACKOFF, MAX_DEVICE_BACKOFF),
+                Backoff::new(SERVICE_BACKOFF, MAX_SERVICE_BACKOFF),
+            ),
         };
         tracing::info!(provider = key, project_id, "FCM provider ready");
         Ok(fcm)
     }
 
-    /// One delivery, run inside the delivery span: at most one retry after a connection
-    /// failure, and one with a fresh access token after a 401. Everything shares one bound.
-    /// Delivers `body`; returns the last HTTP status FCM answered (for the backoff) and the verdict.
-    async fn deliver(&self, body: &[u8]) -> (Option<StatusCode>, Verdict) {
-        let mut last_status = None;
-        let verdict = self.deliver_inner(body, &mut last_status).await;
-        (last_status, verdict)
+    /// Makes the cached access token look `by` older, so tests can exercise its renewal without
+    /// waiting for it.
+    #[doc(hidden)]
+    pub async fn backdate_access_token(&self, by: Duration) {
+        self.tokens.backdate(by).await;
     }
 
-    async fn deliver_inner(&self, body: &[u8], last_status: &mut Option<StatusCode>) -> Verdict {
-        let deadline = Instant::now() + self.request_timeout;
+    /// One delivery, run inside the delivery span: at most one retry after a connection
+    /// failure, and one with a fresh access token after a 401. Everything shares one bound.
+    /// Delivers `body`; returns what FCM's last answer said about holding back, and the verdict.
+    async fn deliver(&self, body: &[u8]) -> (Answered, Verdict) {
+        let mut answered = Answered::Nothing;
+        let verdict = self.deliver_inner(body, &mut answered).await;
+        (answered, verdict)
+    }
+
+    async fn deliver_inner(&self, body: &[u8], answered: &mut Answered) -> Verdict {
+        let deadline = crate::transport::deadline_after(self.request_timeout);
         let timed_out = || Verdict::Transient {
             retry_after: None,
             reason: format!(
@@ -264,16 +280,11 @@ impl Fcm {
                 }
             };
             let status = response.status();
-            *last_status = Some(status);
             tracing::Span::current().record("status", status.as_u16());
-            let retry_after = response
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = crate::transport::retry_after(response.headers());
             let answer = read_body(response).await;
             let error = FcmError::parse(&answer);
+            *answered = answered_by(status, error.as_ref());
             match classify(status, error.as_ref(), retry_after) {
                 Classified::Done(v) => return v,
                 Classified::Unauthenticated(reason) if may_refresh => {
@@ -367,41 +378,28 @@ impl Fcm {
             Err(reason) => return Verdict::OurFault { reason },
         };
         tracing::Span::current().record("priority", planned.priority);
-        let token = device.token.as_str().to_owned();
-        let now = Instant::now();
-        if let Some(left) = self
-            .service_backoff
-            .blocked(&(), now)
-            .or_else(|| self.device_backoff.blocked(&token, now))
-        {
-            return Verdict::Transient {
-                retry_after: Some(left),
-                reason: format!(
-                    "holding back after FCM asked to slow down ({} s left)",
-                    left.as_secs()
-                ),
-            };
+        let token = device.token.as_str();
+        if let Some(held) = self.holds.check(token, Instant::now()) {
+            return held;
         }
-        let (status, verdict) = self.deliver(&planned.body).await;
-        let now = Instant::now();
+        let (answered, verdict) = self.deliver(&planned.body).await;
         let asked = match &verdict {
             Verdict::Transient { retry_after, .. } => *retry_after,
             _ => None,
         };
-        match status {
-            Some(s) if s.is_success() => {
-                self.service_backoff.succeeded(&());
-                self.device_backoff.succeeded(&token);
-            }
-            Some(StatusCode::TOO_MANY_REQUESTS) => {
-                self.device_backoff.failed(token, asked, now);
-            }
-            Some(s) if s.is_server_error() => {
-                self.service_backoff.failed((), asked, now);
-            }
-            _ => {}
-        }
+        self.holds.record(token, answered, asked, Instant::now());
         verdict
+    }
+}
+
+/// What an FCM answer means for later sends (see the module docs).
+fn answered_by(status: StatusCode, error: Option<&FcmError>) -> Answered {
+    match status.as_u16() {
+        200..=299 => Answered::Delivered,
+        429 if error.is_some_and(|e| e.project_quota) => Answered::Hold(Hold::Service),
+        429 => Answered::Hold(Hold::Device),
+        500..=599 => Answered::Hold(Hold::Service),
+        _ => Answered::Nothing,
     }
 }
 
@@ -434,6 +432,8 @@ struct FcmError {
     error_code: String,
     /// The first `BadRequest` field violation: field path and description.
     field: Option<(String, String)>,
+    /// A quota detail says the project's quota is spent, not one device's.
+    project_quota: bool,
 }
 
 impl FcmError {
@@ -468,6 +468,7 @@ impl FcmError {
             {
                 parsed.field = Some((text(v.get("field")), text(v.get("description"))));
             }
+            parsed.project_quota |= is_project_quota(detail);
         }
         Some(parsed)
     }
@@ -497,6 +498,29 @@ impl FcmError {
         let m = self.message.to_ascii_lowercase();
         m.contains("registration token") && (m.contains("not a valid") || m.contains("invalid"))
     }
+}
+
+/// Whether one google.rpc error detail says the project's quota is spent: a `QuotaFailure`
+/// violation whose subject is `project:<id>`, or an `ErrorInfo` `RATE_LIMIT_EXCEEDED` (Google's
+/// per-consumer quota answer).
+fn is_project_quota(detail: &serde_json::Value) -> bool {
+    let of_type = |t: &str| {
+        detail
+            .get("@type")
+            .and_then(|v| v.as_str())
+            .is_some_and(|v| v.ends_with(t))
+    };
+    if of_type("google.rpc.QuotaFailure") {
+        return detail
+            .get("violations")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.get("subject").and_then(|s| s.as_str()))
+            .any(|s| s.starts_with("project:") || s.starts_with("projects/"));
+    }
+    of_type("google.rpc.ErrorInfo")
+        && detail.get("reason").and_then(|r| r.as_str()) == Some("RATE_LIMIT_EXCEEDED")
 }
 
 /// What an FCM answer means.
@@ -733,6 +757,59 @@ mod tests {
                 .unwrap()
                 .is_invalid_token()
         );
+    }
+
+    #[test]
+    fn quota_holds_the_device_unless_the_project_is_over_quota() {
+        let hold = |body: &[u8]| {
+            answered_by(
+                StatusCode::TOO_MANY_REQUESTS,
+                FcmError::parse(body).as_ref(),
+            )
+        };
+        let with_detail = |detail: serde_json::Value| {
+            serde_json::json!({"error": {"code": 429, "status": "RESOURCE_EXHAUSTED",
+                "message": "quota", "details": [detail]}})
+            .to_string()
+            .into_bytes()
+        };
+        let device = Answered::Hold(Hold::Device);
+        let project = Answered::Hold(Hold::Service);
+        assert_eq!(
+            hold(&google(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "q",
+                Some("QUOTA_EXCEEDED")
+            )),
+            device
+        );
+        assert_eq!(hold(b"overloaded"), device);
+        assert_eq!(
+            hold(&with_detail(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{"subject": "project:1234", "description": "per-project rate"}]
+            }))),
+            project
+        );
+        assert_eq!(
+            hold(&with_detail(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [{"subject": "device", "description": "per-device rate"}]
+            }))),
+            device
+        );
+        assert_eq!(
+            hold(&with_detail(serde_json::json!({
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "RATE_LIMIT_EXCEEDED", "domain": "googleapis.com",
+                "metadata": {"quota_unit": "1/min/{project}", "consumer": "projects/1234"}
+            }))),
+            project
+        );
+        assert_eq!(answered_by(StatusCode::SERVICE_UNAVAILABLE, None), project);
+        assert_eq!(answered_by(StatusCode::OK, None), Answered::Delivered);
+        assert_eq!(answered_by(StatusCode::NOT_FOUND, None), Answered::Nothing);
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! and its RUSTSEC-2023-0071; and pushgate needs control over the cache: one refresh shared by all
 //! concurrent deliveries, renewal 5 minutes before expiry, and invalidation of exactly the token
 //! FCM rejected with 401. Neither the key nor any token is ever logged.
+//!
+//! The endpoint's `expires_in` is a number from outside: whatever it says (nothing, 0, -5,
+//! "abc", 2^64 − 1), a token is used for at least a minute, so a bogus answer cannot make every
+//! delivery fetch a token, and for at most 55 minutes, so none is kept forever (a 401 still
+//! forces a refresh at once).
 
 use std::fmt;
 use std::path::Path;
@@ -31,6 +36,10 @@ const ASSERTION_LIFETIME_SECS: u64 = 3600;
 /// A token is replaced this long before it expires, so no request goes out with a token that
 /// expires on the way.
 pub(crate) const RENEW_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+/// Shortest use of a token, also for an `expires_in` that is missing or not a number.
+const MIN_TOKEN_USE: Duration = Duration::from_secs(60);
+/// Longest use of a token: Google's live an hour, less the renewal margin.
+const MAX_TOKEN_USE: Duration = Duration::from_secs(3600 - 5 * 60);
 /// How much of a token-endpoint error is kept for the reason.
 const MAX_ERROR_CHARS: usize = 200;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -158,7 +167,7 @@ impl ServiceAccount {
             "scope": SCOPE,
             "aud": self.token_uri,
             "iat": iat,
-            "exp": iat + ASSERTION_LIFETIME_SECS,
+            "exp": iat.saturating_add(ASSERTION_LIFETIME_SECS),
         });
         let input = format!("{}.{}", self.header_b64, B64URL.encode(claims.to_string()));
         let mut signature = vec![0u8; self.key.public().modulus_len()];
@@ -208,7 +217,33 @@ pub(crate) enum TokenError {
 #[derive(Deserialize)]
 struct TokenAnswer {
     access_token: String,
-    expires_in: u64,
+    /// Read as any JSON value: its range is checked by [`token_use`], not by serde.
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+/// How long a token with this `expires_in` is used: its lifetime less [`RENEW_BEFORE_EXPIRY`],
+/// between [`MIN_TOKEN_USE`] and [`MAX_TOKEN_USE`]. Seconds may come as an integer, a float or a
+/// string of digits; anything else counts as unknown (the minimum).
+fn token_use(expires_in: Option<&serde_json::Value>) -> Duration {
+    use serde_json::Value;
+    let secs = match expires_in {
+        // `as` saturates: a negative or NaN float is 0, a huge one u64::MAX.
+        Some(Value::Number(n)) => n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)),
+        Some(Value::String(s)) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    match secs {
+        Some(secs) => Duration::from_secs(secs)
+            .saturating_sub(RENEW_BEFORE_EXPIRY)
+            .clamp(MIN_TOKEN_USE, MAX_TOKEN_USE),
+        None => {
+            tracing::warn!(
+                "the OAuth token endpoint gave no usable expires_in; renewing the FCM access token every minute"
+            );
+            MIN_TOKEN_USE
+        }
+    }
 }
 
 /// One access token and when it should be replaced.
@@ -278,6 +313,15 @@ impl TokenSource {
         }
     }
 
+    /// Makes the cached token look `by` older (tests of the renewal rules).
+    pub(crate) async fn backdate(&self, by: Duration) {
+        if let Some(c) = self.state.lock().await.current.as_mut()
+            && let Some(at) = c.renew_at.checked_sub(by)
+        {
+            c.renew_at = at;
+        }
+    }
+
     /// FCM answered 401 to `rejected`: forget it (unless another delivery already replaced it),
     /// so the next [`get`](Self::get) fetches a fresh one.
     pub(crate) async fn invalidate(&self, rejected: &str) {
@@ -335,15 +379,14 @@ impl TokenSource {
                 "access_token is empty or not printable".to_owned(),
             ));
         }
-        let lifetime = Duration::from_secs(answer.expires_in);
+        let used_for = token_use(answer.expires_in.as_ref());
         tracing::debug!(
-            expires_in = answer.expires_in,
+            renew_after_secs = used_for.as_secs(),
             "fetched a new FCM access token"
         );
         Ok(Cached {
             token: answer.access_token.into(),
-            // A token living less than the margin is used for this delivery only.
-            renew_at: sent_at + lifetime.saturating_sub(RENEW_BEFORE_EXPIRY),
+            renew_at: sent_at.checked_add(used_for).unwrap_or(sent_at),
         })
     }
 }
@@ -409,6 +452,33 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, ServiceAccountError::NotRsaPkcs8 { .. }));
         assert!(!err.to_string().contains("SECRET"), "{err}");
+    }
+
+    #[test]
+    fn token_lifetimes_are_clamped() {
+        let used = |v: serde_json::Value| token_use(Some(&v)).as_secs();
+        assert_eq!(used(serde_json::json!(3599)), 3299);
+        assert_eq!(used(serde_json::json!(3599.9)), 3299);
+        assert_eq!(used(serde_json::json!("3599")), 3299);
+        assert_eq!(used(serde_json::json!(302)), 60, "at least a minute");
+        for short in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!(-1e300),
+            serde_json::json!("abc"),
+            serde_json::json!(null),
+            serde_json::json!([3599]),
+        ] {
+            assert_eq!(used(short.clone()), 60, "{short}");
+        }
+        assert_eq!(token_use(None).as_secs(), 60);
+        for long in [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1e300),
+            serde_json::json!(86_400),
+        ] {
+            assert_eq!(used(long.clone()), 3300, "at most 55 minutes: {long}");
+        }
     }
 
     #[test]

@@ -38,8 +38,6 @@ pub const DEFAULT_SERVER: &str = "fcm-xmpp.googleapis.com:5235";
 /// The stream's `to` and the realm of the SASL identity `<sender_id>@<domain>`.
 pub const DEFAULT_DOMAIN: &str = "fcm.googleapis.com";
 
-/// CCS's maximum `time_to_live`.
-const MAX_TTL_SECS: u64 = 2_419_200;
 const MAX_POOL_SIZE: usize = 16;
 /// How often one delivery is moved to another connection after `CONNECTION_DRAINING`.
 const MAX_DRAIN_RETRIES: usize = 3;
@@ -131,6 +129,21 @@ impl FcmXmppConfig {
             request_timeout_secs: defaults::request_timeout_secs(),
         }
     }
+
+    /// Every numeric key in its range (`section` is the section's dotted path).
+    pub fn check_ranges(&self, section: &str) -> Result<(), ConfigError> {
+        ConfigError::check_range(
+            &format!("{section}.pool_size"),
+            self.pool_size,
+            1..=MAX_POOL_SIZE,
+        )?;
+        crate::check_common_ranges(
+            section,
+            ("ttl_secs", self.ttl_secs),
+            self.max_body_chars,
+            self.request_timeout_secs,
+        )
+    }
 }
 
 /// The CCS provider for one sender id.
@@ -173,6 +186,7 @@ impl FcmXmpp {
             key: format!("{key}.{field}"),
             message,
         };
+        config.check_ranges(key)?;
         let sender_id = config.sender_id.trim();
         if sender_id.is_empty() || !sender_id.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(err(
@@ -195,24 +209,6 @@ impl FcmXmpp {
                 .any(|c| c.is_whitespace() || c.is_control() || "@/<>&'\"".contains(c))
         {
             return Err(err("domain", "must be a domain name".to_owned()));
-        }
-        if !(1..=MAX_POOL_SIZE).contains(&config.pool_size) {
-            return Err(err(
-                "pool_size",
-                format!("must be between 1 and {MAX_POOL_SIZE}"),
-            ));
-        }
-        if config.ttl_secs > MAX_TTL_SECS {
-            return Err(err(
-                "ttl_secs",
-                format!("must be at most {MAX_TTL_SECS} (28 days)"),
-            ));
-        }
-        if config.max_body_chars == 0 {
-            return Err(err("max_body_chars", "must be at least 1".to_owned()));
-        }
-        if config.request_timeout_secs == 0 {
-            return Err(err("request_timeout_secs", "must be at least 1".to_owned()));
         }
         let tls = tls_connector(config.ca_file.as_deref()).map_err(|m| err("ca_file", m))?;
         let nanos = SystemTime::now()
@@ -257,7 +253,7 @@ impl FcmXmpp {
                 let mut pool = tokio::time::timeout_at(deadline.into(), self.pool.lock())
                     .await
                     .map_err(|_| self.timed_out())?;
-                let stall_after = self.request_timeout * STALL_FACTOR;
+                let stall_after = self.request_timeout.saturating_mul(STALL_FACTOR);
                 pool.retain(|c| {
                     if c.usable() && c.stalled(stall_after) {
                         tracing::warn!(provider = %self.key, connection = c.id, "CCS connection silent with messages unanswered; replacing it");
@@ -358,7 +354,7 @@ impl FcmXmpp {
                 reason: format!("stored token is unusable: {m}"),
             };
         }
-        let deadline = Instant::now() + self.request_timeout;
+        let deadline = crate::transport::deadline_after(self.request_timeout);
         for _ in 0..=MAX_DRAIN_RETRIES {
             let message_id = format!(
                 "{}-{}",

@@ -168,7 +168,8 @@ struct State {
     token_requests: Mutex<Vec<TokenRequest>>,
     scripts: Mutex<HashMap<String, VecDeque<Reply>>>,
     issued: Mutex<HashSet<String>>,
-    expires_in: AtomicU64,
+    /// Any JSON: the provider must survive what a token endpoint says; null leaves it out.
+    expires_in: Mutex<serde_json::Value>,
     token_delay_ms: AtomicU64,
     /// Answer token requests with this status (500, …) instead; 0 = normally.
     token_failure: AtomicU64,
@@ -214,7 +215,7 @@ impl MockFcm {
             token_requests: Mutex::default(),
             scripts: Mutex::default(),
             issued: Mutex::default(),
-            expires_in: AtomicU64::new(3599),
+            expires_in: Mutex::new(serde_json::json!(3599)),
             token_delay_ms: AtomicU64::new(0),
             token_failure: AtomicU64::new(0),
             connections: AtomicUsize::new(0),
@@ -265,9 +266,10 @@ impl MockFcm {
         self.state.token_requests.lock().unwrap().clone()
     }
 
-    /// `expires_in` of the access tokens issued from now on.
-    pub fn set_expires_in(&self, secs: u64) {
-        self.state.expires_in.store(secs, Ordering::SeqCst);
+    /// `expires_in` of the access tokens issued from now on: any JSON value (a number of
+    /// seconds, or nonsense); null leaves the field out.
+    pub fn set_expires_in(&self, value: impl Into<serde_json::Value>) {
+        *self.state.expires_in.lock().unwrap() = value.into();
     }
 
     /// Delay token answers, so concurrent deliveries pile up behind one refresh.
@@ -452,11 +454,11 @@ async fn token_endpoint(
     let n = state.counter.fetch_add(1, Ordering::SeqCst);
     let token = format!("ya29.test-access-token-{n}");
     state.issued.lock().unwrap().insert(token.clone());
-    let body = serde_json::json!({
-        "access_token": token,
-        "expires_in": state.expires_in.load(Ordering::SeqCst),
-        "token_type": "Bearer",
-    });
+    let mut body = serde_json::json!({"access_token": token, "token_type": "Bearer"});
+    let expires_in = state.expires_in.lock().unwrap().clone();
+    if !expires_in.is_null() {
+        body["expires_in"] = expires_in;
+    }
     respond(200, body.to_string())
 }
 
