@@ -13,6 +13,8 @@ pub mod credentials;
 pub mod disco;
 pub mod error;
 pub mod forms;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod ids;

@@ -15,6 +15,8 @@ pub mod apns;
 pub mod fcm;
 pub mod fcm_xmpp;
 pub mod framing;
+#[doc(hidden)]
+pub mod fuzzing;
 mod transport;
 pub mod webpush;
 

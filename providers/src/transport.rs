@@ -75,6 +75,30 @@ pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// The start of a response body, at most `max` bytes: enough for a reason, and reading it lets
+/// the connection be reused, while a flood is never buffered.
+pub(crate) async fn read_capped(mut response: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    while buf.len() < max {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    buf.truncate(max);
+    buf
+}
+
+/// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.
+pub(crate) fn printable(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect::<String>()
+        .trim()
+        .to_owned()
+}
+
 /// One log line per delivery, inside the provider's delivery span: our own faults are warnings,
 /// everything else is the ordinary course of pushing.
 pub(crate) fn log_verdict(what: &str, verdict: &Verdict) {

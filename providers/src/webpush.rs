@@ -314,7 +314,9 @@ impl WebPush {
                 let status = response.status();
                 tracing::Span::current().record("status", status.as_u16());
                 let retry_after = crate::transport::retry_after(response.headers());
-                let excerpt = read_excerpt(response).await;
+                let excerpt = excerpt_of(
+                    &crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await,
+                );
                 classify_status(status, retry_after, &excerpt)
             }
             Err(e) => classify_error(e, self.request_timeout),
@@ -921,7 +923,7 @@ fn encode<T: Serialize>(payload: &T) -> Result<Vec<u8>, String> {
 // Responses
 
 /// Maps a push service's answer onto a verdict (RFC 8030, UnifiedPush SERV_1.2.0).
-fn classify_status(status: StatusCode, retry_after: Option<Duration>, excerpt: &str) -> Verdict {
+pub(crate) fn classify_status(status: StatusCode, retry_after: Option<Duration>, excerpt: &str) -> Verdict {
     let code = status.as_u16();
     let detail = if excerpt.is_empty() {
         String::new()
@@ -979,21 +981,8 @@ fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
 
 /// A short, printable start of the response body, for the verdict's reason; reading it also lets
 /// the connection be reused.
-async fn read_excerpt(mut response: reqwest::Response) -> String {
-    let mut buf = Vec::new();
-    while buf.len() < MAX_RESPONSE_READ_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    String::from_utf8_lossy(&buf)
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_RESPONSE_EXCERPT_CHARS)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+pub(crate) fn excerpt_of(body: &[u8]) -> String {
+    crate::transport::printable(&String::from_utf8_lossy(body), MAX_RESPONSE_EXCERPT_CHARS)
 }
 
 #[cfg(test)]

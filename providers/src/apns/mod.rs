@@ -460,7 +460,9 @@ impl Apns {
                 span.record("apns_id", id);
             }
             let retry_after = crate::transport::retry_after(response.headers());
-            let reason = read_reason(response).await;
+            let reason = reason_of(
+                &crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await,
+            );
             match classify(status, &reason, retry_after, self.environment) {
                 // Apple: 500 and 503 (ServiceUnavailable, Shutdown) are retried, on a new
                 // connection; once, within the same deadline, unless told to wait longer.
@@ -716,7 +718,7 @@ fn read_text(path: &Path) -> Result<String, String> {
 
 /// What an APNs answer means.
 #[derive(Debug, PartialEq, Eq)]
-enum Classified {
+pub(crate) enum Classified {
     Done(Verdict),
     /// Renew the provider token and retry once.
     ExpiredProviderToken,
@@ -724,7 +726,7 @@ enum Classified {
 
 /// Maps an APNs answer onto a verdict: the status decides the class, the reason refines it
 /// (providers.md §1.4). Unknown reasons keep their string.
-fn classify(
+pub(crate) fn classify(
     status: StatusCode,
     reason: &str,
     retry_after: Option<Duration>,
@@ -771,7 +773,7 @@ fn classify(
 }
 
 /// What an APNs answer means for later sends (see the module docs).
-fn answered_by(status: StatusCode, reason: &str) -> Answered {
+pub(crate) fn answered_by(status: StatusCode, reason: &str) -> Answered {
     match (status.as_u16(), reason) {
         (200, _) => Answered::Delivered,
         (429, "TooManyProviderTokenUpdates") | (500..=599, _) => Answered::Hold(Hold::Service),
@@ -782,27 +784,15 @@ fn answered_by(status: StatusCode, reason: &str) -> Answered {
 
 /// The `reason` of an APNs error body, read leniently: JSON `{"reason":…}`, else a printable
 /// excerpt of whatever came back, else empty.
-async fn read_reason(mut response: reqwest::Response) -> String {
-    let mut buf = Vec::new();
-    while buf.len() < MAX_RESPONSE_READ_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let text = match serde_json::from_slice::<serde_json::Value>(&buf) {
+pub(crate) fn reason_of(body: &[u8]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v) => match v.get("reason").and_then(|r| r.as_str()) {
             Some(r) => r.to_owned(),
             None => String::new(),
         },
-        Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_REASON_CHARS)
-        .collect::<String>()
-        .trim()
-        .to_owned()
+    crate::transport::printable(&text, MAX_REASON_CHARS)
 }
 
 #[cfg(test)]

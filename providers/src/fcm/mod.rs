@@ -23,7 +23,7 @@
 //!   doubling up to a minute, or as long as `Retry-After` says.
 
 pub(crate) mod message;
-mod oauth;
+pub(crate) mod oauth;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -282,7 +282,7 @@ impl Fcm {
             let status = response.status();
             tracing::Span::current().record("status", status.as_u16());
             let retry_after = crate::transport::retry_after(response.headers());
-            let answer = read_body(response).await;
+            let answer = crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await;
             let error = FcmError::parse(&answer);
             *answered = answered_by(status, error.as_ref());
             match classify(status, error.as_ref(), retry_after) {
@@ -393,7 +393,7 @@ impl Fcm {
 }
 
 /// What an FCM answer means for later sends (see the module docs).
-fn answered_by(status: StatusCode, error: Option<&FcmError>) -> Answered {
+pub(crate) fn answered_by(status: StatusCode, error: Option<&FcmError>) -> Answered {
     match status.as_u16() {
         200..=299 => Answered::Delivered,
         429 if error.is_some_and(|e| e.project_quota) => Answered::Hold(Hold::Service),
@@ -424,7 +424,7 @@ pub(crate) fn check_token(token: &str) -> Result<(), String> {
 /// The parts of a Google API error answer that decide the verdict, read leniently: any of them
 /// may be missing.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct FcmError {
+pub(crate) struct FcmError {
     /// Canonical status, e.g. `INVALID_ARGUMENT`.
     status: String,
     message: String,
@@ -438,12 +438,12 @@ struct FcmError {
 
 impl FcmError {
     /// `None` when the answer is not a Google error object (e.g. a relay's HTML page).
-    fn parse(body: &[u8]) -> Option<Self> {
+    pub(crate) fn parse(body: &[u8]) -> Option<Self> {
         let value: serde_json::Value = serde_json::from_slice(body).ok()?;
         let error = value.get("error")?.as_object()?;
         let text = |v: Option<&serde_json::Value>| {
             v.and_then(|s| s.as_str())
-                .map(|s| printable(s, MAX_REASON_CHARS))
+                .map(|s| crate::transport::printable(s, MAX_REASON_CHARS))
                 .unwrap_or_default()
         };
         let mut parsed = FcmError {
@@ -525,7 +525,7 @@ fn is_project_quota(detail: &serde_json::Value) -> bool {
 
 /// What an FCM answer means.
 #[derive(Debug, PartialEq, Eq)]
-enum Classified {
+pub(crate) enum Classified {
     Done(Verdict),
     /// The access token was refused: refresh it and retry once. Carries the reason.
     Unauthenticated(String),
@@ -533,7 +533,7 @@ enum Classified {
 
 /// Maps an FCM answer onto a verdict (providers.md §2.3): the status decides the class, the
 /// error code refines it. Unknown codes keep their string.
-fn classify(
+pub(crate) fn classify(
     status: StatusCode,
     error: Option<&FcmError>,
     retry_after: Option<Duration>,
@@ -585,28 +585,6 @@ fn classify(
         _ => Verdict::OurFault { reason: shown },
     };
     Classified::Done(verdict)
-}
-
-/// The answer's body, up to a bound (so the stream completes without reading a flood).
-async fn read_body(mut response: reqwest::Response) -> Vec<u8> {
-    let mut buf = Vec::new();
-    while buf.len() < MAX_RESPONSE_READ_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
-    }
-    buf
-}
-
-/// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.
-fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect::<String>()
-        .trim()
-        .to_owned()
 }
 
 #[cfg(test)]

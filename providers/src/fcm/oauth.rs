@@ -362,48 +362,42 @@ impl TokenSource {
                 TokenError::Unreachable(crate::transport::error_chain(&e.without_url()))
             })?;
         let status = response.status();
-        let body = read_limited(response).await;
+        let body = crate::transport::read_capped(response, MAX_RESPONSE_BYTES).await;
         if !status.is_success() {
             return Err(TokenError::Refused {
                 status: status.as_u16(),
                 detail: oauth_error(&body),
             });
         }
-        let answer: TokenAnswer = serde_json::from_slice(&body)
-            // The message names the missing field; the body (holding a token) is not shown.
-            .map_err(|e| TokenError::BadAnswer(e.to_string()))?;
-        if answer.access_token.is_empty()
-            || !answer.access_token.bytes().all(|b| b.is_ascii_graphic())
-        {
-            return Err(TokenError::BadAnswer(
-                "access_token is empty or not printable".to_owned(),
-            ));
-        }
-        let used_for = token_use(answer.expires_in.as_ref());
+        let (token, used_for) = token_answer(&body)?;
         tracing::debug!(
             renew_after_secs = used_for.as_secs(),
             "fetched a new FCM access token"
         );
         Ok(Cached {
-            token: answer.access_token.into(),
+            token: token.into(),
             renew_at: sent_at.checked_add(used_for).unwrap_or(sent_at),
         })
     }
 }
 
-async fn read_limited(mut response: reqwest::Response) -> Vec<u8> {
-    let mut buf = Vec::new();
-    while buf.len() < MAX_RESPONSE_BYTES {
-        match response.chunk().await {
-            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
-            Ok(None) | Err(_) => break,
-        }
+/// The access token of a successful token answer and how long to use it.
+pub(crate) fn token_answer(body: &[u8]) -> Result<(String, Duration), TokenError> {
+    let answer: TokenAnswer = serde_json::from_slice(body)
+        // The message names the missing field; the body (holding a token) is not shown.
+        .map_err(|e| TokenError::BadAnswer(e.to_string()))?;
+    if answer.access_token.is_empty() || !answer.access_token.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(TokenError::BadAnswer(
+            "access_token is empty or not printable".to_owned(),
+        ));
     }
-    buf
+    let used_for = token_use(answer.expires_in.as_ref());
+    Ok((answer.access_token, used_for))
 }
 
 /// `error: error_description` of an OAuth error answer, else a printable excerpt.
-fn oauth_error(body: &[u8]) -> String {
+pub(crate) fn oauth_error(body: &[u8]) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(v) => {
             let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
@@ -420,7 +414,7 @@ fn oauth_error(body: &[u8]) -> String {
         }
         Err(_) => String::from_utf8_lossy(body).into_owned(),
     };
-    super::printable(&text, MAX_ERROR_CHARS)
+    crate::transport::printable(&text, MAX_ERROR_CHARS)
 }
 
 #[cfg(test)]
