@@ -208,4 +208,18 @@ mod tests {
             assert!(answer(&h, fault()).is_none(), "{h:?}");
         }
     }
+
+    #[test]
+    fn long_text_within_the_stanza_limit_parses() {
+        // A certificate upload carries kilobytes of text in one value: the parser's token limit
+        // (8192) applies to names and attribute values, not to text.
+        let body = "A".repeat(200 * 1024);
+        let xml = format!(
+            "<message xmlns='jabber:component:accept' from='a@b/c' to='push.example.org'><body>{body}</body></message>"
+        );
+        let Stanza::Message(m) = xso::from_bytes::<Stanza>(xml.as_bytes()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.bodies.values().next().map(String::len), Some(body.len()));
+    }
 }

@@ -1,5 +1,6 @@
 """A push service that accepts connections and never answers (a tarpit), counting the
-connections it holds open: the slow peer that must not delay everybody else."""
+connections it holds open: the slow peer that must not delay everybody else. `recover()` makes
+it answer `201 Created` from then on, to see which connections the client keeps afterwards."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ class Tarpit:
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stop = False
+        self.answering = False
         threading.Thread(target=self._accept, name="tarpit", daemon=True).start()
 
     def _accept(self):
@@ -35,16 +37,21 @@ class Tarpit:
             threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
 
     def _hold(self, conn: socket.socket):
-        """Read and discard until the peer gives up; never write a byte."""
+        """Read and discard until the peer gives up; answer only once recovered."""
         try:
-            while conn.recv(65536):
-                pass
+            while data := conn.recv(65536):
+                if self.answering:
+                    for _ in range(data.count(b"POST ")):
+                        conn.sendall(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
         except OSError:
             pass
         finally:
             with self._lock:
                 self._open.discard(conn)
             conn.close()
+
+    def recover(self):
+        self.answering = True
 
     def open_now(self) -> int:
         with self._lock:
