@@ -8,9 +8,30 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
+use pushgate::storage::{Admission, NewRegistration, Registration, Store, StoreError};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Room for every device a test registers: for tests about something other than the limits.
+pub const UNLIMITED: Admission = Admission {
+    max_per_account: 10_000,
+    may_add: true,
+};
+
+/// [`Store::register`] within [`UNLIMITED`], answering just the registration.
+pub trait RegisterAny {
+    fn register_any(
+        &self,
+        new: NewRegistration,
+    ) -> impl Future<Output = Result<Registration, StoreError>> + Send;
+}
+
+impl RegisterAny for Store {
+    async fn register_any(&self, new: NewRegistration) -> Result<Registration, StoreError> {
+        Ok(self.register(new, UNLIMITED).await?.registration)
+    }
+}
 
 /// A plain connection, outside pushgate's store. An unreachable server fails the test: CI has
 /// PostgreSQL, so a skip would hide a broken backend.

@@ -12,6 +12,7 @@ gets the tails of Prosody's and pushgate's logs appended to its report.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import sys
@@ -95,6 +96,29 @@ class Stack:
         self.prosody.stop()
         if self.prosody in _LIVE:
             _LIVE.remove(self.prosody)
+
+
+@contextlib.contextmanager
+def running_stack(name: str, pushgate_toml: str = "", pushgate_env: dict[str, str] | None = None):
+    """A Prosody, a WebPush endpoint and a started pushgate of their own, for scenarios that kill
+    processes or need their own config; yields (stack, endpoint) and stops everything after.
+    pushgate_env: environment overrides (`PUSHGATE_<SECTION>__<KEY>`) for pushgate only."""
+    s = Stack(name, pushgate_toml=pushgate_toml)
+    ep = None
+    try:
+        s.start_prosody()
+        pg = s.make_pushgate()
+        ep = WebPushEndpoint(vapid_public_key=pg.vapid_public, vapid_subject=VAPID_SUBJECT)
+        ep.start()
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in (pushgate_env or {}).items():
+                mp.setenv(key, value)
+            pg.start()
+        yield s, ep
+    finally:
+        s.close()
+        if ep is not None:
+            ep.stop()
 
 
 @pytest.fixture(scope="session")
