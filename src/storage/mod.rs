@@ -50,6 +50,8 @@ use group_commit::GroupCommit;
 const MAX_ERROR_CHARS: usize = 500;
 /// Longer "nodes" are not ours (ours are 22 characters); refuse them before hashing.
 const MAX_NODE_LEN: usize = 256;
+/// Devices looked up in one query when the account limit must tell known from new ones.
+const KNOWN_DEVICES_PER_QUERY: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -396,27 +398,32 @@ async fn lock_accounts(txn: &DatabaseTransaction, accounts: &BTreeSet<&str>) -> 
     Ok(())
 }
 
-/// Which of `pending` are registered already.
+/// Which of `devices` are registered already. A few devices a query, so that no statement
+/// grows into the delayed-ACK stall (`Store::rows_per_statement`).
 async fn known_devices(
     txn: &DatabaseTransaction,
-    pending: &[Pending],
+    devices: &[&Identity],
 ) -> Result<HashSet<Identity>, DbErr> {
-    let accounts: BTreeSet<&str> = pending.iter().map(|p| p.identity.2.as_str()).collect();
-    let keys: BTreeSet<&str> = pending.iter().map(|p| p.identity.3.as_str()).collect();
-    let found: Vec<Identity> = Entity::find()
-        .select_only()
-        .columns([
-            Column::Dialect,
-            Column::Provider,
-            Column::Account,
-            Column::DeviceKey,
-        ])
-        .filter(Column::Account.is_in(pow2_padded(accounts.into_iter().collect())))
-        .filter(Column::DeviceKey.is_in(pow2_padded(keys.into_iter().collect())))
-        .into_tuple()
-        .all(txn)
-        .await?;
-    Ok(found.into_iter().collect())
+    let mut known = HashSet::new();
+    for chunk in devices.chunks(KNOWN_DEVICES_PER_QUERY) {
+        let accounts: BTreeSet<&str> = chunk.iter().map(|d| d.2.as_str()).collect();
+        let keys: BTreeSet<&str> = chunk.iter().map(|d| d.3.as_str()).collect();
+        let found: Vec<Identity> = Entity::find()
+            .select_only()
+            .columns([
+                Column::Dialect,
+                Column::Provider,
+                Column::Account,
+                Column::DeviceKey,
+            ])
+            .filter(Column::Account.is_in(pow2_padded(accounts.into_iter().collect())))
+            .filter(Column::DeviceKey.is_in(pow2_padded(keys.into_iter().collect())))
+            .into_tuple()
+            .all(txn)
+            .await?;
+        known.extend(found);
+    }
+    Ok(known)
 }
 
 /// How many registrations each of `accounts` holds (absent: none).
@@ -673,9 +680,17 @@ impl Store {
         })
     }
 
-    /// Decides and writes `pending` in one transaction, in turn with other writers: which are
-    /// known devices, which new ones the account limits allow, then the upserts. The answer is
-    /// in the order of `pending`; `Err` only when the database failed.
+    /// Decides and writes `pending` in one transaction, in turn with other writers: which new
+    /// devices the account limits allow, then the upserts. The answer is in the order of
+    /// `pending`; `Err` only when the database failed.
+    ///
+    /// Known devices must pass whatever the limits say, but telling them apart costs a query,
+    /// and one for a whole batch (hundreds of keys) met the delayed-ACK stall described at
+    /// [`Store::rows_per_statement`]: 40 ms every other batch, PostgreSQL register-device at
+    /// 3,400/s. So it is asked only where it matters: for accounts whose registrations could
+    /// exceed the limit if every pending one were new, and where new devices are paused. Whether
+    /// a row was added is read off the upsert: it keeps an existing row's node, so a new row
+    /// has ours.
     async fn write(&self, pending: Vec<Pending>) -> Result<Vec<Decided>, DbErr> {
         let _turn = self.write_turn().await;
         let txn = self
@@ -685,45 +700,55 @@ impl Store {
                 ..TransactionOptions::default()
             })
             .await?;
-        let accounts: BTreeSet<&str> = pending.iter().map(|p| p.identity.2.as_str()).collect();
+        let mut asked: HashMap<&str, u64> = HashMap::new();
+        for p in &pending {
+            *asked.entry(p.identity.2.as_str()).or_default() += 1;
+        }
+        let accounts: BTreeSet<&str> = asked.keys().copied().collect();
         if self.db.get_database_backend() == DbBackend::Postgres {
             lock_accounts(&txn, &accounts).await?;
         }
-        let known = known_devices(&txn, &pending).await?;
-        let adding: BTreeSet<&str> = pending
+        let mut held = registrations_per_account(&txn, &accounts).await?;
+        let doubtful: Vec<bool> = pending
             .iter()
-            .filter(|p| !known.contains(&p.identity))
-            .map(|p| p.identity.2.as_str())
+            .map(|p| {
+                let account = p.identity.2.as_str();
+                let held = held.get(account).copied().unwrap_or(0);
+                !p.admission.may_add
+                    || held + asked[account] > u64::from(p.admission.max_per_account)
+            })
             .collect();
-        let mut held = registrations_per_account(&txn, &adding).await?;
+        let to_check: Vec<&Identity> = pending
+            .iter()
+            .zip(&doubtful)
+            .filter(|(_, doubtful)| **doubtful)
+            .map(|(p, _)| &p.identity)
+            .collect();
+        let known = known_devices(&txn, &to_check).await?;
 
         let mut verdicts = Vec::with_capacity(pending.len());
         let mut rows = Vec::with_capacity(pending.len());
-        for Pending {
-            row,
-            identity,
-            admission,
-        } in pending
-        {
-            let verdict = if known.contains(&identity) {
-                Ok(false)
+        for (p, doubtful) in pending.into_iter().zip(doubtful) {
+            let verdict = if !doubtful || known.contains(&p.identity) {
+                Ok(())
             } else {
-                let count = held.entry(identity.2.clone()).or_insert(0);
-                if *count >= u64::from(admission.max_per_account) {
+                let count = held.entry(p.identity.2.clone()).or_insert(0);
+                if *count >= u64::from(p.admission.max_per_account) {
                     Err(StoreError::AccountFull {
-                        limit: admission.max_per_account,
+                        limit: p.admission.max_per_account,
                     })
-                } else if !admission.may_add {
+                } else if !p.admission.may_add {
                     Err(StoreError::AddingPaused)
                 } else {
                     *count += 1;
-                    Ok(true)
+                    Ok(())
                 }
             };
+            let ours = p.row.node.try_as_ref().cloned();
             if verdict.is_ok() {
-                rows.push(row);
+                rows.push(p.row);
             }
-            verdicts.push((identity, verdict));
+            verdicts.push((p.identity, ours, verdict));
         }
         let stored: HashMap<Identity, Model> = self
             .upsert(&txn, rows)
@@ -734,10 +759,10 @@ impl Store {
         txn.commit().await?;
         Ok(verdicts
             .into_iter()
-            .map(|(identity, verdict)| {
-                let added = verdict?;
+            .map(|(identity, ours, verdict)| {
+                verdict?;
                 match stored.get(&identity) {
-                    Some(m) => Ok((m.clone(), added)),
+                    Some(m) => Ok((m.clone(), ours.as_ref() == Some(&m.node))),
                     None => Err(DbErr::RecordNotInserted.into()),
                 }
             })
