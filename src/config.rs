@@ -16,6 +16,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::Dict;
 use serde::Deserialize;
 
+use pushgate_providers::host::HostPattern;
 use pushgate_providers::{ProviderConfig, SectionSource};
 
 use crate::ids::BareJid;
@@ -238,6 +239,18 @@ pub struct RegistrationConfig {
     /// At most one low-priority push per registration in this many seconds (0: no limit).
     #[serde(default = "default_low_priority_interval")]
     pub low_priority_interval_secs: u64,
+    /// Registrations one account may hold; a new device beyond it is refused.
+    #[serde(default = "default_max_per_account")]
+    pub max_per_account: u32,
+    /// New devices per account domain and minute (token bucket, burst = this; 0: no limit).
+    #[serde(default = "default_rate_per_domain")]
+    pub rate_per_domain_per_minute: u32,
+    /// If non-empty, only accounts of these domains may register (exact or `*.suffix`).
+    #[serde(default)]
+    pub allow_domains: Vec<String>,
+    /// Accounts of these domains may not register.
+    #[serde(default)]
+    pub deny_domains: Vec<String>,
 }
 
 impl Default for RegistrationConfig {
@@ -245,7 +258,51 @@ impl Default for RegistrationConfig {
         RegistrationConfig {
             max_payload_size: default_max_payload(),
             low_priority_interval_secs: default_low_priority_interval(),
+            max_per_account: default_max_per_account(),
+            rate_per_domain_per_minute: default_rate_per_domain(),
+            allow_domains: Vec::new(),
+            deny_domains: Vec::new(),
         }
+    }
+}
+
+fn default_max_per_account() -> u32 {
+    20
+}
+fn default_rate_per_domain() -> u32 {
+    600
+}
+
+impl RegistrationConfig {
+    /// `allow_domains` or `deny_domains`, parsed (validate() has checked them).
+    pub fn domain_patterns(list: &[String]) -> Vec<HostPattern> {
+        list.iter()
+            .filter_map(|p| HostPattern::parse(p).ok())
+            .collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        in_range(
+            "registration.max_per_account",
+            self.max_per_account,
+            1..=10_000,
+        )?;
+        // 0: no limit.
+        in_range(
+            "registration.rate_per_domain_per_minute",
+            self.rate_per_domain_per_minute,
+            0..=1_000_000,
+        )?;
+        for (key, list) in [
+            ("allow_domains", &self.allow_domains),
+            ("deny_domains", &self.deny_domains),
+        ] {
+            for (i, pattern) in list.iter().enumerate() {
+                HostPattern::parse(pattern)
+                    .map_err(|m| ConfigError::invalid(format!("registration.{key}[{i}]"), m))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -507,11 +564,18 @@ impl Config {
         }
         self.http.validate()?;
         self.limits.validate()?;
+        self.registration.validate()?;
         for (id, section) in &self.providers {
-            if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+            if id.is_empty()
+                || id.len() > crate::commands::limits::MAX_PROVIDER_ID_BYTES
+                || id.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+            {
                 return Err(ConfigError::invalid(
                     format!("providers.{id}"),
-                    "a provider id must be non-empty and without spaces",
+                    format!(
+                        "a provider id must be non-empty, at most {} bytes and without spaces",
+                        crate::commands::limits::MAX_PROVIDER_ID_BYTES
+                    ),
                 ));
             }
             section
@@ -720,6 +784,12 @@ mod tests {
             ("admin", "cert_check_interval_secs", &[0, 86_401]),
             ("http", "max_body_bytes", &[63, 1_048_577]),
             ("http", "rate_limit_per_minute", &[0, 60_001]),
+            ("registration", "max_per_account", &[0, 10_001]),
+            (
+                "registration",
+                "rate_per_domain_per_minute",
+                &[-1, 1_000_001],
+            ),
             ("limits", "max_stanza_bytes", &[4095, 16 * 1024 * 1024 + 1]),
             ("limits", "max_depth", &[7, 257]),
             ("limits", "max_name_bytes", &[31, 1025]),
@@ -820,6 +890,50 @@ mod tests {
         assert_eq!(c.limits.max_in_flight, 2048);
         let e = Config::from_toml_str(&format!("{MINIMAL}[limits]\nmax_depht = 3\n")).unwrap_err();
         assert!(e.to_string().contains("max_depht"), "{e}");
+    }
+
+    #[test]
+    fn registration_limits_default_and_errors_name_the_key() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.registration.max_per_account, 20);
+        assert_eq!(c.registration.rate_per_domain_per_minute, 600);
+        assert!(c.registration.allow_domains.is_empty() && c.registration.deny_domains.is_empty());
+        let c = Config::from_toml_str(&format!(
+            "{MINIMAL}[registration]\nrate_per_domain_per_minute = 0\n\
+             allow_domains = [\"example.org\", \"*.example.net\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(c.registration.rate_per_domain_per_minute, 0);
+        assert_eq!(
+            RegistrationConfig::domain_patterns(&c.registration.allow_domains).len(),
+            2
+        );
+        for (toml, key) in [
+            ("max_per_account = 0", "registration.max_per_account"),
+            ("max_per_account = 10001", "registration.max_per_account"),
+            (
+                "rate_per_domain_per_minute = 1000001",
+                "registration.rate_per_domain_per_minute",
+            ),
+            (
+                "allow_domains = [\"a.*.org\"]",
+                "registration.allow_domains[0]",
+            ),
+            (
+                "deny_domains = [\"ok.org\", \"bad domain\"]",
+                "registration.deny_domains[1]",
+            ),
+        ] {
+            let e =
+                Config::from_toml_str(&format!("{MINIMAL}[registration]\n{toml}\n")).unwrap_err();
+            assert!(e.to_string().contains(key), "{toml}: {e}");
+        }
+        let long_id = "p".repeat(300);
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[providers.{long_id}]\nkind = \"webpush\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("at most 256 bytes"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Gateway {
     /// Where to put stanzas to send; the stream drains it while connected.
     pub outbox: mpsc::Sender<Stanza>,
     pub max_payload_size: u32,
+    /// Who may register, and how many new devices (`[registration]` limits).
+    pub registration: crate::commands::RegistrationPolicy,
     /// Holds back low-priority pushes to a device that just got one.
     pub coalescer: crate::publish::coalesce::Coalescer,
     pub publish_timeout: std::time::Duration,
@@ -49,6 +51,7 @@ impl Gateway {
             ),
             outbox,
             max_payload_size: config.registration.max_payload_size,
+            registration: crate::commands::RegistrationPolicy::from_config(&config.registration),
             coalescer: crate::publish::coalesce::Coalescer::new(std::time::Duration::from_secs(
                 config.registration.low_priority_interval_secs,
             )),

@@ -3,6 +3,8 @@
 //! Two gateways share one SQLite database, as two pushgate instances would share PostgreSQL. The
 //! command goes through pushgate's real router; the certificates are real X.509 made with rcgen.
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -11,7 +13,7 @@ use chrono::{Datelike, Utc};
 use pushgate::config::Config;
 use pushgate::gateway::Gateway;
 use pushgate::storage::Store;
-use pushgate::{credentials, metrics, router};
+use pushgate::{credentials, metrics};
 use rcgen::{CertificateParams, KeyPair};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::Element;
@@ -65,13 +67,7 @@ fn command(from: &str, fields: &[(&str, &str)]) -> Stanza {
 }
 
 async fn run(gw: &Gateway, stanza: Stanza) -> Iq {
-    let Some(Stanza::Iq(reply)) = router::handle(
-        gw,
-        stanza,
-        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
-    )
-    .await
-    else {
+    let Some(Stanza::Iq(reply)) = common::route(gw, stanza).await else {
         panic!("no iq reply")
     };
     reply

@@ -18,7 +18,7 @@ use sea_orm::{ConnectionTrait, Statement};
 
 #[macro_use]
 mod common;
-use common::raw_connect;
+use common::{RegisterAny, raw_connect};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -165,7 +165,7 @@ fn new(dialect: Dialect, provider: &str, account: &str, token: &str) -> NewRegis
 /// alice@example.org: WebPush (Tigase dialect) and FCM (p2); bob@other.example: APNs.
 async fn seed(store: &Store) -> [Registration; 3] {
     let a = store
-        .register(new(
+        .register_any(new(
             Dialect::Tigase,
             "up",
             "alice@example.org",
@@ -174,11 +174,11 @@ async fn seed(store: &Store) -> [Registration; 3] {
         .await
         .unwrap();
     let b = store
-        .register(new(Dialect::P2, "fcm", "alice@example.org", ALICE_FCM))
+        .register_any(new(Dialect::P2, "fcm", "alice@example.org", ALICE_FCM))
         .await
         .unwrap();
     let c = store
-        .register(new(Dialect::Tigase, "ios", "bob@other.example", BOB_APNS))
+        .register_any(new(Dialect::Tigase, "ios", "bob@other.example", BOB_APNS))
         .await
         .unwrap();
     [a, b, c]
@@ -362,7 +362,7 @@ async fn remove_by_id_and_by_account(env: Env) {
 
     // Another account's registrations are untouched by an account removal.
     let other = store
-        .register(new(
+        .register_any(new(
             Dialect::Tigase,
             "up",
             "carol@example.org",

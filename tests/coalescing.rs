@@ -3,14 +3,15 @@
 //! Publishes go through pushgate's real router, store (SQLite) and WebPush provider to a local
 //! HTTP endpoint that counts what reaches it.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pushgate::config::Config;
 use pushgate::gateway::Gateway;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::router;
-use pushgate::storage::{NewRegistration, Store};
+use pushgate::storage::{Admission, NewRegistration, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use xmpp_parsers::iq::Iq;
@@ -84,13 +85,7 @@ fn publish(node: &str, body: Option<&str>) -> Stanza {
 }
 
 async fn answered_result(gw: &Gateway, stanza: Stanza) {
-    match router::handle(
-        gw,
-        stanza,
-        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
-    )
-    .await
-    {
+    match common::route(gw, stanza).await {
         Some(Stanza::Iq(Iq::Result { .. })) => {}
         other => panic!("expected a result, got {other:?}"),
     }
@@ -121,8 +116,12 @@ async fn low_priority_bursts_become_one_push_and_messages_always_go() {
         second_token: None,
         webpush_keys: None,
     };
-    let reg = gw.store.register(register(&url)).await.unwrap();
-    let node = reg.node.as_str().to_owned();
+    let room = Admission {
+        max_per_account: 20,
+        may_add: true,
+    };
+    let reg = gw.store.register(register(&url), room).await.unwrap();
+    let node = reg.registration.node.as_str().to_owned();
 
     // A burst of chat-state publishes (no body): the first wakes the device, the rest are
     // answered result and held back.
@@ -143,9 +142,10 @@ async fn low_priority_bursts_become_one_push_and_messages_always_go() {
     // Devices are coalesced independently.
     let other = gw
         .store
-        .register(register(&format!("{url}-2")))
+        .register(register(&format!("{url}-2")), room)
         .await
-        .unwrap();
+        .unwrap()
+        .registration;
     answered_result(&gw, publish(other.node.as_str(), None)).await;
     assert_eq!(reached.load(Ordering::SeqCst), 4);
 

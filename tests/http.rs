@@ -7,7 +7,7 @@ use pushgate::config::{Config, HttpConfig};
 use pushgate::gateway::Gateway;
 use pushgate::http::{self, HttpState};
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{NewRegistration, Registration, Store};
+use pushgate::storage::{Admission, NewRegistration, Registration, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -52,18 +52,25 @@ async fn start(http: HttpConfig) -> Server {
 
 async fn register(gw: &Gateway, account: &str, token: &str) -> Registration {
     gw.store
-        .register(NewRegistration {
-            dialect: Dialect::Tigase,
-            provider: ProviderId::new(PROVIDER),
-            account: BareJid::new(account).unwrap(),
-            device_id: None,
-            muc: None,
-            token: DeviceToken::new(token),
-            second_token: None,
-            webpush_keys: None,
-        })
+        .register(
+            NewRegistration {
+                dialect: Dialect::Tigase,
+                provider: ProviderId::new(PROVIDER),
+                account: BareJid::new(account).unwrap(),
+                device_id: None,
+                muc: None,
+                token: DeviceToken::new(token),
+                second_token: None,
+                webpush_keys: None,
+            },
+            Admission {
+                max_per_account: 20,
+                may_add: true,
+            },
+        )
         .await
         .unwrap()
+        .registration
 }
 
 fn body(account: &str, provider: &str, token: &str) -> Value {
@@ -196,6 +203,37 @@ async fn every_failure_is_a_404_with_a_json_reason() {
     assert_eq!(status, StatusCode::OK);
     let r = s.unregister(&good).await;
     assert_eq!(not_found(r), "not found", "already removed");
+}
+
+#[tokio::test]
+async fn fields_longer_than_their_limits_are_refused_whatever_the_body_limit() {
+    let s = start(HttpConfig {
+        max_body_bytes: 1024 * 1024,
+        ..HttpConfig::default()
+    })
+    .await;
+    let token = "A".repeat(4096);
+    let reg = register(&s.gw, "alice@example.org", &token).await;
+    let good = body("alice@example.org", PROVIDER, &token);
+    for (field, len, limit) in [
+        ("account", 3072, 3071),
+        ("provider", 257, 256),
+        ("device-token", 4097, 4096),
+        ("device-token", 500_000, 4096),
+    ] {
+        let mut b = good.clone();
+        b[field] = json!("a".repeat(len));
+        let (status, reply) = s.unregister(&b).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
+        assert_eq!(
+            reply["reason"],
+            format!("field '{field}' is too long (limit {limit} bytes)")
+        );
+    }
+    assert!(exists(&s.gw, &reg).await);
+    // At the limit: accepted.
+    assert_eq!(s.unregister(&good).await.0, StatusCode::OK);
+    assert!(!exists(&s.gw, &reg).await);
 }
 
 #[tokio::test]

@@ -9,13 +9,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{NewRegistration, Store, StoreError, SuccessLog, device_key};
+use pushgate::storage::{Admission, NewRegistration, Store, StoreError, SuccessLog, device_key};
 use pushgate_providers::WebPushKeys;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 #[macro_use]
 mod common;
-use common::raw_connect;
+use common::{RegisterAny, raw_connect};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -73,6 +73,8 @@ on_both_backends!(
     batches_are_inserted_whole_or_not_at_all,
     pending_successes_are_written_at_shutdown,
     a_burst_of_registrations_converges_per_device,
+    the_account_limit_counts_new_devices_only,
+    the_account_limit_holds_across_instances_and_batches,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -127,7 +129,7 @@ async fn register_issues_credentials(url: String) {
 
     let mut new = tigase("alice@example.org", "apns-token-0123456789abcdef");
     new.second_token = Some(DeviceToken::new("voip-token-0123456789abcdef"));
-    let t = store.register(new.clone()).await.unwrap();
+    let t = store.register_any(new.clone()).await.unwrap();
     assert_eq!(t.node.as_str().len(), 22);
     assert!(t.secret.is_none(), "Tigase registrations have no secret");
     assert_eq!(t.dialect, Dialect::Tigase);
@@ -154,7 +156,7 @@ async fn register_issues_credentials(url: String) {
         p256dh: "BP256dh-key".into(),
         auth: "auth-secret-16by".into(),
     });
-    let p = store.register(new).await.unwrap();
+    let p = store.register_any(new).await.unwrap();
     assert_eq!(p.node.as_str().len(), 22);
     let secret = p.secret.clone().expect("p2 registrations carry a secret");
     assert_eq!(secret.as_str().len(), 24);
@@ -191,12 +193,12 @@ async fn reregistering_keeps_node_and_secret(url: String) {
 
     // Tigase: same token → same row; the second token is refreshed.
     let first = store
-        .register(tigase("alice@example.org", "tok-A"))
+        .register_any(tigase("alice@example.org", "tok-A"))
         .await
         .unwrap();
     let mut again = tigase("alice@example.org", "tok-A");
     again.second_token = Some(DeviceToken::new("voip-B"));
-    let second = store.register(again).await.unwrap();
+    let second = store.register_any(again).await.unwrap();
     assert_eq!(second.id, first.id);
     assert_eq!(second.node, first.node);
     assert_eq!(second.created_at, first.created_at);
@@ -209,11 +211,11 @@ async fn reregistering_keeps_node_and_secret(url: String) {
     // p2: same device id + muc, new token → same node and secret, new token.
     let room = Some("room@muc.example.org");
     let a = store
-        .register(p2("alice@example.org", "dev-1", room, "tok-old"))
+        .register_any(p2("alice@example.org", "dev-1", room, "tok-old"))
         .await
         .unwrap();
     let b = store
-        .register(p2("alice@example.org", "dev-1", room, "tok-new"))
+        .register_any(p2("alice@example.org", "dev-1", room, "tok-new"))
         .await
         .unwrap();
     assert_eq!(b.id, a.id);
@@ -258,7 +260,7 @@ async fn distinct_devices_get_distinct_nodes(url: String) {
     let mut nodes = Vec::new();
     let mut secrets = Vec::new();
     for new in regs.iter().cloned() {
-        let r = store.register(new).await.unwrap();
+        let r = store.register_any(new).await.unwrap();
         nodes.push(r.node.as_str().to_owned());
         secrets.extend(r.secret.map(|s| s.as_str().to_owned()));
     }
@@ -275,11 +277,11 @@ async fn distinct_devices_get_distinct_nodes(url: String) {
 async fn find_by_node_is_exact(url: String) {
     let store = Store::open(&url).await.unwrap();
     let r = store
-        .register(p2("alice@example.org", "dev-1", None, "tok-1"))
+        .register_any(p2("alice@example.org", "dev-1", None, "tok-1"))
         .await
         .unwrap();
     let other = store
-        .register(tigase("bob@example.org", "tok-2"))
+        .register_any(tigase("bob@example.org", "tok-2"))
         .await
         .unwrap();
 
@@ -326,11 +328,11 @@ async fn find_by_node_is_exact(url: String) {
 async fn unregister_removes_once(url: String) {
     let store = Store::open(&url).await.unwrap();
     let t = store
-        .register(tigase("alice@example.org", "tok-1"))
+        .register_any(tigase("alice@example.org", "tok-1"))
         .await
         .unwrap();
     let p = store
-        .register(p2(
+        .register_any(p2(
             "alice@example.org",
             "dev-1",
             Some("room@muc.example.org"),
@@ -407,11 +409,11 @@ async fn unregister_removes_once(url: String) {
 async fn delete_removes_once(url: String) {
     let store = Store::open(&url).await.unwrap();
     let a = store
-        .register(tigase("alice@example.org", "tok-1"))
+        .register_any(tigase("alice@example.org", "tok-1"))
         .await
         .unwrap();
     let b = store
-        .register(tigase("alice@example.org", "tok-2"))
+        .register_any(tigase("alice@example.org", "tok-2"))
         .await
         .unwrap();
     assert!(store.delete(a.id).await.unwrap());
@@ -422,7 +424,7 @@ async fn delete_removes_once(url: String) {
 
     // A deleted device registering again gets a new node.
     let again = store
-        .register(tigase("alice@example.org", "tok-1"))
+        .register_any(tigase("alice@example.org", "tok-1"))
         .await
         .unwrap();
     assert_ne!(again.node, a.node);
@@ -432,7 +434,7 @@ async fn delete_removes_once(url: String) {
 async fn delivery_outcomes_are_recorded(url: String) {
     let store = Store::open(&url).await.unwrap();
     let r = store
-        .register(tigase("alice@example.org", "tok-1"))
+        .register_any(tigase("alice@example.org", "tok-1"))
         .await
         .unwrap();
 
@@ -478,7 +480,7 @@ async fn concurrent_registrations_converge(url: String) {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
         tasks.push(tokio::spawn(async move {
             store
-                .register(tigase("alice@example.org", "same-token"))
+                .register_any(tigase("alice@example.org", "same-token"))
                 .await
         }));
     }
@@ -486,7 +488,7 @@ async fn concurrent_registrations_converge(url: String) {
         let store = if i % 2 == 0 { b.clone() } else { a.clone() };
         tasks.push(tokio::spawn(async move {
             store
-                .register(p2(
+                .register_any(p2(
                     "alice@example.org",
                     "dev-1",
                     None,
@@ -523,7 +525,7 @@ async fn reopening_keeps_data(url: String) {
     let (node, secret, id) = {
         let store = Store::open(&url).await.unwrap();
         let r = store
-            .register(p2("alice@example.org", "dev-1", None, "tok-1"))
+            .register_any(p2("alice@example.org", "dev-1", None, "tok-1"))
             .await
             .unwrap();
         (r.node, r.secret, r.id)
@@ -536,7 +538,7 @@ async fn reopening_keeps_data(url: String) {
     assert_eq!(r.id, id);
     assert_eq!(r.secret, secret);
     let r = store
-        .register(p2("alice@example.org", "dev-1", None, "tok-2"))
+        .register_any(p2("alice@example.org", "dev-1", None, "tok-2"))
         .await
         .unwrap();
     assert_eq!((r.id, &r.node, &r.secret), (id, &node, &secret));
@@ -559,7 +561,7 @@ async fn corrupt_rows_are_errors(url: String) {
     .enumerate()
     {
         let r = store
-            .register(p2("alice@example.org", &format!("dev-{i}"), None, "tok"))
+            .register_any(p2("alice@example.org", &format!("dev-{i}"), None, "tok"))
             .await
             .unwrap();
         let res = raw
@@ -582,7 +584,7 @@ async fn corrupt_rows_are_errors(url: String) {
     }
     // Re-registering a device whose row is corrupt fails cleanly too.
     let res = store
-        .register(p2("alice@example.org", "dev-3", None, "tok"))
+        .register_any(p2("alice@example.org", "dev-3", None, "tok"))
         .await;
     assert!(matches!(
         res,
@@ -611,7 +613,7 @@ async fn instances_starting_together_migrate_once_postgres() {
             stores.push(open.await.unwrap().unwrap());
         }
         let r = stores[0]
-            .register(tigase("alice@example.org", "tok"))
+            .register_any(tigase("alice@example.org", "tok"))
             .await
             .unwrap();
         for s in &stores {
@@ -700,7 +702,7 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
         .unwrap()
         .with_cache(100, Duration::from_secs(3600));
     let r = store
-        .register(p2("juliet@capulet.example", "phone", None, "t1"))
+        .register_any(p2("juliet@capulet.example", "phone", None, "t1"))
         .await
         .unwrap();
     let node = r.node.as_str().to_owned();
@@ -728,7 +730,7 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
     assert!(hits() > before, "the second lookup came from the cache");
     // Same device, new token: the cached entry must not survive.
     store
-        .register(p2("juliet@capulet.example", "phone", None, "t2"))
+        .register_any(p2("juliet@capulet.example", "phone", None, "t2"))
         .await
         .unwrap();
     assert_eq!(
@@ -757,7 +759,7 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
     );
 
     let r = store
-        .register(tigase("romeo@montague.example", "t3"))
+        .register_any(tigase("romeo@montague.example", "t3"))
         .await
         .unwrap();
     assert!(store.find_by_node(r.node.as_str()).await.unwrap().is_some());
@@ -775,7 +777,7 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
         .with_cache(100, Duration::from_millis(300));
     let other = Store::open(&url).await.unwrap();
     let r = store
-        .register(tigase("romeo@montague.example", "t4"))
+        .register_any(tigase("romeo@montague.example", "t4"))
         .await
         .unwrap();
     assert!(
@@ -810,11 +812,11 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
 async fn dead_token_removal_spares_a_new_token(url: String) {
     let store = Store::open(&url).await.unwrap();
     let old = store
-        .register(p2("juliet@capulet.example", "phone", None, "old"))
+        .register_any(p2("juliet@capulet.example", "phone", None, "old"))
         .await
         .unwrap();
     let new = store
-        .register(p2("juliet@capulet.example", "phone", None, "new"))
+        .register_any(p2("juliet@capulet.example", "phone", None, "new"))
         .await
         .unwrap();
     assert_eq!(old.id, new.id);
@@ -854,7 +856,7 @@ async fn batches_are_inserted_whole_or_not_at_all(url: String) {
 async fn pending_successes_are_written_at_shutdown(url: String) {
     let store = Store::open(&url).await.unwrap();
     let r = store
-        .register(tigase("romeo@montague.example", "t"))
+        .register_any(tigase("romeo@montague.example", "t"))
         .await
         .unwrap();
     let log = SuccessLog::default();
@@ -884,7 +886,7 @@ async fn a_burst_of_registrations_converges_per_device(url: String) {
         async move {
             let token = format!("token-{i}");
             let r = store
-                .register(p2("juliet@capulet.example", &device, None, &token))
+                .register_any(p2("juliet@capulet.example", &device, None, &token))
                 .await
                 .unwrap();
             (device, r.id, r.node.as_str().to_owned())
@@ -898,4 +900,135 @@ async fn a_burst_of_registrations_converges_per_device(url: String) {
         assert_eq!(*first, (id, node), "one row per device");
     }
     assert_eq!(by_device.len(), 100);
+}
+
+fn limit(max_per_account: u32, may_add: bool) -> Admission {
+    Admission {
+        max_per_account,
+        may_add,
+    }
+}
+
+/// New devices count against the account; known ones re-register whatever the limits say.
+async fn the_account_limit_counts_new_devices_only(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let three = limit(3, true);
+    let first = store
+        .register(tigase("alice@example.org", "t1"), three)
+        .await
+        .unwrap();
+    assert!(first.added);
+    store
+        .register(p2("alice@example.org", "phone", None, "t2"), three)
+        .await
+        .unwrap();
+    store
+        .register(
+            p2(
+                "alice@example.org",
+                "phone",
+                Some("room@muc.example.org"),
+                "t2",
+            ),
+            three,
+        )
+        .await
+        .unwrap();
+    match store
+        .register(tigase("alice@example.org", "t4"), three)
+        .await
+    {
+        Err(StoreError::AccountFull { limit: 3 }) => {}
+        other => panic!("expected AccountFull, got {other:?}"),
+    }
+    assert_eq!(store.count().await.unwrap(), 3);
+
+    // Known devices: refreshed at the limit, and also when new ones are paused.
+    let again = store
+        .register(tigase("alice@example.org", "t1"), three)
+        .await
+        .unwrap();
+    assert!(!again.added);
+    assert_eq!(again.registration.node, first.registration.node);
+    let refreshed = store
+        .register(
+            p2("alice@example.org", "phone", None, "t2-new"),
+            limit(3, false),
+        )
+        .await
+        .unwrap();
+    assert!(!refreshed.added);
+    assert_eq!(refreshed.registration.token.as_str(), "t2-new");
+
+    // Paused: no new device, whatever the room left.
+    match store
+        .register(tigase("bob@example.org", "b1"), limit(3, false))
+        .await
+    {
+        Err(StoreError::AddingPaused) => {}
+        other => panic!("expected AddingPaused, got {other:?}"),
+    }
+    let bob = store
+        .register(tigase("bob@example.org", "b1"), three)
+        .await
+        .unwrap();
+    assert!(bob.added, "another account has its own room");
+
+    // A removed registration makes room.
+    assert!(store.delete(first.registration.id).await.unwrap());
+    assert!(
+        store
+            .register(tigase("alice@example.org", "t4"), three)
+            .await
+            .unwrap()
+            .added
+    );
+    assert_eq!(store.count().await.unwrap(), 4);
+}
+
+/// Four instances (store handles, each with its own group commit) register many new devices of
+/// several accounts at once: exactly the limit of each account gets in, the rest are refused,
+/// and a device sent through two instances is one row.
+async fn the_account_limit_holds_across_instances_and_batches(url: String) {
+    const LIMIT: u32 = 5;
+    const ACCOUNTS: usize = 8;
+    let mut instances = Vec::new();
+    for _ in 0..4 {
+        instances.push(Store::open(&url).await.unwrap());
+    }
+    let mut asks = Vec::new();
+    // 20 devices per account, each asked for twice through different instances.
+    for device in 0..20 {
+        for copy in 0..2 {
+            for account in 0..ACCOUNTS {
+                let store = instances[(2 * device + copy + account) % instances.len()].clone();
+                let (account, token) = (
+                    format!("user{account}@example.org"),
+                    format!("tok-{device}"),
+                );
+                asks.push(tokio::spawn(async move {
+                    store
+                        .register(tigase(&account, &token), limit(LIMIT, true))
+                        .await
+                        .map(|r| ((account, token), r.registration.node.as_str().to_owned()))
+                }));
+            }
+        }
+    }
+    let mut admitted = std::collections::HashMap::new();
+    for ask in asks {
+        match ask.await.unwrap() {
+            Ok((device, node)) => {
+                let first = admitted.entry(device).or_insert(node.clone());
+                assert_eq!(*first, node, "one row per device");
+            }
+            Err(StoreError::AccountFull { limit: LIMIT }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(admitted.len(), ACCOUNTS * LIMIT as usize);
+    assert_eq!(
+        instances[0].count().await.unwrap(),
+        (ACCOUNTS as u64) * u64::from(LIMIT)
+    );
 }

@@ -17,6 +17,7 @@ pub mod fcm_xmpp;
 pub mod framing;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host;
 mod transport;
 pub mod webpush;
 
@@ -213,6 +214,14 @@ pub enum RegistrationError {
     InvalidKeys(String),
     #[error("refused by policy: {0}")]
     Refused(String),
+    /// The device's address leads only where deliveries may not go (WebPush: an endpoint host
+    /// that resolves only to non-public addresses).
+    #[error("refused by policy: {0}")]
+    NotPublic(String),
+    /// The device could not be checked now (its endpoint's name did not resolve, or not in
+    /// time); it may pass later.
+    #[error("cannot check the device now: {0}")]
+    CheckFailed(String),
 }
 
 /// A provider configuration problem, found when pushgate starts.
@@ -263,9 +272,16 @@ pub trait Provider: Send + Sync {
     /// The implementation's name (`webpush`, `apns`, …), for logs and metrics.
     fn kind(&self) -> &'static str;
 
-    /// Checks a device before it is stored, so a bad token is refused at registration time
-    /// rather than discovered at the first push.
+    /// Checks a device's form and the provider's policy without any I/O, so a bad token is
+    /// refused at registration time rather than discovered at the first push.
     fn validate(&self, device: &Device) -> Result<(), RegistrationError>;
+
+    /// Everything a device must pass before it is stored: [`Provider::validate`] plus checks
+    /// that need the network (WebPush resolves the endpoint's host). Fronts call this at
+    /// registration; it answers within a few seconds.
+    async fn admit(&self, device: &Device) -> Result<(), RegistrationError> {
+        self.validate(device)
+    }
 
     /// Delivers one notification. Never panics and never hangs past the provider's own timeout.
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict;

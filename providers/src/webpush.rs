@@ -4,8 +4,10 @@
 //! * The endpoint URL comes from a registering client, so pushgate would otherwise POST to any
 //!   address it is told to. Every endpoint passes a host policy (scheme, allow/deny lists,
 //!   non-public IP literals) at registration *and* again at send time, and the HTTP client
-//!   resolves names through a resolver that drops non-public addresses. Redirects are never
-//!   followed and no proxy from the environment is used, so none of this can be sidestepped.
+//!   resolves names through a resolver that drops non-public addresses. Registration resolves
+//!   the name too, so an endpoint that leads only inside is refused before it is stored, and one
+//!   whose name later turns inward is a dead token. Redirects are never followed and no proxy
+//!   from the environment is used, so none of this can be sidestepped.
 //! * With subscription keys the body is RFC 8291 `aes128gcm` ciphertext (web-push-native does the
 //!   encryption); without keys it is the same small JSON in the clear.
 //! * The VAPID (RFC 8292) token is signed here rather than by web-push-native: its `aud` claim
@@ -34,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
 use url::{Host, Url};
 
+use crate::host::HostPattern;
 use crate::transport::Backoff;
 use crate::{
     ConfigError, Device, Kind, Notification, Provider, RegistrationError, Verdict, WebPushKeys,
@@ -41,6 +44,13 @@ use crate::{
 
 /// UnifiedPush (AND_3) caps endpoint URLs at 1000 bytes; longer ones are not real endpoints.
 pub const MAX_ENDPOINT_BYTES: usize = 1000;
+
+/// Longest subscription key accepted for decoding: base64 of the 65-byte `p256dh` is 88
+/// characters with padding, so anything longer is not a key and is not worth decoding.
+const MAX_ENCODED_KEY_BYTES: usize = 128;
+
+/// How long a registration waits for the endpoint's host name to resolve.
+const ADMIT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Largest plaintext that still fits the 4096 bytes a push service must accept once RFC 8291
 /// adds its 86-byte header, the padding delimiter and the 16-byte tag.
@@ -331,11 +341,14 @@ impl Provider for WebPush {
     }
 
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
-        self.policy.check(device.token.as_str())?;
-        if let Some(keys) = &device.webpush_keys {
-            decode_keys(keys)?;
-        }
-        Ok(())
+        self.policy.check_device(device).map(|_| ())
+    }
+
+    /// Also resolves the endpoint's host now, so that a name pointing only at internal
+    /// addresses is refused here instead of failing every delivery.
+    async fn admit(&self, device: &Device) -> Result<(), RegistrationError> {
+        let endpoint = self.policy.check_device(device)?;
+        self.policy.check_resolves(&endpoint).await
     }
 
     fn destination_host(&self, device: &Device) -> Option<String> {
@@ -392,60 +405,6 @@ impl Provider for WebPush {
 
 // ---------------------------------------------------------------------------------------------
 // Endpoint policy
-
-/// A host entry of `allowed_hosts` / `denied_hosts`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum HostPattern {
-    Exact(String),
-    /// `*.example.org`, stored as `.example.org`: any name below it, not the name itself.
-    Suffix(String),
-}
-
-impl HostPattern {
-    fn parse(pattern: &str) -> Result<Self, String> {
-        let pattern = pattern.trim();
-        let (wildcard, rest) = match pattern.strip_prefix("*.") {
-            Some(rest) => (true, rest),
-            None => (false, pattern),
-        };
-        if rest.is_empty() || rest.contains('*') {
-            return Err(format!(
-                "`{pattern}` is not a host name or `*.suffix` pattern"
-            ));
-        }
-        let host = normalize_host(rest)
-            .ok_or_else(|| format!("`{pattern}` is not a host name or `*.suffix` pattern"))?;
-        Ok(if wildcard {
-            HostPattern::Suffix(format!(".{host}"))
-        } else {
-            HostPattern::Exact(host)
-        })
-    }
-
-    fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(h) => host == h,
-            HostPattern::Suffix(s) => host.len() > s.len() && host.ends_with(s.as_str()),
-        }
-    }
-}
-
-/// Lower-case, punycode, no trailing dot, IPv6 without brackets: the form endpoints are matched in.
-fn normalize_host(raw: &str) -> Option<String> {
-    let raw = raw.trim_end_matches('.');
-    let raw = raw
-        .strip_prefix('[')
-        .and_then(|r| r.strip_suffix(']'))
-        .unwrap_or(raw);
-    if let Ok(v6) = raw.parse::<Ipv6Addr>() {
-        return Some(v6.to_string());
-    }
-    match Host::parse(raw).ok()? {
-        Host::Domain(d) => Some(d.trim_end_matches('.').to_owned()),
-        Host::Ipv4(a) => Some(a.to_string()),
-        Host::Ipv6(a) => Some(a.to_string()),
-    }
-}
 
 #[derive(Debug)]
 struct EndpointPolicy {
@@ -532,6 +491,37 @@ impl EndpointPolicy {
             url,
         })
     }
+
+    /// The endpoint and, if the device has them, its subscription keys.
+    fn check_device(&self, device: &Device) -> Result<Endpoint, RegistrationError> {
+        let endpoint = self.check(device.token.as_str())?;
+        if let Some(keys) = &device.webpush_keys {
+            decode_keys(keys)?;
+        }
+        Ok(endpoint)
+    }
+
+    /// Resolves a host name endpoint the way deliveries will, within
+    /// [`ADMIT_RESOLVE_TIMEOUT`]. A name with only non-public addresses is refused for good; a
+    /// failed or slow lookup may be passing trouble, so the client is told to try again later
+    /// (nothing is stored either way). IP literals were checked by [`EndpointPolicy::check`].
+    async fn check_resolves(&self, endpoint: &Endpoint) -> Result<(), RegistrationError> {
+        if self.allow_private_addresses || endpoint.url.domain().is_none() {
+            return Ok(());
+        }
+        let host = endpoint.host.as_str();
+        match tokio::time::timeout(ADMIT_RESOLVE_TIMEOUT, resolve_public(host, false)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e @ ResolveError::NonPublic { .. })) => {
+                Err(RegistrationError::NotPublic(e.to_string()))
+            }
+            Ok(Err(e)) => Err(RegistrationError::CheckFailed(e.to_string())),
+            Err(_) => Err(RegistrationError::CheckFailed(format!(
+                "endpoint host {host} did not resolve within {} s",
+                ADMIT_RESOLVE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
 }
 
 /// Whether `ip` is an ordinary globally routed unicast address, the only kind an endpoint may
@@ -601,6 +591,40 @@ enum ResolveError {
     NonPublic { host: String },
     #[error("endpoint host {host} resolves to no address")]
     NoAddress { host: String },
+    #[error("cannot resolve endpoint host {host}: {source}")]
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
+}
+
+/// The addresses of `host` that the policy allows: the one resolution rule for registrations
+/// and deliveries alike.
+async fn resolve_public(host: &str, allow_private: bool) -> Result<Vec<SocketAddr>, ResolveError> {
+    let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0))
+        .await
+        .map_err(|source| ResolveError::Lookup {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
+    if found.is_empty() {
+        return Err(ResolveError::NoAddress {
+            host: host.to_owned(),
+        });
+    }
+    let kept: Vec<SocketAddr> = found
+        .iter()
+        .copied()
+        .filter(|a| allow_private || is_public_ip(a.ip()))
+        .collect();
+    if kept.is_empty() {
+        tracing::debug!(%host, addresses = ?found, "refusing non-public endpoint addresses");
+        return Err(ResolveError::NonPublic {
+            host: host.to_owned(),
+        });
+    }
+    Ok(kept)
 }
 
 impl reqwest::dns::Resolve for PublicResolver {
@@ -608,20 +632,7 @@ impl reqwest::dns::Resolve for PublicResolver {
         let host = name.as_str().to_owned();
         let allow_private = self.allow_private_addresses;
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            if found.is_empty() {
-                return Err(ResolveError::NoAddress { host }.into());
-            }
-            let kept: Vec<SocketAddr> = found
-                .iter()
-                .copied()
-                .filter(|a| allow_private || is_public_ip(a.ip()))
-                .collect();
-            if kept.is_empty() {
-                tracing::debug!(%host, addresses = ?found, "refusing non-public endpoint addresses");
-                return Err(ResolveError::NonPublic { host }.into());
-            }
+            let kept = resolve_public(&host, allow_private).await?;
             Ok(Box::new(kept.into_iter()) as reqwest::dns::Addrs)
         })
     }
@@ -646,6 +657,14 @@ fn decode_b64(value: &str) -> Option<Vec<u8>> {
 
 fn decode_keys(keys: &WebPushKeys) -> Result<UaKeys, RegistrationError> {
     let invalid = |m: String| RegistrationError::InvalidKeys(m);
+    for (name, value) in [("p256dh", &keys.p256dh), ("auth", &keys.auth)] {
+        if value.len() > MAX_ENCODED_KEY_BYTES {
+            return Err(invalid(format!(
+                "{name} is {} bytes, more than {MAX_ENCODED_KEY_BYTES}",
+                value.len()
+            )));
+        }
+    }
     let p256dh =
         decode_b64(&keys.p256dh).ok_or_else(|| invalid("p256dh is not base64url".to_owned()))?;
     if p256dh.len() != 65 || p256dh[0] != 0x04 {
@@ -923,7 +942,11 @@ fn encode<T: Serialize>(payload: &T) -> Result<Vec<u8>, String> {
 // Responses
 
 /// Maps a push service's answer onto a verdict (RFC 8030, UnifiedPush SERV_1.2.0).
-pub(crate) fn classify_status(status: StatusCode, retry_after: Option<Duration>, excerpt: &str) -> Verdict {
+pub(crate) fn classify_status(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    excerpt: &str,
+) -> Verdict {
     let code = status.as_u16();
     let detail = if excerpt.is_empty() {
         String::new()
@@ -964,14 +987,19 @@ fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
     while let Some(e) = source {
         if let Some(resolve) = e.downcast_ref::<ResolveError>() {
+            // A name that leads only inside is as dead as a 410: the registration goes, and the
+            // server is told so, instead of a `wait` for every publish forever. Lookup trouble
+            // may pass.
             return match resolve {
-                ResolveError::NonPublic { .. } => Verdict::OurFault {
+                ResolveError::NonPublic { .. } => Verdict::DeadToken {
                     reason: resolve.to_string(),
                 },
-                ResolveError::NoAddress { .. } => Verdict::Transient {
-                    retry_after: None,
-                    reason: resolve.to_string(),
-                },
+                ResolveError::NoAddress { .. } | ResolveError::Lookup { .. } => {
+                    Verdict::Transient {
+                        retry_after: None,
+                        reason: resolve.to_string(),
+                    }
+                }
             };
         }
         source = e.source();
@@ -1055,25 +1083,6 @@ mod tests {
             "64:ff9b::808:808",
         ] {
             assert!(is_public_ip(public.parse().unwrap()), "{public}");
-        }
-    }
-
-    #[test]
-    fn host_patterns() {
-        let p = HostPattern::parse("*.Example.org.").unwrap();
-        assert!(p.matches("push.example.org"));
-        assert!(p.matches("a.b.example.org"));
-        assert!(!p.matches("example.org"));
-        assert!(!p.matches("badexample.org"));
-        let e = HostPattern::parse("push.example.org").unwrap();
-        assert!(e.matches("push.example.org"));
-        assert!(!e.matches("x.push.example.org"));
-        assert_eq!(
-            HostPattern::parse("[::1]").unwrap(),
-            HostPattern::Exact("::1".to_owned())
-        );
-        for bad in ["", "*", "*.", "a.*.org", "foo*.org", "exa mple.org"] {
-            assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
         }
     }
 

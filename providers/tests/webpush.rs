@@ -524,26 +524,41 @@ async fn client_errors_are_our_fault_with_the_services_reason() {
 }
 
 #[tokio::test]
-async fn names_resolving_only_to_private_addresses_are_refused_at_send_time() {
+async fn names_resolving_only_to_private_addresses_are_refused_and_dead() {
     let endpoint = Endpoint::start(Behaviour::status(201)).await;
     let sub = Subscriber::generate();
     let push = provider(&WebPushConfig {
         allow_private_addresses: false,
         ..local_config(None)
     });
-    // `localhost` passes the registration-time policy (it is a name, not an IP literal) …
+    // `localhost` passes the offline checks (it is a name, not an IP literal) …
     let dev = device(
         &format!("http://localhost:{}/p", endpoint.port()),
         Some(sub.keys()),
     );
     push.validate(&dev).unwrap();
-    // … but the resolver drops its loopback addresses.
+    // … but registration resolves it and finds only loopback addresses …
+    match push.admit(&dev).await {
+        Err(RegistrationError::NotPublic(reason)) => {
+            assert!(reason.contains("non-public"), "{reason}")
+        }
+        other => panic!("expected NotPublic, got {other:?}"),
+    }
+    // … and a delivery to it (a name that turned inward after registering) is a dead token.
     let verdict = push.send(&dev, &alert(Priority::High, "x")).await;
     match verdict {
-        Verdict::OurFault { reason } => assert!(reason.contains("non-public"), "{reason}"),
-        other => panic!("expected OurFault, got {other:?}"),
+        Verdict::DeadToken { reason } => assert!(reason.contains("non-public"), "{reason}"),
+        other => panic!("expected DeadToken, got {other:?}"),
     }
     assert_eq!(endpoint.connections(), 0);
+
+    // Where private addresses are allowed, the same name is admitted.
+    provider(&local_config(None)).admit(&dev).await.unwrap();
+    // Public IP literals need no lookup.
+    provider(&strict())
+        .admit(&device("https://93.184.216.34/p", keys()))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -711,6 +726,11 @@ fn bad_subscription_keys_are_refused() {
         (good.p256dh.clone(), b64.encode([7u8; 15])),
         (good.p256dh.clone(), b64.encode([7u8; 17])),
         (good.p256dh.clone(), "%%%".to_owned()),
+        ("A".repeat(5_000_000), good.auth.clone()),
+        (
+            good.p256dh.clone(),
+            format!("{}{}", good.auth, " ".repeat(200)),
+        ),
     ] {
         let dev = device(url, Some(WebPushKeys { p256dh, auth }));
         assert!(

@@ -14,6 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use pushgate_providers::apns::{CredentialError, CredentialInfo, Credentials};
 use xmpp_parsers::jid::Jid;
 
+use super::limits::{MAX_APNS_ID_BYTES, MAX_PROVIDER_ID_BYTES};
 use super::{required, submitted};
 use crate::adhoc::{CommandRequest, CommandResponse};
 use crate::error::Fault;
@@ -69,8 +70,8 @@ fn credentials(form: &Form) -> Result<Credentials, Fault> {
             Credentials::from_pem(&cert, &key).map_err(refused)
         }
         (None, None, Some(p8)) => {
-            Credentials::from_p8(&p8, required(form, "key-id")?, required(form, "team-id")?)
-                .map_err(refused)
+            let id = |var| required(form, var, MAX_APNS_ID_BYTES);
+            Credentials::from_p8(&p8, id("key-id")?, id("team-id")?).map_err(refused)
         }
         (None, None, None) => Err(Fault::BadRequest(
             "give 'p12', 'certificate' + 'private-key', or 'p8' + 'key-id' + 'team-id'".into(),
@@ -97,7 +98,7 @@ pub async fn set_apns_certificate(
     let Some(form) = submitted(req)? else {
         return Ok(CommandResponse::executing(req, blank_form(gw).build()));
     };
-    let wanted = required(form, "provider")?;
+    let wanted = required(form, "provider", MAX_PROVIDER_ID_BYTES)?;
     let (provider, apns) = gw
         .providers
         .apns()

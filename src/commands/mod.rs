@@ -3,11 +3,17 @@
 //! Two dialects exist in the wild (../shared/reference/xep0357-interop.md §1): Tigase's
 //! `register-device` / `unregister-device` (Siskin, Snikket iOS, Tigase Messenger) and p2's
 //! `register-push-<provider>` / `unregister-push-<provider>` (Conversations). Each lives in its
-//! own module; both end in the same store.
+//! own module; both end in the same store. Every registration passes the same gate
+//! ([`register_device`]): field lengths as the form is read (`limits.rs`), then the domain lists,
+//! the provider, and the new-device limits (`policy.rs`).
 
 mod admin;
+pub mod limits;
 mod p2;
+mod policy;
 mod tigase;
+
+pub use policy::RegistrationPolicy;
 
 use xmpp_parsers::jid::Jid;
 
@@ -18,7 +24,7 @@ use crate::error::Fault;
 use crate::forms::Form;
 use crate::gateway::Gateway;
 use crate::ids::{BareJid, Dialect};
-use crate::storage::{NewRegistration, Registration};
+use crate::storage::{NewRegistration, Registration, StoreError};
 
 pub const REGISTER_DEVICE: &str = "register-device";
 pub const UNREGISTER_DEVICE: &str = "unregister-device";
@@ -121,14 +127,22 @@ fn submitted(req: &CommandRequest) -> Result<Option<&Form>, Fault> {
     }
 }
 
-fn required<'a>(form: &'a Form, var: &str) -> Result<&'a str, Fault> {
-    form.value(var)
-        .ok_or_else(|| Fault::BadRequest(format!("field '{var}' is required")))
+/// The field's value, if sent, refused when longer than `max` bytes.
+fn optional<'a>(form: &'a Form, var: &'static str, max: usize) -> Result<Option<&'a str>, Fault> {
+    match form.value(var) {
+        Some(v) => Ok(Some(limits::within(var, v, max)?)),
+        None => Ok(None),
+    }
+}
+
+fn required<'a>(form: &'a Form, var: &'static str, max: usize) -> Result<&'a str, Fault> {
+    optional(form, var, max)?.ok_or_else(|| Fault::BadRequest(format!("field '{var}' is required")))
 }
 
 /// Reads the optional WebPush subscription keys; both or neither.
 fn webpush_keys(form: &Form) -> Result<Option<WebPushKeys>, Fault> {
-    match (form.value("p256dh"), form.value("auth")) {
+    let key = |var| optional(form, var, limits::MAX_WEBPUSH_KEY_BYTES);
+    match (key("p256dh")?, key("auth")?) {
         (Some(p256dh), Some(auth)) => Ok(Some(WebPushKeys {
             p256dh: p256dh.to_owned(),
             auth: auth.to_owned(),
@@ -138,25 +152,36 @@ fn webpush_keys(form: &Form) -> Result<Option<WebPushKeys>, Fault> {
     }
 }
 
-/// Asks the provider whether it can deliver to this device, then stores it. A bad token is
-/// refused here, not discovered at the first push.
+/// Checks the account's domain, asks the provider whether it can deliver to this device (a bad
+/// token is refused here, not discovered at the first push), then stores it within the
+/// new-device limits. The fields' lengths were checked as the form was read.
 async fn register_device(
     gw: &Gateway,
     provider: &dyn Provider,
     new: NewRegistration,
 ) -> Result<Registration, Fault> {
+    gw.registration.check_domain(&new.account)?;
     let device = Device {
         provider: new.provider.clone(),
         token: new.token.clone(),
         second_token: new.second_token.clone(),
         webpush_keys: new.webpush_keys.clone(),
     };
-    provider
-        .validate(&device)
-        .map_err(|e| Fault::NotAcceptable(e.to_string()))?;
+    provider.admit(&device).await?;
     let dialect = new.dialect;
-    let reg = gw.store.register(new).await?;
-    tracing::info!(registration = reg.id, provider = %reg.provider, dialect = dialect.as_str(), "device registered");
+    let mut slot = gw.registration.new_device(&new.account);
+    let registered = match gw.store.register(new, slot.admission).await {
+        // Only a paused slot pauses: its refusal says why.
+        Err(e @ StoreError::AddingPaused) => {
+            return Err(slot.paused.take().map_or(Fault::from(e), Fault::from));
+        }
+        other => other?,
+    };
+    if registered.added {
+        slot.spend();
+    }
+    let reg = registered.registration;
+    tracing::info!(registration = reg.id, provider = %reg.provider, dialect = dialect.as_str(), added = registered.added, "device registered");
     Ok(reg)
 }
 

@@ -7,7 +7,10 @@ use std::str::FromStr;
 
 use pushgate_providers::DeviceToken;
 
-use super::{register_device, required, submitted, unregister_device, webpush_keys};
+use super::limits::{
+    self, MAX_DEVICE_ID_BYTES, MAX_JID_BYTES, MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES,
+};
+use super::{optional, register_device, required, submitted, unregister_device, webpush_keys};
 use crate::adhoc::{CommandRequest, CommandResponse};
 use crate::error::Fault;
 use crate::forms::{Form, FormBuilder};
@@ -28,16 +31,22 @@ fn blank_form(title: &str, with_token: bool) -> FormBuilder {
 
 /// The device id: `device-id`, or the legacy `android-id` Conversations still sends.
 fn device_id(form: &Form) -> Result<&str, Fault> {
-    form.value("device-id")
-        .or_else(|| form.value("android-id"))
-        .ok_or_else(|| Fault::BadRequest("field 'device-id' is required".into()))
+    match optional(form, "device-id", MAX_DEVICE_ID_BYTES)? {
+        Some(id) => Ok(id),
+        None => optional(form, "android-id", MAX_DEVICE_ID_BYTES)?
+            .ok_or_else(|| Fault::BadRequest("field 'device-id' is required".into())),
+    }
 }
 
 /// The room of a per-room registration: a bare JID. p2 reads `muc`; Conversations' unregister
-/// sends `channel`.
+/// sends `channel`. The length is checked before the JID is parsed.
 fn muc(form: &Form) -> Result<Option<BareJid>, Fault> {
-    let Some(raw) = form.value("muc").or_else(|| form.value("channel")) else {
-        return Ok(None);
+    let raw = match optional(form, "muc", MAX_JID_BYTES)? {
+        Some(raw) => raw,
+        None => match optional(form, "channel", MAX_JID_BYTES)? {
+            Some(raw) => raw,
+            None => return Ok(None),
+        },
     };
     BareJid::from_str(raw)
         .map(Some)
@@ -47,12 +56,12 @@ fn muc(form: &Form) -> Result<Option<BareJid>, Fault> {
 pub async fn register(
     gw: &Gateway,
     account: BareJid,
-    provider: &str,
+    id: &str,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
     let (provider_id, provider) = gw
         .providers
-        .get(provider)
+        .get(limits::within("provider", id, MAX_PROVIDER_ID_BYTES)?)
         .ok_or(Fault::NotFound("no such command"))?;
     let Some(form) = submitted(req)? else {
         return Ok(CommandResponse::executing(
@@ -66,7 +75,7 @@ pub async fn register(
         account,
         device_id: Some(device_id(form)?.to_owned()),
         muc: muc(form)?,
-        token: DeviceToken::new(required(form, "token")?),
+        token: DeviceToken::new(required(form, "token", MAX_TOKEN_BYTES)?),
         second_token: None,
         webpush_keys: webpush_keys(form)?,
     };
@@ -87,12 +96,12 @@ pub async fn register(
 pub async fn unregister(
     gw: &Gateway,
     account: BareJid,
-    provider: &str,
+    id: &str,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
     let (provider_id, _) = gw
         .providers
-        .get(provider)
+        .get(limits::within("provider", id, MAX_PROVIDER_ID_BYTES)?)
         .ok_or(Fault::NotFound("no such command"))?;
     let Some(form) = submitted(req)? else {
         return Ok(CommandResponse::executing(

@@ -6,7 +6,8 @@
 
 use pushgate_providers::DeviceToken;
 
-use super::{register_device, required, submitted, unregister_device, webpush_keys};
+use super::limits::{MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES};
+use super::{optional, register_device, required, submitted, unregister_device, webpush_keys};
 use crate::adhoc::{CommandRequest, CommandResponse};
 use crate::error::Fault;
 use crate::forms::FormBuilder;
@@ -53,7 +54,7 @@ pub async fn register(
     };
     let (provider_id, provider) = gw
         .providers
-        .get(required(form, "provider")?)
+        .get(required(form, "provider", MAX_PROVIDER_ID_BYTES)?)
         .ok_or(Fault::NotFound("unknown provider"))?;
     let new = NewRegistration {
         dialect: Dialect::Tigase,
@@ -61,8 +62,8 @@ pub async fn register(
         account,
         device_id: None,
         muc: None,
-        token: DeviceToken::new(required(form, "device-token")?),
-        second_token: form.value("device-second-token").map(DeviceToken::new),
+        token: DeviceToken::new(required(form, "device-token", MAX_TOKEN_BYTES)?),
+        second_token: optional(form, "device-second-token", MAX_TOKEN_BYTES)?.map(DeviceToken::new),
         webpush_keys: webpush_keys(form)?,
     };
     let reg = register_device(gw, provider.as_ref(), new).await?;
@@ -91,9 +92,9 @@ pub async fn unregister(
     };
     let (provider_id, _) = gw
         .providers
-        .get(required(form, "provider")?)
+        .get(required(form, "provider", MAX_PROVIDER_ID_BYTES)?)
         .ok_or(Fault::NotFound("unknown provider"))?;
-    let token = DeviceToken::new(required(form, "device-token")?);
+    let token = DeviceToken::new(required(form, "device-token", MAX_TOKEN_BYTES)?);
     let key = device_key(Dialect::Tigase, &token, None, None);
     unregister_device(gw, req, Dialect::Tigase, provider_id, &account, &key).await
 }

@@ -1,12 +1,13 @@
-//! Per-client-IP rate limiting of the public HTTP routes: a token bucket per client.
+//! Token buckets per key: the public HTTP routes per client IP, registrations per account domain.
 //!
-//! Each client may make `per_minute` requests in a burst, and regains one request every
-//! `60 / per_minute` seconds. IPv6 clients are counted per /64 (what one subscriber usually gets),
+//! Each key may take `per_minute` tokens in a burst, and regains one every `60 / per_minute`
+//! seconds. IPv6 clients are counted per /64 ([`bucket_key`]: what one subscriber usually gets),
 //! so hopping through addresses of one prefix does not multiply the allowance. Buckets that have
 //! refilled completely carry no information and are dropped when the table grows, which keeps
-//! memory bounded by the number of clients active in the last minute.
+//! memory bounded by the number of keys active in the last minute.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,19 +23,19 @@ struct Bucket {
     updated: Instant,
 }
 
-pub struct RateLimiter {
+pub struct RateLimiter<K = IpAddr> {
     capacity: f64,
     /// Tokens regained per second.
     rate: f64,
-    state: Mutex<State>,
+    state: Mutex<State<K>>,
 }
 
-struct State {
-    buckets: HashMap<IpAddr, Bucket>,
+struct State<K> {
+    buckets: HashMap<K, Bucket>,
     prune_at: usize,
 }
 
-impl RateLimiter {
+impl<K: Hash + Eq> RateLimiter<K> {
     pub fn new(per_minute: u32) -> Self {
         let capacity = f64::from(per_minute.max(1));
         RateLimiter {
@@ -47,15 +48,25 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one token for `ip`; `Err(retry_after)` when it has none left.
-    pub fn check(&self, ip: IpAddr) -> Result<(), Duration> {
-        self.check_at(ip, Instant::now())
+    /// Takes one token for `key`; `Err(retry_after)` when it has none left.
+    pub fn check(&self, key: K) -> Result<(), Duration> {
+        self.check_at(key, Instant::now())
     }
 
-    pub(crate) fn check_at(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
-        let key = bucket_key(ip);
+    /// Gives back a token taken for something that did not happen after all.
+    pub fn refund(&self, key: &K) {
+        if let Some(bucket) = self.state().buckets.get_mut(key) {
+            bucket.tokens = (bucket.tokens + 1.0).min(self.capacity);
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State<K>> {
         // A panic while holding the lock cannot leave a bucket half-updated: recover it.
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn check_at(&self, key: K, now: Instant) -> Result<(), Duration> {
+        let mut state = self.state();
         if state.buckets.len() >= state.prune_at {
             let (capacity, rate) = (self.capacity, self.rate);
             state.buckets.retain(|_, b| {
@@ -81,8 +92,9 @@ impl RateLimiter {
     }
 }
 
-/// IPv4 (and IPv4-mapped IPv6) addresses as they are; other IPv6 addresses by their /64.
-fn bucket_key(ip: IpAddr) -> IpAddr {
+/// A client's bucket: IPv4 (and IPv4-mapped IPv6) addresses as they are; other IPv6 addresses
+/// by their /64.
+pub fn bucket_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();
@@ -131,39 +143,65 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    /// What the HTTP middleware does with a client's address.
+    fn check_ip(l: &RateLimiter, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        l.check_at(bucket_key(ip), now)
+    }
+
     #[test]
     fn bucket_empties_then_refills() {
-        let l = RateLimiter::new(60);
+        let l: RateLimiter = RateLimiter::new(60);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..60 {
-            assert!(l.check_at(ip, t0).is_ok());
+            assert!(check_ip(&l, ip, t0).is_ok());
         }
-        let wait = l.check_at(ip, t0).unwrap_err();
+        let wait = check_ip(&l, ip, t0).unwrap_err();
         assert_eq!(retry_after_secs(wait), 1);
-        assert!(l.check_at("192.0.2.2".parse().unwrap(), t0).is_ok());
-        assert!(l.check_at(ip, t0 + Duration::from_millis(1100)).is_ok());
-        assert!(l.check_at(ip, t0 + Duration::from_millis(1100)).is_err());
+        assert!(check_ip(&l, "192.0.2.2".parse().unwrap(), t0).is_ok());
+        assert!(check_ip(&l, ip, t0 + Duration::from_millis(1100)).is_ok());
+        assert!(check_ip(&l, ip, t0 + Duration::from_millis(1100)).is_err());
+    }
+
+    #[test]
+    fn refunds_give_back_one_token_up_to_the_burst() {
+        let l: RateLimiter<String> = RateLimiter::new(2);
+        let t0 = Instant::now();
+        let d = || "example.org".to_owned();
+        assert!(l.check_at(d(), t0).is_ok());
+        assert!(l.check_at(d(), t0).is_ok());
+        assert!(l.check_at(d(), t0).is_err());
+        l.refund(&d());
+        assert!(l.check_at(d(), t0).is_ok());
+        assert!(l.check_at(d(), t0).is_err());
+        // Never above the burst, and an unknown key is no error.
+        for _ in 0..5 {
+            l.refund(&d());
+        }
+        l.refund(&"other.example".to_owned());
+        assert!(l.check_at(d(), t0).is_ok());
+        assert!(l.check_at(d(), t0).is_ok());
+        assert!(l.check_at(d(), t0).is_err());
     }
 
     #[test]
     fn ipv6_counts_per_64() {
-        let l = RateLimiter::new(1);
+        let l: RateLimiter = RateLimiter::new(1);
         let t0 = Instant::now();
-        assert!(l.check_at("2001:db8::1".parse().unwrap(), t0).is_ok());
-        assert!(l.check_at("2001:db8::2".parse().unwrap(), t0).is_err());
-        assert!(l.check_at("2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
+        assert!(check_ip(&l, "2001:db8::1".parse().unwrap(), t0).is_ok());
+        assert!(check_ip(&l, "2001:db8::2".parse().unwrap(), t0).is_err());
+        assert!(check_ip(&l, "2001:db8:0:1::1".parse().unwrap(), t0).is_ok());
     }
 
     #[test]
     fn full_buckets_are_pruned() {
-        let l = RateLimiter::new(60);
+        let l: RateLimiter = RateLimiter::new(60);
         let t0 = Instant::now();
         for i in 0..PRUNE_AT as u32 {
-            let _ = l.check_at(IpAddr::V4(i.into()), t0);
+            let _ = check_ip(&l, IpAddr::V4(i.into()), t0);
         }
         let later = t0 + Duration::from_secs(120);
-        assert!(l.check_at("192.0.2.9".parse().unwrap(), later).is_ok());
+        assert!(check_ip(&l, "192.0.2.9".parse().unwrap(), later).is_ok());
         assert_eq!(l.state.lock().unwrap().buckets.len(), 1);
     }
 

@@ -197,7 +197,7 @@ async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) ->
         req.extensions().get::<ConnectInfo<SocketAddr>>(),
         state.config.trust_forwarded_for,
     );
-    match state.limiter.check(ip) {
+    match state.limiter.check(limit::bucket_key(ip)) {
         Ok(()) => next.run(req).await,
         Err(wait) => {
             tracing::debug!("rate limited");

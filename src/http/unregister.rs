@@ -10,8 +10,9 @@
 //! tell a wrong component JID from an unknown account, provider or token. The reason is the
 //! generic `"not found"` for all of those (wrong component JID, account not a JID, unknown
 //! provider, no such registration, already removed); only a malformed request (body not JSON,
-//! a field missing, empty or not a string) gets a specific reason, because that reveals nothing
-//! about what is stored and helps whoever wrote the client. Siskin itself only looks at `result`.
+//! a field missing, empty, not a string or longer than its limit in `commands::limits`) gets a
+//! specific reason, because that reveals nothing about what is stored and helps whoever wrote
+//! the client. Siskin itself only looks at `result`.
 //! Bodies over `http.max_body_bytes` get 413, a storage failure 503 (retry later); the
 //! `Content-Type` is not checked and unknown extra fields are ignored.
 
@@ -25,6 +26,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{HttpState, failure};
+use crate::commands::limits::{self, MAX_JID_BYTES, MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES};
 use crate::ids::{BareJid, DeviceToken, Dialect};
 use crate::storage::device_key;
 
@@ -41,11 +43,12 @@ fn not_found() -> Response {
     failure(StatusCode::NOT_FOUND, "not found")
 }
 
-/// A required, non-empty string field; `Err` is the reason to answer with.
-fn field<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, String> {
+/// A required, non-empty string field of at most `max` bytes; `Err` is the reason to answer
+/// with.
+fn field<'a>(value: &'a Option<String>, name: &'static str, max: usize) -> Result<&'a str, String> {
     // Not trimmed: the token must match what `register-device` stored, byte for byte.
     match value.as_deref() {
-        Some(v) if !v.trim().is_empty() => Ok(v),
+        Some(v) if !v.trim().is_empty() => limits::within(name, v, max).map_err(|r| r.to_string()),
         Some(_) => Err(format!("field '{name}' is empty")),
         None => Err(format!("field '{name}' is missing")),
     }
@@ -80,9 +83,9 @@ pub async fn unregister(
         }
     };
     let (account, provider, token) = match (
-        field(&body.account, "account"),
-        field(&body.provider, "provider"),
-        field(&body.device_token, "device-token"),
+        field(&body.account, "account", MAX_JID_BYTES),
+        field(&body.provider, "provider", MAX_PROVIDER_ID_BYTES),
+        field(&body.device_token, "device-token", MAX_TOKEN_BYTES),
     ) {
         (Ok(a), Ok(p), Ok(t)) => (a, p, t),
         (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => {

@@ -1,30 +1,26 @@
-//! Registrations that arrive together are written together: one multi-row upsert, one commit.
+//! Registrations that arrive together are written together: one transaction, one commit.
 //!
 //! A burst of `register-device` commands (every app re-registers when it connects, so a server
 //! restart brings thousands at once) otherwise costs a statement and a commit each; the profile
 //! in docs/performance.md put most of a registration's CPU there. One writer task takes
 //! whatever is queued when it is free, so a lone registration waits for nothing and a burst is
-//! written in batches of up to `MAX_ROWS`.
+//! written in batches of up to `MAX_ROWS`. The per-account limit is decided for the batch as a
+//! whole in [`Store::write`], so it holds here exactly as for a lone registration.
 
 use std::collections::HashMap;
 
 use sea_orm::DbErr;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Store;
-use super::entity::{ActiveModel, Model};
+use super::{Decided, Identity, Pending, Store, StoreError};
 
-/// Rows per statement: 20 columns each stays far below both databases' bind-parameter limits.
+/// Registrations per batch; statements are cut smaller by `Store::rows_per_statement`.
 const MAX_ROWS: usize = 256;
 const QUEUE: usize = 4096;
 
-/// (dialect, provider, account, device key): what the unique index calls one device.
-pub(super) type Identity = (String, String, String, String);
-
 struct Job {
-    row: ActiveModel,
-    identity: Identity,
-    reply: oneshot::Sender<Result<Model, DbErr>>,
+    pending: Pending,
+    reply: oneshot::Sender<Decided>,
 }
 
 pub(super) struct GroupCommit {
@@ -39,27 +35,18 @@ impl GroupCommit {
         GroupCommit { jobs }
     }
 
-    /// The stored row, or `Err(row)` back if the writer is gone (the runtime is shutting down).
-    pub(super) async fn submit(
-        &self,
-        row: ActiveModel,
-        identity: Identity,
-    ) -> Result<Result<Model, DbErr>, ActiveModel> {
+    /// What the writer decided, or `Err(pending)` back if the writer is gone (the runtime is
+    /// shutting down).
+    pub(super) async fn submit(&self, pending: Pending) -> Result<Decided, Pending> {
         let (reply, answer) = oneshot::channel();
-        if let Err(mpsc::error::SendError(job)) = self
-            .jobs
-            .send(Job {
-                row,
-                identity,
-                reply,
-            })
-            .await
-        {
-            return Err(job.row);
+        if let Err(mpsc::error::SendError(job)) = self.jobs.send(Job { pending, reply }).await {
+            return Err(job.pending);
         }
         match answer.await {
-            Ok(result) => Ok(result),
-            Err(_) => Ok(Err(DbErr::Custom("registration writer stopped".into()))),
+            Ok(decided) => Ok(decided),
+            Err(_) => Ok(Err(
+                DbErr::Custom("registration writer stopped".into()).into()
+            )),
         }
     }
 }
@@ -83,63 +70,60 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Job>) {
     }
 }
 
-/// One statement for the batch; if it fails, each device on its own, so one bad row cannot
+/// One transaction for the batch; if it fails, each device on its own, so one bad row cannot
 /// fail the others.
 async fn write_batch(store: &Store, jobs: Vec<Job>) {
     // The same device twice in one batch (a client retrying): one row, the newest values, and
-    // both asks get it. PostgreSQL refuses to upsert one row twice in a statement.
+    // both asks get it. PostgreSQL refuses to upsert one row twice in a statement. It may be
+    // added if either ask may add one.
     let mut slot: HashMap<Identity, usize> = HashMap::with_capacity(jobs.len());
-    let mut rows: Vec<ActiveModel> = Vec::with_capacity(jobs.len());
+    let mut batch: Vec<Pending> = Vec::with_capacity(jobs.len());
     let mut waiting = Vec::with_capacity(jobs.len());
-    for Job {
-        row,
-        identity,
-        reply,
-    } in jobs
-    {
+    for Job { pending, reply } in jobs {
+        let identity = pending.identity.clone();
         match slot.get(&identity) {
-            Some(&i) => rows[i] = row,
+            Some(&i) => {
+                let may_add = batch[i].admission.may_add || pending.admission.may_add;
+                batch[i] = pending;
+                batch[i].admission.may_add = may_add;
+            }
             None => {
-                slot.insert(identity.clone(), rows.len());
-                rows.push(row);
+                slot.insert(identity.clone(), batch.len());
+                batch.push(pending);
             }
         }
         waiting.push((identity, reply));
     }
     // Kept for the one-by-one retry.
-    let stored: HashMap<Identity, Result<Model, DbErr>> = match store.upsert(rows.clone()).await {
-        Ok(models) => models
-            .into_iter()
-            .map(|m| (identity_of(&m), Ok(m)))
-            .collect(),
+    let decided: Vec<Decided> = match store.write(batch.clone()).await {
+        Ok(decided) => decided,
         Err(e) => {
             tracing::debug!(
-                rows = rows.len(),
+                rows = batch.len(),
                 "batched registration failed ({e}); one by one"
             );
-            let mut one_by_one = HashMap::with_capacity(rows.len());
-            for (identity, i) in slot {
-                let result = store.upsert_one(rows[i].clone()).await;
-                one_by_one.insert(identity, result);
+            let mut one_by_one = Vec::with_capacity(batch.len());
+            for pending in batch {
+                one_by_one.push(store.write_one(pending).await);
             }
             one_by_one
         }
     };
     for (identity, reply) in waiting {
-        let result = match stored.get(&identity) {
-            Some(Ok(m)) => Ok(m.clone()),
-            Some(Err(e)) => Err(DbErr::Custom(e.to_string())),
-            None => Err(DbErr::RecordNotInserted),
+        let result = match slot.get(&identity).and_then(|&i| decided.get(i)) {
+            Some(d) => copy(d),
+            None => Err(DbErr::RecordNotInserted.into()),
         };
         let _ = reply.send(result);
     }
 }
 
-pub(super) fn identity_of(m: &Model) -> Identity {
-    (
-        m.dialect.clone(),
-        m.provider.clone(),
-        m.account.clone(),
-        m.device_key.clone(),
-    )
+/// One decision for each ask of the same device.
+fn copy(decided: &Decided) -> Decided {
+    match decided {
+        Ok(stored) => Ok(stored.clone()),
+        Err(StoreError::AccountFull { limit }) => Err(StoreError::AccountFull { limit: *limit }),
+        Err(StoreError::AddingPaused) => Err(StoreError::AddingPaused),
+        Err(e) => Err(DbErr::Custom(e.to_string()).into()),
+    }
 }

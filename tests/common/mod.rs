@@ -1,16 +1,38 @@
 //! Support shared by the integration tests that run against both storage backends: a real
 //! PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with a throw-away database per test, and
-//! the macro that makes one `sqlite` and one `postgres` test of each scenario.
-#![allow(dead_code)] // each test binary uses its own subset
+//! the macro that makes one `sqlite` and one `postgres` test of each scenario; and routing a
+//! stanza as the stream does.
+#![allow(dead_code, unused_macros)] // each test binary uses its own subset
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
+use pushgate::storage::{Admission, NewRegistration, Registration, Store, StoreError};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
 pub const PG_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// Room for every device a test registers: for tests about something other than the limits.
+pub const UNLIMITED: Admission = Admission {
+    max_per_account: 10_000,
+    may_add: true,
+};
+
+/// [`Store::register`] within [`UNLIMITED`], answering just the registration.
+pub trait RegisterAny {
+    fn register_any(
+        &self,
+        new: NewRegistration,
+    ) -> impl Future<Output = Result<Registration, StoreError>> + Send;
+}
+
+impl RegisterAny for Store {
+    async fn register_any(&self, new: NewRegistration) -> Result<Registration, StoreError> {
+        Ok(self.register(new, UNLIMITED).await?.registration)
+    }
+}
 
 /// A plain connection, outside pushgate's store. An unreachable server fails the test: CI has
 /// PostgreSQL, so a skip would hide a broken backend.
@@ -64,4 +86,13 @@ macro_rules! on_both_backends {
             }
         }
     )*};
+}
+
+/// Routes one stanza as the stream would, with the default 10 s to answer it.
+pub async fn route(
+    gw: &pushgate::gateway::Gateway,
+    stanza: xmpp_parsers::stanza::Stanza,
+) -> Option<xmpp_parsers::stanza::Stanza> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    pushgate::router::handle(gw, stanza, deadline).await
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import slixmpp
 from slixmpp.exceptions import IqError, IqTimeout
+from slixmpp.stanza.error import Error as StanzaErrorPlugin
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
@@ -38,6 +39,10 @@ DEFAULT_TIMEOUT = 15.0
 
 # slixmpp logs every reconnect attempt and stream detail at INFO/WARNING; keep pytest quiet.
 logging.getLogger("slixmpp").setLevel(logging.ERROR)
+
+# slixmpp 1.17 knows RFC 3920's error conditions only and drops an error reply carrying RFC 6120's
+# `policy-violation` (pushgate's registration limits) unparsed, so the caller would just time out.
+StanzaErrorPlugin.conditions.add("policy-violation")
 
 
 class AsyncRunner:

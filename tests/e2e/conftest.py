@@ -99,15 +99,27 @@ class Stack:
 
 
 @contextlib.contextmanager
-def running_stack(name: str, users: tuple[str, ...] = LOCAL_USERS, pushgate_toml: str = ""):
-    """A Stack of its own with Prosody and pushgate started; closed on leaving."""
+def running_stack(name: str, users: tuple[str, ...] = LOCAL_USERS, pushgate_toml: str = "",
+                  pushgate_env: dict[str, str] | None = None):
+    """A Prosody, a WebPush endpoint and a started pushgate of their own, for scenarios that kill
+    processes or need their own config; yields (stack, endpoint) and stops everything after.
+    pushgate_env: environment overrides (`PUSHGATE_<SECTION>__<KEY>`) for pushgate only."""
     s = Stack(name, users=users, pushgate_toml=pushgate_toml)
+    ep = None
     try:
         s.start_prosody()
-        s.make_pushgate().start()
-        yield s
+        pg = s.make_pushgate()
+        ep = WebPushEndpoint(vapid_public_key=pg.vapid_public, vapid_subject=VAPID_SUBJECT)
+        ep.start()
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in (pushgate_env or {}).items():
+                mp.setenv(key, value)
+            pg.start()
+        yield s, ep
     finally:
         s.close()
+        if ep is not None:
+            ep.stop()
 
 
 @pytest.fixture(scope="session")

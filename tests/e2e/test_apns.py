@@ -165,7 +165,7 @@ def apns_stack(pki, token_mock, mtls_mock):
         apns_section(SHARED_PROVIDER, mtls_mock.base_url, pki.ca_file),
         admin_section(),
     ])
-    with running_stack("apns", users=USERS, pushgate_toml=toml) as s:
+    with running_stack("apns", users=USERS, pushgate_toml=toml) as (s, _):
         yield s
 
 

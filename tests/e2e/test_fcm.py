@@ -117,7 +117,7 @@ def fcm_stack(pki, fcm):
         f"base_url = {toml_str(fcm.base_url)}",
         f"ca_file = {toml_str(pki.ca_file)}",
     ]) + "\n"
-    with running_stack("fcm", pushgate_toml=toml) as s:
+    with running_stack("fcm", pushgate_toml=toml) as (s, _):
         yield s
 
 

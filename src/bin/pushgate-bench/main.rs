@@ -258,12 +258,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Some(u) => format!("url = {}", toml_str(u)),
         None => format!("data_dir = {}", toml_str(path_str(&dir.0)?)),
     };
+    // Register mode adds a new device for every user of one domain: no per-domain bucket.
     std::fs::write(
         &config,
         format!(
             "[component]\njid = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\nserver = \"{}\"\n\
              idle_ping_secs = 3600\npublish_timeout_secs = 10\n\
-             [storage]\n{storage}\n{}",
+             [storage]\n{storage}\n\
+             [registration]\nrate_per_domain_per_minute = 0\n{}",
             xmpp.local_addr()?,
             sink.provider_toml(),
         ),
