@@ -1,8 +1,8 @@
 //! Entry points for the fuzzer (`scripts/fuzz`, tests/fuzz) and for the regression tests that
 //! replay what it found (tests/fuzz_regressions.rs): each takes arbitrary bytes and must neither
 //! panic nor hang, whatever they are. They run the same code as the product, from the first
-//! byte on: the framer, then the parsers a stanza, a form, a command or a configuration goes
-//! through.
+//! byte on: the framer, then the parsers a stanza, a form, a command, a configuration or an HTTP
+//! request body goes through.
 
 use pushgate_providers::framing::{Frame, Framer, Limits};
 use xmpp_parsers::iq::Iq;
@@ -116,4 +116,9 @@ pub fn config(data: &[u8]) {
         let _ = config.limits.stanza_limits();
         let _ = crate::gateway::Providers::from_config(&config);
     }
+}
+
+/// The body of Siskin's REST unregister: a reason or a request, never a panic.
+pub fn rest_json(data: &[u8]) {
+    let _ = crate::http::unregister::parse(data);
 }

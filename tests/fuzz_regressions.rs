@@ -41,3 +41,8 @@ fn config() {
 fn responses() {
     replay("responses", pushgate_providers::fuzzing::responses);
 }
+
+#[test]
+fn rest_json() {
+    replay("rest_json", pushgate::fuzzing::rest_json);
+}

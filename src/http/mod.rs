@@ -14,7 +14,7 @@
 
 mod health;
 pub mod limit;
-mod unregister;
+pub(crate) mod unregister;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};

@@ -54,6 +54,43 @@ fn field<'a>(value: &'a Option<String>, name: &'static str, max: usize) -> Resul
     }
 }
 
+/// What a well-formed unregister request asks for.
+pub(crate) struct Request {
+    pub account: BareJid,
+    pub provider: String,
+    pub token: String,
+}
+
+/// Why a request is refused: malformed (a reason that reveals nothing stored), or the generic
+/// "not found".
+pub(crate) enum Refused {
+    Malformed(String),
+    NotFound,
+}
+
+/// Reads a request body: JSON, the three fields, then the account JID.
+pub(crate) fn parse(body: &[u8]) -> Result<Request, Refused> {
+    let body: Body = serde_json::from_slice(body).map_err(|e| {
+        Refused::Malformed(format!("malformed JSON body: {}", json_error_class(&e)))
+    })?;
+    let (account, provider, token) = match (
+        field(&body.account, "account", MAX_JID_BYTES),
+        field(&body.provider, "provider", MAX_PROVIDER_ID_BYTES),
+        field(&body.device_token, "device-token", MAX_TOKEN_BYTES),
+    ) {
+        (Ok(a), Ok(p), Ok(t)) => (a, p, t),
+        (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => {
+            return Err(Refused::Malformed(reason));
+        }
+    };
+    let account = BareJid::new(account).map_err(|_| Refused::NotFound)?;
+    Ok(Request {
+        account,
+        provider: provider.to_owned(),
+        token: token.to_owned(),
+    })
+}
+
 pub async fn unregister(
     State(state): State<HttpState>,
     Path(component): Path<String>,
@@ -73,29 +110,16 @@ pub async fn unregister(
     if BareJid::new(&component).ok().as_ref() != Some(&gw.jid) {
         return not_found();
     }
-    let body: Body = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            return failure(
-                StatusCode::NOT_FOUND,
-                &format!("malformed JSON body: {}", json_error_class(&e)),
-            );
-        }
+    let Request {
+        account,
+        provider,
+        token,
+    } = match parse(&body) {
+        Ok(request) => request,
+        Err(Refused::Malformed(reason)) => return failure(StatusCode::NOT_FOUND, &reason),
+        Err(Refused::NotFound) => return not_found(),
     };
-    let (account, provider, token) = match (
-        field(&body.account, "account", MAX_JID_BYTES),
-        field(&body.provider, "provider", MAX_PROVIDER_ID_BYTES),
-        field(&body.device_token, "device-token", MAX_TOKEN_BYTES),
-    ) {
-        (Ok(a), Ok(p), Ok(t)) => (a, p, t),
-        (Err(reason), _, _) | (_, Err(reason), _) | (_, _, Err(reason)) => {
-            return failure(StatusCode::NOT_FOUND, &reason);
-        }
-    };
-    let Ok(account) = BareJid::new(account) else {
-        return not_found();
-    };
-    let Some((provider_id, _)) = gw.providers.get(provider) else {
+    let Some((provider_id, _)) = gw.providers.get(&provider) else {
         return not_found();
     };
     let key = device_key(Dialect::Tigase, &DeviceToken::new(token), None, None);
