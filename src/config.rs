@@ -71,6 +71,8 @@ pub struct Config {
     pub admin: AdminConfig,
     #[serde(default)]
     pub http: HttpConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -283,6 +285,19 @@ pub struct HttpConfig {
     /// Take the client IP from the last `X-Forwarded-For` hop (only behind a proxy that sets it).
     #[serde(default)]
     pub trust_forwarded_for: bool,
+    /// A client must finish its request head this long after connecting (or after its first
+    /// byte on a kept-alive connection), else it is disconnected: slowloris.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// A request body must have arrived this long after the head, else 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; see `src/http/server.rs` for what happens beyond.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -292,6 +307,10 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body_bytes(),
             rate_limit_per_minute: default_rate_limit(),
             trust_forwarded_for: false,
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -301,6 +320,18 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_rate_limit() -> u32 {
     60
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    512
 }
 
 impl HttpConfig {
@@ -330,7 +361,64 @@ impl HttpConfig {
                 "must be at least 1",
             ));
         }
+        between("http.header_timeout_secs", self.header_timeout_secs, 1, 300)?;
+        between("http.body_timeout_secs", self.body_timeout_secs, 1, 300)?;
+        between("http.idle_timeout_secs", self.idle_timeout_secs, 1, 3600)?;
+        between(
+            "http.max_connections",
+            self.max_connections as u64,
+            8,
+            65536,
+        )?;
         Ok(())
+    }
+}
+
+/// `[limits]`: bounds that keep hostile or stuck peers from taking pushgate down.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// After SIGTERM or Ctrl-C, in-flight work gets this long; then pushgate exits anyway.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            shutdown_timeout_secs: default_shutdown_timeout(),
+        }
+    }
+}
+
+fn default_shutdown_timeout() -> u64 {
+    10
+}
+
+impl LimitsConfig {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        between(
+            "limits.shutdown_timeout_secs",
+            self.shutdown_timeout_secs,
+            1,
+            300,
+        )
+    }
+}
+
+/// `key` must be within `lo..=hi`; the error names the key and the range.
+fn between(key: &str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            key,
+            format!("must be between {lo} and {hi}"),
+        ))
     }
 }
 
@@ -421,6 +509,7 @@ impl Config {
             ));
         }
         self.http.validate()?;
+        self.limits.validate()?;
         for id in self.providers.keys() {
             if id.is_empty() || id.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
                 return Err(ConfigError::invalid(

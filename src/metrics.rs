@@ -38,9 +38,11 @@ pub struct Metrics {
     pub apns_certificate_expiring: IntGaugeVec,
     /// 1 once an app's certificate has expired.
     pub apns_certificate_expired: IntGaugeVec,
+    /// Times a descriptor could not be had (EMFILE/ENFILE), by where (`http_accept`, …).
+    pub fd_exhausted: IntCounterVec,
 }
 
-fn register<M: prometheus::core::Collector + Clone + 'static>(
+pub(crate) fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     name: &str,
     m: M,
@@ -51,7 +53,12 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
     m
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(registry, name, m)
@@ -143,6 +150,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_apns_certificate_expired",
             "1 once an app's APNs certificate has expired.",
             &["provider"],
+        ),
+        fd_exhausted: counter_vec(
+            &r,
+            "pushgate_fd_exhausted_total",
+            "Times the process ran out of file descriptors (EMFILE/ENFILE), by where.",
+            &["where"],
         ),
         registry: r,
     }
