@@ -163,12 +163,26 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 
 /// The metrics in Prometheus' text format.
 pub fn render() -> String {
+    sync_provider_counts();
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&METRICS.registry.gather(), &mut out) {
         tracing::error!("cannot encode metrics: {e}");
     }
     out
+}
+
+/// Brings `pushgate_fd_exhausted_total{where="provider_connect"}` up to the providers crate's
+/// own count (it knows nothing of Prometheus).
+fn sync_provider_counts() {
+    // Two renders at once must not both add the same difference.
+    static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+    let counter = METRICS
+        .fd_exhausted
+        .with_label_values(&["provider_connect"]);
+    let total = pushgate_providers::fd_exhausted_total();
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Every sample as `(name{labels}, value)`, read from the text format so that the

@@ -15,6 +15,7 @@ pub mod apns;
 pub mod fcm;
 pub mod fcm_xmpp;
 mod transport;
+pub use transport::fd_exhausted_total;
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration

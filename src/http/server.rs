@@ -44,6 +44,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -102,6 +103,8 @@ pub async fn serve_on(
     let mut conns = JoinSet::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Labelled here, so that the series exists (at 0) before the first failure.
+    let fd_exhausted = METRICS.fd_exhausted.with_label_values(&["http_accept"]);
     let mut fd_log = Throttle::new(FD_LOG_EVERY);
     loop {
         tokio::select! {
@@ -121,7 +124,7 @@ pub async fn serve_on(
                         ));
                     }
                 }
-                Err(e) => on_accept_error(&e, &mut fd_log).await,
+                Err(e) => on_accept_error(&e, &fd_exhausted, &mut fd_log).await,
             },
         }
     }
@@ -216,14 +219,11 @@ pub(crate) fn classify_accept_error(e: &io::Error) -> AcceptFailure {
     }
 }
 
-async fn on_accept_error(e: &io::Error, fd_log: &mut Throttle) {
+async fn on_accept_error(e: &io::Error, fd_exhausted: &IntCounter, fd_log: &mut Throttle) {
     match classify_accept_error(e) {
         AcceptFailure::PeerGone => tracing::debug!("HTTP accept: {e}"),
         AcceptFailure::NoDescriptors => {
-            METRICS
-                .fd_exhausted
-                .with_label_values(&["http_accept"])
-                .inc();
+            fd_exhausted.inc();
             if let Some(suppressed) = fd_log.ready(Instant::now()) {
                 tracing::warn!(
                     suppressed,
@@ -387,7 +387,8 @@ mod tests {
         let before = counter.get();
         let mut throttle = Throttle::new(FD_LOG_EVERY);
         let started = Instant::now();
-        on_accept_error(&io::Error::from_raw_os_error(libc::EMFILE), &mut throttle).await;
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        on_accept_error(&emfile, &counter, &mut throttle).await;
         assert!(started.elapsed() >= ACCEPT_PAUSE, "no busy loop");
         assert!(counter.get() > before);
     }

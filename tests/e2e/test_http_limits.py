@@ -11,6 +11,9 @@ Own stack (module scope): `[http]` on a free loopback port with a connection cap
    within shutdown_timeout_secs plus a margin.
 3. The same while the XMPP server accepts the component's connection and never answers (no
    stack: a silent listener stands in for Prosody).
+4. Out of descriptors (pushgate under `ulimit -n 64`, more slow clients than that): accept and
+   provider-connect failures are counted and logged (throttled), pushgate stays up, and once the
+   clients leave, health checks and deliveries work again.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 import re
 import resource
 import socket
+import stat
 import subprocess
 import threading
+import time
 import urllib.request
 from contextlib import contextmanager
 from types import SimpleNamespace
@@ -204,3 +209,69 @@ def sigterm_and_wait(pg: Pushgate):
     except subprocess.TimeoutExpired:
         pytest.fail(f"pushgate still running {bound} s after SIGTERM\n{pg.diagnostics()}")
     assert code == 0, f"exit status {code}\n{pg.diagnostics()}"
+
+
+FD_LIMIT = 64
+FD_LOG_LINE = re.compile(r"HTTP accept: out of file descriptors")
+
+
+def test_running_out_of_descriptors_is_counted_and_survived(connect_factory, tmp_path):
+    port = free_port()
+    stack = Stack("nofile", pushgate_toml=f'[http]\nlisten = "127.0.0.1:{port}"\n')
+    endpoint = WebPushEndpoint(vapid_subject=VAPID_SUBJECT).start()
+    slow: list[socket.socket] = []
+    try:
+        stack.start_prosody()
+        pg = stack.make_pushgate()
+        wrapper = tmp_path / "pushgate-nofile"
+        wrapper.write_text(f'#!/bin/sh\nulimit -n {FD_LIMIT}\nexec "{pg.binary}" "$@"\n')
+        wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+        pg.binary = str(wrapper)
+        pg.start()
+        endpoint.expected_vapid_key = pg.vapid_public
+        base = f"http://127.0.0.1:{port}"
+        dev = endpoint.new_device()
+        carol = connect_factory(stack.prosody, "carol")
+        carol.enable_push(PUSH_JID, register_tigase(carol, dev, "webpush"))
+        carol.disconnect()
+        bob = connect_factory(stack.prosody, "bob")
+
+        since = pg.log.offset()
+        for _ in range(2 * FD_LIMIT):
+            slow.append(slow_client(port, HALF_HEAD))
+        pg.log.wait_for(FD_LOG_LINE, since=since, what="the out-of-descriptors line",
+                        alive=pg.exited)
+        # A first delivery needs a new connection to the push service: none can be opened.
+        bob.send_message("carol@localhost", "while out of descriptors")
+        pg.wait_outcomes(since)
+        for s in slow:
+            s.close()
+        slow.clear()
+
+        deadline = time.time() + 15
+        while True:
+            try:
+                if healthz(base) == 200:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "/healthz never answered again"
+            time.sleep(0.2)
+        m = scrape(base)
+        accept_failures = value(m, "pushgate_fd_exhausted_total", where="http_accept")
+        assert accept_failures >= 1, m
+        assert value(m, "pushgate_fd_exhausted_total", where="provider_connect") >= 1, m
+        logged = len(pg.log.find_all(FD_LOG_LINE, since))
+        assert logged < accept_failures, "logged once per failure, not throttled"
+
+        since = pg.log.offset()
+        bob.send_message("carol@localhost", "after the crowd left")
+        assert "delivered" in pg.wait_outcomes(since)
+        assert any(isinstance(d.payload, dict) and d.payload.get("body") == "after the crowd left"
+                   for d in endpoint.deliveries_for(dev))
+        assert pg.running()
+    finally:
+        for s in slow:
+            s.close()
+        endpoint.stop()
+        stack.close()
