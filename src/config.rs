@@ -360,6 +360,19 @@ pub struct HttpConfig {
     /// Take the client IP from the last `X-Forwarded-For` hop (only behind a proxy that sets it).
     #[serde(default)]
     pub trust_forwarded_for: bool,
+    /// A client must finish its request head this long after connecting (or after its first
+    /// byte on a kept-alive connection), else it is disconnected: slowloris.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// A request body must have arrived this long after the head, else 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; see `src/http/server.rs` for what happens beyond.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for HttpConfig {
@@ -369,6 +382,10 @@ impl Default for HttpConfig {
             max_body_bytes: default_max_body_bytes(),
             rate_limit_per_minute: default_rate_limit(),
             trust_forwarded_for: false,
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -378,6 +395,18 @@ fn default_max_body_bytes() -> usize {
 }
 fn default_rate_limit() -> u32 {
     60
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    512
 }
 
 impl HttpConfig {
@@ -400,7 +429,15 @@ impl HttpConfig {
             "http.rate_limit_per_minute",
             self.rate_limit_per_minute,
             1..=60_000,
-        )
+        )?;
+        in_range(
+            "http.header_timeout_secs",
+            self.header_timeout_secs,
+            1..=300,
+        )?;
+        in_range("http.body_timeout_secs", self.body_timeout_secs, 1..=300)?;
+        in_range("http.idle_timeout_secs", self.idle_timeout_secs, 1..=3600)?;
+        in_range("http.max_connections", self.max_connections, 8..=65_536)
     }
 }
 
@@ -431,6 +468,8 @@ pub struct LimitsConfig {
     pub host_concurrency: usize,
     /// Deliveries waiting for a slot of one host; more are answered `wait` at once.
     pub host_queue: usize,
+    /// After SIGTERM or Ctrl-C, in-flight work gets this long; then pushgate exits anyway.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -448,11 +487,16 @@ impl Default for LimitsConfig {
             provider_queue: 256,
             host_concurrency: 16,
             host_queue: 64,
+            shutdown_timeout_secs: 10,
         }
     }
 }
 
 impl LimitsConfig {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
     /// The framer's bounds for the component stream.
     pub fn stanza_limits(&self) -> pushgate_providers::framing::Limits {
         pushgate_providers::framing::Limits {
@@ -489,7 +533,12 @@ impl LimitsConfig {
         )?;
         in_range("limits.provider_queue", self.provider_queue, 0..=100_000)?;
         in_range("limits.host_concurrency", self.host_concurrency, 1..=1000)?;
-        in_range("limits.host_queue", self.host_queue, 0..=100_000)
+        in_range("limits.host_queue", self.host_queue, 0..=100_000)?;
+        in_range(
+            "limits.shutdown_timeout_secs",
+            self.shutdown_timeout_secs,
+            1..=300,
+        )
     }
 }
 
@@ -801,6 +850,11 @@ mod tests {
             ("limits", "provider_queue", &[-1, 100_001]),
             ("limits", "host_concurrency", &[0, 1001]),
             ("limits", "host_queue", &[-1, 100_001]),
+            ("limits", "shutdown_timeout_secs", &[0, 301]),
+            ("http", "header_timeout_secs", &[0, 301]),
+            ("http", "body_timeout_secs", &[0, 301]),
+            ("http", "idle_timeout_secs", &[0, 3601]),
+            ("http", "max_connections", &[7, 65_537]),
         ];
         for (section, key, bad) in cases {
             for value in bad.iter().chain([&i64::MAX]) {

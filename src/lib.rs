@@ -20,6 +20,7 @@ pub mod http;
 pub mod ids;
 pub mod metrics;
 pub mod publish;
+pub mod rlimit;
 pub mod router;
 pub mod slots;
 pub mod storage;

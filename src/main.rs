@@ -13,6 +13,12 @@ use pushgate::gateway::{Gateway, Providers};
 use pushgate::storage::Store;
 use pushgate::stream::{self, StreamConfig};
 
+/// How long tasks left over after `run` may take before the process exits without them.
+const LINGER: Duration = Duration::from_secs(1);
+/// How much longer than `limits.shutdown_timeout_secs` `run` waits for the parts that bound
+/// their own shutdown by it (the HTTP server) before it stops waiting.
+const GRACE: Duration = Duration::from_secs(1);
+
 #[derive(Parser)]
 #[command(version, about = "XEP-0357 push gateway (XEP-0114 component)")]
 struct Cli {
@@ -64,7 +70,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            runtime.block_on(run(config))
+            let code = runtime.block_on(run(config));
+            // Tasks still stuck (a hung provider call, a blocking DNS lookup) must not hold up
+            // the exit that `run` already bounded.
+            runtime.shutdown_timeout(LINGER);
+            code
         }
     }
 }
@@ -109,6 +119,7 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    raise_open_file_limit(&config);
     let url = match config.storage.database_url() {
         Ok(url) => url,
         Err(e) => {
@@ -137,7 +148,7 @@ async fn run(path: PathBuf) -> ExitCode {
         tracing::warn!("no providers configured: every registration will be refused");
     }
     let stream_cfg = StreamConfig::new(&config);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, mut stop_rx) = watch::channel(false);
     let (connected_tx, connected_rx) = watch::channel(false);
     let stop_tx_http = stop_tx.clone();
     tokio::spawn(async move {
@@ -152,12 +163,14 @@ async fn run(path: PathBuf) -> ExitCode {
         Duration::from_secs(1),
         stop_rx.clone(),
     ));
+    let shutdown_timeout = config.limits.shutdown_timeout();
     // The HTTP server (if configured) fails fast: a port that cannot be bound stops pushgate.
     let http = tokio::spawn({
         let (gw, http_cfg, stop) = (gw.clone(), config.http.clone(), stop_rx.clone());
         let stop_all = stop_tx_http;
         async move {
-            let result = pushgate::http::serve(gw, http_cfg, connected_rx, stop).await;
+            let result =
+                pushgate::http::serve(gw, http_cfg, shutdown_timeout, connected_rx, stop).await;
             if let Err(e) = &result {
                 tracing::error!("http: {e}");
                 let _ = stop_all.send(true);
@@ -165,12 +178,69 @@ async fn run(path: PathBuf) -> ExitCode {
             result
         }
     });
-    stream::run(gw, stream_cfg, outbox, stop_rx, connected_tx).await;
-    // The last second's delivery timestamps.
-    let _ = successes.await;
-    match http.await {
-        Ok(Err(_)) => ExitCode::FAILURE,
-        _ => ExitCode::SUCCESS,
+    let stream_stop = stop_rx.clone();
+    let work = async {
+        stream::run(gw, stream_cfg, outbox, stream_stop, connected_tx).await;
+        // The last second's delivery timestamps.
+        let _ = successes.await;
+        match http.await {
+            Ok(Err(_)) => ExitCode::FAILURE,
+            _ => ExitCode::SUCCESS,
+        }
+    };
+    tokio::pin!(work);
+    tokio::select! {
+        code = &mut work => return code,
+        _ = stop_rx.wait_for(|stop| *stop) => {}
+    }
+    // Shutting down: whatever hangs (the XMPP server, an HTTP client, a provider) gets
+    // `limits.shutdown_timeout_secs` (the HTTP server closes its leftovers itself by then), then
+    // pushgate exits anyway.
+    match tokio::time::timeout(shutdown_timeout + GRACE, work).await {
+        Ok(code) => code,
+        Err(_) => {
+            tracing::warn!(
+                "shutdown not complete {} s after the signal (limits.shutdown_timeout_secs \
+                 {} s + {} s); exiting anyway",
+                (shutdown_timeout + GRACE).as_secs(),
+                shutdown_timeout.as_secs(),
+                GRACE.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit, so that slow clients cannot starve
+/// deliveries of descriptors, and warns if the HTTP cap leaves too few for everything else.
+fn raise_open_file_limit(config: &Config) {
+    // Database, XMPP stream, provider connections, log: what the process needs besides HTTP.
+    const RESERVE: u64 = 256;
+    let after = match pushgate::rlimit::raise_nofile() {
+        Ok((before, after)) => {
+            tracing::info!(
+                "open-file limit: soft {} (was {}), hard {}",
+                after.soft,
+                before.soft,
+                after.hard
+            );
+            after
+        }
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            match pushgate::rlimit::nofile() {
+                Ok(now) => now,
+                Err(_) => return,
+            }
+        }
+    };
+    let cap = config.http.max_connections as u64;
+    if config.http.listen.is_some() && cap + RESERVE > after.soft {
+        tracing::warn!(
+            "http.max_connections ({cap}) leaves fewer than {RESERVE} of the {} open files \
+             for deliveries and the database; lower it or raise the limit (LimitNOFILE)",
+            after.soft
+        );
     }
 }
 

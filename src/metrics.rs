@@ -44,9 +44,11 @@ pub struct Metrics {
     pub apns_certificate_expiring: IntGaugeVec,
     /// 1 once an app's certificate has expired.
     pub apns_certificate_expired: IntGaugeVec,
+    /// Times a descriptor could not be had (EMFILE/ENFILE), by where (`http_accept`, …).
+    pub fd_exhausted: IntCounterVec,
 }
 
-fn register<M: prometheus::core::Collector + Clone + 'static>(
+pub(crate) fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     name: &str,
     m: M,
@@ -57,7 +59,12 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(
     m
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+pub(crate) fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(registry, name, m)
@@ -162,18 +169,38 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "1 once an app's APNs certificate has expired.",
             &["provider"],
         ),
+        fd_exhausted: counter_vec(
+            &r,
+            "pushgate_fd_exhausted_total",
+            "Times the process ran out of file descriptors (EMFILE/ENFILE), by where.",
+            &["where"],
+        ),
         registry: r,
     }
 });
 
 /// The metrics in Prometheus' text format.
 pub fn render() -> String {
+    sync_provider_counts();
     let mut out = String::new();
     let encoder = prometheus::TextEncoder::new();
     if let Err(e) = encoder.encode_utf8(&METRICS.registry.gather(), &mut out) {
         tracing::error!("cannot encode metrics: {e}");
     }
     out
+}
+
+/// Brings `pushgate_fd_exhausted_total{where="provider_connect"}` up to the providers crate's
+/// own count (it knows nothing of Prometheus).
+fn sync_provider_counts() {
+    // Two renders at once must not both add the same difference.
+    static SYNC: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SYNC.lock().unwrap_or_else(|e| e.into_inner());
+    let counter = METRICS
+        .fd_exhausted
+        .with_label_values(&["provider_connect"]);
+    let total = pushgate_providers::fd_exhausted_total();
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Every sample as `(name{labels}, value)`, read from the text format so that the

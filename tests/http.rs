@@ -2,6 +2,7 @@
 //! health checks and `/metrics`, against a real `Gateway` on SQLite.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use pushgate::config::{Config, HttpConfig};
 use pushgate::gateway::Gateway;
@@ -19,14 +20,20 @@ const CONFIG: &str = "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
 
 struct Server {
     base: String,
+    addr: std::net::SocketAddr,
     gw: Arc<Gateway>,
     client: reqwest::Client,
     connected: watch::Sender<bool>,
-    _shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 async fn start(http: HttpConfig) -> Server {
+    start_with(http, Duration::from_secs(5)).await
+}
+
+async fn start_with(http: HttpConfig, shutdown_timeout: Duration) -> Server {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let config = Config::from_toml_str(CONFIG).unwrap();
@@ -37,15 +44,22 @@ async fn start(http: HttpConfig) -> Server {
     let (connected, connected_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let addr = listener.local_addr().unwrap();
+    let limits = http::ServeLimits::new(&http, shutdown_timeout);
     let router = http::router(HttpState::new(gw.clone(), http, connected_rx));
-    tokio::spawn(http::serve_on(listener, router, shutdown_rx));
+    let task = tokio::spawn(http::serve_on(listener, router, limits, shutdown_rx));
     Server {
-        base,
+        base: format!("http://{addr}"),
+        addr,
         gw,
-        client: reqwest::Client::new(),
+        // No kept-alive connections: the connection-cap tests count every open one.
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap(),
         connected,
-        _shutdown: shutdown,
+        shutdown,
+        task,
         _dir: dir,
     }
 }
@@ -435,7 +449,13 @@ async fn serve_binds_listen_and_stops_on_shutdown() {
     };
     let (_connected_tx, connected) = watch::channel(true);
     let (shutdown_tx, shutdown) = watch::channel(false);
-    let task = tokio::spawn(http::serve(gw, http, connected, shutdown));
+    let task = tokio::spawn(http::serve(
+        gw,
+        http,
+        Duration::from_secs(5),
+        connected,
+        shutdown,
+    ));
     let client = reqwest::Client::new();
     let mut ok = false;
     for _ in 0..50 {
@@ -447,11 +467,11 @@ async fn serve_binds_listen_and_stops_on_shutdown() {
             ok = r.status() == StatusCode::OK;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ok, "serve() answered /healthz");
     shutdown_tx.send(true).unwrap();
-    let res = tokio::time::timeout(std::time::Duration::from_secs(5), task)
+    let res = tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("serve() stops on shutdown")
         .unwrap();
@@ -468,4 +488,266 @@ fn http_config_errors_name_the_key() {
     assert!(e.to_string().contains("http.listen"), "{e}");
     let c = Config::from_toml_str(&format!("{base}[http]\nlisten = \"127.0.0.1:5281\"\n")).unwrap();
     assert_eq!(c.http.listen_addr().unwrap().to_string(), "127.0.0.1:5281");
+}
+
+// --- Slow and many clients -------------------------------------------------------------------
+
+/// Generous slack over a configured bound: the sweep runs every 250 ms and CI machines are busy.
+const MARGIN: Duration = Duration::from_secs(4);
+
+/// A raw connection that has sent `bytes`.
+async fn raw(s: &Server, bytes: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut c = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    c.write_all(bytes.as_bytes()).await.unwrap();
+    c
+}
+
+/// Everything the server sends until it closes the connection; `None` if it is still open
+/// after `within`.
+async fn until_closed(c: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read_all = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all).await.ok()?;
+    Some(String::from_utf8_lossy(&got).into_owned())
+}
+
+async fn closed_count(s: &Server, reason: &str) -> f64 {
+    let text = s.get("/metrics").await.text().await.unwrap();
+    sample(
+        &text,
+        "pushgate_http_connections_closed_total",
+        &[("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+const HALF_HEAD: &str = "GET /healthz HTTP/1.1\r\nHost: pushgate\r\nUser-Agent: slow";
+
+#[tokio::test]
+async fn a_half_sent_head_is_disconnected_after_the_header_timeout() {
+    let s = start(HttpConfig {
+        header_timeout_secs: 1,
+        idle_timeout_secs: 300,
+        ..HttpConfig::default()
+    })
+    .await;
+    let before = closed_count(&s, "header_timeout").await;
+    let mut slow = raw(&s, HALF_HEAD).await;
+    let answer = until_closed(&mut slow, Duration::from_secs(1) + MARGIN)
+        .await
+        .expect("disconnected within the header timeout");
+    assert_eq!(answer, "", "closed without an answer");
+    // Nothing sent at all counts as an unfinished head too.
+    let mut silent = raw(&s, "").await;
+    assert!(
+        until_closed(&mut silent, Duration::from_secs(1) + MARGIN)
+            .await
+            .is_some()
+    );
+    assert!(closed_count(&s, "header_timeout").await - before >= 2.0);
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_is_closed_after_the_idle_timeout_not_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = start(HttpConfig {
+        header_timeout_secs: 300,
+        idle_timeout_secs: 1,
+        ..HttpConfig::default()
+    })
+    .await;
+    let before = closed_count(&s, "idle_timeout").await;
+    let mut c = raw(&s, "GET /healthz HTTP/1.1\r\nHost: pushgate\r\n\r\n").await;
+    let mut buf = [0u8; 1024];
+    let n = c.read(&mut buf).await.unwrap();
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first.ends_with(r#"{"status":"ok"}"#),
+        "one whole answer: {first}"
+    );
+    // Still usable: a second request on the same connection.
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: pushgate\r\n\r\n")
+        .await
+        .unwrap();
+    let n = c.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(
+        until_closed(&mut c, Duration::from_secs(1) + MARGIN).await,
+        Some(String::new()),
+        "closed once idle"
+    );
+    assert!(closed_count(&s, "idle_timeout").await - before >= 1.0);
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_408_with_a_json_reason() {
+    let s = start(HttpConfig {
+        body_timeout_secs: 1,
+        ..HttpConfig::default()
+    })
+    .await;
+    let mut c = raw(
+        &s,
+        "POST /unregister-device/push.test HTTP/1.1\r\nHost: pushgate\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"account\":",
+    )
+    .await;
+    let answer = until_closed(&mut c, Duration::from_secs(1) + MARGIN)
+        .await
+        .expect("answered and closed within the body timeout");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json["result"], "failure");
+    assert_eq!(json["reason"], "request body timeout");
+}
+
+#[tokio::test]
+async fn healthz_answers_while_more_slow_clients_than_the_cap_hold_connections() {
+    const CAP: usize = 8;
+    let s = start(HttpConfig {
+        max_connections: CAP,
+        header_timeout_secs: 300,
+        ..HttpConfig::default()
+    })
+    .await;
+    let before = closed_count(&s, "evicted").await;
+    let mut slow = Vec::new();
+    for _ in 0..3 * CAP {
+        slow.push(raw(&s, HALF_HEAD).await);
+    }
+    for _ in 0..3 {
+        let r = s.get("/healthz").await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // The crowd made room for itself and for /healthz: no more than CAP are open.
+    let mut closed = 0;
+    for c in &mut slow {
+        if until_closed(c, Duration::from_millis(200)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 2 * CAP, "only {closed} of {} closed", slow.len());
+    assert!(closed_count(&s, "evicted").await - before >= (2 * CAP) as f64);
+}
+
+#[tokio::test]
+async fn at_the_cap_with_every_connection_busy_new_ones_are_closed_until_one_finishes() {
+    const CAP: usize = 8;
+    let s = start(HttpConfig {
+        max_connections: CAP,
+        body_timeout_secs: 2,
+        ..HttpConfig::default()
+    })
+    .await;
+    let before = closed_count(&s, "refused").await;
+    let head = "POST /unregister-device/push.test HTTP/1.1\r\nHost: pushgate\r\n\
+                Content-Length: 100\r\n\r\n";
+    let mut busy = Vec::new();
+    for _ in 0..CAP {
+        busy.push(raw(&s, head).await);
+    }
+    // Let the server read the heads and start the handlers.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut extra = raw(&s, "").await;
+    assert_eq!(
+        until_closed(&mut extra, MARGIN).await,
+        Some(String::new()),
+        "closed at once"
+    );
+    // The busy ones are bounded by the body timeout; then there is room again.
+    for c in &mut busy {
+        let answer = until_closed(c, Duration::from_secs(2) + MARGIN)
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
+    assert!(closed_count(&s, "refused").await - before >= 1.0);
+}
+
+#[tokio::test]
+async fn shutdown_closes_waiting_connections_and_drops_busy_ones_after_the_timeout() {
+    let shutdown_timeout = Duration::from_secs(1);
+    let s = start_with(
+        HttpConfig {
+            header_timeout_secs: 300,
+            body_timeout_secs: 300,
+            ..HttpConfig::default()
+        },
+        shutdown_timeout,
+    )
+    .await;
+    let mut half = raw(&s, HALF_HEAD).await;
+    let mut busy = raw(
+        &s,
+        "POST /unregister-device/push.test HTTP/1.1\r\nHost: pushgate\r\n\
+         Content-Length: 100\r\n\r\n{",
+    )
+    .await;
+    assert_eq!(s.get("/healthz").await.status(), StatusCode::OK);
+    s.shutdown.send(true).unwrap();
+    tokio::time::timeout(shutdown_timeout + MARGIN, s.task)
+        .await
+        .expect("serve_on returns within the shutdown timeout")
+        .unwrap();
+    assert!(until_closed(&mut half, MARGIN).await.is_some());
+    assert!(until_closed(&mut busy, MARGIN).await.is_some());
+    assert!(
+        tokio::net::TcpStream::connect(s.addr).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn limit_keys_are_checked_and_errors_name_them() {
+    let base = "[component]\njid = \"push.test\"\nsecret = \"s\"\n";
+    let c = Config::from_toml_str(base).unwrap();
+    assert_eq!(
+        (
+            c.http.header_timeout_secs,
+            c.http.body_timeout_secs,
+            c.http.idle_timeout_secs,
+            c.http.max_connections,
+            c.limits.shutdown_timeout_secs,
+        ),
+        (10, 10, 60, 512, 10)
+    );
+    for (section, key, bad) in [
+        ("http", "header_timeout_secs", "0"),
+        ("http", "header_timeout_secs", "301"),
+        ("http", "body_timeout_secs", "0"),
+        ("http", "idle_timeout_secs", "3601"),
+        ("http", "max_connections", "7"),
+        ("http", "max_connections", "65537"),
+        ("limits", "shutdown_timeout_secs", "0"),
+        ("limits", "shutdown_timeout_secs", "301"),
+    ] {
+        let e = Config::from_toml_str(&format!("{base}[{section}]\n{key} = {bad}\n")).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains(&format!("{section}.{key}")), "{e}");
+        assert!(e.contains("must be between"), "{e}");
+    }
+    let e = Config::from_toml_str(&format!("{base}[limits]\nshutdown_timeout = 3\n")).unwrap_err();
+    assert!(e.to_string().contains("shutdown_timeout"), "{e}");
+    let c = Config::from_toml_str(&format!(
+        "{base}[http]\nheader_timeout_secs = 1\nmax_connections = 8\n[limits]\nshutdown_timeout_secs = 300\n"
+    ))
+    .unwrap();
+    assert_eq!(c.http.header_timeout_secs, 1);
+    assert_eq!(c.limits.shutdown_timeout(), Duration::from_secs(300));
 }

@@ -19,6 +19,7 @@ pub mod framing;
 pub mod fuzzing;
 pub mod host;
 mod transport;
+pub use transport::fd_exhausted_total;
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration

@@ -9,10 +9,33 @@
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::Verdict;
+
+static FD_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
+
+/// Provider requests that failed because the process had no file descriptor left
+/// (EMFILE/ENFILE) since start. This crate knows nothing of Prometheus; the front exposes it.
+pub fn fd_exhausted_total() -> u64 {
+    FD_EXHAUSTED.load(Ordering::Relaxed)
+}
+
+/// Whether an I/O error somewhere in `err`'s chain is EMFILE or ENFILE.
+fn out_of_descriptors(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
 
 /// A failure of the connection rather than of this request: another connection may work.
 pub(crate) fn is_connection_error(err: &reqwest::Error) -> bool {
@@ -28,6 +51,9 @@ pub(crate) fn classify_request_error(
     service: &str,
 ) -> Verdict {
     let err = err.without_url();
+    if out_of_descriptors(&err) {
+        FD_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
+    }
     if err.is_timeout() {
         return Verdict::Transient {
             retry_after: None,
@@ -319,6 +345,22 @@ mod tests {
     use super::*;
 
     const HOUR: Duration = MAX_RETRY_AFTER;
+
+    /// How hyper and reqwest wrap the socket error: an outer error whose source is the io::Error.
+    #[derive(Debug, thiserror::Error)]
+    #[error("client error (Connect)")]
+    struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn out_of_descriptors_is_found_anywhere_in_the_chain() {
+        let emfile = Wrapped(std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(out_of_descriptors(&emfile));
+        assert!(out_of_descriptors(&std::io::Error::from_raw_os_error(
+            libc::ENFILE
+        )));
+        let refused = Wrapped(std::io::Error::from_raw_os_error(libc::ECONNREFUSED));
+        assert!(!out_of_descriptors(&refused));
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_honours_retry_after_and_resets() {

@@ -11,21 +11,27 @@
 //! request runs in a `http` tracing span (method, route template, status) and is counted in
 //! `pushgate_http_requests_total{route,status}`, where `route` is the matched template (never
 //! the raw path, which a client chooses) or `unmatched`.
+//!
+//! Connections are served by [`server`] (not `axum::serve`), which bounds how long a client may
+//! take over its request head, body and idle keep-alive, caps open connections, and bounds
+//! shutdown; its module doc says what happens at the cap.
 
+mod conns;
 mod health;
 pub mod limit;
+pub mod server;
 pub(crate) mod unregister;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prometheus::{IntCounterVec, Opts};
+use prometheus::IntCounterVec;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -34,6 +40,7 @@ use tracing::Instrument;
 use crate::config::HttpConfig;
 use crate::gateway::Gateway;
 use limit::RateLimiter;
+pub use server::{ServeLimits, serve_on};
 
 /// The unregister route templates (also the `route` label values).
 pub const UNREGISTER_ROUTE: &str = "/unregister-device/{component}";
@@ -49,8 +56,6 @@ pub enum HttpError {
         #[source]
         source: std::io::Error,
     },
-    #[error("HTTP server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// What the handlers share. Cheap to clone.
@@ -76,19 +81,12 @@ impl HttpState {
 }
 
 static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    let m = IntCounterVec::new(
-        Opts::new(
-            "pushgate_http_requests_total",
-            "HTTP requests answered, by route template and status code.",
-        ),
+    crate::metrics::counter_vec(
+        &crate::metrics::METRICS.registry,
+        "pushgate_http_requests_total",
+        "HTTP requests answered, by route template and status code.",
         &["route", "status"],
     )
-    .unwrap_or_else(|e| panic!("metric pushgate_http_requests_total: {e}"));
-    crate::metrics::METRICS
-        .registry
-        .register(Box::new(m.clone()))
-        .unwrap_or_else(|e| panic!("metric pushgate_http_requests_total: {e}"));
-    m
 });
 
 /// `{"result":"failure","reason":…}` with `status`.
@@ -96,16 +94,15 @@ pub(crate) fn failure(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({"result": "failure", "reason": reason}))).into_response()
 }
 
-/// All routes, with state, limits, tracing and metrics. Serve it with
-/// [`serve_on`] (or `into_make_service_with_connect_info::<SocketAddr>()`): without the peer
-/// address every client shares one rate-limit bucket.
+/// All routes, with state, limits, tracing and metrics. Serve it with [`serve_on`], which
+/// gives each request its peer address (`ConnectInfo<SocketAddr>`): without it every client
+/// shares one rate-limit bucket.
 pub fn router(state: HttpState) -> Router {
     LazyLock::force(&HTTP_REQUESTS);
     let unregister = Router::new()
         .route(UNREGISTER_ROUTE, post(unregister::unregister))
         .route(REST_UNREGISTER_ROUTE, post(unregister::unregister))
-        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -116,11 +113,13 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Binds `config.listen` and serves until `shutdown` turns true. Without `listen` there is no
-/// server: this just waits for shutdown, so callers can run it unconditionally.
+/// Binds `config.listen` and serves until `shutdown` turns true (then busy connections get
+/// `shutdown_timeout`). Without `listen` there is no server: this just waits for shutdown, so
+/// callers can run it unconditionally.
 pub async fn serve(
     gw: Arc<Gateway>,
     config: HttpConfig,
+    shutdown_timeout: std::time::Duration,
     connected: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), HttpError> {
@@ -132,31 +131,14 @@ pub async fn serve(
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|source| HttpError::Bind { addr, source })?;
-    tracing::info!("HTTP server listening on {addr}");
-    serve_on(
-        listener,
-        router(HttpState::new(gw, config, connected)),
-        shutdown,
-    )
-    .await
-}
-
-/// Serves `router` on an already bound listener (with peer addresses for the rate limit) until
-/// `shutdown` turns true; in-flight requests are finished first.
-pub async fn serve_on(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), HttpError> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    })
-    .await
-    .map_err(HttpError::Serve)
+    tracing::info!(
+        max_connections = config.max_connections,
+        "HTTP server listening on {addr}"
+    );
+    let limits = ServeLimits::new(&config, shutdown_timeout);
+    let router = router(HttpState::new(gw, config, connected));
+    serve_on(listener, router, limits, shutdown).await;
+    Ok(())
 }
 
 /// Outermost layer: tracing span, request counter, JSON body for 405.

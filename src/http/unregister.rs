@@ -13,15 +13,18 @@
 //! a field missing, empty, not a string or longer than its limit in `commands::limits`) gets a
 //! specific reason, because that reveals nothing about what is stored and helps whoever wrote
 //! the client. Siskin itself only looks at `result`.
-//! Bodies over `http.max_body_bytes` get 413, a storage failure 503 (retry later); the
-//! `Content-Type` is not checked and unknown extra fields are ignored.
+//! Bodies over `http.max_body_bytes` get 413, bodies not complete within
+//! `http.body_timeout_secs` 408, a storage failure 503 (retry later); the `Content-Type` is not
+//! checked and unknown extra fields are ignored.
+
+use std::time::Duration;
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body as RawBody, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -94,17 +97,17 @@ pub(crate) fn parse(body: &[u8]) -> Result<Request, Refused> {
 pub async fn unregister(
     State(state): State<HttpState>,
     Path(component): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    body: RawBody,
 ) -> Response {
-    let body = match body {
+    let body = match read_body(
+        body,
+        state.config.max_body_bytes,
+        Duration::from_secs(state.config.body_timeout_secs),
+    )
+    .await
+    {
         Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return failure(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
-        }
-        Err(rejection) => {
-            tracing::debug!("cannot read request body: {rejection}");
-            return failure(StatusCode::BAD_REQUEST, "cannot read request body");
-        }
+        Err(answer) => return answer,
     };
     let gw = &state.gw;
     if BareJid::new(&component).ok().as_ref() != Some(&gw.jid) {
@@ -141,6 +144,31 @@ pub async fn unregister(
         Err(e) => {
             tracing::error!("HTTP unregister: storage error: {e}");
             failure(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
+        }
+    }
+}
+
+/// The whole body, at most `limit` bytes, within `timeout` of the head: a client that trickles
+/// its body holds a connection and a handler for no longer than that.
+async fn read_body(body: RawBody, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(failure(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large",
+        )),
+        Ok(Err(e)) => {
+            tracing::debug!("cannot read request body: {e}");
+            Err(failure(StatusCode::BAD_REQUEST, "cannot read request body"))
+        }
+        Err(_) => {
+            tracing::debug!("request body not complete within {} s", timeout.as_secs());
+            let mut answer = failure(StatusCode::REQUEST_TIMEOUT, "request body timeout");
+            // The rest of the body may never come: do not wait for it to reuse the connection.
+            answer
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(answer)
         }
     }
 }

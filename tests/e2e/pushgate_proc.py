@@ -123,8 +123,14 @@ class Pushgate:
 
     def start(self, timeout: float = 15.0):
         """Start `pushgate run` and wait until Prosody has accepted the component."""
-        self.check_binary()
         since = self.prosody.log.offset()
+        self.spawn()
+        self.prosody.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
+        return self
+
+    def spawn(self):
+        """Start `pushgate run` without waiting for anything."""
+        self.check_binary()
         env = dict(os.environ)
         # outcome= lines are INFO: an ambient RUST_LOG=warn must not hide them
         env["RUST_LOG"] = os.environ.get("PUSHGATE_E2E_RUST_LOG", "info")
@@ -135,8 +141,6 @@ class Pushgate:
             [self.binary, "run", "--config", self.config_path],
             stdin=subprocess.DEVNULL, stdout=self._logf, stderr=subprocess.STDOUT,
             cwd=self.dir, env=env, start_new_session=True)
-        self.prosody.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
-        return self
 
     def wait_reconnected(self, since: int, timeout: float = 15.0):
         self.prosody.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
