@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""The attacks of issue 11, run against a pushgate binary through a real Prosody, with figures.
+"""The attacks of issue 11 on the XMPP side, run against a pushgate binary through a real
+Prosody, with figures (scripts/attack/slowloris.py does the HTTP side).
 
 Each attack gets a fresh Prosody + pushgate (tests/e2e's Stack; info-level Prosody log) and
 prints one `ATTACK <name> key=value …` line. The figures are what an operator would see: is the
 process alive, did the component stream drop, how long healthy devices wait, how much memory
 and how many sockets pushgate holds, what a flood of registrations leaves in the database.
 
-    python3 scripts/attacks.py --binary target/release/pushgate             # all of them
-    python3 scripts/attacks.py --binary target/release/pushgate --only tarpit,forms
+    python3 scripts/attack/xmpp.py --binary target/release/pushgate             # all of them
+    python3 scripts/attack/xmpp.py --binary target/release/pushgate --only tarpit,forms
 
 | attack | what |
 |---|---|
@@ -31,7 +32,7 @@ import statistics
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, "tests", "e2e"))
 
 from clients import AsyncRunner, Client  # noqa: E402
