@@ -4,6 +4,7 @@
 //! and legacy .p12), credential checks, hot-swapped credentials and the configuration section.
 
 mod apns_server;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -527,16 +528,6 @@ async fn a_passing_server_error_is_retried_once() {
 async fn slow_down_answers_hold_the_token_or_the_provider_for_at_most_an_hour() {
     let s = Setup::token_auth().await;
     let hour = Duration::from_secs(3600);
-    let expect_held = |v: Verdict| match v {
-        Verdict::Transient {
-            retry_after: Some(left),
-            reason,
-        } => {
-            assert!(left <= hour, "{left:?}");
-            assert!(reason.contains("holding back"), "{reason}");
-        }
-        other => panic!("expected a held-back transient, got {other:?}"),
-    };
 
     let apns = s.provider(&s.token_config());
     let v = verdict_for(
@@ -550,7 +541,7 @@ async fn slow_down_answers_hold_the_token_or_the_provider_for_at_most_an_hour() 
         matches!(v, Verdict::Transient { retry_after: Some(d), .. } if d == hour),
         "{v:?}"
     );
-    expect_held(apns.send(&device(&token(50), None), &alert()).await);
+    common::assert_held_back(&apns.send(&device(&token(50), None), &alert()).await, hour);
     assert_eq!(s.server.requests_for(&token(50)).len(), 1);
     assert_eq!(
         apns.send(&device(&token(51), None), &alert()).await,
@@ -574,7 +565,10 @@ async fn slow_down_answers_hold_the_token_or_the_provider_for_at_most_an_hour() 
             matches!(&v, Verdict::Transient { retry_after: Some(d), .. } if *d == hour),
             "{reason}: {v:?}"
         );
-        expect_held(apns.send(&device(&token(n + 1), None), &alert()).await);
+        common::assert_held_back(
+            &apns.send(&device(&token(n + 1), None), &alert()).await,
+            hour,
+        );
         assert!(s.server.requests_for(&token(n + 1)).is_empty(), "{reason}");
     }
 }

@@ -5,6 +5,7 @@
 //!
 //! Service-account RSA keys are made with the `openssl` CLI (ring cannot generate RSA keys).
 
+mod common;
 mod fcm_server;
 
 use std::path::{Path, PathBuf};
@@ -518,16 +519,7 @@ async fn slow_down_answers_hold_back_the_next_sends() {
         Verdict::Transient { .. }
     ));
     let held = fcm.send(&device(&token(30)), &alert()).await;
-    match &held {
-        Verdict::Transient {
-            retry_after: Some(left),
-            reason,
-        } => {
-            assert!(reason.contains("holding back"), "{reason}");
-            assert!(*left <= Duration::from_secs(72), "{left:?}");
-        }
-        other => panic!("expected a held-back transient, got {other:?}"),
-    }
+    common::assert_held_back(&held, Duration::from_secs(72));
     assert_eq!(
         s.server.sends().len(),
         1,
@@ -548,10 +540,7 @@ async fn slow_down_answers_hold_back_the_next_sends() {
     ));
     let sends = s.server.sends().len();
     let held = fcm.send(&device(&token(33)), &alert()).await;
-    assert!(
-        matches!(&held, Verdict::Transient { reason, .. } if reason.contains("holding back")),
-        "{held:?}"
-    );
+    common::assert_held_back(&held, Duration::from_secs(2));
     assert_eq!(s.server.sends().len(), sends);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(fcm.send(&device(&token(33)), &alert()).await, Verdict::Sent);
@@ -578,16 +567,7 @@ async fn a_huge_retry_after_holds_back_only_that_device_for_at_most_an_hour() {
     );
     let v = fcm.send(&device(&token(40)), &alert()).await;
     assert_transient(&v, Some(hour), "QUOTA_EXCEEDED");
-    match fcm.send(&device(&token(40)), &alert()).await {
-        Verdict::Transient {
-            retry_after: Some(left),
-            reason,
-        } => {
-            assert!(left <= hour, "{left:?}");
-            assert!(reason.contains("holding back"), "{reason}");
-        }
-        other => panic!("expected a held-back transient, got {other:?}"),
-    }
+    common::assert_held_back(&fcm.send(&device(&token(40)), &alert()).await, hour);
     assert_eq!(s.server.sends_for(&token(40)).len(), 1, "held back");
     assert_eq!(fcm.send(&device(&token(41)), &alert()).await, Verdict::Sent);
     assert_eq!(

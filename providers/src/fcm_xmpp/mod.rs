@@ -424,8 +424,8 @@ fn classify(outcome: Outcome) -> Classified {
         Outcome::Nack { error, description } => {
             let reason = format!(
                 "CCS nack {}: {}",
-                printable(&error, 64),
-                printable(&description, MAX_REASON_CHARS)
+                crate::transport::printable(&error, 64),
+                crate::transport::printable(&description, MAX_REASON_CHARS)
             )
             .trim_end_matches([':', ' '])
             .to_owned();
@@ -443,8 +443,8 @@ fn classify(outcome: Outcome) -> Classified {
         Outcome::StanzaError { condition, text } => {
             let reason = format!(
                 "CCS stanza error {}: {}",
-                printable(&condition, 64),
-                printable(&text, MAX_REASON_CHARS)
+                crate::transport::printable(&condition, 64),
+                crate::transport::printable(&text, MAX_REASON_CHARS)
             )
             .trim_end_matches([':', ' '])
             .to_owned();
@@ -541,16 +541,6 @@ fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::TlsC
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
-}
-
-/// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.
-fn printable(text: &str, max: usize) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect::<String>()
-        .trim()
-        .to_owned()
 }
 
 #[cfg(test)]
