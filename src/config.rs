@@ -460,6 +460,8 @@ pub struct LimitsConfig {
     pub max_elements: usize,
     /// Stanzas handled at once; more are answered `wait` at once.
     pub max_in_flight: usize,
+    /// Bytes of stanza the stanzas in flight may hold between them; beyond, `wait` at once.
+    pub max_in_flight_bytes: usize,
     /// Deliveries in progress at once per provider.
     pub provider_concurrency: usize,
     /// Deliveries waiting for a provider slot; more are answered `wait` at once.
@@ -483,6 +485,7 @@ impl Default for LimitsConfig {
             max_attributes: stanza.max_attributes,
             max_elements: stanza.max_elements,
             max_in_flight: 2048,
+            max_in_flight_bytes: 64 * 1024 * 1024,
             provider_concurrency: 256,
             provider_queue: 256,
             host_concurrency: 16,
@@ -526,6 +529,12 @@ impl LimitsConfig {
         in_range("limits.max_attributes", self.max_attributes, 4..=256)?;
         in_range("limits.max_elements", self.max_elements, 16..=65_536)?;
         in_range("limits.max_in_flight", self.max_in_flight, 16..=65_536)?;
+        // At least one stanza of the largest size must fit.
+        in_range(
+            "limits.max_in_flight_bytes",
+            self.max_in_flight_bytes,
+            self.max_stanza_bytes.max(1 << 20)..=1 << 32,
+        )?;
         in_range(
             "limits.provider_concurrency",
             self.provider_concurrency,
@@ -846,6 +855,7 @@ mod tests {
             ("limits", "max_attributes", &[3, 257]),
             ("limits", "max_elements", &[15, 65_537]),
             ("limits", "max_in_flight", &[15, 65_537]),
+            ("limits", "max_in_flight_bytes", &[1_048_575, 4_294_967_297]),
             ("limits", "provider_concurrency", &[0, 10_001]),
             ("limits", "provider_queue", &[-1, 100_001]),
             ("limits", "host_concurrency", &[0, 1001]),
@@ -934,6 +944,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_in_flight_budget_holds_at_least_one_stanza() {
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[limits]\nmax_stanza_bytes = 4194304\nmax_in_flight_bytes = 2097152\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("limits.max_in_flight_bytes:"),
+            "{e}"
+        );
     }
 
     #[test]

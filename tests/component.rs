@@ -702,3 +702,38 @@ async fn a_full_house_answers_wait_at_once() {
     assert!(c.iq_with("id='later'").await.contains("type='result'"));
     h.stop.send(true).unwrap();
 }
+
+/// Stanzas in flight hold at most `max_in_flight_bytes` between them: large ones waiting on a
+/// slow provider do not pile up in memory; the next is answered `wait` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stanzas_in_flight_hold_a_bounded_number_of_bytes() {
+    let (tarpit_url, _) = tarpit().await;
+    let mut h = start_with(
+        Duration::from_secs(60),
+        "publish_timeout_secs = 3\n[limits]\nmax_in_flight_bytes = 1048576\nhost_concurrency = 100\nhost_queue = 100\n",
+    )
+    .await;
+    let mut c = accept(&h.listener).await;
+    wait_connected(&mut h, true).await;
+    let slow = c.register("victim", &tarpit_url).await;
+    let body = "B".repeat(250 * 1024);
+    for i in 0..5 {
+        c.send(&format!(
+            "<iq type='set' id='big{i}' from='example.org' to='push.test'>\
+             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{slow}'><item>\
+             <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'>\
+             <field var='last-message-body'><value>{body}</value></field></x>\
+             </notification></item></publish></pubsub></iq>"
+        ))
+        .await;
+    }
+    // Four of 251 KiB fit in 1 MiB; the fifth does not and is refused before the others
+    // time out.
+    let text = c.until("id='big4'").await;
+    assert!(reply_of(&text, "big4").contains("type='wait'"), "{text}");
+    assert!(
+        (0..4).all(|i| reply_at(&text, &format!("big{i}")).is_none()),
+        "the four in flight are still waiting for the tarpit: {text}"
+    );
+    h.stop.send(true).unwrap();
+}

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushgate_providers::framing::{Head, Limit};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::message::{Id, Message};
@@ -23,30 +23,41 @@ use crate::gateway::Gateway;
 use crate::metrics::METRICS;
 use crate::router;
 
-/// Hands framed stanzas to workers, at most `max_in_flight` at once.
+/// Hands framed stanzas to workers: at most `max_in_flight` at once, holding at most
+/// `max_in_flight_bytes` of stanza between them.
 pub struct Dispatcher {
     gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
+    /// The byte budget, in KiB.
+    kib: Arc<Semaphore>,
     timeout: Duration,
-    /// Woken when a handler finishes (the stream loop does not wait for it, tests may).
-    pub freed: Arc<Notify>,
 }
 
 impl Dispatcher {
-    pub fn new(gw: Arc<Gateway>, max_in_flight: usize, timeout: Duration) -> Self {
+    pub fn new(
+        gw: Arc<Gateway>,
+        max_in_flight: usize,
+        max_in_flight_bytes: usize,
+        timeout: Duration,
+    ) -> Self {
         Dispatcher {
             gw,
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            kib: Arc::new(Semaphore::new(max_in_flight_bytes / 1024)),
             timeout,
-            freed: Arc::new(Notify::new()),
         }
     }
 
     /// Starts handling one stanza; returns an immediate answer when it cannot be taken on.
     pub fn admit(&self, head: Head, xml: Vec<u8>, arrived: Instant) -> Option<Stanza> {
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            // Every slot is busy with slower requests: say "later" now rather than make
-            // everybody behind this one wait.
+        // A stanza of n bytes holds ⌈n / 1 KiB⌉ of the budget (the limits keep n small).
+        let kib = u32::try_from(xml.len().div_ceil(1024)).unwrap_or(u32::MAX);
+        let (Ok(permit), Ok(budget)) = (
+            self.permits.clone().try_acquire_owned(),
+            self.kib.clone().try_acquire_many_owned(kib),
+        ) else {
+            // Every slot (or the memory for this stanza) is taken by slower requests: say
+            // "later" now rather than make everybody behind this one wait.
             METRICS
                 .stanzas_refused
                 .with_label_values(&["in_flight"])
@@ -58,12 +69,12 @@ impl Dispatcher {
             );
         };
         let gw = self.gw.clone();
-        let freed = self.freed.clone();
         let deadline = arrived + self.timeout;
         // Boxed: the handler's future is large, and building it on the worker that runs it
         // keeps that cost off the stream loop (docs/performance.md).
         tokio::spawn(Box::pin(async move {
-            let reply = match tokio::time::timeout_at(deadline, handle(&gw, &head, &xml, deadline))
+            let id = head.attr("id").map(str::to_owned);
+            let reply = match tokio::time::timeout_at(deadline, handle(&gw, &head, xml, deadline))
                 .await
             {
                 Ok(reply) => reply,
@@ -72,15 +83,14 @@ impl Dispatcher {
                         .stanzas_refused
                         .with_label_values(&["deadline"])
                         .inc();
-                    tracing::warn!(stanza = %head.name, id = head.attr("id"), "request not served in time: answered 'wait'");
+                    tracing::warn!(stanza = %head.name, id, "request not served in time: answered 'wait'");
                     answer(&head, Fault::Transient("request timed out".into()))
                 }
             };
             if let Some(reply) = reply {
                 let _ = gw.outbox.send(reply).await;
             }
-            drop(permit);
-            freed.notify_one();
+            drop((permit, budget));
         }));
         None
     }
@@ -104,8 +114,10 @@ pub fn refuse(head: Option<&Head>, limit: Limit) -> Option<Stanza> {
     answer(head, Fault::PolicyViolation(format!("{limit}")))
 }
 
-async fn handle(gw: &Gateway, head: &Head, xml: &[u8], deadline: Instant) -> Option<Stanza> {
-    match xso::from_bytes::<Stanza>(xml) {
+async fn handle(gw: &Gateway, head: &Head, xml: Vec<u8>, deadline: Instant) -> Option<Stanza> {
+    let parsed = xso::from_bytes::<Stanza>(&xml);
+    drop(xml);
+    match parsed {
         Ok(stanza) => router::handle(gw, stanza, deadline).await,
         Err(e) => {
             METRICS

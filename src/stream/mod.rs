@@ -41,8 +41,10 @@ pub struct StreamConfig {
     pub idle_ping: Duration,
     /// Bounds on each stanza, checked before it is parsed.
     pub limits: Limits,
-    /// Stanzas handled at once; beyond it they are answered `wait` at once.
+    /// Stanzas handled at once, and the bytes they may hold between them; beyond either they
+    /// are answered `wait` at once.
     pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
 }
 
 impl StreamConfig {
@@ -55,6 +57,7 @@ impl StreamConfig {
             idle_ping: Duration::from_secs(config.component.idle_ping_secs),
             limits: config.limits.stanza_limits(),
             max_in_flight: config.limits.max_in_flight,
+            max_in_flight_bytes: config.limits.max_in_flight_bytes,
         }
     }
 }
@@ -119,7 +122,12 @@ pub async fn run(
     let mut pings = 0u64;
     // One dispatcher for the process: handlers of a dropped stream still finish and their
     // replies wait in the outbox for the next one.
-    let dispatcher = Dispatcher::new(gw.clone(), cfg.max_in_flight, gw.publish_timeout);
+    let dispatcher = Dispatcher::new(
+        gw.clone(),
+        cfg.max_in_flight,
+        cfg.max_in_flight_bytes,
+        gw.publish_timeout,
+    );
     loop {
         let attempt = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -300,6 +308,7 @@ mod tests {
             idle_ping: Duration::from_secs(5),
             limits: Limits::default(),
             max_in_flight: 16,
+            max_in_flight_bytes: 1 << 20,
         };
         let Iq::Get { to, .. } = ping(&cfg, 1) else {
             panic!()
