@@ -180,6 +180,8 @@ struct Capture {
 struct Element {
     /// Its bytes so far; emptied once rejected.
     xml: Vec<u8>,
+    /// Bytes of `xml` that are namespace declarations we added, not bytes that arrived.
+    added: usize,
     rejected: Option<Limit>,
     elements: usize,
     head: Option<Head>,
@@ -199,6 +201,9 @@ pub struct Framer {
     /// Namespace declarations of the stream root, written into every top-level element.
     root_ns: Vec<RawAttr>,
     element: Option<Element>,
+    /// Within the input being fed: where the current element's bytes not yet in its buffer
+    /// start.
+    copy: Option<usize>,
     /// A `<` between top-level elements whose meaning the next byte decides.
     pending_open: bool,
 }
@@ -214,6 +219,7 @@ impl Framer {
             capture: None,
             root_ns: Vec::new(),
             element: None,
+            copy: None,
             pending_open: false,
         }
     }
@@ -226,7 +232,7 @@ impl Framer {
     /// Reads `input` and appends every frame it completes to `out`.
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<Frame>) -> Result<(), FramingError> {
         // Bytes of the current element from `copy` on go into its buffer in one piece.
-        let mut copy = self.copying().then_some(0);
+        self.copy = self.copying().then_some(0);
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -257,13 +263,14 @@ impl Framer {
                             if top {
                                 self.element = Some(Element {
                                     xml: b"<".to_vec(),
+                                    added: 0,
                                     rejected: None,
                                     elements: 0,
                                     head: None,
                                 });
-                                copy = Some(i);
+                                self.copy = Some(i);
                             }
-                            self.begin_start_tag()?;
+                            self.begin_start_tag(i)?;
                             self.lex = Lex::StartName;
                             continue;
                         }
@@ -278,7 +285,7 @@ impl Framer {
                     if self.run > self.tag_limits().max_name_bytes {
                         // Without its name the element cannot be answered.
                         self.capture = None;
-                        self.reject(Limit::NameBytes)?;
+                        self.reject(Limit::NameBytes, i)?;
                     } else if let Some(c) = &mut self.capture {
                         c.name.push(b);
                     }
@@ -286,7 +293,7 @@ impl Framer {
                 Lex::Tag => match b {
                     b'>' => {
                         self.lex = Lex::Text;
-                        self.end_start_tag(input, i, &mut copy, false, out)?;
+                        self.end_start_tag(input, i, false, out)?;
                     }
                     b'/' => self.lex = Lex::EmptyEnd,
                     _ if is_space(b) => {}
@@ -298,7 +305,7 @@ impl Framer {
                         self.run = 0;
                         let too_many = self.attrs > self.tag_limits().max_attributes;
                         if too_many {
-                            self.reject(Limit::Attributes)?;
+                            self.reject(Limit::Attributes, i)?;
                         }
                         if let Some(c) = &mut self.capture {
                             c.attr_name.clear();
@@ -319,7 +326,7 @@ impl Framer {
                     } else {
                         self.run += 1;
                         if self.run > self.tag_limits().max_name_bytes {
-                            self.reject(Limit::NameBytes)?;
+                            self.reject(Limit::NameBytes, i)?;
                             if let Some(c) = &mut self.capture {
                                 c.attr_dropped = true;
                             }
@@ -353,9 +360,11 @@ impl Framer {
                     if memchr::memchr(b'<', value).is_some() {
                         return Err(FramingError::Syntax("'<' in an attribute value"));
                     }
-                    self.run += len;
-                    if self.run > self.tag_limits().max_attribute_bytes {
-                        self.reject(Limit::AttributeBytes)?;
+                    let max = self.tag_limits().max_attribute_bytes;
+                    if self.run + len > max {
+                        // The first byte over the limit.
+                        let over = i + max.saturating_sub(self.run);
+                        self.reject(Limit::AttributeBytes, over)?;
                         if let Some(c) = &mut self.capture {
                             c.attr_dropped = true;
                             c.attr_value = Vec::new();
@@ -365,6 +374,7 @@ impl Framer {
                     {
                         c.attr_value.extend_from_slice(value);
                     }
+                    self.run += len;
                     i += len;
                     if !closed {
                         break;
@@ -383,13 +393,13 @@ impl Framer {
                         return Err(FramingError::Syntax("'/' not followed by '>' in a tag"));
                     }
                     self.lex = Lex::Text;
-                    self.end_start_tag(input, i, &mut copy, true, out)?;
+                    self.end_start_tag(input, i, true, out)?;
                 }
                 Lex::EndTag => match memchr::memchr(b'>', &input[i..]) {
                     Some(at) => {
                         i += at;
                         self.lex = Lex::Text;
-                        self.end_tag(input, i, &mut copy, out)?;
+                        self.end_tag(input, i, out)?;
                     }
                     None => break,
                 },
@@ -441,7 +451,7 @@ impl Framer {
             }
             i += 1;
         }
-        if let Some(from) = copy {
+        if let Some(from) = self.copy.take() {
             self.append(&input[from.min(input.len())..]);
         }
         Ok(())
@@ -467,7 +477,7 @@ impl Framer {
         if let Some(el) = &mut self.element
             && el.rejected.is_none()
         {
-            if el.xml.len().saturating_add(bytes.len()) > max {
+            if (el.xml.len() - el.added).saturating_add(bytes.len()) > max {
                 el.rejected = Some(Limit::Bytes);
                 el.xml = Vec::new();
             } else {
@@ -476,14 +486,20 @@ impl Framer {
         }
     }
 
-    /// The current element breaks `limit`: stop keeping its bytes, keep counting its structure.
-    /// At the stream root there is nothing to skip to.
-    fn reject(&mut self, limit: Limit) -> Result<(), FramingError> {
+    /// The current element breaks `limit` at input position `at`: stop keeping its bytes, keep
+    /// counting its structure. If its size was already over the limit by then, that is the
+    /// limit it broke first, so the answer does not depend on how the bytes arrived. At the
+    /// stream root there is nothing to skip to.
+    fn reject(&mut self, limit: Limit, at: usize) -> Result<(), FramingError> {
+        let max = self.limits.max_bytes;
+        let copy = self.copy;
         match &mut self.element {
             None => Err(FramingError::Root(limit)),
             Some(el) => {
                 if el.rejected.is_none() {
-                    el.rejected = Some(limit);
+                    let arrived = (el.xml.len() - el.added)
+                        .saturating_add(copy.map_or(0, |from| (at + 1).saturating_sub(from)));
+                    el.rejected = Some(if arrived > max { Limit::Bytes } else { limit });
                     el.xml = Vec::new();
                 }
                 Ok(())
@@ -491,7 +507,7 @@ impl Framer {
         }
     }
 
-    fn begin_start_tag(&mut self) -> Result<(), FramingError> {
+    fn begin_start_tag(&mut self, at: usize) -> Result<(), FramingError> {
         self.run = 0;
         self.attrs = 0;
         // Only the root's and the top-level elements' start tags are kept.
@@ -503,9 +519,9 @@ impl Framer {
             // counts in `self.depth`, the new element not yet).
             let too_deep = self.depth > self.limits.max_depth;
             if too_many {
-                self.reject(Limit::Elements)?;
+                self.reject(Limit::Elements, at)?;
             } else if too_deep {
-                self.reject(Limit::Depth)?;
+                self.reject(Limit::Depth, at)?;
             }
         }
         Ok(())
@@ -515,7 +531,6 @@ impl Framer {
         &mut self,
         input: &[u8],
         at: usize,
-        copy: &mut Option<usize>,
         empty: bool,
         out: &mut Vec<Frame>,
     ) -> Result<(), FramingError> {
@@ -539,22 +554,23 @@ impl Framer {
         }
         if let Some(c) = capture {
             // The start tag of a top-level element.
-            if let Some(from) = copy.take() {
+            if let Some(from) = self.copy.take() {
                 self.append(&input[from..=at]);
-                *copy = Some(at + 1);
+                self.copy = Some(at + 1);
             }
             let declarations = self.missing_declarations(&c);
             if let Some(el) = &mut self.element {
                 el.head = Some(head_of(&c));
                 if el.rejected.is_none() && !declarations.is_empty() {
                     let after_name = 1 + c.name.len();
+                    el.added = declarations.len();
                     el.xml.splice(after_name..after_name, declarations);
                 }
             }
         }
         if empty {
             if self.depth == 1 {
-                self.finish_element(input, at, copy, out);
+                self.finish_element(input, at, out);
             }
         } else {
             self.depth += 1;
@@ -584,7 +600,6 @@ impl Framer {
         &mut self,
         input: &[u8],
         at: usize,
-        copy: &mut Option<usize>,
         out: &mut Vec<Frame>,
     ) -> Result<(), FramingError> {
         match self.depth {
@@ -597,7 +612,7 @@ impl Framer {
             }
             2 => {
                 self.depth = 1;
-                self.finish_element(input, at, copy, out);
+                self.finish_element(input, at, out);
                 Ok(())
             }
             _ => {
@@ -607,14 +622,8 @@ impl Framer {
         }
     }
 
-    fn finish_element(
-        &mut self,
-        input: &[u8],
-        at: usize,
-        copy: &mut Option<usize>,
-        out: &mut Vec<Frame>,
-    ) {
-        if let Some(from) = copy.take() {
+    fn finish_element(&mut self, input: &[u8], at: usize, out: &mut Vec<Frame>) {
+        if let Some(from) = self.copy.take() {
             self.append(&input[from..=at]);
         }
         let Some(el) = self.element.take() else {
@@ -922,6 +931,32 @@ mod tests {
                 limit: Limit::NameBytes
             }
         );
+    }
+
+    /// Found by the fuzzer: when a stanza breaks two limits, the one reported must not depend
+    /// on how its bytes were cut into reads. The first one crossed, in byte order, wins.
+    #[test]
+    fn the_first_limit_crossed_is_reported_however_the_bytes_arrive() {
+        let limits = Limits {
+            max_bytes: 64,
+            max_elements: 3,
+            ..Limits::default()
+        };
+        let text = "x".repeat(100);
+        for (stanza, first) in [
+            (format!("<a>{text}<b/><c/><d/></a>"), Limit::Bytes),
+            (format!("<a><b/><c/><d/>{text}</a>"), Limit::Elements),
+        ] {
+            let input = [HEADER, stanza.as_bytes()].concat();
+            for split in 0..input.len() {
+                let (x, y) = input.split_at(split);
+                let f = frames_of(limits, &[x, y]).unwrap();
+                assert!(
+                    matches!(f[1], Frame::Rejected { limit, .. } if limit == first),
+                    "{stanza} split at {split}: {f:?}"
+                );
+            }
+        }
     }
 
     #[test]
