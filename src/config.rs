@@ -484,12 +484,12 @@ impl Default for LimitsConfig {
             max_attribute_bytes: stanza.max_attribute_bytes,
             max_attributes: stanza.max_attributes,
             max_elements: stanza.max_elements,
-            max_in_flight: 2048,
+            max_in_flight: 4096,
             max_in_flight_bytes: 64 * 1024 * 1024,
             provider_concurrency: 256,
-            provider_queue: 256,
-            host_concurrency: 16,
-            host_queue: 64,
+            provider_queue: 2048,
+            host_concurrency: 64,
+            host_queue: 512,
             shutdown_timeout_secs: 10,
         }
     }
@@ -963,7 +963,7 @@ mod tests {
         let c = Config::from_toml_str(MINIMAL).unwrap();
         assert_eq!(c.limits.max_stanza_bytes, 256 * 1024);
         assert_eq!(c.limits.stanza_limits().max_depth, 64);
-        assert_eq!(c.limits.max_in_flight, 2048);
+        assert_eq!(c.limits.max_in_flight, 4096);
         let e = Config::from_toml_str(&format!("{MINIMAL}[limits]\nmax_depht = 3\n")).unwrap_err();
         assert!(e.to_string().contains("max_depht"), "{e}");
     }

@@ -59,7 +59,7 @@ pub const MAX_PLAINTEXT_BYTES: usize = 3993;
 /// Calls are useless once the caller has given up, so they must not linger in a queue.
 const VOIP_TTL_SECS: u32 = 60;
 /// Idle connections kept per push service host, and for how long.
-const MAX_IDLE_PER_HOST: usize = 4;
+const MAX_IDLE_PER_HOST: usize = 16;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Lifetime of a VAPID token; RFC 8292 allows at most 24 h, half of that leaves room for clock skew.
