@@ -119,6 +119,8 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before anything starts, so that a SIGTERM from now on is a clean shutdown.
+    let signal = shutdown_signal();
     raise_open_file_limit(&config);
     let url = match config.storage.database_url() {
         Ok(url) => url,
@@ -152,7 +154,7 @@ async fn run(path: PathBuf) -> ExitCode {
     let (connected_tx, connected_rx) = watch::channel(false);
     let stop_tx_http = stop_tx.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signal.await;
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
@@ -244,17 +246,26 @@ fn raise_open_file_limit(config: &Config) {
     }
 }
 
-async fn wait_for_signal() {
+/// Registers for SIGTERM and SIGINT now and returns what waits for either. Registering at once,
+/// not when the waiting starts, matters: until a handler is registered a SIGTERM kills the
+/// process outright, and the stream may already be connecting by then.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+            (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                one.recv().await;
+            }
+            // Nothing to wait for: only SIGKILL and the like will stop us.
+            (Err(_), Err(_)) => std::future::pending().await,
         }
     }
 }
