@@ -89,17 +89,12 @@ fn payloads(stanza: Stanza) {
 
 /// Every reading pushgate has for an element and its children.
 fn read_element(el: &Element) {
-    if let Ok(publish) = PublishRequest::try_from(el) {
-        let _ = publish.notification("user@example.org");
-    }
-    let _ = CommandRequest::try_from(el);
-    let _ = Form::parse(el);
-    for child in el.children() {
-        if let Ok(publish) = PublishRequest::try_from(child) {
+    for e in std::iter::once(el).chain(el.children()) {
+        if let Ok(publish) = PublishRequest::try_from(e) {
             let _ = publish.notification("user@example.org");
         }
-        let _ = CommandRequest::try_from(child);
-        let _ = Form::parse(child);
+        let _ = CommandRequest::try_from(e);
+        let _ = Form::parse(e);
     }
 }
 

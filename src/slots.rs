@@ -126,9 +126,12 @@ impl Slots {
     fn provider(&self, id: &ProviderId) -> Arc<Queue> {
         // A poisoned lock only means a panic elsewhere mid-insert; the map is still usable.
         let mut map = self.providers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(id.clone())
-            .or_insert_with(|| Queue::new(self.provider_bound))
-            .clone()
+        if let Some(q) = map.get(id) {
+            return q.clone();
+        }
+        let q = Queue::new(self.provider_bound);
+        map.insert(id.clone(), q.clone());
+        q
     }
 
     fn host(&self, host: &str) -> Arc<Queue> {

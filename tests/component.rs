@@ -440,12 +440,17 @@ impl Conn {
     }
 
     async fn publish(&mut self, id: &str, node: &str) {
+        self.publish_body(id, node, "hi").await;
+    }
+
+    /// A publish as Prosody sends it, with `body` as the last message's body.
+    async fn publish_body(&mut self, id: &str, node: &str, body: &str) {
         self.send(&format!(
             "<iq type='set' id='{id}' from='example.org' to='push.test'>\
              <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item>\
              <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'>\
              <field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>\
-             <field var='last-message-body'><value>hi</value></field></x>\
+             <field var='last-message-body'><value>{body}</value></field></x>\
              </notification></item></publish></pubsub></iq>"
         ))
         .await;
@@ -718,14 +723,7 @@ async fn stanzas_in_flight_hold_a_bounded_number_of_bytes() {
     let slow = c.register("victim", &tarpit_url).await;
     let body = "B".repeat(250 * 1024);
     for i in 0..5 {
-        c.send(&format!(
-            "<iq type='set' id='big{i}' from='example.org' to='push.test'>\
-             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{slow}'><item>\
-             <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'>\
-             <field var='last-message-body'><value>{body}</value></field></x>\
-             </notification></item></publish></pubsub></iq>"
-        ))
-        .await;
+        c.publish_body(&format!("big{i}"), &slow, &body).await;
     }
     // Four of 251 KiB fit in 1 MiB; the fifth does not and is refused before the others
     // time out.

@@ -39,7 +39,7 @@ from clients import AsyncRunner, Client  # noqa: E402
 from conftest import DOMAIN, OTHER_DOMAIN, PASSWORD, PUSH_JID, Stack  # noqa: E402
 from prosody import COMPONENT_AUTH_LINE  # noqa: E402
 from pushgate_proc import VAPID_SUBJECT  # noqa: E402
-from scenario import register_tigase  # noqa: E402
+from scenario import push_offline  # noqa: E402
 from tarpit import Tarpit  # noqa: E402
 from webpush_endpoint import Device, WebPushEndpoint  # noqa: E402
 
@@ -112,11 +112,8 @@ class Rig:
 
     def enable(self, user: str, device: Device) -> str:
         c = self.connect(user)
-        node = register_tigase(c, device, "webpush")
-        c.enable_push(PUSH_JID, node)
-        c.disconnect()
         self.clients.remove(c)
-        return node
+        return push_offline(c, device)
 
     def reconnects(self) -> int:
         return len(self.stack.prosody.log.find_all(CONNECTED)) - 1

@@ -73,7 +73,6 @@ impl Dispatcher {
         // Boxed: the handler's future is large, and building it on the worker that runs it
         // keeps that cost off the stream loop (docs/performance.md).
         tokio::spawn(Box::pin(async move {
-            let id = head.attr("id").map(str::to_owned);
             let reply = match tokio::time::timeout_at(deadline, handle(&gw, &head, xml, deadline))
                 .await
             {
@@ -83,7 +82,7 @@ impl Dispatcher {
                         .stanzas_refused
                         .with_label_values(&["deadline"])
                         .inc();
-                    tracing::warn!(stanza = %head.name, id, "request not served in time: answered 'wait'");
+                    tracing::warn!(stanza = %head.name, id = head.attr("id"), "request not served in time: answered 'wait'");
                     answer(&head, Fault::Transient("request timed out".into()))
                 }
             };

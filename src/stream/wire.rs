@@ -201,7 +201,7 @@ pub fn is_stream_error(head: &Head) -> bool {
 
 /// The defined condition (and text) of a `<stream:error>`, for the log.
 pub fn stream_error_condition(xml: &[u8]) -> String {
-    let Ok(el) = xml_element(xml) else {
+    let Ok(el) = xmpp_parsers::minidom::Element::from_reader(xml) else {
         return "unreadable stream error".to_owned();
     };
     let mut parts: Vec<String> = el.children().map(|c| c.name().to_owned()).collect();
@@ -209,8 +209,4 @@ pub fn stream_error_condition(xml: &[u8]) -> String {
         parts.push(format!("'{}'", text.text()));
     }
     parts.join(" ")
-}
-
-fn xml_element(xml: &[u8]) -> Result<xmpp_parsers::minidom::Element, xmpp_parsers::minidom::Error> {
-    xmpp_parsers::minidom::Element::from_reader(xml)
 }

@@ -27,6 +27,16 @@ def register_tigase(client: Client, device: Device, provider: str = "webpush") -
     return node
 
 
+def push_offline(client: Client, device: Device, provider: str = "webpush") -> str:
+    """What a phone does before it sleeps: register the device with the Tigase dialect, enable
+    push for it at the server, go offline. Returns the node; from now on messages to the
+    account are pushed."""
+    node = register_tigase(client, device, provider)
+    client.enable_push(PUSH_JID, node)
+    client.disconnect()
+    return node
+
+
 def register_p2(client: Client, device: Device, device_id: str,
                 provider: str = "webpush") -> tuple[str, str]:
     fields = {"token": device.url, "device-id": device_id}

@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from clients import expect_error
 from conftest import PUSH_JID, running_stack
 from prosody import ERROR_LINE
-from scenario import register_tigase, wait_deliveries
+from scenario import push_offline, wait_deliveries
 from tarpit import Tarpit
 from webpush_endpoint import Device
 
@@ -53,11 +53,8 @@ def connections(pg) -> int:
 def test_hostile_stanzas_are_answered_and_the_stream_stays(hostile_stack, ep, connect_factory):
     pg, prosody = hostile_stack.pushgate, hostile_stack.prosody
     before = connections(pg)
-    alice = connect_factory(prosody, "alice")
     dev = ep.new_device()
-    node = register_tigase(alice, dev, "webpush")
-    alice.enable_push(PUSH_JID, node)
-    alice.disconnect()
+    push_offline(connect_factory(prosody, "alice"), dev)
 
     mallory = connect_factory(prosody, "mallory", "other.localhost")
     # 14,000 nested elements (about 98 KB): this overflowed pushgate's stack.
@@ -95,18 +92,12 @@ def test_a_tarpit_push_service_delays_nobody_else(hostile_stack, ep, connect_fac
     before = connections(pg)
     tarpit = Tarpit()
     try:
-        victim = connect_factory(prosody, "carol")
-        slow = Device(path="/push/tarpit", url=tarpit.url)
-        slow_node = register_tigase(victim, slow, "webpush")
-        victim.enable_push(PUSH_JID, slow_node)
-        victim.disconnect()
+        push_offline(connect_factory(prosody, "carol"),
+                     Device(path="/push/tarpit", url=tarpit.url))
         healthy = []
         for user in ("dave", "erin", "frank"):
-            c = connect_factory(prosody, user)
             dev = ep.new_device()
-            n = register_tigase(c, dev, "webpush")
-            c.enable_push(PUSH_JID, n)
-            c.disconnect()
+            push_offline(connect_factory(prosody, user), dev)
             healthy.append((user, dev))
 
         sender = connect_factory(prosody, "bob")
