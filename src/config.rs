@@ -216,17 +216,6 @@ fn default_cache_ttl() -> u64 {
     30
 }
 
-impl StorageConfig {
-    /// The database to open: `url`, or the embedded SQLite file under `data_dir` (created if
-    /// missing).
-    pub fn database_url(&self) -> Result<String, crate::storage::StoreError> {
-        match &self.url {
-            Some(url) => Ok(url.clone()),
-            None => crate::storage::Store::sqlite_url_in(&self.data_dir),
-        }
-    }
-}
-
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./data")
 }
@@ -625,14 +614,14 @@ impl Config {
         self.registration.validate()?;
         for (id, section) in &self.providers {
             if id.is_empty()
-                || id.len() > crate::commands::limits::MAX_PROVIDER_ID_BYTES
+                || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES
                 || id.chars().any(|ch| ch.is_whitespace() || ch.is_control())
             {
                 return Err(ConfigError::invalid(
                     format!("providers.{id}"),
                     format!(
                         "a provider id must be non-empty, at most {} bytes and without spaces",
-                        crate::commands::limits::MAX_PROVIDER_ID_BYTES
+                        crate::ids::MAX_PROVIDER_ID_BYTES
                     ),
                 ));
             }

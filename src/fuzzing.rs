@@ -9,9 +9,9 @@ use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza::Stanza;
 
-use crate::adhoc::CommandRequest;
-use crate::forms::Form;
-use crate::publish::PublishRequest;
+use crate::fronts::xmpp::adhoc::CommandRequest;
+use crate::fronts::xmpp::forms::Form;
+use crate::fronts::xmpp::publish::PublishRequest;
 
 const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' id='fuzz' from='push.example.org'>";
@@ -109,11 +109,11 @@ pub fn config(data: &[u8]) {
         let _ = config.admins();
         let _ = config.publish_timeout();
         let _ = config.limits.stanza_limits();
-        let _ = crate::gateway::Providers::from_config(&config);
+        let _ = crate::core::Providers::from_config(&config);
     }
 }
 
 /// The body of Siskin's REST unregister: a reason or a request, never a panic.
 pub fn rest_json(data: &[u8]) {
-    let _ = crate::http::unregister::parse(data);
+    let _ = crate::fronts::http::unregister::parse(data);
 }

@@ -13,6 +13,10 @@ use subtle::ConstantTimeEq;
 pub use pushgate_providers::{DeviceToken, ProviderId};
 pub use xmpp_parsers::jid::BareJid;
 
+/// The longest provider id: the configuration refuses longer ids, and a client's `provider`
+/// field (or the suffix of a p2 command node) is refused before it is looked up.
+pub const MAX_PROVIDER_ID_BYTES: usize = 256;
+
 /// Random bytes from the OS. Failure means the OS cannot give us randomness, and minting a
 /// guessable credential instead is never acceptable.
 fn random_b64(bytes: usize) -> String {
@@ -110,6 +114,82 @@ impl Dialect {
     }
 }
 
+/// Which device a registration is for: what makes two registrations "the same device", so that
+/// re-registering refreshes a row instead of adding one and unregistering finds it. Each dialect
+/// identifies a device its own way; this type owns the stored key for all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeviceIdentity {
+    /// Tigase dialect (and its REST unregister): the token is the device.
+    Token(DeviceToken),
+    /// p2 dialect: the device id, so unregistering needs no token, and the room of a per-room
+    /// registration.
+    Device { id: String, muc: Option<BareJid> },
+    /// p2 dialect from a client that sends no device id: the token, and the room.
+    TokenInRoom {
+        token: DeviceToken,
+        muc: Option<BareJid>,
+    },
+}
+
+impl DeviceIdentity {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            DeviceIdentity::Token(_) => Dialect::Tigase,
+            DeviceIdentity::Device { .. } | DeviceIdentity::TokenInRoom { .. } => Dialect::P2,
+        }
+    }
+
+    /// The stored key: a hex SHA-256 over length-prefixed parts, so fixed length
+    /// (index-friendly even for long WebPush endpoints), unambiguous, and no second copy of the
+    /// token in clear.
+    pub fn key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_be_bytes());
+            h.update(bytes);
+        };
+        part(b"pushgate device key v1");
+        part(self.dialect().as_str().as_bytes());
+        let muc = match self {
+            DeviceIdentity::Token(token) => {
+                part(b"token");
+                part(token.as_str().as_bytes());
+                return hex(&h.finalize());
+            }
+            DeviceIdentity::Device { id, muc } => {
+                part(b"device");
+                part(id.as_bytes());
+                muc
+            }
+            DeviceIdentity::TokenInRoom { token, muc } => {
+                part(b"token");
+                part(token.as_str().as_bytes());
+                muc
+            }
+        };
+        match muc {
+            Some(muc) => {
+                part(b"muc");
+                part(muc.as_str().as_bytes());
+            }
+            None => part(b"no muc"),
+        }
+        hex(&h.finalize())
+    }
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +219,57 @@ mod tests {
         let n = NodeId::from_stored("supersecretnode");
         assert!(!format!("{n:?}").contains("supersecretnode"));
         assert!(!format!("{:?}", Secret::from_stored("hunter2")).contains("hunter2"));
+    }
+
+    #[test]
+    fn device_keys_separate_what_they_should() {
+        let t1 = DeviceToken::new("aa");
+        let t2 = DeviceToken::new("bb");
+        let room = BareJid::new("room@muc.example").unwrap();
+        let device = |id: &str, muc: Option<&BareJid>| DeviceIdentity::Device {
+            id: id.into(),
+            muc: muc.cloned(),
+        };
+        // Tigase: the token is the identity.
+        assert_ne!(
+            DeviceIdentity::Token(t1.clone()).key(),
+            DeviceIdentity::Token(t2.clone()).key()
+        );
+        // p2: device id + muc; the token is not part of it.
+        assert_ne!(device("d", None).key(), device("d", Some(&room)).key());
+        assert_ne!(device("d", None).key(), device("e", None).key());
+        // No ambiguity between a device id and a token with the same text, or across dialects.
+        let token_d = DeviceIdentity::TokenInRoom {
+            token: DeviceToken::new("d"),
+            muc: None,
+        };
+        assert_ne!(token_d.key(), device("d", None).key());
+        let token_aa = DeviceIdentity::TokenInRoom {
+            token: t1.clone(),
+            muc: None,
+        };
+        assert_ne!(token_aa.key(), DeviceIdentity::Token(t1.clone()).key());
+        // Stored keys must never change: these are the values rows written since the first
+        // release carry (SHA-256 over length-prefixed parts, computed independently).
+        assert_eq!(
+            DeviceIdentity::Token(t1.clone()).key(),
+            "21becd060c98a54891fbfc0eacfbd7335d7ee69519f1ade29fc966819f423db2"
+        );
+        assert_eq!(
+            device("d", None).key(),
+            "987c88262b0bbc94ef705f124c72015f9c40f017af3a13966866f36c5e07850e"
+        );
+        assert_eq!(
+            device("d", Some(&room)).key(),
+            "42ceaa4c9a40961b35ba73a90deb21568ae6bdc76ccaea21a0ed9c7d4d6fe0d2"
+        );
+        assert_eq!(
+            DeviceIdentity::TokenInRoom {
+                token: t1,
+                muc: Some(room)
+            }
+            .key(),
+            "e689fd3b38f3c42a2cf88271040d761fc72003676792c2d52a042369a7d4c9ca"
+        );
     }
 }

@@ -1,27 +1,20 @@
-//! pushgate: an XEP-0114 component that turns XEP-0357 push publishes into provider deliveries.
+//! pushgate: a push gateway. Fronts take requests in their protocol (today the XEP-0114 XMPP
+//! component and its HTTP routes); one protocol-free core registers devices and delivers
+//! notifications through the providers of the `pushgate-providers` crate.
 //!
-//! A publish travels `stream` → `router` → `publish` (parse, authorise against `storage`) →
-//! a provider from the `pushgate-providers` crate → `publish` maps the verdict → `router`
-//! answers. Device registration travels `router` → `commands` → `storage`. See
-//! docs/architecture.md.
+//! Layers, each importing only from those below it (tests/layers.rs checks):
+//! `cli` (the operator's command line) → `fronts` (xmpp, http) → `core` (registry, delivery,
+//! policy, slots, coalescing, credential sync) → `error` → `storage` → `config` → `ids`,
+//! `metrics`. docs/architecture.md draws it.
 
-pub mod adhoc;
 pub mod cli;
-pub mod commands;
 pub mod config;
-pub mod credentials;
-pub mod disco;
+pub mod core;
 pub mod error;
-pub mod forms;
+pub mod fronts;
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod gateway;
-pub mod http;
 pub mod ids;
 pub mod metrics;
-pub mod publish;
 pub mod rlimit;
-pub mod router;
-pub mod slots;
 pub mod storage;
-pub mod stream;

@@ -2,16 +2,17 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
 use pushgate::config::Config;
-use pushgate::credentials;
-use pushgate::gateway::{Gateway, Providers};
+use pushgate::core::{Core, Providers, apns_credential_sync};
+use pushgate::fronts::xmpp::stream::{self, StreamConfig};
+use pushgate::fronts::xmpp::{Component, admin_alerts};
 use pushgate::storage::Store;
-use pushgate::stream::{self, StreamConfig};
 
 /// How long tasks left over after `run` may take before the process exits without them.
 const LINGER: Duration = Duration::from_secs(1);
@@ -122,7 +123,7 @@ async fn run(path: PathBuf) -> ExitCode {
     // Before anything starts, so that a SIGTERM from now on is a clean shutdown.
     let signal = shutdown_signal();
     raise_open_file_limit(&config);
-    let url = match config.storage.database_url() {
+    let url = match Store::url_for(&config.storage) {
         Ok(url) => url,
         Err(e) => {
             tracing::error!("storage.data_dir: {e}");
@@ -139,14 +140,15 @@ async fn run(path: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (gw, outbox) = match Gateway::new(&config, store) {
-        Ok(gw) => gw,
+    let core = match Core::new(&config, store) {
+        Ok(core) => Arc::new(core),
         Err(e) => {
             tracing::error!("config error in {}: {e}", path.display());
             return ExitCode::from(2);
         }
     };
-    if gw.providers.is_empty() {
+    let (component, outbox) = Component::with_core(&config, core.clone());
+    if core.providers.is_empty() {
         tracing::warn!("no providers configured: every registration will be refused");
     }
     let stream_cfg = StreamConfig::new(&config);
@@ -158,21 +160,31 @@ async fn run(path: PathBuf) -> ExitCode {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
     });
-    credentials::start(gw.clone(), stop_rx.clone()).await;
-    pushgate::metrics::spawn_refresh(gw.store.clone(), stop_rx.clone());
-    let successes = tokio::spawn(gw.successes.clone().run(
-        gw.store.clone(),
+    let (warnings, alerts) = tokio::sync::mpsc::channel(16);
+    admin_alerts::forward(component.clone(), alerts);
+    apns_credential_sync::start(core.clone(), warnings, stop_rx.clone()).await;
+    pushgate::core::stats::spawn_refresh(core.store.clone(), stop_rx.clone());
+    let successes = tokio::spawn(core.successes.clone().run(
+        core.store.clone(),
         Duration::from_secs(1),
         stop_rx.clone(),
     ));
     let shutdown_timeout = config.limits.shutdown_timeout();
     // The HTTP server (if configured) fails fast: a port that cannot be bound stops pushgate.
     let http = tokio::spawn({
-        let (gw, http_cfg, stop) = (gw.clone(), config.http.clone(), stop_rx.clone());
+        let (core, http_cfg, stop) = (core.clone(), config.http.clone(), stop_rx.clone());
+        let component_jid = component.jid.clone();
         let stop_all = stop_tx_http;
         async move {
-            let result =
-                pushgate::http::serve(gw, http_cfg, shutdown_timeout, connected_rx, stop).await;
+            let result = pushgate::fronts::http::serve(
+                core,
+                component_jid,
+                http_cfg,
+                shutdown_timeout,
+                connected_rx,
+                stop,
+            )
+            .await;
             if let Err(e) = &result {
                 tracing::error!("http: {e}");
                 let _ = stop_all.send(true);
@@ -182,7 +194,7 @@ async fn run(path: PathBuf) -> ExitCode {
     });
     let stream_stop = stop_rx.clone();
     let work = async {
-        stream::run(gw, stream_cfg, outbox, stream_stop, connected_tx).await;
+        stream::run(component, stream_cfg, outbox, stream_stop, connected_tx).await;
         // The last second's delivery timestamps.
         let _ = successes.await;
         match http.await {

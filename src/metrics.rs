@@ -218,39 +218,3 @@ pub fn samples() -> Vec<(String, String)> {
         .map(|(name, value)| (name.replace('"', ""), value.to_owned()))
         .collect()
 }
-
-/// Refreshes the registrations-by-provider gauge from the store.
-pub async fn refresh_registrations(
-    store: &crate::storage::Store,
-) -> Result<(), crate::storage::StoreError> {
-    let counts = store.count_by_provider().await?;
-    METRICS.registrations.reset();
-    for (provider, n) in counts {
-        METRICS
-            .registrations
-            .with_label_values(&[&provider])
-            .set(n as i64);
-    }
-    Ok(())
-}
-
-/// How often the registrations gauge is refreshed from the store.
-const REFRESH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Keeps the registrations gauge current until `shutdown` flips.
-pub fn spawn_refresh(
-    store: crate::storage::Store,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = refresh_registrations(&store).await {
-                tracing::warn!("cannot count registrations: {e}");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(REFRESH_EVERY) => {}
-                _ = shutdown.changed() => return,
-            }
-        }
-    });
-}

@@ -11,9 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use chrono::{Datelike, Utc};
 use pushgate::config::Config;
-use pushgate::gateway::Gateway;
+use pushgate::core::apns_credential_sync as credentials;
+use pushgate::fronts::xmpp::Component;
+use pushgate::fronts::xmpp::admin_alerts;
+use pushgate::metrics;
 use pushgate::storage::Store;
-use pushgate::{credentials, metrics};
 use rcgen::{CertificateParams, KeyPair};
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::Element;
@@ -24,13 +26,13 @@ const CONFIG: &str = "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
     [providers.apns-cert]\nkind = \"apns\"\ntopic = \"org.example.app\"\nenvironment = \"sandbox\"\n\
     base_url = \"https://127.0.0.1:9\"\n";
 
-async fn gateway(dir: &std::path::Path) -> Arc<Gateway> {
+async fn gateway(dir: &std::path::Path) -> Arc<Component> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Config::from_toml_str(CONFIG).unwrap();
     let store = Store::open(&Store::sqlite_url_in(dir).unwrap())
         .await
         .unwrap();
-    Gateway::new(&config, store).unwrap().0
+    Component::new(&config, store).unwrap().0
 }
 
 /// A certificate valid from yesterday until `days` from now (negative: already expired).
@@ -66,7 +68,7 @@ fn command(from: &str, fields: &[(&str, &str)]) -> Stanza {
         .into()
 }
 
-async fn run(gw: &Gateway, stanza: Stanza) -> Iq {
+async fn run(gw: &Component, stanza: Stanza) -> Iq {
     let Some(Stanza::Iq(reply)) = common::route(gw, stanza).await else {
         panic!("no iq reply")
     };
@@ -159,7 +161,10 @@ async fn upload_is_validated_stored_and_reaches_other_instances() {
     .await;
     assert_eq!(error_condition(&reply), "ItemNotFound");
     assert!(
-        credentials::apply_stored(&b, None).await.unwrap().is_none(),
+        credentials::apply_stored(&b.core, None)
+            .await
+            .unwrap()
+            .is_none(),
         "a refused upload was stored"
     );
 
@@ -185,19 +190,19 @@ async fn upload_is_validated_stored_and_reaches_other_instances() {
         text.contains("certificate") && text.contains("not-after"),
         "{text}"
     );
-    let (_, apns_a) = a.providers.apns().next().unwrap();
+    let (_, apns_a) = a.core.providers.apns().next().unwrap();
     let info_a = apns_a
         .credential_info()
         .expect("applied on the instance that took the upload");
 
     // The other instance picks it up from the database.
-    let (_, apns_b) = b.providers.apns().next().unwrap();
+    let (_, apns_b) = b.core.providers.apns().next().unwrap();
     assert!(apns_b.credential_info().is_none());
-    let seen = credentials::apply_stored(&b, None).await.unwrap();
+    let seen = credentials::apply_stored(&b.core, None).await.unwrap();
     assert!(seen.is_some());
     assert_eq!(apns_b.credential_info(), Some(info_a.clone()));
     // …and only once.
-    assert!(credentials::apply_stored(&b, seen).await.unwrap() == seen);
+    assert!(credentials::apply_stored(&b.core, seen).await.unwrap() == seen);
 }
 
 #[tokio::test]
@@ -221,8 +226,10 @@ async fn expiring_certificate_warns_admins_once_a_day_and_sets_metrics() {
 
     let now = SystemTime::now();
     let mut warned = HashMap::new();
-    let messages = credentials::check_expiry(&gw, now, &mut warned);
-    assert_eq!(messages.len(), 1);
+    let warnings = credentials::check_expiry(&gw.core, now, &mut warned);
+    assert_eq!(warnings.len(), 1);
+    let messages = admin_alerts::messages(&gw, &warnings[0]);
+    assert_eq!(messages.len(), 1, "one message per admin");
     let Stanza::Message(m) = &messages[0] else {
         panic!()
     };
@@ -235,10 +242,16 @@ async fn expiring_certificate_warns_admins_once_a_day_and_sets_metrics() {
     );
 
     assert!(
-        credentials::check_expiry(&gw, now + Duration::from_secs(3600), &mut warned).is_empty()
+        credentials::check_expiry(&gw.core, now + Duration::from_secs(3600), &mut warned)
+            .is_empty()
     );
-    let later = credentials::check_expiry(&gw, now + Duration::from_secs(12 * 86_400), &mut warned);
+    let later = credentials::check_expiry(
+        &gw.core,
+        now + Duration::from_secs(12 * 86_400),
+        &mut warned,
+    );
     assert_eq!(later.len(), 1, "expired: warned again after a day");
+    let later = admin_alerts::messages(&gw, &later[0]);
     let Stanza::Message(m) = &later[0] else {
         panic!()
     };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pushgate::config::Config;
-use pushgate::gateway::Gateway;
+use pushgate::fronts::xmpp::Component;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
 use pushgate::storage::{Admission, NewRegistration, Store};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,7 +84,7 @@ fn publish(node: &str, body: Option<&str>) -> Stanza {
         .into()
 }
 
-async fn answered_result(gw: &Gateway, stanza: Stanza) {
+async fn answered_result(gw: &Component, stanza: Stanza) {
     match common::route(gw, stanza).await {
         Some(Stanza::Iq(Iq::Result { .. })) => {}
         other => panic!("expected a result, got {other:?}"),
@@ -104,7 +104,7 @@ async fn low_priority_bursts_become_one_push_and_messages_always_go() {
     let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
         .await
         .unwrap();
-    let (gw, _outbox) = Gateway::new(&config, store).unwrap();
+    let (gw, _outbox) = Component::new(&config, store).unwrap();
     let (url, reached) = endpoint().await;
     let register = |token: &str| NewRegistration {
         dialect: Dialect::Tigase,
@@ -120,7 +120,7 @@ async fn low_priority_bursts_become_one_push_and_messages_always_go() {
         max_per_account: 20,
         may_add: true,
     };
-    let reg = gw.store.register(register(&url), room).await.unwrap();
+    let reg = gw.core.store.register(register(&url), room).await.unwrap();
     let node = reg.registration.node.as_str().to_owned();
 
     // A burst of chat-state publishes (no body): the first wakes the device, the rest are
@@ -141,6 +141,7 @@ async fn low_priority_bursts_become_one_push_and_messages_always_go() {
 
     // Devices are coalesced independently.
     let other = gw
+        .core
         .store
         .register(register(&format!("{url}-2")), room)
         .await

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pushgate::config::Config;
-use pushgate::gateway::Gateway;
+use pushgate::fronts::xmpp::Component;
+use pushgate::fronts::xmpp::stream::{self, StreamConfig};
 use pushgate::storage::Store;
-use pushgate::stream::{self, StreamConfig};
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -46,7 +46,7 @@ async fn start_with(idle_ping: Duration, extra: &str) -> Harness {
     let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
         .await
         .unwrap();
-    let (gw, outbox): (Arc<Gateway>, _) = Gateway::new(&config, store).unwrap();
+    let (gw, outbox): (Arc<Component>, _) = Component::new(&config, store).unwrap();
     let cfg = StreamConfig {
         server: listener.local_addr().unwrap().to_string(),
         max_reconnect_delay: Duration::from_secs(2),

@@ -1,12 +1,12 @@
 //! The HTTP server over real loopback HTTP: Siskin's REST unregister, rate limit, body limit,
-//! health checks and `/metrics`, against a real `Gateway` on SQLite.
+//! health checks and `/metrics`, against a real `Component` on SQLite.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use pushgate::config::{Config, HttpConfig};
-use pushgate::gateway::Gateway;
-use pushgate::http::{self, HttpState};
+use pushgate::fronts::http::{self, HttpState};
+use pushgate::fronts::xmpp::Component;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
 use pushgate::storage::{Admission, NewRegistration, Registration, Store};
 use reqwest::StatusCode;
@@ -21,7 +21,7 @@ const CONFIG: &str = "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
 struct Server {
     base: String,
     addr: std::net::SocketAddr,
-    gw: Arc<Gateway>,
+    gw: Arc<Component>,
     client: reqwest::Client,
     connected: watch::Sender<bool>,
     shutdown: watch::Sender<bool>,
@@ -40,13 +40,18 @@ async fn start_with(http: HttpConfig, shutdown_timeout: Duration) -> Server {
     let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
         .await
         .unwrap();
-    let (gw, _outbox) = Gateway::new(&config, store).unwrap();
+    let (gw, _outbox) = Component::new(&config, store).unwrap();
     let (connected, connected_rx) = watch::channel(false);
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let limits = http::ServeLimits::new(&http, shutdown_timeout);
-    let router = http::router(HttpState::new(gw.clone(), http, connected_rx));
+    let router = http::router(HttpState::new(
+        gw.core.clone(),
+        gw.jid.clone(),
+        http,
+        connected_rx,
+    ));
     let task = tokio::spawn(http::serve_on(listener, router, limits, shutdown_rx));
     Server {
         base: format!("http://{addr}"),
@@ -64,8 +69,9 @@ async fn start_with(http: HttpConfig, shutdown_timeout: Duration) -> Server {
     }
 }
 
-async fn register(gw: &Gateway, account: &str, token: &str) -> Registration {
-    gw.store
+async fn register(gw: &Component, account: &str, token: &str) -> Registration {
+    gw.core
+        .store
         .register(
             NewRegistration {
                 dialect: Dialect::Tigase,
@@ -122,8 +128,9 @@ impl Server {
     }
 }
 
-async fn exists(gw: &Gateway, reg: &Registration) -> bool {
-    gw.store
+async fn exists(gw: &Component, reg: &Registration) -> bool {
+    gw.core
+        .store
         .find_by_node(reg.node.as_str())
         .await
         .unwrap()
@@ -436,7 +443,7 @@ async fn serve_binds_listen_and_stops_on_shutdown() {
     let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
         .await
         .unwrap();
-    let (gw, _outbox) = Gateway::new(&config, store).unwrap();
+    let (gw, _outbox) = Component::new(&config, store).unwrap();
     // Find a free port, then let serve() bind it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -450,7 +457,8 @@ async fn serve_binds_listen_and_stops_on_shutdown() {
     let (_connected_tx, connected) = watch::channel(true);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let task = tokio::spawn(http::serve(
-        gw,
+        gw.core.clone(),
+        gw.jid.clone(),
         http,
         Duration::from_secs(5),
         connected,

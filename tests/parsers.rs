@@ -5,9 +5,9 @@
 //! repeated, misplaced and foreign elements, odd attributes, text where children belong.
 
 use proptest::prelude::*;
-use pushgate::adhoc::CommandRequest;
-use pushgate::forms::Form;
-use pushgate::publish::PublishRequest;
+use pushgate::fronts::xmpp::adhoc::CommandRequest;
+use pushgate::fronts::xmpp::forms::Form;
+use pushgate::fronts::xmpp::publish::PublishRequest;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::minidom::rxml::xml_ncname;
 

@@ -7,7 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use pushgate::config::Config;
-use pushgate::gateway::Gateway;
+use pushgate::fronts::xmpp::Component;
 use pushgate::metrics::METRICS;
 use pushgate::storage::Store;
 use xmpp_parsers::iq::Iq;
@@ -21,7 +21,7 @@ const PROVIDERS: &str = "[providers.webpush]\nkind = \"webpush\"\nallow_http = t
     [providers.strict]\nkind = \"webpush\"\nallow_http = true\n";
 
 struct Fixture {
-    gw: Arc<Gateway>,
+    gw: Arc<Component>,
     _dir: tempfile::TempDir,
 }
 
@@ -36,7 +36,7 @@ async fn gateway(registration: &str) -> Fixture {
         .await
         .unwrap();
     Fixture {
-        gw: Gateway::new(&config, store).unwrap().0,
+        gw: Component::new(&config, store).unwrap().0,
         _dir: dir,
     }
 }
@@ -67,7 +67,7 @@ fn command(from: &str, node: &str, fields: &[(&str, &str)]) -> Stanza {
 /// The `node` of a completed registration, or the error: (type, condition, text).
 type Answer = Result<String, (ErrorType, DefinedCondition, String)>;
 
-async fn run(gw: &Gateway, stanza: Stanza) -> Answer {
+async fn run(gw: &Component, stanza: Stanza) -> Answer {
     match common::route(gw, stanza).await {
         Some(Stanza::Iq(Iq::Result {
             payload: Some(p), ..
@@ -90,7 +90,7 @@ async fn run(gw: &Gateway, stanza: Stanza) -> Answer {
     }
 }
 
-async fn tigase(gw: &Gateway, from: &str, token: &str) -> Answer {
+async fn tigase(gw: &Component, from: &str, token: &str) -> Answer {
     run(
         gw,
         command(
@@ -156,7 +156,7 @@ async fn the_account_limit_refuses_new_devices_and_never_known_ones() {
     tigase(gw, "alice@example.org/a", &endpoint(3))
         .await
         .unwrap();
-    assert_eq!(gw.store.count().await.unwrap(), 3);
+    assert_eq!(gw.core.store.count().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -186,7 +186,7 @@ async fn the_domain_rate_counts_new_devices_only() {
     }
     // … and other domains are not affected.
     tigase(gw, "c@example.net", &endpoint(3)).await.unwrap();
-    assert_eq!(gw.store.count().await.unwrap(), 3);
+    assert_eq!(gw.core.store.count().await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -211,7 +211,7 @@ async fn domain_lists_decide_who_may_register() {
         );
     }
     assert_eq!(refused("register-device", "domain_not_allowed"), before + 3);
-    assert_eq!(gw.store.count().await.unwrap(), 2);
+    assert_eq!(gw.core.store.count().await.unwrap(), 2);
 }
 
 #[tokio::test]
@@ -326,7 +326,11 @@ async fn every_stored_field_has_a_length_limit() {
     }
     // The one on an unknown command node is counted as "other".
     assert_eq!(refused("other", "too_long"), before + 1);
-    assert_eq!(gw.store.count().await.unwrap(), 0, "nothing was stored");
+    assert_eq!(
+        gw.core.store.count().await.unwrap(),
+        0,
+        "nothing was stored"
+    );
 
     // At the limits: accepted (a muc that is not a JID is still refused after its length).
     let at_limit = command(
@@ -372,7 +376,7 @@ async fn an_endpoint_name_leading_only_inside_is_refused_at_registration() {
         refused("register-device", "endpoint_not_public"),
         before + 1
     );
-    assert_eq!(gw.store.count().await.unwrap(), 0);
+    assert_eq!(gw.core.store.count().await.unwrap(), 0);
     // Where the provider allows private addresses, the same name is fine.
     tigase(gw, "alice@example.org/a", by_name).await.unwrap();
 }

@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::time::Duration;
 
-use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{Admission, NewRegistration, Store, StoreError, SuccessLog, device_key};
+use pushgate::ids::{BareJid, DeviceIdentity, DeviceToken, Dialect, ProviderId};
+use pushgate::storage::{Admission, NewRegistration, Registration, Store, StoreError, SuccessLog};
 use pushgate_providers::WebPushKeys;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
@@ -111,12 +111,22 @@ fn p2(account: &str, device_id: &str, muc: Option<&str>, token: &str) -> NewRegi
 }
 
 fn key_of(new: &NewRegistration) -> String {
-    device_key(
-        new.dialect,
-        &new.token,
-        new.device_id.as_deref(),
-        new.muc.as_ref(),
-    )
+    new.identity().key()
+}
+
+/// The device a stored registration is for, as a client unregistering it names it.
+fn identity_of(r: &Registration) -> DeviceIdentity {
+    match (r.dialect, &r.device_id) {
+        (Dialect::Tigase, _) => DeviceIdentity::Token(r.token.clone()),
+        (Dialect::P2, Some(id)) => DeviceIdentity::Device {
+            id: id.clone(),
+            muc: r.muc.clone(),
+        },
+        (Dialect::P2, None) => DeviceIdentity::TokenInRoom {
+            token: r.token.clone(),
+            muc: r.muc.clone(),
+        },
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,23 +356,13 @@ async fn unregister_removes_once(url: String) {
     // Wrong provider or wrong account: nothing removed.
     assert!(
         !store
-            .unregister(
-                Dialect::Tigase,
-                &ProviderId::new("other"),
-                &alice,
-                &t.device_key
-            )
+            .unregister(&ProviderId::new("other"), &alice, &identity_of(&t))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .unregister(
-                Dialect::Tigase,
-                &provider,
-                &jid("mallory@example.org"),
-                &t.device_key
-            )
+            .unregister(&provider, &jid("mallory@example.org"), &identity_of(&t))
             .await
             .unwrap()
     );
@@ -370,39 +370,27 @@ async fn unregister_removes_once(url: String) {
 
     assert!(
         store
-            .unregister(Dialect::Tigase, &provider, &alice, &t.device_key)
+            .unregister(&provider, &alice, &identity_of(&t))
             .await
             .unwrap()
     );
     assert!(
         !store
-            .unregister(Dialect::Tigase, &provider, &alice, &t.device_key)
+            .unregister(&provider, &alice, &identity_of(&t))
             .await
             .unwrap()
     );
     assert!(store.find_by_node(t.node.as_str()).await.unwrap().is_none());
 
     // p2 unregister knows the device id and room, not the token.
-    let key = device_key(
-        Dialect::P2,
-        &DeviceToken::new("unknown"),
-        Some("dev-1"),
-        Some(&jid("room@muc.example.org")),
-    );
-    assert_eq!(key, p.device_key);
+    let key = DeviceIdentity::Device {
+        id: "dev-1".into(),
+        muc: Some(jid("room@muc.example.org")),
+    };
+    assert_eq!(key.key(), p.device_key);
     let fcm = ProviderId::new("fcm-http-v1");
-    assert!(
-        store
-            .unregister(Dialect::P2, &fcm, &alice, &key)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .unregister(Dialect::P2, &fcm, &alice, &key)
-            .await
-            .unwrap()
-    );
+    assert!(store.unregister(&fcm, &alice, &key).await.unwrap());
+    assert!(!store.unregister(&fcm, &alice, &key).await.unwrap());
     assert_eq!(store.count().await.unwrap(), 0);
 }
 
@@ -749,7 +737,7 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
     assert!(store.find_by_node(&wrong).await.unwrap().is_none());
     assert!(
         store
-            .unregister(r.dialect, &r.provider, &r.account, &r.device_key)
+            .unregister(&r.provider, &r.account, &identity_of(&r))
             .await
             .unwrap()
     );

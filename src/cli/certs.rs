@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{ConfigArg, FAILED, Failure, OK, Outcome, load_config, open_store};
-use crate::gateway::Gateway;
+use crate::core::Core;
 use pushgate_providers::ProviderConfig;
 
 const DAY: i64 = 24 * 60 * 60;
@@ -43,14 +43,14 @@ async fn certs(args: CertsArgs) -> Outcome {
     }
     // Credentials uploaded at run time live in the database: apply them as `run` does.
     let store = open_store(&config).await?;
-    let (gw, _outbox) = Gateway::new(&config, store).map_err(config_error)?;
-    crate::credentials::apply_stored(&gw, None)
+    let core = Core::new(&config, store).map_err(config_error)?;
+    crate::core::apns_credential_sync::apply_stored(&core, None)
         .await
         .map_err(|e| Failure::failed(format!("cannot read stored credentials: {e}")))?;
     let now = SystemTime::now();
     let mut failing = false;
     let mut rows = Vec::new();
-    for (id, apns) in gw.providers.apns() {
+    for (id, apns) in core.providers.apns() {
         let info = apns.credential_info();
         let not_after = info
             .as_ref()

@@ -97,9 +97,7 @@ pub fn load_config(path: &Path) -> Result<Config, Failure> {
 /// Opens the store the way `run` does (`storage.url`, or SQLite under `storage.data_dir`), which
 /// runs pending migrations.
 pub async fn open_store(config: &Config) -> Result<Store, Failure> {
-    let url = config
-        .storage
-        .database_url()
+    let url = Store::url_for(&config.storage)
         .map_err(|e| Failure::usage(format!("storage.data_dir: {e}")))?;
     Store::open(&url)
         .await

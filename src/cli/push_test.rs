@@ -9,7 +9,7 @@ use pushgate_providers::{
 };
 
 use super::{ConfigArg, FAILED, Failure, OK, Outcome, load_config, open_store};
-use crate::gateway::{Gateway, Providers};
+use crate::core::{Core, Providers};
 
 #[derive(clap::Args, Debug)]
 pub struct PushTestArgs {
@@ -114,11 +114,11 @@ async fn push_test(args: PushTestArgs) -> Outcome {
     let verdict = if is_apns {
         // APNs credentials may have been uploaded at run time: apply them as `run` does.
         let store = open_store(&config).await?;
-        let (gw, _outbox) = Gateway::new(&config, store).map_err(config_error)?;
-        crate::credentials::apply_stored(&gw, None)
+        let core = Core::new(&config, store).map_err(config_error)?;
+        crate::core::apns_credential_sync::apply_stored(&core, None)
             .await
             .map_err(|e| Failure::failed(format!("cannot read stored credentials: {e}")))?;
-        let (_, provider) = gw.providers.get(id).ok_or_else(|| missing(id))?;
+        let (_, provider) = core.providers.get(id).ok_or_else(|| missing(id))?;
         deliver(provider.as_ref(), &device, &notification).await?
     } else {
         let providers = Providers::from_config(&config).map_err(config_error)?;

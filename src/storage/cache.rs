@@ -140,7 +140,11 @@ mod tests {
     fn a_ttl_beyond_the_clock_neither_panics_nor_caches() {
         let c = RegistrationCache::new(4, Duration::from_secs(9_223_372_036_854_775_807)).unwrap();
         let now = Instant::now();
-        c.put(key(1), Arc::new(crate::storage::tests::registration()), now);
+        c.put(
+            key(1),
+            Arc::new(crate::storage::registration::tests::registration()),
+            now,
+        );
         assert!(c.get(&key(1), now).is_none());
         assert_eq!(c.len(), 0);
     }
@@ -149,7 +153,7 @@ mod tests {
     fn holds_at_most_its_capacity_and_keeps_what_is_used() {
         let c = cache(4);
         let now = Instant::now();
-        let reg = Arc::new(crate::storage::tests::registration());
+        let reg = Arc::new(crate::storage::registration::tests::registration());
         for n in 0..4 {
             c.put(key(n), reg.clone(), now);
         }
@@ -168,7 +172,7 @@ mod tests {
     fn entries_expire_and_can_be_removed() {
         let c = cache(8);
         let now = Instant::now();
-        let reg = Arc::new(crate::storage::tests::registration());
+        let reg = Arc::new(crate::storage::registration::tests::registration());
         c.put(key(1), reg.clone(), now);
         c.put(key(2), reg.clone(), now);
         assert!(c.get(&key(1), now + Duration::from_secs(29)).is_some());

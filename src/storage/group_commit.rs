@@ -5,16 +5,17 @@
 //! in docs/performance.md put most of a registration's CPU there. One writer task takes
 //! whatever is queued when it is free, so a lone registration waits for nothing and a burst is
 //! written in batches of up to `MAX_ROWS`. The per-account limit is decided for the batch as a
-//! whole in [`Store::write`], so it holds here exactly as for a lone registration.
+//! whole in [`Writer::write`], so it holds here exactly as for a lone registration.
 
 use std::collections::HashMap;
 
 use sea_orm::DbErr;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Decided, Identity, Pending, Store, StoreError};
+use super::StoreError;
+use super::writer::{Decided, Identity, Pending, Writer};
 
-/// Registrations per batch; statements are cut smaller by `Store::rows_per_statement`.
+/// Registrations per batch; statements are cut smaller by `Writer::rows_per_statement`.
 const MAX_ROWS: usize = 256;
 const QUEUE: usize = 4096;
 
@@ -28,10 +29,9 @@ pub(super) struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// `store` is the writer's own handle; it must not itself have a group commit.
-    pub(super) fn start(store: Store) -> GroupCommit {
+    pub(super) fn start(writer: Writer) -> GroupCommit {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        tokio::spawn(write(store, queue));
+        tokio::spawn(write(writer, queue));
         GroupCommit { jobs }
     }
 
@@ -51,7 +51,7 @@ impl GroupCommit {
     }
 }
 
-async fn write(store: Store, mut queue: mpsc::Receiver<Job>) {
+async fn write(writer: Writer, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_ROWS {
@@ -61,7 +61,7 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Job>) {
             }
         }
         let (rows, started) = (jobs.len(), std::time::Instant::now());
-        write_batch(&store, jobs).await;
+        write_batch(&writer, jobs).await;
         tracing::debug!(
             rows,
             ms = started.elapsed().as_secs_f64() * 1e3,
@@ -72,7 +72,7 @@ async fn write(store: Store, mut queue: mpsc::Receiver<Job>) {
 
 /// One transaction for the batch; if it fails, each device on its own, so one bad row cannot
 /// fail the others.
-async fn write_batch(store: &Store, jobs: Vec<Job>) {
+async fn write_batch(writer: &Writer, jobs: Vec<Job>) {
     // The same device twice in one batch (a client retrying): one row, the newest values, and
     // both asks get it. PostgreSQL refuses to upsert one row twice in a statement. It may be
     // added if either ask may add one.
@@ -95,7 +95,7 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
         waiting.push((identity, reply));
     }
     // Kept for the one-by-one retry.
-    let decided: Vec<Decided> = match store.write(batch.clone()).await {
+    let decided: Vec<Decided> = match writer.write(batch.clone()).await {
         Ok(decided) => decided,
         Err(e) => {
             tracing::debug!(
@@ -104,7 +104,7 @@ async fn write_batch(store: &Store, jobs: Vec<Job>) {
             );
             let mut one_by_one = Vec::with_capacity(batch.len());
             for pending in batch {
-                one_by_one.push(store.write_one(pending).await);
+                one_by_one.push(writer.write_one(pending).await);
             }
             one_by_one
         }

@@ -90,9 +90,9 @@ macro_rules! on_both_backends {
 
 /// Routes one stanza as the stream would, with the default 10 s to answer it.
 pub async fn route(
-    gw: &pushgate::gateway::Gateway,
+    gw: &pushgate::fronts::xmpp::Component,
     stanza: xmpp_parsers::stanza::Stanza,
 ) -> Option<xmpp_parsers::stanza::Stanza> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    pushgate::router::handle(gw, stanza, deadline).await
+    pushgate::fronts::xmpp::router::handle(gw, stanza, deadline).await
 }

@@ -17,9 +17,7 @@ pub const MAX_DEVICE_ID_BYTES: usize = 1024;
 pub const MAX_JID_BYTES: usize = 3071;
 /// `p256dh` and `auth`: base64 of 65 and 16 bytes, 88 and 24 characters with padding.
 pub const MAX_WEBPUSH_KEY_BYTES: usize = 256;
-/// A provider id: the `provider` field, or the suffix of a p2 command node. The configuration
-/// refuses longer ids.
-pub const MAX_PROVIDER_ID_BYTES: usize = 256;
+pub use crate::ids::MAX_PROVIDER_ID_BYTES;
 /// `key-id` and `team-id` of `set-apns-certificate` (admins only): 10 characters each.
 pub const MAX_APNS_ID_BYTES: usize = 64;
 

@@ -14,18 +14,21 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use pushgate_providers::apns::{CredentialError, CredentialInfo, Credentials};
 use xmpp_parsers::jid::Jid;
 
-use super::limits::{MAX_APNS_ID_BYTES, MAX_PROVIDER_ID_BYTES};
-use super::{required, submitted};
-use crate::adhoc::{CommandRequest, CommandResponse};
+use super::fields::{required, submitted};
+use crate::core::apns_credential_sync;
+use crate::core::limits::{MAX_APNS_ID_BYTES, MAX_PROVIDER_ID_BYTES};
 use crate::error::Fault;
-use crate::forms::{Form, FormBuilder};
-use crate::gateway::Gateway;
+use crate::fronts::xmpp::Component;
+use crate::fronts::xmpp::adhoc::{CommandRequest, CommandResponse};
+use crate::fronts::xmpp::forms::{Form, FormBuilder};
+use xmpp_parsers::minidom::Element;
 
 pub const SET_APNS_CERTIFICATE: &str = "set-apns-certificate";
 pub const GET_STATISTICS: &str = "get-statistics";
 
-fn blank_form(gw: &Gateway) -> FormBuilder {
-    let options: Vec<(&str, &str)> = gw
+fn blank_form(c: &Component) -> FormBuilder {
+    let options: Vec<(&str, &str)> = c
+        .core
         .providers
         .apns()
         .map(|(id, _)| (id.as_str(), id.as_str()))
@@ -87,63 +90,91 @@ fn rfc3339(t: Option<SystemTime>) -> String {
         .unwrap_or_default()
 }
 
+/// Admin commands answer `forbidden` to anyone else.
+fn admin_only(c: &Component, from: &Jid) -> Result<(), Fault> {
+    if c.is_admin(from) {
+        Ok(())
+    } else {
+        Err(Fault::Forbidden("admins only"))
+    }
+}
+
+/// `set-apns-certificate`, as submitted.
+pub struct SetApnsCertificate {
+    provider: String,
+    credentials: Credentials,
+}
+
+impl SetApnsCertificate {
+    pub fn parse(form: &Form) -> Result<Self, Fault> {
+        Ok(SetApnsCertificate {
+            provider: required(form, "provider", MAX_PROVIDER_ID_BYTES)?.to_owned(),
+            credentials: credentials(form)?,
+        })
+    }
+
+    /// Validates, stores (for every instance) and applies the credentials; `admin` is for the
+    /// log.
+    pub async fn apply(self, c: &Component, admin: &Jid) -> Result<(Element, String), Fault> {
+        let (provider, apns) = c
+            .core
+            .providers
+            .apns()
+            .find(|(id, _)| id.as_str() == self.provider)
+            .ok_or(Fault::NotFound("no such APNs app"))?;
+        let credentials = self.credentials;
+        let info: CredentialInfo = credentials.validate(SystemTime::now()).map_err(refused)?;
+        let not_after = info.not_after.map(DateTime::<Utc>::from);
+        c.core
+            .store
+            .save_credentials(provider, &credentials, not_after)
+            .await?;
+        apns.set_credentials(credentials).map_err(refused)?;
+        apns_credential_sync::record(provider, &info, c.core.cert_expiry_warning_days);
+        tracing::info!(%provider, kind = info.kind, admin = %admin.to_bare(), "APNs credentials replaced");
+        let result = FormBuilder::new("result")
+            .field("provider", "text-single", [provider.as_str()])
+            .field("kind", "text-single", [info.kind])
+            .field(
+                "subject",
+                "text-single",
+                [info.subject.clone().unwrap_or_default()],
+            )
+            .field("not-after", "text-single", [rfc3339(info.not_after)])
+            .build();
+        let note = match info.not_after {
+            Some(_) => format!(
+                "Credentials for {provider} stored; valid until {}",
+                rfc3339(info.not_after)
+            ),
+            None => format!("Token key for {provider} stored"),
+        };
+        Ok((result, note))
+    }
+}
+
 pub async fn set_apns_certificate(
-    gw: &Gateway,
+    c: &Component,
     from: &Jid,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
-    if !gw.is_admin(from) {
-        return Err(Fault::Forbidden("admins only"));
-    }
+    admin_only(c, from)?;
     let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(req, blank_form(gw).build()));
+        return Ok(CommandResponse::executing(req, blank_form(c).build()));
     };
-    let wanted = required(form, "provider", MAX_PROVIDER_ID_BYTES)?;
-    let (provider, apns) = gw
-        .providers
-        .apns()
-        .find(|(id, _)| id.as_str() == wanted)
-        .ok_or(Fault::NotFound("no such APNs app"))?;
-    let credentials = credentials(form)?;
-    let info: CredentialInfo = credentials.validate(SystemTime::now()).map_err(refused)?;
-    let not_after = info.not_after.map(DateTime::<Utc>::from);
-    gw.store
-        .save_credentials(provider, &credentials, not_after)
-        .await?;
-    apns.set_credentials(credentials).map_err(refused)?;
-    crate::credentials::record(provider, &info, gw.cert_expiry_warning_days);
-    tracing::info!(%provider, kind = info.kind, admin = %from.to_bare(), "APNs credentials replaced");
-    let result = FormBuilder::new("result")
-        .field("provider", "text-single", [provider.as_str()])
-        .field("kind", "text-single", [info.kind])
-        .field(
-            "subject",
-            "text-single",
-            [info.subject.clone().unwrap_or_default()],
-        )
-        .field("not-after", "text-single", [rfc3339(info.not_after)])
-        .build();
-    let note = match info.not_after {
-        Some(_) => format!(
-            "Credentials for {provider} stored; valid until {}",
-            rfc3339(info.not_after)
-        ),
-        None => format!("Token key for {provider} stored"),
-    };
+    let (result, note) = SetApnsCertificate::parse(form)?.apply(c, from).await?;
     Ok(CommandResponse::completed(req, Some(result)).with_note(note))
 }
 
 /// `get-statistics`: the counters `/metrics` serves, as a result form, for admins who live in
 /// their XMPP client (Tigase's statistics command does the same). Single stage: no input.
 pub async fn get_statistics(
-    gw: &Gateway,
+    c: &Component,
     from: &Jid,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
-    if !gw.is_admin(from) {
-        return Err(Fault::Forbidden("admins only"));
-    }
-    if let Err(e) = crate::metrics::refresh_registrations(&gw.store).await {
+    admin_only(c, from)?;
+    if let Err(e) = crate::core::stats::refresh_registrations(&c.core.store).await {
         tracing::warn!("cannot count registrations: {e}");
     }
     let mut form = FormBuilder::new("result").title("pushgate statistics");

@@ -15,8 +15,8 @@
 use pushgate_providers::host::{HostPattern, normalize_host};
 
 use crate::config::RegistrationConfig;
+use crate::core::rate_limit::{RateLimiter, retry_after_secs};
 use crate::error::Refusal;
-use crate::http::limit::{RateLimiter, retry_after_secs};
 use crate::ids::BareJid;
 use crate::storage::Admission;
 

@@ -10,7 +10,7 @@
 //! tell a wrong component JID from an unknown account, provider or token. The reason is the
 //! generic `"not found"` for all of those (wrong component JID, account not a JID, unknown
 //! provider, no such registration, already removed); only a malformed request (body not JSON,
-//! a field missing, empty, not a string or longer than its limit in `commands::limits`) gets a
+//! a field missing, empty, not a string or longer than its limit in `core::limits`) gets a
 //! specific reason, because that reveals nothing about what is stored and helps whoever wrote
 //! the client. Siskin itself only looks at `result`.
 //! Bodies over `http.max_body_bytes` get 413, bodies not complete within
@@ -29,9 +29,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{HttpState, failure};
-use crate::commands::limits::{self, MAX_JID_BYTES, MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES};
-use crate::ids::{BareJid, DeviceToken, Dialect};
-use crate::storage::device_key;
+use crate::core::limits::{self, MAX_JID_BYTES, MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES};
+use crate::core::registry;
+use crate::error::Fault;
+use crate::ids::{BareJid, DeviceIdentity, DeviceToken};
 
 /// The request body. Fields are optional here so that a missing one is named in the answer.
 #[derive(Deserialize)]
@@ -109,8 +110,7 @@ pub async fn unregister(
         Ok(b) => b,
         Err(answer) => return answer,
     };
-    let gw = &state.gw;
-    if BareJid::new(&component).ok().as_ref() != Some(&gw.jid) {
+    if BareJid::new(&component).ok().as_ref() != Some(&state.component_jid) {
         return not_found();
     }
     let Request {
@@ -122,29 +122,14 @@ pub async fn unregister(
         Err(Refused::Malformed(reason)) => return failure(StatusCode::NOT_FOUND, &reason),
         Err(Refused::NotFound) => return not_found(),
     };
-    let Some((provider_id, _)) = gw.providers.get(&provider) else {
-        return not_found();
-    };
-    let key = device_key(Dialect::Tigase, &DeviceToken::new(token), None, None);
-    match gw
-        .store
-        .unregister(Dialect::Tigase, provider_id, &account, &key)
-        .await
-    {
-        Ok(true) => {
-            // The account's domain only: the full JID and the token stay out of logs.
-            tracing::info!(
-                provider = %provider_id,
-                domain = %account.domain(),
-                "registration removed via HTTP unregister"
-            );
-            Json(json!({"result": "success"})).into_response()
-        }
-        Ok(false) => not_found(),
-        Err(e) => {
-            tracing::error!("HTTP unregister: storage error: {e}");
+    let device = DeviceIdentity::Token(DeviceToken::new(token));
+    match registry::unregister(&state.core, &provider, &account, &device).await {
+        Ok(()) => Json(json!({"result": "success"})).into_response(),
+        Err(Fault::Transient(e)) => {
+            tracing::error!("HTTP unregister: {e}");
             failure(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable")
         }
+        Err(_) => not_found(),
     }
 }
 

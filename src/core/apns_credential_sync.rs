@@ -1,10 +1,10 @@
 //! APNs credentials at run time: apply what admins upload on any instance, and watch expiry.
 //!
-//! An upload is stored in the database; every instance polls for rows newer than the last it
+//! An upload (by the XMPP admin command or the CLI) is stored in the database; every instance polls for rows newer than the last it
 //! applied, so a certificate replaced on one instance reaches all of them within
 //! `SYNC_INTERVAL`, without a restart. Expiring certificates are the most common way APNs
-//! delivery silently stops, so a periodic check warns in the log, in a metric and by chat message
-//! to each admin well before the day.
+//! delivery silently stops, so a periodic check warns in the log, in a metric and (through a
+//! front: the XMPP component sends a chat message) to each admin well before the day.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,12 +13,9 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use pushgate_providers::ProviderId;
 use pushgate_providers::apns::CredentialInfo;
-use tokio::sync::watch;
-use xmpp_parsers::jid::Jid;
-use xmpp_parsers::message::{Lang, Message};
-use xmpp_parsers::stanza::Stanza;
+use tokio::sync::{mpsc, watch};
 
-use crate::gateway::Gateway;
+use super::Core;
 use crate::metrics::METRICS;
 use crate::storage::StoreError;
 
@@ -31,19 +28,23 @@ const DAY: u64 = 24 * 60 * 60;
 /// Applies stored credentials newer than `since` to this instance's APNs apps; returns the
 /// newest `updated_at` seen, to pass as `since` next time.
 pub async fn apply_stored(
-    gw: &Gateway,
+    core: &Core,
     since: Option<DateTime<Utc>>,
 ) -> Result<Option<DateTime<Utc>>, StoreError> {
     let mut newest = since;
-    for stored in gw.store.credentials_changed_since(since).await? {
+    for stored in core.store.credentials_changed_since(since).await? {
         newest = newest.max(Some(stored.updated_at));
-        let Some((id, apns)) = gw.providers.apns().find(|(id, _)| **id == stored.provider) else {
+        let Some((id, apns)) = core
+            .providers
+            .apns()
+            .find(|(id, _)| **id == stored.provider)
+        else {
             tracing::debug!(provider = %stored.provider, "stored credentials for an app not configured here");
             continue;
         };
         match apns.set_credentials(stored.credentials) {
             Ok(info) => {
-                record(id, &info, gw.cert_expiry_warning_days);
+                record(id, &info, core.cert_expiry_warning_days);
                 tracing::info!(provider = %id, kind = info.kind, "applied stored APNs credentials");
             }
             Err(e) => tracing::error!(provider = %id, "stored APNs credentials refused: {e}"),
@@ -86,19 +87,26 @@ pub fn record(provider: &ProviderId, info: &CredentialInfo, warning_days: u32) {
         .set(i64::from(expired));
 }
 
-/// Checks every app's certificate against `now`; logs, updates metrics, and returns the chat
-/// messages to send to admins (at most one per app per `WARN_EVERY`, tracked in `warned`).
+/// A certificate that expires soon or has expired, in words for an admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpiryWarning {
+    pub provider: ProviderId,
+    pub text: String,
+}
+
+/// Checks every app's certificate against `now`; logs, updates metrics, and returns the
+/// warnings for admins (at most one per app per `WARN_EVERY`, tracked in `warned`).
 pub fn check_expiry(
-    gw: &Gateway,
+    core: &Core,
     now: SystemTime,
     warned: &mut HashMap<ProviderId, SystemTime>,
-) -> Vec<Stanza> {
-    let mut messages = Vec::new();
-    for (id, apns) in gw.providers.apns() {
+) -> Vec<ExpiryWarning> {
+    let mut warnings = Vec::new();
+    for (id, apns) in core.providers.apns() {
         let Some(info) = apns.credential_info() else {
             continue;
         };
-        record(id, &info, gw.cert_expiry_warning_days);
+        record(id, &info, core.cert_expiry_warning_days);
         let Some(not_after) = info.not_after else {
             continue;
         };
@@ -110,7 +118,7 @@ pub fn check_expiry(
                     "The APNs certificate of {id} expired on {until}. Replace it with the set-apns-certificate command."
                 )
             }
-            Ok(left) if left.as_secs() < u64::from(gw.cert_expiry_warning_days) * DAY => {
+            Ok(left) if left.as_secs() < u64::from(core.cert_expiry_warning_days) * DAY => {
                 let days = left.as_secs().div_ceil(DAY);
                 tracing::warn!(provider = %id, %until, days, "APNs certificate expires soon");
                 format!(
@@ -126,38 +134,41 @@ pub fn check_expiry(
             continue;
         }
         warned.insert(id.clone(), now);
-        for admin in &gw.admins {
-            let mut m = Message::chat(Some(Jid::from(admin.clone())))
-                .with_body(Lang(String::new()), text.clone());
-            m.from = Some(Jid::from(gw.jid.clone()));
-            messages.push(m.into());
-        }
+        warnings.push(ExpiryWarning {
+            provider: id.clone(),
+            text,
+        });
     }
-    messages
+    warnings
 }
 
 /// Applies the stored credentials, then starts credential sync and the expiry watch (both stop
-/// with `shutdown`). Awaited before the component connects, so no publish arrives while an app
-/// still lacks the credentials the database holds for it.
-pub async fn start(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
-    if gw.providers.apns().next().is_none() {
+/// with `shutdown`); expiry warnings go to `warnings`, for a front to pass on to the admins.
+/// Awaited before any front starts, so no publish arrives while an app still lacks the
+/// credentials the database holds for it.
+pub async fn start(
+    core: Arc<Core>,
+    warnings: mpsc::Sender<ExpiryWarning>,
+    shutdown: watch::Receiver<bool>,
+) {
+    if core.providers.apns().next().is_none() {
         return;
     }
-    let mut since = match apply_stored(&gw, None).await {
+    let mut since = match apply_stored(&core, None).await {
         Ok(newest) => newest,
         Err(e) => {
             tracing::warn!("cannot read stored credentials: {e}");
             None
         }
     };
-    let (g, mut stop) = (gw.clone(), shutdown.clone());
+    let (c, mut stop) = (core.clone(), shutdown.clone());
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(SYNC_INTERVAL) => {}
                 _ = stop.changed() => return,
             }
-            match apply_stored(&g, since).await {
+            match apply_stored(&c, since).await {
                 Ok(newest) => since = newest,
                 Err(e) => tracing::warn!("cannot read stored credentials: {e}"),
             }
@@ -167,13 +178,13 @@ pub async fn start(gw: Arc<Gateway>, shutdown: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let mut warned = HashMap::new();
         loop {
-            for m in check_expiry(&gw, SystemTime::now(), &mut warned) {
-                if gw.outbox.send(m).await.is_err() {
+            for w in check_expiry(&core, SystemTime::now(), &mut warned) {
+                if warnings.send(w).await.is_err() {
                     return;
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(gw.cert_check_interval) => {}
+                _ = tokio::time::sleep(core.cert_check_interval) => {}
                 _ = stop.changed() => return,
             }
         }

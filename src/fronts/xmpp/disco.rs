@@ -8,10 +8,10 @@ use minidom::rxml::xml_ncname;
 use xmpp_parsers::jid::Jid;
 use xmpp_parsers::{minidom, ns};
 
-use crate::adhoc;
-use crate::commands;
 use crate::error::Fault;
-use crate::gateway::Gateway;
+use crate::fronts::xmpp::Component;
+use crate::fronts::xmpp::adhoc;
+use crate::fronts::xmpp::commands;
 
 fn identity(category: &str, kind: &str, name: &str) -> Element {
     Element::builder("identity", ns::DISCO_INFO)
@@ -39,7 +39,7 @@ fn query(namespace: &str, node: Option<&str>) -> Element {
     q
 }
 
-pub fn info(gw: &Gateway, requester: &Jid, node: Option<&str>) -> Result<Element, Fault> {
+pub fn info(component: &Component, requester: &Jid, node: Option<&str>) -> Result<Element, Fault> {
     let mut q = query(ns::DISCO_INFO, node);
     match node {
         None => {
@@ -55,14 +55,14 @@ pub fn info(gw: &Gateway, requester: &Jid, node: Option<&str>) -> Result<Element
             for var in fixed {
                 q.append_child(feature(var));
             }
-            for id in gw.providers.ids() {
+            for id in component.core.providers.ids() {
                 q.append_child(feature(id.as_str()));
             }
         }
         Some(adhoc::NS) => {
             q.append_child(identity("automation", "command-list", "Commands"));
         }
-        Some(n) if commands::exists(gw, requester, n) => {
+        Some(n) if commands::exists(component, requester, n) => {
             q.append_child(identity("automation", "command-node", n));
             q.append_child(feature(adhoc::NS));
             q.append_child(feature(ns::DATA_FORMS));
@@ -72,15 +72,15 @@ pub fn info(gw: &Gateway, requester: &Jid, node: Option<&str>) -> Result<Element
     Ok(q)
 }
 
-pub fn items(gw: &Gateway, requester: &Jid, node: Option<&str>) -> Result<Element, Fault> {
+pub fn items(component: &Component, requester: &Jid, node: Option<&str>) -> Result<Element, Fault> {
     let mut q = query(ns::DISCO_ITEMS, node);
     match node {
         None => {}
         Some(adhoc::NS) => {
-            for c in commands::available(gw, requester) {
+            for c in commands::available(component, requester) {
                 q.append_child(
                     Element::builder("item", ns::DISCO_ITEMS)
-                        .attr(xml_ncname!("jid").into(), gw.jid.to_string())
+                        .attr(xml_ncname!("jid").into(), component.jid.to_string())
                         .attr(xml_ncname!("node").into(), c.node)
                         .attr(xml_ncname!("name").into(), c.name)
                         .build(),

@@ -23,7 +23,7 @@ pub async fn healthz() -> Response {
 
 pub async fn readyz(State(state): State<HttpState>) -> Response {
     let xmpp_up = *state.connected.borrow();
-    let storage_up = match tokio::time::timeout(PING_TIMEOUT, state.gw.store.ping()).await {
+    let storage_up = match tokio::time::timeout(PING_TIMEOUT, state.core.store.ping()).await {
         Ok(Ok(())) => true,
         Ok(Err(e)) => {
             tracing::warn!("readiness: database ping failed: {e}");

@@ -23,7 +23,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
 use crate::config::Config;
-use crate::gateway::{Gateway, Outbox};
+use crate::fronts::xmpp::{Component, Outbox};
 use crate::metrics::METRICS;
 use dispatch::Dispatcher;
 
@@ -112,7 +112,7 @@ pub type Connected = watch::Receiver<bool>;
 
 /// Keeps the component connected until `shutdown` flips to true.
 pub async fn run(
-    gw: Arc<Gateway>,
+    component: Arc<Component>,
     cfg: StreamConfig,
     mut outbox: Outbox,
     mut shutdown: watch::Receiver<bool>,
@@ -123,10 +123,10 @@ pub async fn run(
     // One dispatcher for the process: handlers of a dropped stream still finish and their
     // replies wait in the outbox for the next one.
     let dispatcher = Dispatcher::new(
-        gw.clone(),
+        component.clone(),
         cfg.max_in_flight,
         cfg.max_in_flight_bytes,
-        gw.publish_timeout,
+        component.publish_timeout,
     );
     loop {
         let attempt = tokio::time::timeout(

@@ -19,14 +19,14 @@ use xmpp_parsers::message::{Id, Message};
 use xmpp_parsers::stanza::Stanza;
 
 use crate::error::Fault;
-use crate::gateway::Gateway;
+use crate::fronts::xmpp::Component;
+use crate::fronts::xmpp::router;
 use crate::metrics::METRICS;
-use crate::router;
 
 /// Hands framed stanzas to workers: at most `max_in_flight` at once, holding at most
 /// `max_in_flight_bytes` of stanza between them.
 pub struct Dispatcher {
-    gw: Arc<Gateway>,
+    component: Arc<Component>,
     permits: Arc<Semaphore>,
     /// The byte budget, in KiB.
     kib: Arc<Semaphore>,
@@ -35,13 +35,13 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(
-        gw: Arc<Gateway>,
+        component: Arc<Component>,
         max_in_flight: usize,
         max_in_flight_bytes: usize,
         timeout: Duration,
     ) -> Self {
         Dispatcher {
-            gw,
+            component,
             permits: Arc::new(Semaphore::new(max_in_flight)),
             kib: Arc::new(Semaphore::new(max_in_flight_bytes / 1024)),
             timeout,
@@ -68,13 +68,16 @@ impl Dispatcher {
                 Fault::Transient("too many requests in flight".into()),
             );
         };
-        let gw = self.gw.clone();
+        let component = self.component.clone();
         let deadline = arrived + self.timeout;
         // Boxed: the handler's future is large, and building it on the worker that runs it
         // keeps that cost off the stream loop (docs/performance.md).
         tokio::spawn(Box::pin(async move {
-            let reply = match tokio::time::timeout_at(deadline, handle(&gw, &head, xml, deadline))
-                .await
+            let reply = match tokio::time::timeout_at(
+                deadline,
+                handle(&component, &head, xml, deadline),
+            )
+            .await
             {
                 Ok(reply) => reply,
                 Err(_) => {
@@ -87,7 +90,7 @@ impl Dispatcher {
                 }
             };
             if let Some(reply) = reply {
-                let _ = gw.outbox.send(reply).await;
+                let _ = component.outbox.send(reply).await;
             }
             drop((permit, budget));
         }));
@@ -113,11 +116,16 @@ pub fn refuse(head: Option<&Head>, limit: Limit) -> Option<Stanza> {
     answer(head, Fault::PolicyViolation(format!("{limit}")))
 }
 
-async fn handle(gw: &Gateway, head: &Head, xml: Vec<u8>, deadline: Instant) -> Option<Stanza> {
+async fn handle(
+    component: &Component,
+    head: &Head,
+    xml: Vec<u8>,
+    deadline: Instant,
+) -> Option<Stanza> {
     let parsed = xso::from_bytes::<Stanza>(&xml);
     drop(xml);
     match parsed {
-        Ok(stanza) => router::handle(gw, stanza, deadline).await,
+        Ok(stanza) => router::handle(component, stanza, deadline).await,
         Err(e) => {
             METRICS
                 .stanzas_refused
@@ -146,7 +154,9 @@ fn answer(head: &Head, fault: Fault) -> Option<Stanza> {
             let mut message = Message::error(Some(requester));
             message.from = us;
             message.id = Some(Id(id));
-            message.payloads.push(fault.to_stanza_error().into());
+            message
+                .payloads
+                .push(crate::fronts::xmpp::error::stanza_error(&fault).into());
             Some(message.into())
         }
         _ => None,

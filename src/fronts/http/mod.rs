@@ -38,8 +38,9 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::HttpConfig;
-use crate::gateway::Gateway;
-use limit::RateLimiter;
+use crate::core::Core;
+use crate::core::rate_limit::{RateLimiter, retry_after_secs};
+use crate::ids::BareJid;
 pub use server::{ServeLimits, serve_on};
 
 /// The unregister route templates (also the `route` label values).
@@ -61,18 +62,26 @@ pub enum HttpError {
 /// What the handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct HttpState {
-    pub gw: Arc<Gateway>,
+    pub core: Arc<Core>,
+    /// The XMPP component's JID, which the REST unregister paths carry.
+    pub component_jid: BareJid,
     pub config: Arc<HttpConfig>,
-    /// Whether the component stream is up (see [`crate::stream::Connected`]).
-    pub connected: crate::stream::Connected,
+    /// Whether the component stream is up (readiness).
+    pub connected: watch::Receiver<bool>,
     limiter: Arc<RateLimiter>,
 }
 
 impl HttpState {
-    pub fn new(gw: Arc<Gateway>, config: HttpConfig, connected: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        core: Arc<Core>,
+        component_jid: BareJid,
+        config: HttpConfig,
+        connected: watch::Receiver<bool>,
+    ) -> Self {
         let limiter = Arc::new(RateLimiter::new(config.rate_limit_per_minute));
         HttpState {
-            gw,
+            core,
+            component_jid,
             config: Arc::new(config),
             connected,
             limiter,
@@ -117,7 +126,8 @@ pub fn router(state: HttpState) -> Router {
 /// `shutdown_timeout`). Without `listen` there is no server: this just waits for shutdown, so
 /// callers can run it unconditionally.
 pub async fn serve(
-    gw: Arc<Gateway>,
+    core: Arc<Core>,
+    component_jid: BareJid,
     config: HttpConfig,
     shutdown_timeout: std::time::Duration,
     connected: watch::Receiver<bool>,
@@ -136,7 +146,7 @@ pub async fn serve(
         "HTTP server listening on {addr}"
     );
     let limits = ServeLimits::new(&config, shutdown_timeout);
-    let router = router(HttpState::new(gw, config, connected));
+    let router = router(HttpState::new(core, component_jid, config, connected));
     serve_on(listener, router, limits, shutdown).await;
     Ok(())
 }
@@ -186,7 +196,7 @@ async fn rate_limit(State(state): State<HttpState>, req: Request, next: Next) ->
             let mut response = failure(StatusCode::TOO_MANY_REQUESTS, "too many requests");
             response.headers_mut().insert(
                 header::RETRY_AFTER,
-                HeaderValue::from(limit::retry_after_secs(wait)),
+                HeaderValue::from(retry_after_secs(wait)),
             );
             response
         }

@@ -9,7 +9,7 @@ use minidom::rxml::xml_ncname;
 use xmpp_parsers::minidom;
 
 use crate::error::Fault;
-use crate::forms::{self, Form};
+use crate::fronts::xmpp::forms::{self, Form};
 
 pub const NS: &str = "http://jabber.org/protocol/commands";
 
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn response_round_trips_through_the_parser() {
         let r = req("<command xmlns='http://jabber.org/protocol/commands' node='register-device' sessionid='s1'/>").unwrap();
-        let form = crate::forms::FormBuilder::new("form").build();
+        let form = crate::fronts::xmpp::forms::FormBuilder::new("form").build();
         let el: Element = CommandResponse::executing(&r, form).into();
         assert_eq!(el.attr("status"), Some("executing"));
         assert_eq!(el.attr("sessionid"), Some("s1"));

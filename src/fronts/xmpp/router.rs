@@ -11,15 +11,15 @@ use xmpp_parsers::jid::Jid;
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::{minidom, ns};
 
-use crate::adhoc::{self, CommandRequest};
-use crate::disco;
 use crate::error::Fault;
-use crate::gateway::Gateway;
+use crate::fronts::xmpp::Component;
+use crate::fronts::xmpp::adhoc::{self, CommandRequest};
+use crate::fronts::xmpp::disco;
+use crate::fronts::xmpp::publish::{self, PublishRequest, request::PublishError};
 use crate::metrics::METRICS;
-use crate::publish::{self, PublishRequest, request::PublishError};
 
 /// Handles one stanza, to be answered by `deadline`; returns the reply to send, if any.
-pub async fn handle(gw: &Gateway, stanza: Stanza, deadline: Instant) -> Option<Stanza> {
+pub async fn handle(component: &Component, stanza: Stanza, deadline: Instant) -> Option<Stanza> {
     let Stanza::Iq(iq) = stanza else {
         // Messages and presences to the component carry nothing for us.
         return None;
@@ -45,7 +45,7 @@ pub async fn handle(gw: &Gateway, stanza: Stanza, deadline: Instant) -> Option<S
         return None;
     };
     let span = tracing::info_span!("iq", %id, %from, kind = payload.name(), ns = %payload.ns());
-    let result = dispatch(gw, &from, &payload, is_set, deadline)
+    let result = dispatch(component, &from, &payload, is_set, deadline)
         .instrument(span)
         .await;
     Some(reply(to, from, id, result).into())
@@ -69,14 +69,14 @@ pub fn reply(
             from: our_jid,
             to: Some(requester),
             id,
-            error: fault.to_stanza_error(),
+            error: super::error::stanza_error(&fault),
             payload: None,
         },
     }
 }
 
 async fn dispatch(
-    gw: &Gateway,
+    component: &Component,
     from: &Jid,
     payload: &Element,
     is_set: bool,
@@ -84,18 +84,18 @@ async fn dispatch(
 ) -> Result<Option<Element>, Fault> {
     let node = payload.attr("node");
     match (is_set, payload.name(), payload.ns().as_str()) {
-        (false, "query", ns::DISCO_INFO) => disco::info(gw, from, node).map(Some),
-        (false, "query", ns::DISCO_ITEMS) => disco::items(gw, from, node).map(Some),
+        (false, "query", ns::DISCO_INFO) => disco::info(component, from, node).map(Some),
+        (false, "query", ns::DISCO_ITEMS) => disco::items(component, from, node).map(Some),
         (false, "ping", ns::PING) => Ok(None),
         (true, "command", adhoc::NS) => {
             let req = CommandRequest::try_from(payload)?;
             // Only our own command names become metric labels; anything else is "other".
-            let command = if crate::commands::exists(gw, from, &req.node) {
+            let command = if crate::fronts::xmpp::commands::exists(component, from, &req.node) {
                 req.node.clone()
             } else {
                 "other".to_owned()
             };
-            let outcome = crate::commands::execute(gw, from, req).await;
+            let outcome = crate::fronts::xmpp::commands::execute(component, from, req).await;
             let label = match &outcome {
                 Ok(_) => "ok",
                 Err(f) => {
@@ -113,8 +113,8 @@ async fn dispatch(
             let (label, result) = match PublishRequest::try_from(payload) {
                 Err(PublishError::NoPublish) => ("not_implemented", Err(Fault::NotImplemented)),
                 Err(e) => ("malformed", Err(Fault::BadRequest(e.to_string()))),
-                Ok(req) => match publish::handle(gw, from, &req, deadline).await {
-                    Ok(outcome) => (outcome.label(), outcome.reply()),
+                Ok(req) => match publish::handle(component, from, &req, deadline).await {
+                    Ok(outcome) => (outcome.label(), publish::reply(outcome)),
                     Err(fault) => (fault.label(), Err(fault)),
                 },
             };

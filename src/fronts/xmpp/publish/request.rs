@@ -9,7 +9,7 @@ use xmpp_parsers::minidom;
 
 use pushgate_providers::{Content, Encrypted, Kind, Notification, Priority};
 
-use crate::forms::Form;
+use crate::fronts::xmpp::forms::Form;
 
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_PUSH: &str = "urn:xmpp:push:0";
@@ -332,11 +332,11 @@ mod tests {
         #[test]
         fn parser_never_panics(node in ".{0,30}", count in ".{0,12}", body in ".{0,200}", sender in ".{0,40}", prio in ".{0,8}") {
             use minidom::rxml::xml_ncname;
-            let field = |var: &str, v: &str| Element::builder("field", crate::forms::NS)
+            let field = |var: &str, v: &str| Element::builder("field", crate::fronts::xmpp::forms::NS)
                 .attr(xml_ncname!("var").into(), var)
-                .append(Element::builder("value", crate::forms::NS).append(v).build())
+                .append(Element::builder("value", crate::fronts::xmpp::forms::NS).append(v).build())
                 .build();
-            let form = Element::builder("x", crate::forms::NS)
+            let form = Element::builder("x", crate::fronts::xmpp::forms::NS)
                 .append(field("message-count", &count))
                 .append(field("last-message-body", &body))
                 .append(field("last-message-sender", &sender))

@@ -1,0 +1,74 @@
+//! The delivery core: everything a front needs that is not its protocol.
+//!
+//! A front (the XMPP component in `fronts/xmpp`, the HTTP routes in `fronts/http`) parses its
+//! protocol into calls on this module and formats what comes back. The core owns the
+//! registrations ([`registry`]: register, unregister, look up, within the [`policy`] limits),
+//! delivery through the providers ([`delivery`]: slots, coalescing, the verdict and what it does
+//! to the registration) and the upkeep of provider credentials ([`apns_credential_sync`]). It
+//! knows no JID parsing, stanza or HTTP type; the only protocol facts it keeps are the ones
+//! stored with a registration (its [`crate::ids::Dialect`] decides the device identity and what
+//! the app is promised in a notification).
+//!
+//! Everything that must survive a restart or be shared by several instances is in the store;
+//! `Core` holds configuration, connections and per-process bounds, so any instance can serve any
+//! request.
+
+pub mod apns_credential_sync;
+pub mod coalesce;
+pub mod delivery;
+pub mod limits;
+pub mod policy;
+pub mod providers;
+pub mod rate_limit;
+pub mod registry;
+pub mod slots;
+pub mod stats;
+
+use std::time::Duration;
+
+pub use providers::Providers;
+
+use crate::config::{Config, ConfigError};
+use crate::storage::{Store, SuccessLog};
+
+pub struct Core {
+    /// Who may register, and how many new devices (`[registration]` limits).
+    pub registration: policy::RegistrationPolicy,
+    /// Holds back low-priority pushes to a device that just got one.
+    pub coalescer: coalesce::Coalescer,
+    /// Delivery slots per provider and per endpoint host.
+    pub slots: slots::Slots,
+    pub store: Store,
+    /// Accepted deliveries, written to the store in batches by `storage::SuccessLog::run`.
+    pub successes: SuccessLog,
+    pub providers: Providers,
+    /// Days before an APNs certificate expires that it counts as expiring.
+    pub cert_expiry_warning_days: u32,
+    pub cert_check_interval: Duration,
+}
+
+impl Core {
+    pub fn new(config: &Config, store: Store) -> Result<Self, ConfigError> {
+        Ok(Core {
+            registration: policy::RegistrationPolicy::from_config(&config.registration),
+            coalescer: coalesce::Coalescer::new(Duration::from_secs(
+                config.registration.low_priority_interval_secs,
+            )),
+            slots: slots::Slots::new(
+                slots::Bound {
+                    concurrency: config.limits.provider_concurrency,
+                    queue: config.limits.provider_queue,
+                },
+                slots::Bound {
+                    concurrency: config.limits.host_concurrency,
+                    queue: config.limits.host_queue,
+                },
+            ),
+            store,
+            successes: SuccessLog::default(),
+            providers: Providers::from_config(config)?,
+            cert_expiry_warning_days: config.admin.cert_expiry_warning_days,
+            cert_check_interval: Duration::from_secs(config.admin.cert_check_interval_secs),
+        })
+    }
+}

@@ -1,0 +1,59 @@
+//! XEP-0357 publish handling: a server's publish in, the reply that makes it keep or drop the
+//! registration out. Finding the registration and delivering are the core's
+//! (`core::registry::for_publish`, `core::delivery`); this module checks who publishes, turns the
+//! publish-options summary into a notification (`request.rs`) and the outcome into a reply.
+//!
+//! The reply mapping: `result` on success (also when a low-priority push was coalesced),
+//! `item-not-found` for an unknown node or a dead token (and the registration is deleted), a
+//! `wait` error for anything transient, always within `publish_timeout`. Only `wait` keeps the
+//! registration on Prosody, ejabberd and Tigase alike (see `fronts/xmpp/error.rs`).
+
+pub mod request;
+
+use tracing::Instrument;
+use xmpp_parsers::jid::Jid;
+
+pub use request::PublishRequest;
+
+use tokio::time::Instant;
+
+use super::Component;
+use crate::core::delivery::{self, Outcome};
+use crate::core::registry;
+use crate::error::Fault;
+
+/// Handles one publish from `from`, to be answered by `deadline`: `Err` is a refusal, `Ok` what
+/// the provider made of it.
+pub async fn handle(
+    c: &Component,
+    from: &Jid,
+    req: &PublishRequest,
+    deadline: Instant,
+) -> Result<Outcome, Fault> {
+    // Publishes come from the user's server, which is a bare domain JID.
+    if from.node().is_some() || from.resource().is_some() {
+        return Err(Fault::Forbidden("publishes come from servers"));
+    }
+    let reg = registry::for_publish(
+        &c.core,
+        from.domain().as_str(),
+        req.node.as_deref(),
+        req.secret.as_deref(),
+    )
+    .await?;
+    let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
+    let notification = req.notification(reg.account.as_str());
+    delivery::deliver(&c.core, &reg, notification, deadline)
+        .instrument(span)
+        .await
+}
+
+/// The reply the publishing server gets.
+pub fn reply(outcome: Outcome) -> Result<(), Fault> {
+    match outcome {
+        Outcome::Delivered | Outcome::Coalesced => Ok(()),
+        Outcome::DeadToken => Err(Fault::NotFound("device token is no longer valid")),
+        Outcome::Transient => Err(Fault::Transient("provider unavailable".into())),
+        Outcome::OurFault => Err(Fault::Transient("delivery failed".into())),
+    }
+}
