@@ -1,0 +1,395 @@
+//! The sections of the configuration file other than `[providers.*]`, with their defaults.
+//! etc/pushgate.toml documents every key; `Config::validate` (in `mod.rs`) checks the ranges.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pushgate_providers::host::HostPattern;
+use serde::Deserialize;
+
+use super::{ConfigError, in_range};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentConfig {
+    pub jid: String,
+    pub secret: String,
+    #[serde(default = "default_server")]
+    pub server: String,
+    #[serde(default = "default_max_reconnect")]
+    pub max_reconnect_delay_secs: u64,
+    #[serde(default = "default_idle_ping")]
+    pub idle_ping_secs: u64,
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout_secs: u64,
+}
+
+fn default_server() -> String {
+    "127.0.0.1:5347".into()
+}
+fn default_max_reconnect() -> u64 {
+    30
+}
+fn default_idle_ping() -> u64 {
+    60
+}
+fn default_publish_timeout() -> u64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    pub url: Option<String>,
+    /// Registrations kept in memory for publish lookups (0 = none); see storage/cache.rs.
+    #[serde(default = "default_cache_capacity")]
+    pub cache_capacity: usize,
+    /// How long a cached registration is trusted: the longest another instance's change (an
+    /// unregister) can go unseen here.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl_secs: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            data_dir: default_data_dir(),
+            url: None,
+            cache_capacity: default_cache_capacity(),
+            cache_ttl_secs: default_cache_ttl(),
+        }
+    }
+}
+
+fn default_cache_capacity() -> usize {
+    10_000
+}
+fn default_cache_ttl() -> u64 {
+    30
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    #[serde(default = "default_max_payload")]
+    pub max_payload_size: u32,
+    /// At most one low-priority push per registration in this many seconds (0: no limit).
+    #[serde(default = "default_low_priority_interval")]
+    pub low_priority_interval_secs: u64,
+    /// Registrations one account may hold; a new device beyond it is refused.
+    #[serde(default = "default_max_per_account")]
+    pub max_per_account: u32,
+    /// New devices per account domain and minute (token bucket, burst = this; 0: no limit).
+    #[serde(default = "default_rate_per_domain")]
+    pub rate_per_domain_per_minute: u32,
+    /// If non-empty, only accounts of these domains may register (exact or `*.suffix`).
+    #[serde(default)]
+    pub allow_domains: Vec<String>,
+    /// Accounts of these domains may not register.
+    #[serde(default)]
+    pub deny_domains: Vec<String>,
+}
+
+impl Default for RegistrationConfig {
+    fn default() -> Self {
+        RegistrationConfig {
+            max_payload_size: default_max_payload(),
+            low_priority_interval_secs: default_low_priority_interval(),
+            max_per_account: default_max_per_account(),
+            rate_per_domain_per_minute: default_rate_per_domain(),
+            allow_domains: Vec::new(),
+            deny_domains: Vec::new(),
+        }
+    }
+}
+
+fn default_max_per_account() -> u32 {
+    20
+}
+fn default_rate_per_domain() -> u32 {
+    600
+}
+
+impl RegistrationConfig {
+    /// `allow_domains` or `deny_domains`, parsed (validate() has checked them).
+    pub fn domain_patterns(list: &[String]) -> Vec<HostPattern> {
+        list.iter()
+            .filter_map(|p| HostPattern::parse(p).ok())
+            .collect()
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        in_range(
+            "registration.max_per_account",
+            self.max_per_account,
+            1..=10_000,
+        )?;
+        // 0: no limit.
+        in_range(
+            "registration.rate_per_domain_per_minute",
+            self.rate_per_domain_per_minute,
+            0..=1_000_000,
+        )?;
+        for (key, list) in [
+            ("allow_domains", &self.allow_domains),
+            ("deny_domains", &self.deny_domains),
+        ] {
+            for (i, pattern) in list.iter().enumerate() {
+                HostPattern::parse(pattern)
+                    .map_err(|m| ConfigError::invalid(format!("registration.{key}[{i}]"), m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn default_low_priority_interval() -> u64 {
+    10
+}
+
+fn default_max_payload() -> u32 {
+    3000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bare JIDs allowed to run admin commands (`set-apns-certificate`); they also get the
+    /// certificate expiry warnings.
+    #[serde(default)]
+    pub jids: Vec<String>,
+    #[serde(default = "default_expiry_warning_days")]
+    pub cert_expiry_warning_days: u32,
+    #[serde(default = "default_cert_check_interval")]
+    pub cert_check_interval_secs: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            jids: Vec::new(),
+            cert_expiry_warning_days: default_expiry_warning_days(),
+            cert_check_interval_secs: default_cert_check_interval(),
+        }
+    }
+}
+
+fn default_expiry_warning_days() -> u32 {
+    30
+}
+fn default_cert_check_interval() -> u64 {
+    3600
+}
+
+/// `[http]`: the small HTTP server (Siskin's REST unregister, health checks, `/metrics`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `ip:port` to listen on, e.g. `127.0.0.1:5281`; absent = no HTTP server.
+    #[serde(default)]
+    pub listen: Option<String>,
+    /// Largest accepted request body; bigger ones get 413.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Unregister requests allowed per client IP and minute (token bucket, burst = this).
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit_per_minute: u32,
+    /// Take the client IP from the last `X-Forwarded-For` hop (only behind a proxy that sets it).
+    #[serde(default)]
+    pub trust_forwarded_for: bool,
+    /// A client must finish its request head this long after connecting (or after its first
+    /// byte on a kept-alive connection), else it is disconnected: slowloris.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// A request body must have arrived this long after the head, else 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+    /// A kept-alive connection with no request for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Open connections at most; see `src/http/server.rs` for what happens beyond.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            max_body_bytes: default_max_body_bytes(),
+            rate_limit_per_minute: default_rate_limit(),
+            trust_forwarded_for: false,
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
+            idle_timeout_secs: default_idle_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_max_body_bytes() -> usize {
+    4096
+}
+fn default_rate_limit() -> u32 {
+    60
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_body_timeout() -> u64 {
+    10
+}
+fn default_idle_timeout() -> u64 {
+    60
+}
+fn default_max_connections() -> usize {
+    512
+}
+
+impl HttpConfig {
+    /// The parsed `listen` address (validate() has checked it).
+    pub fn listen_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(listen) = &self.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::invalid(
+                "http.listen",
+                format!("'{listen}' is not ip:port (e.g. 127.0.0.1:5281 or [::1]:5281)"),
+            ));
+        }
+        in_range("http.max_body_bytes", self.max_body_bytes, 64..=1024 * 1024)?;
+        in_range(
+            "http.rate_limit_per_minute",
+            self.rate_limit_per_minute,
+            1..=60_000,
+        )?;
+        in_range(
+            "http.header_timeout_secs",
+            self.header_timeout_secs,
+            1..=300,
+        )?;
+        in_range("http.body_timeout_secs", self.body_timeout_secs, 1..=300)?;
+        in_range("http.idle_timeout_secs", self.idle_timeout_secs, 1..=3600)?;
+        in_range("http.max_connections", self.max_connections, 8..=65_536)
+    }
+}
+
+/// `[limits]`: what one peer may cost pushgate (docs/admin-guide.md, "Limits and abuse").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest stanza read from the XMPP server; larger ones are skipped unread and answered
+    /// `policy-violation`.
+    pub max_stanza_bytes: usize,
+    /// Deepest element nesting in a stanza (the stanza itself is depth 1).
+    pub max_depth: usize,
+    /// Longest element or attribute name.
+    pub max_name_bytes: usize,
+    /// Longest attribute value (a full JID can be 3071 bytes).
+    pub max_attribute_bytes: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Most elements in one stanza.
+    pub max_elements: usize,
+    /// Stanzas handled at once; more are answered `wait` at once.
+    pub max_in_flight: usize,
+    /// Bytes of stanza the stanzas in flight may hold between them; beyond, `wait` at once.
+    pub max_in_flight_bytes: usize,
+    /// Deliveries in progress at once per provider.
+    pub provider_concurrency: usize,
+    /// Deliveries waiting for a provider slot; more are answered `wait` at once.
+    pub provider_queue: usize,
+    /// Deliveries in progress at once per endpoint host (WebPush push services).
+    pub host_concurrency: usize,
+    /// Deliveries waiting for a slot of one host; more are answered `wait` at once.
+    pub host_queue: usize,
+    /// After SIGTERM or Ctrl-C, in-flight work gets this long; then pushgate exits anyway.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let stanza = pushgate_providers::framing::Limits::default();
+        LimitsConfig {
+            max_stanza_bytes: stanza.max_bytes,
+            max_depth: stanza.max_depth,
+            max_name_bytes: stanza.max_name_bytes,
+            max_attribute_bytes: stanza.max_attribute_bytes,
+            max_attributes: stanza.max_attributes,
+            max_elements: stanza.max_elements,
+            max_in_flight: 4096,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            provider_concurrency: 256,
+            provider_queue: 2048,
+            host_concurrency: 64,
+            host_queue: 512,
+            shutdown_timeout_secs: 10,
+        }
+    }
+}
+
+impl LimitsConfig {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_secs)
+    }
+
+    /// The framer's bounds for the component stream.
+    pub fn stanza_limits(&self) -> pushgate_providers::framing::Limits {
+        pushgate_providers::framing::Limits {
+            max_bytes: self.max_stanza_bytes,
+            max_depth: self.max_depth,
+            max_name_bytes: self.max_name_bytes,
+            max_attribute_bytes: self.max_attribute_bytes,
+            max_attributes: self.max_attributes,
+            max_elements: self.max_elements,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        in_range(
+            "limits.max_stanza_bytes",
+            self.max_stanza_bytes,
+            4096..=16 * 1024 * 1024,
+        )?;
+        in_range("limits.max_depth", self.max_depth, 8..=256)?;
+        in_range("limits.max_name_bytes", self.max_name_bytes, 32..=1024)?;
+        // A full JID takes up to 3071 bytes; the XML parser stops at 8192.
+        in_range(
+            "limits.max_attribute_bytes",
+            self.max_attribute_bytes,
+            3072..=8000,
+        )?;
+        in_range("limits.max_attributes", self.max_attributes, 4..=256)?;
+        in_range("limits.max_elements", self.max_elements, 16..=65_536)?;
+        in_range("limits.max_in_flight", self.max_in_flight, 16..=65_536)?;
+        // At least one stanza of the largest size must fit.
+        in_range(
+            "limits.max_in_flight_bytes",
+            self.max_in_flight_bytes,
+            self.max_stanza_bytes.max(1 << 20)..=1 << 32,
+        )?;
+        in_range(
+            "limits.provider_concurrency",
+            self.provider_concurrency,
+            1..=10_000,
+        )?;
+        in_range("limits.provider_queue", self.provider_queue, 0..=100_000)?;
+        in_range("limits.host_concurrency", self.host_concurrency, 1..=1000)?;
+        in_range("limits.host_queue", self.host_queue, 0..=100_000)?;
+        in_range(
+            "limits.shutdown_timeout_secs",
+            self.shutdown_timeout_secs,
+            1..=300,
+        )
+    }
+}
