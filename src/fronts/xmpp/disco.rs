@@ -1,7 +1,7 @@
 //! XEP-0030 answers: what this component is, which providers it serves, which commands exist.
 //!
 //! Siskin finds its push component by disco: identity `pubsub/push` plus one feature per
-//! provider id it needs (../shared/reference/xep0357-interop.md §2).
+//! provider id it needs.
 
 use minidom::Element;
 use minidom::rxml::xml_ncname;

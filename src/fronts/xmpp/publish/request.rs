@@ -1,7 +1,8 @@
 //! A XEP-0357 publish as Prosody, ejabberd and Tigase send it, read into a typed request.
 //!
-//! Parsing is deliberately liberal (../shared/reference/xep0357-interop.md §3.5): summary form
-//! of type form, submit or none; empty fields; no form at all; no `node` attribute; unknown
+//! Parsing is deliberately liberal, because the servers differ: Prosody sends the summary as a
+//! `form` of type submit, ejabberd with `include_body: false` no form at all, and forms of type
+//! form or none occur; so: summary form of type form, submit or none; empty fields; no form at all; no `node` attribute; unknown
 //! children ignored. Only a payload that is not a publish at all is refused.
 
 use minidom::Element;
@@ -128,8 +129,8 @@ impl PublishRequest {
         }
     }
 
-    /// The provider-neutral notification for `account`, classified as in
-    /// ../shared/reference/providers.md §5.1: a call beats everything; `message-count` 0 with
+    /// The provider-neutral notification for `account`, classified so that what must ring or
+    /// show rings or shows and the rest only wakes the app: a call beats everything; `message-count` 0 with
     /// nothing else clears; a body, an encrypted payload or a `high` hint is an alert; the rest
     /// only wakes the app.
     pub fn notification(&self, account: &str) -> Notification {

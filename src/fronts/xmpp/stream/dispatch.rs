@@ -5,8 +5,9 @@
 //! The stream loop only frames bytes and hands them here, so it never waits on a handler: a slow
 //! provider, a slow database or an expensive stanza delays that stanza's own reply, nobody
 //! else's. The deadline runs from the stanza's arrival, so time spent waiting for a delivery slot
-//! or the database counts, and a request that cannot be served in time gets a `wait` error (safe
-//! on every server: ../shared/reference/xep0357-interop.md §4.3) instead of no answer.
+//! or the database counts, and a request that cannot be served in time gets a `wait` error (the
+//! one error Prosody, ejabberd and Tigase all treat as transient; see `fronts/xmpp/error.rs`)
+//! instead of no answer.
 
 use std::sync::Arc;
 use std::time::Duration;
