@@ -14,7 +14,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use pushgate_providers::apns::{CredentialError, CredentialInfo, Credentials};
 use xmpp_parsers::jid::Jid;
 
-use super::fields::{required, submitted};
+use super::fields::{required, staged};
 use crate::core::apns_credential_sync;
 use crate::core::limits::{MAX_APNS_ID_BYTES, MAX_PROVIDER_ID_BYTES};
 use crate::error::Fault;
@@ -159,11 +159,15 @@ pub async fn set_apns_certificate(
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
     admin_only(c, from)?;
-    let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(req, blank_form(c).build()));
-    };
-    let (result, note) = SetApnsCertificate::parse(form)?.apply(c, from).await?;
-    Ok(CommandResponse::completed(req, Some(result)).with_note(note))
+    staged(
+        req,
+        || blank_form(c).build(),
+        async |form| {
+            let (result, note) = SetApnsCertificate::parse(form)?.apply(c, from).await?;
+            Ok(CommandResponse::completed(req, Some(result)).with_note(note))
+        },
+    )
+    .await
 }
 
 /// `get-statistics`: the counters `/metrics` serves, as a result form, for admins who live in

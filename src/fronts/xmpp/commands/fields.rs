@@ -5,18 +5,32 @@ use pushgate_providers::WebPushKeys;
 
 use crate::core::limits::{self, MAX_WEBPUSH_KEY_BYTES};
 use crate::error::Fault;
-use crate::fronts::xmpp::adhoc::{Action, CommandRequest};
+use crate::fronts::xmpp::adhoc::{Action, CommandRequest, CommandResponse};
 use crate::fronts::xmpp::forms::Form;
+use xmpp_parsers::minidom::Element;
 
 /// The submitted form, or `None` when the client asks for the blank form (the first stage of a
 /// two-stage command). Finishing a command without a form is an error.
-pub fn submitted(req: &CommandRequest) -> Result<Option<&Form>, Fault> {
+fn submitted(req: &CommandRequest) -> Result<Option<&Form>, Fault> {
     match (&req.form, req.action) {
         (Some(form), _) if !form.fields.is_empty() => Ok(Some(form)),
         (_, Action::Execute | Action::Next | Action::Prev) => Ok(None),
         _ => Err(Fault::BadRequest(
             "the command needs a submitted form".into(),
         )),
+    }
+}
+
+/// Runs a command of one or two stages: without a submitted form the client gets `blank` to
+/// fill in, with one `run` parses and applies it.
+pub async fn staged(
+    req: &CommandRequest,
+    blank: impl FnOnce() -> Element,
+    run: impl AsyncFnOnce(&Form) -> Result<CommandResponse, Fault>,
+) -> Result<CommandResponse, Fault> {
+    match submitted(req)? {
+        None => Ok(CommandResponse::executing(req, blank())),
+        Some(form) => run(form).await,
     }
 }
 

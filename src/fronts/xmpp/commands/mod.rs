@@ -93,9 +93,9 @@ pub async fn execute(
         admin::GET_STATISTICS => admin::get_statistics(c, from, &req).await,
         node => {
             if let Some(id) = node.strip_prefix(P2_REGISTER_PREFIX) {
-                p2::register(c, account, id, &req).await
+                p2::register(c, account, p2::provider(c, id)?, &req).await
             } else if let Some(id) = node.strip_prefix(P2_UNREGISTER_PREFIX) {
-                p2::unregister(c, account, id, &req).await
+                p2::unregister(c, account, p2::provider(c, id)?, &req).await
             } else {
                 Err(Fault::NotFound("no such command"))
             }

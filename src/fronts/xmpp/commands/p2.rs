@@ -5,11 +5,10 @@
 //! part of the command node, so an unknown one is an unknown command.
 
 use std::str::FromStr;
-use std::sync::Arc;
 
-use pushgate_providers::{DeviceToken, Provider, WebPushKeys};
+use pushgate_providers::{DeviceToken, WebPushKeys};
 
-use super::fields::{optional, required, submitted, webpush_keys};
+use super::fields::{optional, required, staged, webpush_keys};
 use crate::core::limits::{MAX_DEVICE_ID_BYTES, MAX_JID_BYTES, MAX_TOKEN_BYTES};
 use crate::core::registry;
 use crate::error::Fault;
@@ -56,15 +55,13 @@ fn muc(form: &Form) -> Result<Option<BareJid>, Fault> {
         .map_err(|_| Fault::BadRequest("'muc' must be a bare JID".into()))
 }
 
-/// The provider the command node names; an unknown one means the command does not exist.
-fn provider<'a>(
-    c: &'a Component,
-    id: &str,
-) -> Result<(&'a ProviderId, &'a Arc<dyn Provider>), Fault> {
-    registry::provider(&c.core, id).map_err(|e| match e {
-        Fault::NotFound(_) => Fault::NotFound("no such command"),
-        e => e,
-    })
+/// The provider a command node names; an unknown one means the command does not exist.
+pub fn provider<'a>(c: &'a Component, id: &str) -> Result<&'a ProviderId, Fault> {
+    match registry::provider(&c.core, id) {
+        Ok((provider, _)) => Ok(provider),
+        Err(Fault::NotFound(_)) => Err(Fault::NotFound("no such command")),
+        Err(e) => Err(e),
+    }
 }
 
 /// `register-push-<provider>`, as submitted.
@@ -145,37 +142,31 @@ impl UnregisterPush {
 pub async fn register(
     c: &Component,
     account: BareJid,
-    id: &str,
+    provider: &ProviderId,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
-    let (provider, _) = provider(c, id)?;
-    let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(
-            req,
-            blank_form("Register device", true).build(),
-        ));
-    };
-    let result = RegisterPush::parse(form)?
-        .apply(c, account, provider)
-        .await?;
-    Ok(CommandResponse::completed(req, Some(result)))
+    let blank = || blank_form("Register device", true).build();
+    staged(req, blank, async |form| {
+        let result = RegisterPush::parse(form)?
+            .apply(c, account, provider)
+            .await?;
+        Ok(CommandResponse::completed(req, Some(result)))
+    })
+    .await
 }
 
 pub async fn unregister(
     c: &Component,
     account: BareJid,
-    id: &str,
+    provider: &ProviderId,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
-    let (provider, _) = provider(c, id)?;
-    let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(
-            req,
-            blank_form("Unregister device", false).build(),
-        ));
-    };
-    UnregisterPush::parse(form)?
-        .apply(c, &account, provider)
-        .await?;
-    Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
+    let blank = || blank_form("Unregister device", false).build();
+    staged(req, blank, async |form| {
+        UnregisterPush::parse(form)?
+            .apply(c, &account, provider)
+            .await?;
+        Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
+    })
+    .await
 }

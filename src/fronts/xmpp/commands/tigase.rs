@@ -7,7 +7,7 @@
 
 use pushgate_providers::{DeviceToken, WebPushKeys};
 
-use super::fields::{optional, required, submitted, webpush_keys};
+use super::fields::{optional, required, staged, webpush_keys};
 use crate::core::limits::{MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES};
 use crate::core::registry;
 use crate::error::Fault;
@@ -122,14 +122,12 @@ pub async fn register(
     account: BareJid,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
-    let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(
-            req,
-            blank_form(c, "Register device", true).build(),
-        ));
-    };
-    let result = RegisterDevice::parse(form)?.apply(c, account).await?;
-    Ok(CommandResponse::completed(req, Some(result)))
+    let blank = || blank_form(c, "Register device", true).build();
+    staged(req, blank, async |form| {
+        let result = RegisterDevice::parse(form)?.apply(c, account).await?;
+        Ok(CommandResponse::completed(req, Some(result)))
+    })
+    .await
 }
 
 pub async fn unregister(
@@ -137,12 +135,10 @@ pub async fn unregister(
     account: BareJid,
     req: &CommandRequest,
 ) -> Result<CommandResponse, Fault> {
-    let Some(form) = submitted(req)? else {
-        return Ok(CommandResponse::executing(
-            req,
-            blank_form(c, "Unregister device", false).build(),
-        ));
-    };
-    UnregisterDevice::parse(form)?.apply(c, &account).await?;
-    Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
+    let blank = || blank_form(c, "Unregister device", false).build();
+    staged(req, blank, async |form| {
+        UnregisterDevice::parse(form)?.apply(c, &account).await?;
+        Ok(CommandResponse::completed(req, None).with_note("Device unregistered"))
+    })
+    .await
 }
