@@ -1,18 +1,20 @@
 //! Support shared by the integration tests: a real `Gateway` on a throw-away database built from
 //! TOML text (`gateway.rs`), the stanzas clients and servers send and readers for the answers
-//! (`stanzas.rs`), the HTTP surface over loopback (`http_server.rs`); and here a real
-//! PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with a throw-away database per test, the
-//! macro that makes one `sqlite` and one `postgres` test of each scenario, and routing a stanza
-//! as the stream does.
+//! (`stanzas.rs`), a local push service (`endpoint.rs`), the HTTP surface over loopback
+//! (`http_server.rs`); and here a real PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with
+//! a throw-away database per test, the macro that makes one `sqlite` and one `postgres` test of
+//! each scenario, and routing a stanza as the stream does.
 //!
 //! The library paths the helpers use are imported here only, so a move in `src/` is fixed in
 //! one place.
 #![allow(dead_code, unused_imports, unused_macros)] // each test binary uses its own subset
 
+mod endpoint;
 mod gateway;
 mod http_server;
 mod stanzas;
 
+pub use endpoint::PushEndpoint;
 pub use gateway::{COMPONENT, TestGateway, on_postgres_gateway};
 pub use http_server::HttpServer;
 pub use stanzas::{
