@@ -6,34 +6,27 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{Datelike, Utc};
-use pushgate::config::Config;
+use common::{TestGateway, ask, error_of, requester, result_of};
 use pushgate::core::apns_credential_sync as credentials;
 use pushgate::fronts::xmpp::Component;
 use pushgate::fronts::xmpp::admin_alerts;
 use pushgate::metrics;
-use pushgate::storage::Store;
 use rcgen::{CertificateParams, KeyPair};
 use xmpp_parsers::iq::Iq;
-use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::DefinedCondition;
 
 const CONFIG: &str = "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
     [admin]\njids = [\"admin@example.org\"]\ncert_expiry_warning_days = 30\n\
     [providers.apns-cert]\nkind = \"apns\"\ntopic = \"org.example.app\"\nenvironment = \"sandbox\"\n\
     base_url = \"https://127.0.0.1:9\"\n";
 
-async fn gateway(dir: &std::path::Path) -> Arc<Component> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let config = Config::from_toml_str(CONFIG).unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir).unwrap())
-        .await
-        .unwrap();
-    Component::new(&config, store).unwrap().0
-}
+const SET_CERTIFICATE: &str = "set-apns-certificate";
+const ADMIN: &str = "admin@example.org/x";
+const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
 
 /// A certificate valid from yesterday until `days` from now (negative: already expired).
 fn certificate(days: i64) -> (String, String) {
@@ -48,118 +41,66 @@ fn certificate(days: i64) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn field(var: &str, value: &str) -> String {
-    let values: String = value
-        .lines()
-        .map(|l| format!("<value>{l}</value>"))
-        .collect();
-    format!("<field var='{var}'>{values}</field>")
+/// The `set-apns-certificate` form for `provider`.
+fn upload<'a>(provider: &'a str, cert: &'a str, key: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("provider", provider),
+        ("certificate", cert),
+        ("private-key", key),
+    ]
 }
 
-fn command(from: &str, fields: &[(&str, &str)]) -> Stanza {
-    let form: String = fields.iter().map(|(k, v)| field(k, v)).collect();
-    let xml = format!(
-        "<iq xmlns='jabber:component:accept' type='set' id='c1' from='{from}' to='push.test'>\
-           <command xmlns='http://jabber.org/protocol/commands' node='set-apns-certificate' action='execute'>\
-             <x xmlns='jabber:x:data' type='submit'>{form}</x></command></iq>"
-    );
-    Iq::try_from(xml.parse::<Element>().unwrap())
-        .unwrap()
-        .into()
-}
-
-async fn run(gw: &Component, stanza: Stanza) -> Iq {
-    let Some(Stanza::Iq(reply)) = common::route(gw, stanza).await else {
-        panic!("no iq reply")
-    };
-    reply
-}
-
-fn error_condition(iq: &Iq) -> String {
-    match iq {
-        Iq::Error { error, .. } => format!("{:?}", error.defined_condition),
-        other => panic!("expected an error, got {other:?}"),
-    }
+async fn condition(gw: &Component, from: &str, fields: &[(&str, &str)]) -> DefinedCondition {
+    error_of(&ask(gw, requester(from).submit(SET_CERTIFICATE, fields)).await).1
 }
 
 fn result_text(iq: &Iq) -> String {
-    match iq {
-        Iq::Result {
-            payload: Some(p), ..
-        } => String::from(p),
-        other => panic!("expected a result, got {other:?}"),
-    }
+    String::from(result_of(iq).expect("a result with a payload"))
 }
 
 #[tokio::test]
 async fn upload_is_validated_stored_and_reaches_other_instances() {
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (gateway(dir.path()).await, gateway(dir.path()).await);
+    let a = TestGateway::sqlite(CONFIG).await;
+    let b = a.another().await;
     let (cert, key) = certificate(10);
-
-    // Only admins.
-    let reply = run(
-        &a,
-        command(
-            "bob@example.org/phone",
-            &[
-                ("provider", "apns-cert"),
-                ("certificate", &cert),
-                ("private-key", &key),
-            ],
-        ),
-    )
-    .await;
-    assert_eq!(error_condition(&reply), "Forbidden");
-
-    // Refusals name the reason and store nothing.
     let (expired_cert, expired_key) = certificate(-3);
-    let reply = run(
-        &a,
-        command(
-            "admin@example.org/x",
-            &[
-                ("provider", "apns-cert"),
-                ("certificate", &expired_cert),
-                ("private-key", &expired_key),
-            ],
-        ),
-    )
-    .await;
-    assert_eq!(error_condition(&reply), "NotAcceptable");
     let (_, other_key) = certificate(10);
-    let reply = run(
-        &a,
-        command(
-            "admin@example.org/x",
-            &[
-                ("provider", "apns-cert"),
-                ("certificate", &cert),
-                ("private-key", &other_key),
-            ],
+
+    // Only admins; refusals name the reason and store nothing.
+    let refusals = [
+        (
+            "bob@example.org/phone",
+            upload("apns-cert", &cert, &key),
+            DefinedCondition::Forbidden,
         ),
-    )
-    .await;
-    assert_eq!(error_condition(&reply), "NotAcceptable");
-    let reply = run(
-        &a,
-        command("admin@example.org/x", &[("provider", "apns-cert")]),
-    )
-    .await;
-    assert_eq!(error_condition(&reply), "BadRequest");
-    let reply = run(
-        &a,
-        command(
-            "admin@example.org/x",
-            &[
-                ("provider", "nope"),
-                ("certificate", &cert),
-                ("private-key", &key),
-            ],
+        (
+            ADMIN,
+            upload("apns-cert", &expired_cert, &expired_key),
+            DefinedCondition::NotAcceptable,
         ),
-    )
-    .await;
-    assert_eq!(error_condition(&reply), "ItemNotFound");
+        (
+            ADMIN,
+            upload("apns-cert", &cert, &other_key),
+            DefinedCondition::NotAcceptable,
+        ),
+        (
+            ADMIN,
+            vec![("provider", "apns-cert")],
+            DefinedCondition::BadRequest,
+        ),
+        (
+            ADMIN,
+            upload("nope", &cert, &key),
+            DefinedCondition::ItemNotFound,
+        ),
+    ];
+    for (from, fields, want) in &refusals {
+        assert_eq!(
+            condition(&a, from, fields).await,
+            *want,
+            "{from} {fields:?}"
+        );
+    }
     assert!(
         credentials::apply_stored(&b.core, None)
             .await
@@ -169,16 +110,9 @@ async fn upload_is_validated_stored_and_reaches_other_instances() {
     );
 
     // A good one: answered with what was stored, applied here at once.
-    let reply = run(
+    let reply = ask(
         &a,
-        command(
-            "admin@example.org/x",
-            &[
-                ("provider", "apns-cert"),
-                ("certificate", &cert),
-                ("private-key", &key),
-            ],
-        ),
+        requester(ADMIN).submit(SET_CERTIFICATE, &upload("apns-cert", &cert, &key)),
     )
     .await;
     let text = result_text(&reply);
@@ -207,19 +141,11 @@ async fn upload_is_validated_stored_and_reaches_other_instances() {
 
 #[tokio::test]
 async fn expiring_certificate_warns_admins_once_a_day_and_sets_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path()).await;
+    let gw = TestGateway::sqlite(CONFIG).await;
     let (cert, key) = certificate(10);
-    let reply = run(
+    let reply = ask(
         &gw,
-        command(
-            "admin@example.org/x",
-            &[
-                ("provider", "apns-cert"),
-                ("certificate", &cert),
-                ("private-key", &key),
-            ],
-        ),
+        requester(ADMIN).submit(SET_CERTIFICATE, &upload("apns-cert", &cert, &key)),
     )
     .await;
     result_text(&reply);
@@ -270,17 +196,10 @@ async fn expiring_certificate_warns_admins_once_a_day_and_sets_metrics() {
 
 #[tokio::test]
 async fn the_command_is_listed_for_admins_only() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path()).await;
-    let items = |from: &str| {
-        let xml = format!(
-            "<iq xmlns='jabber:component:accept' type='get' id='d' from='{from}' to='push.test'>\
-               <query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/></iq>"
-        );
-        Stanza::from(Iq::try_from(xml.parse::<Element>().unwrap()).unwrap())
-    };
-    let admin = result_text(&run(&gw, items("admin@example.org/x")).await);
-    let bob = result_text(&run(&gw, items("bob@example.org/x")).await);
+    let gw = TestGateway::sqlite(CONFIG).await;
+    let items = |from: &str| requester(from).disco_items(NS_COMMANDS);
+    let admin = result_text(&ask(&gw, items(ADMIN)).await);
+    let bob = result_text(&ask(&gw, items("bob@example.org/x")).await);
     assert!(admin.contains("set-apns-certificate"), "{admin}");
     assert!(!bob.contains("set-apns-certificate"), "{bob}");
     assert!(bob.contains("register-device"), "{bob}");
@@ -288,41 +207,28 @@ async fn the_command_is_listed_for_admins_only() {
 
 #[tokio::test]
 async fn statistics_are_for_admins_and_carry_the_counters() {
-    let dir = tempfile::tempdir().unwrap();
-    let gw = gateway(dir.path()).await;
-    let stats = |from: &str| {
-        let xml = format!(
-            "<iq xmlns='jabber:component:accept' type='set' id='s' from='{from}' to='push.test'>\
-               <command xmlns='http://jabber.org/protocol/commands' node='get-statistics' action='execute'/></iq>"
-        );
-        Stanza::from(Iq::try_from(xml.parse::<Element>().unwrap()).unwrap())
-    };
+    let gw = TestGateway::sqlite(CONFIG).await;
+    let stats = |from: &str| requester(from).execute("get-statistics");
     assert_eq!(
-        error_condition(&run(&gw, stats("bob@example.org/x")).await),
-        "Forbidden"
+        error_of(&ask(&gw, stats("bob@example.org/x")).await).1,
+        DefinedCondition::Forbidden
     );
 
     // One refused publish, so at least one publish counter exists.
-    let publish = "<iq xmlns='jabber:component:accept' type='set' id='p' from='example.org' to='push.test'>\
-        <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='nope'/></pubsub></iq>";
-    let reply = run(
+    let reply = ask(
         &gw,
-        Stanza::from(Iq::try_from(publish.parse::<Element>().unwrap()).unwrap()),
+        requester("example.org").publish(Some("nope"), None, &[]),
     )
     .await;
-    assert_eq!(error_condition(&reply), "ItemNotFound");
+    assert_eq!(error_of(&reply).1, DefinedCondition::ItemNotFound);
 
-    let text = result_text(&run(&gw, stats("admin@example.org/x")).await);
+    let text = result_text(&ask(&gw, stats(ADMIN)).await);
     assert!(text.contains("status='completed'"), "{text}");
     assert!(
         text.contains("pushgate_publishes_total{outcome=not_found}"),
         "{text}"
     );
     assert!(text.contains("pushgate_commands_total"), "{text}");
-    let items = result_text(&run(&gw, {
-        let xml = "<iq xmlns='jabber:component:accept' type='get' id='d' from='admin@example.org/x' to='push.test'>\
-            <query xmlns='http://jabber.org/protocol/disco#items' node='http://jabber.org/protocol/commands'/></iq>";
-        Stanza::from(Iq::try_from(xml.parse::<Element>().unwrap()).unwrap())
-    }).await);
+    let items = result_text(&ask(&gw, requester(ADMIN).disco_items(NS_COMMANDS)).await);
     assert!(items.contains("get-statistics"), "{items}");
 }

@@ -165,22 +165,19 @@ fn new(dialect: Dialect, provider: &str, account: &str, token: &str) -> NewRegis
 /// alice@example.org: WebPush (Tigase dialect) and FCM (p2); bob@other.example: APNs.
 async fn seed(store: &Store) -> [Registration; 3] {
     let a = store
-        .register_any(new(
+        .registered(new(
             Dialect::Tigase,
             "up",
             "alice@example.org",
             ALICE_ENDPOINT,
         ))
-        .await
-        .unwrap();
+        .await;
     let b = store
-        .register_any(new(Dialect::P2, "fcm", "alice@example.org", ALICE_FCM))
-        .await
-        .unwrap();
+        .registered(new(Dialect::P2, "fcm", "alice@example.org", ALICE_FCM))
+        .await;
     let c = store
-        .register_any(new(Dialect::Tigase, "ios", "bob@other.example", BOB_APNS))
-        .await
-        .unwrap();
+        .registered(new(Dialect::Tigase, "ios", "bob@other.example", BOB_APNS))
+        .await;
     [a, b, c]
 }
 
@@ -362,14 +359,13 @@ async fn remove_by_id_and_by_account(env: Env) {
 
     // Another account's registrations are untouched by an account removal.
     let other = store
-        .register_any(new(
+        .registered(new(
             Dialect::Tigase,
             "up",
             "carol@example.org",
             "http://127.0.0.1:9/carol",
         ))
-        .await
-        .unwrap();
+        .await;
     let out = run(
         &config,
         &["devices", "remove", "--account", "alice@example.org"],
@@ -628,44 +624,17 @@ fn bad_usage_exits_2() {
     );
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("nope") && stderr.contains("up"), "{stderr}");
-    let (code, _) = run(
-        &[
-            "push-test",
-            "--provider",
-            "up",
-            "--token",
-            "https://h.example/x",
-            "--kind",
-            "loud",
-        ],
-        &config,
-    );
-    assert_eq!(code, Some(2));
-    let (code, _) = run(
-        &[
-            "push-test",
-            "--provider",
-            "up",
-            "--token",
-            "https://h.example/x",
-            "--p256dh",
-            "k",
-        ],
-        &config,
-    );
-    assert_eq!(code, Some(2));
-    // The WebPush provider refuses an http endpoint (allow_http is off): the device is invalid.
-    let (code, stderr) = run(
-        &[
-            "push-test",
-            "--provider",
-            "up",
-            "--token",
-            "http://127.0.0.1:9/x",
-        ],
-        &config,
-    );
-    assert_eq!(code, Some(2), "{stderr}");
+    // An unknown kind, a p256dh without its auth, and an http endpoint the WebPush provider
+    // refuses (allow_http is off: the device is invalid).
+    for extra in [
+        &["--token", "https://h.example/x", "--kind", "loud"][..],
+        &["--token", "https://h.example/x", "--p256dh", "k"],
+        &["--token", "http://127.0.0.1:9/x"],
+    ] {
+        let args = [&["push-test", "--provider", "up"][..], extra].concat();
+        let (code, stderr) = run(&args, &config);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    }
     let (code, _) = run(&["devices", "frobnicate"], &config);
     assert_eq!(code, Some(2));
     let (code, stderr) = run(&["devices", "list", "--domain", "a@b"], &config);

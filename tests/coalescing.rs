@@ -8,10 +8,9 @@ mod common;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use pushgate::config::Config;
 use pushgate::fronts::xmpp::Component;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{Admission, NewRegistration, Store};
+use pushgate::storage::{Admission, NewRegistration};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use xmpp_parsers::iq::Iq;
@@ -93,18 +92,12 @@ async fn answered_result(gw: &Component, stanza: Stanza) {
 
 #[tokio::test]
 async fn low_priority_bursts_become_one_push_and_messages_always_go() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(
+    let gw = common::TestGateway::sqlite(
         "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
          [registration]\nlow_priority_interval_secs = 10\n\
          [providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n",
     )
-    .unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
-        .await
-        .unwrap();
-    let (gw, _outbox) = Component::new(&config, store).unwrap();
+    .await;
     let (url, reached) = endpoint().await;
     let register = |token: &str| NewRegistration {
         dialect: Dialect::Tigase,

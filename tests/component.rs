@@ -4,13 +4,13 @@
 //! mid-stream, so this test plays the server's side of the component protocol on a raw socket
 //! and drives pushgate's real stream, router and store (SQLite in a temp dir).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate::config::Config;
-use pushgate::fronts::xmpp::Component;
+use common::{TestGateway, requester};
 use pushgate::fronts::xmpp::stream::{self, StreamConfig};
-use pushgate::storage::Store;
 use sha1::{Digest, Sha1};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,43 +25,53 @@ struct Harness {
     stop: watch::Sender<bool>,
     connected: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    /// Holds the gateway's database.
+    _gw: TestGateway,
 }
 
-async fn start(idle_ping: Duration) -> Harness {
+async fn start(idle_ping: Duration) -> (Harness, Conn) {
     start_with(idle_ping, "").await
 }
 
-/// `extra` is appended to the `[component]` section and may open sections of its own.
-async fn start_with(idle_ping: Duration, extra: &str) -> Harness {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// Starts pushgate and accepts its connection: the stream is up. `extra` is appended to the
+/// `[component]` section and may open sections of its own.
+async fn start_with(idle_ping: Duration, extra: &str) -> (Harness, Conn) {
+    let mut h = launch(idle_ping, extra).await;
+    let c = accept(&h.listener).await;
+    wait_connected(&mut h, true).await;
+    (h, c)
+}
+
+async fn launch(idle_ping: Duration, extra: &str) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(&format!(
+    let mut gw = TestGateway::sqlite(&format!(
         "[component]\njid = \"push.test\"\nsecret = \"component-secret\"\n{extra}\n\
          [providers.webpush]\nkind = \"webpush\"\nallow_http = true\nallow_private_addresses = true\n\
          [providers.up]\nkind = \"webpush\"\n",
     ))
-    .unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
-        .await
-        .unwrap();
-    let (gw, outbox): (Arc<Component>, _) = Component::new(&config, store).unwrap();
+    .await;
     let cfg = StreamConfig {
         server: listener.local_addr().unwrap().to_string(),
         max_reconnect_delay: Duration::from_secs(2),
         idle_ping,
-        ..StreamConfig::new(&config)
+        ..StreamConfig::new(&gw.config)
     };
     let (stop, stop_rx) = watch::channel(false);
     let (connected_tx, connected) = watch::channel(false);
-    let task = tokio::spawn(stream::run(gw, cfg, outbox, stop_rx, connected_tx));
+    let outbox = gw.take_outbox();
+    let task = tokio::spawn(stream::run(
+        gw.gw.clone(),
+        cfg,
+        outbox,
+        stop_rx,
+        connected_tx,
+    ));
     Harness {
         listener,
         stop,
         connected,
         task,
-        _dir: dir,
+        _gw: gw,
     }
 }
 
@@ -166,9 +176,7 @@ async fn wait_connected(h: &mut Harness, want: bool) {
 
 #[tokio::test]
 async fn answers_disco_ping_and_unknown_requests() {
-    let mut h = start(Duration::from_secs(60)).await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (h, mut c) = start(Duration::from_secs(60)).await;
 
     c.send(
         "<iq type='get' id='d1' from='user@example.org/phone' to='push.test'>\
@@ -206,7 +214,7 @@ async fn answers_disco_ping_and_unknown_requests() {
         );
     }
 
-    c.send("<iq type='get' id='p1' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.ping("p1").await;
     let pong = c.iq_with("id='p1'").await;
     assert!(
         pong.contains("type='result'") && pong.contains("to='example.org'"),
@@ -226,9 +234,7 @@ async fn answers_disco_ping_and_unknown_requests() {
 
 #[tokio::test]
 async fn publish_errors_are_written_in_the_stream_namespace() {
-    let mut h = start(Duration::from_secs(60)).await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (h, mut c) = start(Duration::from_secs(60)).await;
 
     c.send(
         "<iq type='set' id='pub1' from='example.org' to='push.test'>\
@@ -243,7 +249,7 @@ async fn publish_errors_are_written_in_the_stream_namespace() {
         "{reply}"
     );
     assert!(reply.contains("<error type='cancel'"), "{reply}");
-    // Prosody cannot read an <error/> in another namespace: it must be in jabber:component:accept.
+    // Prosody cannot read an <error/> in another namespace (xep0357-interop.md §4.4).
     assert!(!reply.contains("jabber:client"), "{reply}");
 
     // A publish from a user's full JID is not a server's publish.
@@ -262,9 +268,7 @@ async fn publish_errors_are_written_in_the_stream_namespace() {
 
 #[tokio::test]
 async fn malformed_stanza_is_answered_and_the_stream_survives() {
-    let mut h = start(Duration::from_secs(60)).await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (h, mut c) = start(Duration::from_secs(60)).await;
 
     // An IQ get must carry exactly one payload: this one carries none.
     c.send("<iq type='get' id='bad1' from='example.org' to='push.test'/>")
@@ -278,7 +282,7 @@ async fn malformed_stanza_is_answered_and_the_stream_survives() {
     // Unparsable sender: nobody to answer, but the stream must stay up.
     c.send("<message from='a@@b' to='push.test'><body>x</body></message>")
         .await;
-    c.send("<iq type='get' id='p2' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.ping("p2").await;
     let pong = c.iq_with("id='p2'").await;
     assert!(pong.contains("type='result'"), "{pong}");
     assert!(
@@ -290,9 +294,7 @@ async fn malformed_stanza_is_answered_and_the_stream_survives() {
 
 #[tokio::test]
 async fn quiet_stream_is_pinged_not_dropped() {
-    let mut h = start(Duration::from_secs(1)).await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (h, mut c) = start(Duration::from_secs(1)).await;
 
     let ping = c.iq_with("pushgate-ping-").await;
     assert!(
@@ -319,15 +321,13 @@ async fn quiet_stream_is_pinged_not_dropped() {
 
 #[tokio::test]
 async fn reconnects_after_the_server_goes_away() {
-    let mut h = start(Duration::from_secs(60)).await;
-    let c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (mut h, c) = start(Duration::from_secs(60)).await;
 
     drop(c); // the server dies without closing the stream
     wait_connected(&mut h, false).await;
     let mut c = accept(&h.listener).await;
     wait_connected(&mut h, true).await;
-    c.send("<iq type='get' id='p3' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.ping("p3").await;
     assert!(c.iq_with("id='p3'").await.contains("type='result'"));
 
     // A clean close by the server, and a refused handshake, are retried too.
@@ -356,24 +356,18 @@ async fn reconnects_after_the_server_goes_away() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_requests_is_answered_in_full() {
     const N: usize = 6000;
-    let mut h = start(Duration::from_secs(60)).await;
-    let c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (h, c) = start(Duration::from_secs(60)).await;
     let (mut reader, mut writer) = c.socket.into_split();
     let send = tokio::spawn(async move {
         let mut batch = String::new();
         for i in 0..N {
-            if i % 2 == 0 {
-                batch.push_str(&format!(
-                    "<iq type='set' id='f{i}' from='example.org' to='push.test'>\
-                     <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n{i}'><item>\
-                     <notification xmlns='urn:xmpp:push:0'/></item></publish></pubsub></iq>"
-                ));
+            let server = requester("example.org").with_id(&format!("f{i}"));
+            let request = if i % 2 == 0 {
+                server.publish(Some(&format!("n{i}")), None, &[])
             } else {
-                batch.push_str(&format!(
-                    "<iq type='get' id='f{i}' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>"
-                ));
-            }
+                server.ping()
+            };
+            batch.push_str(request.as_xml());
             if batch.len() > 64 * 1024 {
                 writer.write_all(batch.as_bytes()).await.unwrap();
                 batch.clear();
@@ -421,15 +415,13 @@ impl Conn {
     /// Registers `token` for `user` with the Tigase dialect and returns the node.
     async fn register(&mut self, user: &str, token: &str) -> String {
         let id = format!("reg-{user}-{}", token.len());
-        self.send(&format!(
-            "<iq type='set' id='{id}' from='{user}@example.org/phone' to='push.test'>\
-             <command xmlns='http://jabber.org/protocol/commands' node='register-device' action='execute'>\
-             <x xmlns='jabber:x:data' type='submit'>\
-             <field var='provider'><value>webpush</value></field>\
-             <field var='device-token'><value>{token}</value></field>\
-             </x></command></iq>"
-        ))
-        .await;
+        let request = requester(&format!("{user}@example.org/phone"))
+            .with_id(&id)
+            .submit(
+                "register-device",
+                &[("provider", "webpush"), ("device-token", token)],
+            );
+        self.send(request.as_xml()).await;
         let reply = self.iq_with(&format!("id='{id}'")).await;
         let start = reply
             .find("var='node'")
@@ -439,21 +431,24 @@ impl Conn {
         reply[value..end].to_owned()
     }
 
+    /// A ping from the server, as request `id`.
+    async fn ping(&mut self, id: &str) {
+        self.send(requester("example.org").with_id(id).ping().as_xml())
+            .await;
+    }
+
     async fn publish(&mut self, id: &str, node: &str) {
         self.publish_body(id, node, "hi").await;
     }
 
     /// A publish as Prosody sends it, with `body` as the last message's body.
     async fn publish_body(&mut self, id: &str, node: &str, body: &str) {
-        self.send(&format!(
-            "<iq type='set' id='{id}' from='example.org' to='push.test'>\
-             <pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='{node}'><item>\
-             <notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data' type='form'>\
-             <field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>\
-             <field var='last-message-body'><value>{body}</value></field></x>\
-             </notification></item></publish></pubsub></iq>"
-        ))
-        .await;
+        let request = requester("example.org").with_id(id).publish(
+            Some(node),
+            None,
+            &[("last-message-body", body)],
+        );
+        self.send(request.as_xml()).await;
     }
 }
 
@@ -472,9 +467,7 @@ async fn assert_no_reconnect(h: &Harness) {
 /// error the sender can read, and the stream and everybody else carry on.
 #[tokio::test]
 async fn hostile_stanzas_are_refused_and_the_stream_survives() {
-    let mut h = start(Duration::from_secs(60)).await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
+    let (h, mut c) = start(Duration::from_secs(60)).await;
 
     // 14,000 nested elements: this overflowed the stack and killed the process.
     let mut deep = String::from("<message id='deep' from='mallory@example.org/x' to='push.test'>");
@@ -524,7 +517,7 @@ async fn hostile_stanzas_are_refused_and_the_stream_survives() {
     );
 
     // Everybody else is still served on the same stream.
-    c.send("<iq type='get' id='after' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.ping("after").await;
     assert!(c.iq_with("id='after'").await.contains("type='result'"));
     assert_no_reconnect(&h).await;
     h.stop.send(true).unwrap();
@@ -621,13 +614,11 @@ fn reply_of(text: &str, id: &str) -> String {
 async fn a_tarpit_endpoint_delays_nobody_else() {
     let (tarpit_url, tarpit_open) = tarpit().await;
     let healthy_url = healthy_endpoint().await;
-    let mut h = start_with(
+    let (h, mut c) = start_with(
         Duration::from_secs(60),
         "publish_timeout_secs = 2\n[limits]\nhost_concurrency = 2\nhost_queue = 2\n",
     )
     .await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
     let slow = c.register("victim", &tarpit_url).await;
     let fine = c.register("alice", &healthy_url).await;
 
@@ -671,23 +662,30 @@ async fn a_tarpit_endpoint_delays_nobody_else() {
     h.stop.send(true).unwrap();
 }
 
+/// A stream up with `limit` and room for 100 pushes per host, and the node of a device whose
+/// push service never answers; publishes are answered `wait` after 3 s.
+async fn with_a_tarpit_device(limit: &str) -> (Harness, Conn, String) {
+    let (tarpit_url, _) = tarpit().await;
+    let (h, mut c) = start_with(
+        Duration::from_secs(60),
+        &format!(
+            "publish_timeout_secs = 3\n[limits]\n{limit}\nhost_concurrency = 100\nhost_queue = 100\n"
+        ),
+    )
+    .await;
+    let node = c.register("victim", &tarpit_url).await;
+    (h, c, node)
+}
+
 /// When every in-flight slot is taken, a new request is answered `wait` at once instead of
 /// waiting behind the slow ones.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_house_answers_wait_at_once() {
-    let (tarpit_url, _) = tarpit().await;
-    let mut h = start_with(
-        Duration::from_secs(60),
-        "publish_timeout_secs = 3\n[limits]\nmax_in_flight = 16\nhost_concurrency = 100\nhost_queue = 100\n",
-    )
-    .await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
-    let slow = c.register("victim", &tarpit_url).await;
+    let (h, mut c, slow) = with_a_tarpit_device("max_in_flight = 16").await;
     for i in 0..16 {
         c.publish(&format!("t{i}"), &slow).await;
     }
-    c.send("<iq type='get' id='extra' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.ping("extra").await;
     let text = c.until("id='extra'").await;
     let at = reply_at(&text, "extra").unwrap();
     let reply = reply_of(&text, "extra");
@@ -703,7 +701,7 @@ async fn a_full_house_answers_wait_at_once() {
         c.until(&format!("id='t{i}'")).await;
     }
     // Slots are free again: the next request is served normally.
-    c.send("<iq type='get' id='later' from='example.org' to='push.test'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    c.ping("later").await;
     assert!(c.iq_with("id='later'").await.contains("type='result'"));
     h.stop.send(true).unwrap();
 }
@@ -712,15 +710,7 @@ async fn a_full_house_answers_wait_at_once() {
 /// slow provider do not pile up in memory; the next is answered `wait` at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stanzas_in_flight_hold_a_bounded_number_of_bytes() {
-    let (tarpit_url, _) = tarpit().await;
-    let mut h = start_with(
-        Duration::from_secs(60),
-        "publish_timeout_secs = 3\n[limits]\nmax_in_flight_bytes = 1048576\nhost_concurrency = 100\nhost_queue = 100\n",
-    )
-    .await;
-    let mut c = accept(&h.listener).await;
-    wait_connected(&mut h, true).await;
-    let slow = c.register("victim", &tarpit_url).await;
+    let (h, mut c, slow) = with_a_tarpit_device("max_in_flight_bytes = 1048576").await;
     let body = "B".repeat(250 * 1024);
     for i in 0..5 {
         c.publish_body(&format!("big{i}"), &slow, &body).await;

@@ -1,14 +1,16 @@
 //! The HTTP server over real loopback HTTP: Siskin's REST unregister, rate limit, body limit,
 //! health checks and `/metrics`, against a real `Component` on SQLite.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::TestGateway;
 use pushgate::config::{Config, HttpConfig};
-use pushgate::fronts::http::{self, HttpState};
+use pushgate::fronts::http;
 use pushgate::fronts::xmpp::Component;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{Admission, NewRegistration, Registration, Store};
+use pushgate::storage::{Admission, NewRegistration, Registration};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -18,55 +20,14 @@ const CONFIG: &str = "[component]\njid = \"push.test\"\nsecret = \"s\"\n\
     [providers.\"tigase:messenger:apns:1\"]\nkind = \"apns\"\ntopic = \"org.example.app\"\n\
     environment = \"sandbox\"\nbase_url = \"https://127.0.0.1:9\"\n";
 
-struct Server {
-    base: String,
-    addr: std::net::SocketAddr,
-    gw: Arc<Component>,
-    client: reqwest::Client,
-    connected: watch::Sender<bool>,
-    shutdown: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
-}
+type Server = common::HttpServer;
 
 async fn start(http: HttpConfig) -> Server {
     start_with(http, Duration::from_secs(5)).await
 }
 
 async fn start_with(http: HttpConfig, shutdown_timeout: Duration) -> Server {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(CONFIG).unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
-        .await
-        .unwrap();
-    let (gw, _outbox) = Component::new(&config, store).unwrap();
-    let (connected, connected_rx) = watch::channel(false);
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let limits = http::ServeLimits::new(&http, shutdown_timeout);
-    let router = http::router(HttpState::new(
-        gw.core.clone(),
-        gw.jid.clone(),
-        http,
-        connected_rx,
-    ));
-    let task = tokio::spawn(http::serve_on(listener, router, limits, shutdown_rx));
-    Server {
-        base: format!("http://{addr}"),
-        addr,
-        gw,
-        // No kept-alive connections: the connection-cap tests count every open one.
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(0)
-            .build()
-            .unwrap(),
-        connected,
-        shutdown,
-        task,
-        _dir: dir,
-    }
+    Server::start(TestGateway::sqlite(CONFIG).await, http, shutdown_timeout).await
 }
 
 async fn register(gw: &Component, account: &str, token: &str) -> Registration {
@@ -95,37 +56,6 @@ async fn register(gw: &Component, account: &str, token: &str) -> Registration {
 
 fn body(account: &str, provider: &str, token: &str) -> Value {
     json!({"account": account, "provider": provider, "device-token": token})
-}
-
-impl Server {
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        let text = r.text().await.unwrap();
-        let json = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{status}: not JSON ({e}): {text:?}"));
-        (status, json)
-    }
-
-    async fn unregister(&self, body: &Value) -> (StatusCode, Value) {
-        self.post("/unregister-device/push.test", body.to_string())
-            .await
-    }
-
-    async fn get(&self, path: &str) -> reqwest::Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap()
-    }
 }
 
 async fn exists(gw: &Component, reg: &Registration) -> bool {
@@ -437,13 +367,7 @@ async fn metrics_are_prometheus_text_and_count_requests_by_route() {
 
 #[tokio::test]
 async fn serve_binds_listen_and_stops_on_shutdown() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(CONFIG).unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
-        .await
-        .unwrap();
-    let (gw, _outbox) = Component::new(&config, store).unwrap();
+    let gw = TestGateway::sqlite(CONFIG).await;
     // Find a free port, then let serve() bind it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -457,8 +381,8 @@ async fn serve_binds_listen_and_stops_on_shutdown() {
     let (_connected_tx, connected) = watch::channel(true);
     let (shutdown_tx, shutdown) = watch::channel(false);
     let task = tokio::spawn(http::serve(
-        gw.core.clone(),
-        gw.jid.clone(),
+        gw.gw.core.clone(),
+        gw.gw.jid.clone(),
         http,
         Duration::from_secs(5),
         connected,

@@ -4,14 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use pushgate::config::Config;
+use common::{COMPONENT, TestGateway, ask, error_of, form_values, requester, result_of};
 use pushgate::fronts::xmpp::Component;
 use pushgate::metrics::METRICS;
-use pushgate::storage::Store;
-use xmpp_parsers::iq::Iq;
-use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza::Stanza;
 use xmpp_parsers::stanza_error::{DefinedCondition, ErrorType};
 
@@ -20,73 +15,30 @@ const PROVIDERS: &str = "[providers.webpush]\nkind = \"webpush\"\nallow_http = t
     allow_private_addresses = true\n\
     [providers.strict]\nkind = \"webpush\"\nallow_http = true\n";
 
-struct Fixture {
-    gw: Arc<Component>,
-    _dir: tempfile::TempDir,
-}
-
-async fn gateway(registration: &str) -> Fixture {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let config = Config::from_toml_str(&format!(
-        "[component]\njid = \"push.test\"\nsecret = \"s\"\n[registration]\n{registration}\n{PROVIDERS}"
+async fn gateway(registration: &str) -> TestGateway {
+    TestGateway::sqlite(&format!(
+        "{COMPONENT}[registration]\n{registration}\n{PROVIDERS}"
     ))
-    .unwrap();
-    let store = Store::open(&Store::sqlite_url_in(dir.path()).unwrap())
-        .await
-        .unwrap();
-    Fixture {
-        gw: Component::new(&config, store).unwrap().0,
-        _dir: dir,
-    }
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('\'', "&apos;")
+    .await
 }
 
 /// A single-stage command with a submitted form, from `from`.
 fn command(from: &str, node: &str, fields: &[(&str, &str)]) -> Stanza {
-    let form: String = fields
-        .iter()
-        .map(|(k, v)| format!("<field var='{k}'><value>{}</value></field>", escape(v)))
-        .collect();
-    let xml = format!(
-        "<iq xmlns='jabber:component:accept' type='set' id='c1' from='{from}' to='push.test'>\
-           <command xmlns='http://jabber.org/protocol/commands' node='{}' action='execute'>\
-             <x xmlns='jabber:x:data' type='submit'>{form}</x></command></iq>",
-        escape(node)
-    );
-    Iq::try_from(xml.parse::<Element>().unwrap())
-        .unwrap()
-        .into()
+    requester(from).submit(node, fields).into()
 }
 
 /// The `node` of a completed registration, or the error: (type, condition, text).
 type Answer = Result<String, (ErrorType, DefinedCondition, String)>;
 
 async fn run(gw: &Component, stanza: Stanza) -> Answer {
-    match common::route(gw, stanza).await {
-        Some(Stanza::Iq(Iq::Result {
-            payload: Some(p), ..
-        })) => {
-            let text = String::from(&p);
-            let node = text
-                .split("var='node'")
-                .nth(1)
-                .and_then(|rest| rest.split("<value>").nth(1))
-                .and_then(|rest| rest.split("</value>").next())
-                .unwrap_or_else(|| panic!("no node in {text}"));
-            Ok(node.to_owned())
-        }
-        Some(Stanza::Iq(Iq::Error { error, .. })) => Err((
-            error.type_,
-            error.defined_condition,
-            error.texts.values().cloned().collect(),
-        )),
-        other => panic!("unexpected answer {other:?}"),
+    let reply = ask(gw, stanza).await;
+    if !common::is_result(&reply) {
+        return Err(error_of(&reply));
+    }
+    let command = result_of(&reply).expect("a command answer");
+    match form_values(command, "node").as_slice() {
+        [node] => Ok(node.clone()),
+        other => panic!("expected one node, got {other:?} in {command:?}"),
     }
 }
 
@@ -116,8 +68,7 @@ fn err(kind: ErrorType, condition: DefinedCondition, text: &str) -> Answer {
 
 #[tokio::test]
 async fn the_account_limit_refuses_new_devices_and_never_known_ones() {
-    let f = gateway("max_per_account = 2").await;
-    let gw = &f.gw;
+    let gw = &gateway("max_per_account = 2").await;
     let first = tigase(gw, "alice@example.org/a", &endpoint(1))
         .await
         .unwrap();
@@ -161,8 +112,7 @@ async fn the_account_limit_refuses_new_devices_and_never_known_ones() {
 
 #[tokio::test]
 async fn the_domain_rate_counts_new_devices_only() {
-    let f = gateway("rate_per_domain_per_minute = 2").await;
-    let gw = &f.gw;
+    let gw = &gateway("rate_per_domain_per_minute = 2").await;
     let known = tigase(gw, "a@example.org", &endpoint(1)).await.unwrap();
     tigase(gw, "b@example.org", &endpoint(2)).await.unwrap();
     let before = refused("register-device", "domain_rate");
@@ -191,8 +141,7 @@ async fn the_domain_rate_counts_new_devices_only() {
 
 #[tokio::test]
 async fn domain_lists_decide_who_may_register() {
-    let f = gateway("allow_domains = [\"*.example.org\", \"example.net\"]\ndeny_domains = [\"bad.example.org\"]").await;
-    let gw = &f.gw;
+    let gw = &gateway("allow_domains = [\"*.example.org\", \"example.net\"]\ndeny_domains = [\"bad.example.org\"]").await;
     tigase(gw, "a@chat.example.org", &endpoint(1))
         .await
         .unwrap();
@@ -216,8 +165,7 @@ async fn domain_lists_decide_who_may_register() {
 
 #[tokio::test]
 async fn every_stored_field_has_a_length_limit() {
-    let f = gateway("").await;
-    let gw = &f.gw;
+    let gw = &gateway("").await;
     let long = |n: usize| "a".repeat(n);
     let url = |n: usize| format!("{}{}", endpoint(0), "a".repeat(n - endpoint(0).len()));
     let too_long = |field: &str, max: usize| {
@@ -228,98 +176,104 @@ async fn every_stored_field_has_a_length_limit() {
         )
     };
     let long_node = format!("register-push-{}", long(300));
-    /// Command node, form fields, answer.
-    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Answer);
+    // A valid registration of each dialect with `extra` fields added.
+    let tigase_with = |extra: Vec<(&'static str, String)>| {
+        let mut fields = vec![
+            ("provider", "webpush".into()),
+            ("device-token", endpoint(1)),
+        ];
+        fields.extend(extra);
+        fields
+    };
+    let p2_with = |extra: Vec<(&'static str, String)>| {
+        let mut fields = vec![("token", endpoint(1))];
+        fields.extend(extra);
+        fields
+    };
+    let in_muc = |n: usize| format!("{}@muc.example.org", long(n));
+    /// Command node, form fields, the field refused and its limit.
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, usize);
     let cases: Vec<Case> = vec![
         (
             "register-device",
             vec![("provider", "webpush".into()), ("device-token", url(4097))],
-            too_long("device-token", 4096),
+            "device-token",
+            4096,
         ),
         (
             "register-device",
-            vec![
-                ("provider", "webpush".into()),
-                ("device-token", endpoint(1)),
-                ("device-second-token", long(4097)),
-            ],
-            too_long("device-second-token", 4096),
+            tigase_with(vec![("device-second-token", long(4097))]),
+            "device-second-token",
+            4096,
         ),
         (
             "register-device",
             vec![("provider", long(257)), ("device-token", endpoint(1))],
-            too_long("provider", 256),
+            "provider",
+            256,
         ),
         (
             "register-device",
-            vec![
-                ("provider", "webpush".into()),
-                ("device-token", endpoint(1)),
-                ("p256dh", long(257)),
-                ("auth", "x".into()),
-            ],
-            too_long("p256dh", 256),
+            tigase_with(vec![("p256dh", long(257)), ("auth", "x".into())]),
+            "p256dh",
+            256,
         ),
         (
             "register-device",
-            vec![
-                ("provider", "webpush".into()),
-                ("device-token", endpoint(1)),
-                ("p256dh", "x".into()),
-                ("auth", long(257)),
-            ],
-            too_long("auth", 256),
+            tigase_with(vec![("p256dh", "x".into()), ("auth", long(257))]),
+            "auth",
+            256,
         ),
         (
             "unregister-device",
             vec![("provider", "webpush".into()), ("device-token", long(4097))],
-            too_long("device-token", 4096),
+            "device-token",
+            4096,
         ),
         (
             "register-push-webpush",
             vec![("token", long(4097)), ("device-id", "d".into())],
-            too_long("token", 4096),
+            "token",
+            4096,
         ),
         (
             "register-push-webpush",
-            vec![("token", endpoint(1)), ("device-id", long(1025))],
-            too_long("device-id", 1024),
+            p2_with(vec![("device-id", long(1025))]),
+            "device-id",
+            1024,
         ),
         (
             "register-push-webpush",
-            vec![("token", endpoint(1)), ("android-id", long(1025))],
-            too_long("android-id", 1024),
+            p2_with(vec![("android-id", long(1025))]),
+            "android-id",
+            1024,
         ),
         (
             "register-push-webpush",
-            vec![
-                ("token", endpoint(1)),
-                ("device-id", "d".into()),
-                ("muc", format!("{}@muc.example.org", long(3072))),
-            ],
-            too_long("muc", 3071),
+            p2_with(vec![("device-id", "d".into()), ("muc", in_muc(3072))]),
+            "muc",
+            3071,
         ),
         (
             "unregister-push-webpush",
-            vec![
-                ("device-id", "d".into()),
-                ("channel", format!("{}@muc.example.org", long(3072))),
-            ],
-            too_long("channel", 3071),
+            vec![("device-id", "d".into()), ("channel", in_muc(3072))],
+            "channel",
+            3071,
         ),
         (
             &long_node,
-            vec![("token", endpoint(1)), ("device-id", "d".into())],
-            too_long("provider", 256),
+            p2_with(vec![("device-id", "d".into())]),
+            "provider",
+            256,
         ),
     ];
     let before = refused("other", "too_long");
-    for (node, fields, want) in &cases {
+    for (node, fields, field, max) in &cases {
         let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let got = run(gw, command("alice@example.org/a", node, &fields)).await;
         assert_eq!(
-            &got,
-            want,
+            got,
+            too_long(field, *max),
             "{node} {:?}",
             fields.iter().map(|f| f.0).collect::<Vec<_>>()
         );
@@ -356,8 +310,7 @@ async fn every_stored_field_has_a_length_limit() {
 
 #[tokio::test]
 async fn an_endpoint_name_leading_only_inside_is_refused_at_registration() {
-    let f = gateway("").await;
-    let gw = &f.gw;
+    let gw = &gateway("").await;
     let by_name = "http://localhost:9/push/1";
     let before = refused("register-device", "endpoint_not_public");
     let strict = command(

@@ -15,7 +15,7 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 #[macro_use]
 mod common;
-use common::{RegisterAny, raw_connect};
+use common::{RegisterAny, raw_connect, stored};
 
 // ---------------------------------------------------------------------------------------------
 // Harness
@@ -139,7 +139,7 @@ async fn register_issues_credentials(url: String) {
 
     let mut new = tigase("alice@example.org", "apns-token-0123456789abcdef");
     new.second_token = Some(DeviceToken::new("voip-token-0123456789abcdef"));
-    let t = store.register_any(new.clone()).await.unwrap();
+    let t = store.registered(new.clone()).await;
     assert_eq!(t.node.as_str().len(), 22);
     assert!(t.secret.is_none(), "Tigase registrations have no secret");
     assert_eq!(t.dialect, Dialect::Tigase);
@@ -166,7 +166,7 @@ async fn register_issues_credentials(url: String) {
         p256dh: "BP256dh-key".into(),
         auth: "auth-secret-16by".into(),
     });
-    let p = store.register_any(new).await.unwrap();
+    let p = store.registered(new).await;
     assert_eq!(p.node.as_str().len(), 22);
     let secret = p.secret.clone().expect("p2 registrations carry a secret");
     assert_eq!(secret.as_str().len(), 24);
@@ -202,13 +202,10 @@ async fn reregistering_keeps_node_and_secret(url: String) {
     let store = Store::open(&url).await.unwrap();
 
     // Tigase: same token → same row; the second token is refreshed.
-    let first = store
-        .register_any(tigase("alice@example.org", "tok-A"))
-        .await
-        .unwrap();
+    let first = store.registered(tigase("alice@example.org", "tok-A")).await;
     let mut again = tigase("alice@example.org", "tok-A");
     again.second_token = Some(DeviceToken::new("voip-B"));
-    let second = store.register_any(again).await.unwrap();
+    let second = store.registered(again).await;
     assert_eq!(second.id, first.id);
     assert_eq!(second.node, first.node);
     assert_eq!(second.created_at, first.created_at);
@@ -221,13 +218,11 @@ async fn reregistering_keeps_node_and_secret(url: String) {
     // p2: same device id + muc, new token → same node and secret, new token.
     let room = Some("room@muc.example.org");
     let a = store
-        .register_any(p2("alice@example.org", "dev-1", room, "tok-old"))
-        .await
-        .unwrap();
+        .registered(p2("alice@example.org", "dev-1", room, "tok-old"))
+        .await;
     let b = store
-        .register_any(p2("alice@example.org", "dev-1", room, "tok-new"))
-        .await
-        .unwrap();
+        .registered(p2("alice@example.org", "dev-1", room, "tok-new"))
+        .await;
     assert_eq!(b.id, a.id);
     assert_eq!(b.node, a.node);
     assert_eq!(b.secret, a.secret);
@@ -235,7 +230,7 @@ async fn reregistering_keeps_node_and_secret(url: String) {
     assert_eq!(b.token.as_str(), "tok-new");
 
     // The stored row, not just the returned value, has the new token.
-    let read = store.find_by_node(a.node.as_str()).await.unwrap().unwrap();
+    let read = stored(&store, a.node.as_str()).await;
     assert_eq!(read.token.as_str(), "tok-new");
     assert_eq!(read.secret, a.secret);
     assert_eq!(store.count().await.unwrap(), 2);
@@ -270,7 +265,7 @@ async fn distinct_devices_get_distinct_nodes(url: String) {
     let mut nodes = Vec::new();
     let mut secrets = Vec::new();
     for new in regs.iter().cloned() {
-        let r = store.register_any(new).await.unwrap();
+        let r = store.registered(new).await;
         nodes.push(r.node.as_str().to_owned());
         secrets.extend(r.secret.map(|s| s.as_str().to_owned()));
     }
@@ -287,29 +282,17 @@ async fn distinct_devices_get_distinct_nodes(url: String) {
 async fn find_by_node_is_exact(url: String) {
     let store = Store::open(&url).await.unwrap();
     let r = store
-        .register_any(p2("alice@example.org", "dev-1", None, "tok-1"))
-        .await
-        .unwrap();
-    let other = store
-        .register_any(tigase("bob@example.org", "tok-2"))
-        .await
-        .unwrap();
+        .registered(p2("alice@example.org", "dev-1", None, "tok-1"))
+        .await;
+    let other = store.registered(tigase("bob@example.org", "tok-2")).await;
 
-    let found = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let found = stored(&store, r.node.as_str()).await;
     assert_eq!(found.id, r.id);
     assert_eq!(found.node, r.node);
     assert_eq!(found.secret, r.secret);
     assert_eq!(found.account, jid("alice@example.org"));
     assert_eq!(found.domain, "example.org");
-    assert_eq!(
-        store
-            .find_by_node(other.node.as_str())
-            .await
-            .unwrap()
-            .unwrap()
-            .id,
-        other.id
-    );
+    assert_eq!(stored(&store, other.node.as_str()).await.id, other.id);
 
     let mut wrong = r.node.as_str().to_owned();
     let last = wrong.pop().unwrap();
@@ -337,19 +320,15 @@ async fn find_by_node_is_exact(url: String) {
 
 async fn unregister_removes_once(url: String) {
     let store = Store::open(&url).await.unwrap();
-    let t = store
-        .register_any(tigase("alice@example.org", "tok-1"))
-        .await
-        .unwrap();
+    let t = store.registered(tigase("alice@example.org", "tok-1")).await;
     let p = store
-        .register_any(p2(
+        .registered(p2(
             "alice@example.org",
             "dev-1",
             Some("room@muc.example.org"),
             "tok-2",
         ))
-        .await
-        .unwrap();
+        .await;
     let provider = ProviderId::new("tigase:messenger:apns:1");
     let alice = jid("alice@example.org");
 
@@ -396,14 +375,8 @@ async fn unregister_removes_once(url: String) {
 
 async fn delete_removes_once(url: String) {
     let store = Store::open(&url).await.unwrap();
-    let a = store
-        .register_any(tigase("alice@example.org", "tok-1"))
-        .await
-        .unwrap();
-    let b = store
-        .register_any(tigase("alice@example.org", "tok-2"))
-        .await
-        .unwrap();
+    let a = store.registered(tigase("alice@example.org", "tok-1")).await;
+    let b = store.registered(tigase("alice@example.org", "tok-2")).await;
     assert!(store.delete(a.id).await.unwrap());
     assert!(!store.delete(a.id).await.unwrap());
     assert!(store.find_by_node(a.node.as_str()).await.unwrap().is_none());
@@ -411,20 +384,14 @@ async fn delete_removes_once(url: String) {
     assert_eq!(store.count().await.unwrap(), 1);
 
     // A deleted device registering again gets a new node.
-    let again = store
-        .register_any(tigase("alice@example.org", "tok-1"))
-        .await
-        .unwrap();
+    let again = store.registered(tigase("alice@example.org", "tok-1")).await;
     assert_ne!(again.node, a.node);
     assert_eq!(store.count().await.unwrap(), 2);
 }
 
 async fn delivery_outcomes_are_recorded(url: String) {
     let store = Store::open(&url).await.unwrap();
-    let r = store
-        .register_any(tigase("alice@example.org", "tok-1"))
-        .await
-        .unwrap();
+    let r = store.registered(tigase("alice@example.org", "tok-1")).await;
 
     // Successes are batched: one row however often it was recorded, written at the flush.
     let log = SuccessLog::default();
@@ -432,7 +399,7 @@ async fn delivery_outcomes_are_recorded(url: String) {
     log.record(r.id);
     assert_eq!(log.flush(&store).await, 1);
     assert_eq!(log.flush(&store).await, 0, "nothing left pending");
-    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let after = stored(&store, r.node.as_str()).await;
     let success_at = after.last_success_at.expect("last_success_at set");
     assert!(success_at >= r.created_at);
     assert!(after.last_error_at.is_none() && after.last_error.is_none());
@@ -440,7 +407,7 @@ async fn delivery_outcomes_are_recorded(url: String) {
     // Multi-byte characters: the cut is by characters, not bytes.
     let reason = "é".repeat(600);
     store.record_error(r.id, &reason).await.unwrap();
-    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let after = stored(&store, r.node.as_str()).await;
     let err = after.last_error.clone().expect("last_error set");
     assert_eq!(err.chars().count(), 500);
     assert!(err.chars().all(|c| c == 'é'));
@@ -448,7 +415,7 @@ async fn delivery_outcomes_are_recorded(url: String) {
     assert_eq!(after.last_success_at, Some(success_at), "success time kept");
 
     store.record_error(r.id, "BadDeviceToken").await.unwrap();
-    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let after = stored(&store, r.node.as_str()).await;
     assert_eq!(after.last_error.as_deref(), Some("BadDeviceToken"));
 
     // Recording for a registration that is gone is not an error.
@@ -505,30 +472,28 @@ async fn concurrent_registrations_converge(url: String) {
     assert_eq!(tigase_nodes.len(), 1, "one node for the Tigase device");
     assert_eq!(p2_creds.len(), 1, "one node and secret for the p2 device");
     assert_eq!(a.count().await.unwrap(), 2, "exactly one row per device");
-    let stored = b.find_by_node(&p2_creds[0].1).await.unwrap().unwrap();
-    assert!(stored.token.as_str().starts_with("token-"));
+    let registration = stored(&b, &p2_creds[0].1).await;
+    assert!(registration.token.as_str().starts_with("token-"));
 }
 
 async fn reopening_keeps_data(url: String) {
     let (node, secret, id) = {
         let store = Store::open(&url).await.unwrap();
         let r = store
-            .register_any(p2("alice@example.org", "dev-1", None, "tok-1"))
-            .await
-            .unwrap();
+            .registered(p2("alice@example.org", "dev-1", None, "tok-1"))
+            .await;
         (r.node, r.secret, r.id)
     };
     // Migrations run again on every open: they must find nothing to do and keep the data.
     let store = Store::open(&url).await.unwrap();
     let again = Store::open(&url).await.unwrap();
     assert_eq!(store.count().await.unwrap(), 1);
-    let r = again.find_by_node(node.as_str()).await.unwrap().unwrap();
+    let r = stored(&again, node.as_str()).await;
     assert_eq!(r.id, id);
     assert_eq!(r.secret, secret);
     let r = store
-        .register_any(p2("alice@example.org", "dev-1", None, "tok-2"))
-        .await
-        .unwrap();
+        .registered(p2("alice@example.org", "dev-1", None, "tok-2"))
+        .await;
     assert_eq!((r.id, &r.node, &r.secret), (id, &node, &secret));
 }
 
@@ -549,9 +514,8 @@ async fn corrupt_rows_are_errors(url: String) {
     .enumerate()
     {
         let r = store
-            .register_any(p2("alice@example.org", &format!("dev-{i}"), None, "tok"))
-            .await
-            .unwrap();
+            .registered(p2("alice@example.org", &format!("dev-{i}"), None, "tok"))
+            .await;
         let res = raw
             .execute_unprepared(&sql.replace("{id}", &r.id.to_string()))
             .await
@@ -601,14 +565,10 @@ async fn instances_starting_together_migrate_once_postgres() {
             stores.push(open.await.unwrap().unwrap());
         }
         let r = stores[0]
-            .register_any(tigase("alice@example.org", "tok"))
-            .await
-            .unwrap();
+            .registered(tigase("alice@example.org", "tok"))
+            .await;
         for s in &stores {
-            assert_eq!(
-                s.find_by_node(r.node.as_str()).await.unwrap().unwrap().id,
-                r.id
-            );
+            assert_eq!(stored(s, r.node.as_str()).await.id, r.id);
         }
         let raw = raw_connect(&url).await;
         let applied = raw
@@ -690,9 +650,8 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
         .unwrap()
         .with_cache(100, Duration::from_secs(3600));
     let r = store
-        .register_any(p2("juliet@capulet.example", "phone", None, "t1"))
-        .await
-        .unwrap();
+        .registered(p2("juliet@capulet.example", "phone", None, "t1"))
+        .await;
     let node = r.node.as_str().to_owned();
     // Only stores with a cache count cache hits; the other backend's run of this test may
     // count too, so assert growth, not an exact figure.
@@ -703,34 +662,15 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
             .get()
     };
     let before = hits();
-    assert_eq!(
-        store
-            .find_by_node(&node)
-            .await
-            .unwrap()
-            .unwrap()
-            .token
-            .as_str(),
-        "t1"
-    );
-    let cached = store.find_by_node(&node).await.unwrap().unwrap();
+    assert_eq!(stored(&store, &node).await.token.as_str(), "t1");
+    let cached = stored(&store, &node).await;
     assert_eq!(cached.token.as_str(), "t1");
     assert!(hits() > before, "the second lookup came from the cache");
     // Same device, new token: the cached entry must not survive.
     store
-        .register_any(p2("juliet@capulet.example", "phone", None, "t2"))
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .find_by_node(&node)
-            .await
-            .unwrap()
-            .unwrap()
-            .token
-            .as_str(),
-        "t2"
-    );
+        .registered(p2("juliet@capulet.example", "phone", None, "t2"))
+        .await;
+    assert_eq!(stored(&store, &node).await.token.as_str(), "t2");
     // A wrong node of the same length is not found even while the real one is cached.
     let mut wrong = node.clone();
     wrong.replace_range(0..1, if node.starts_with('A') { "B" } else { "A" });
@@ -747,9 +687,8 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
     );
 
     let r = store
-        .register_any(tigase("romeo@montague.example", "t3"))
-        .await
-        .unwrap();
+        .registered(tigase("romeo@montague.example", "t3"))
+        .await;
     assert!(store.find_by_node(r.node.as_str()).await.unwrap().is_some());
     assert!(store.delete(r.id).await.unwrap());
     assert!(
@@ -765,9 +704,8 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
         .with_cache(100, Duration::from_millis(300));
     let other = Store::open(&url).await.unwrap();
     let r = store
-        .register_any(tigase("romeo@montague.example", "t4"))
-        .await
-        .unwrap();
+        .registered(tigase("romeo@montague.example", "t4"))
+        .await;
     assert!(
         cached
             .find_by_node(r.node.as_str())
@@ -800,13 +738,11 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
 async fn dead_token_removal_spares_a_new_token(url: String) {
     let store = Store::open(&url).await.unwrap();
     let old = store
-        .register_any(p2("juliet@capulet.example", "phone", None, "old"))
-        .await
-        .unwrap();
+        .registered(p2("juliet@capulet.example", "phone", None, "old"))
+        .await;
     let new = store
-        .register_any(p2("juliet@capulet.example", "phone", None, "new"))
-        .await
-        .unwrap();
+        .registered(p2("juliet@capulet.example", "phone", None, "new"))
+        .await;
     assert_eq!(old.id, new.id);
     assert!(
         !store.delete_if_token(&old).await.unwrap(),
@@ -825,11 +761,7 @@ async fn batches_are_inserted_whole_or_not_at_all(url: String) {
     let stored = store.insert_batch(&batch).await.unwrap();
     assert_eq!(stored.len(), 1200);
     assert_eq!(store.count().await.unwrap(), 1200);
-    let found = store
-        .find_by_node(stored[1100].node.as_str())
-        .await
-        .unwrap()
-        .unwrap();
+    let found = common::stored(&store, stored[1100].node.as_str()).await;
     assert_eq!(found.token.as_str(), "token-1100");
     // One device already registered: the whole batch is refused, nothing half-inserted.
     let again = vec![
@@ -844,9 +776,8 @@ async fn batches_are_inserted_whole_or_not_at_all(url: String) {
 async fn pending_successes_are_written_at_shutdown(url: String) {
     let store = Store::open(&url).await.unwrap();
     let r = store
-        .register_any(tigase("romeo@montague.example", "t"))
-        .await
-        .unwrap();
+        .registered(tigase("romeo@montague.example", "t"))
+        .await;
     let log = SuccessLog::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(
@@ -856,11 +787,11 @@ async fn pending_successes_are_written_at_shutdown(url: String) {
     // The first tick comes at once; record after it, so only the shutdown flush can write.
     tokio::time::sleep(Duration::from_millis(100)).await;
     log.record(r.id);
-    let before = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let before = stored(&store, r.node.as_str()).await;
     assert!(before.last_success_at.is_none());
     stop.send(true).unwrap();
     flusher.await.unwrap();
-    let after = store.find_by_node(r.node.as_str()).await.unwrap().unwrap();
+    let after = stored(&store, r.node.as_str()).await;
     assert!(after.last_success_at.is_some());
 }
 
@@ -874,9 +805,8 @@ async fn a_burst_of_registrations_converges_per_device(url: String) {
         async move {
             let token = format!("token-{i}");
             let r = store
-                .register_any(p2("juliet@capulet.example", &device, None, &token))
-                .await
-                .unwrap();
+                .registered(p2("juliet@capulet.example", &device, None, &token))
+                .await;
             (device, r.id, r.node.as_str().to_owned())
         }
     });

@@ -1,14 +1,35 @@
-//! Support shared by the integration tests that run against both storage backends: a real
-//! PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with a throw-away database per test, and
-//! the macro that makes one `sqlite` and one `postgres` test of each scenario; and routing a
-//! stanza as the stream does.
-#![allow(dead_code, unused_macros)] // each test binary uses its own subset
+//! Support shared by the integration tests: a real `Component` on a throw-away database built from
+//! TOML text (`gateway.rs`), the stanzas clients and servers send and readers for the answers
+//! (`stanzas.rs`), a local push service (`endpoint.rs`), the HTTP surface over loopback
+//! (`http_server.rs`); and here a real PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with
+//! a throw-away database per test, the macro that makes one `sqlite` and one `postgres` test of
+//! each scenario, and routing a stanza as the stream does.
+//!
+//! The library paths the helpers use are imported here only, so a move in `src/` is fixed in
+//! one place.
+#![allow(dead_code, unused_imports, unused_macros)] // each test binary uses its own subset
+
+mod endpoint;
+mod gateway;
+mod http_server;
+mod stanzas;
+
+pub use endpoint::PushEndpoint;
+pub use gateway::{COMPONENT, TestGateway, on_postgres_gateway};
+pub use http_server::HttpServer;
+pub use stanzas::{
+    Request, Requester, ask, error_of, form_values, is_result, requester, result_of,
+};
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures::FutureExt;
+use pushgate::config::{Config, HttpConfig};
+use pushgate::fronts::http::{HttpState, ServeLimits, router as http_router, serve_on};
+use pushgate::fronts::xmpp::router::handle;
+use pushgate::fronts::xmpp::{Component, Outbox};
 use pushgate::storage::{Admission, NewRegistration, Registration, Store, StoreError};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
@@ -26,12 +47,31 @@ pub trait RegisterAny {
         &self,
         new: NewRegistration,
     ) -> impl Future<Output = Result<Registration, StoreError>> + Send;
+
+    /// [`RegisterAny::register_any`] where the registration must succeed: the setup of a test,
+    /// not what it checks.
+    fn registered(&self, new: NewRegistration) -> impl Future<Output = Registration> + Send;
 }
 
 impl RegisterAny for Store {
     async fn register_any(&self, new: NewRegistration) -> Result<Registration, StoreError> {
         Ok(self.register(new, UNLIMITED).await?.registration)
     }
+
+    async fn registered(&self, new: NewRegistration) -> Registration {
+        self.register_any(new)
+            .await
+            .unwrap_or_else(|e| panic!("registration refused: {e}"))
+    }
+}
+
+/// The registration at `node`, which must exist.
+pub async fn stored(store: &Store, node: &str) -> std::sync::Arc<Registration> {
+    store
+        .find_by_node(node)
+        .await
+        .unwrap_or_else(|e| panic!("lookup failed: {e}"))
+        .unwrap_or_else(|| panic!("no registration at {node}"))
 }
 
 /// A plain connection, outside pushgate's store. An unreachable server fails the test: CI has
@@ -90,9 +130,9 @@ macro_rules! on_both_backends {
 
 /// Routes one stanza as the stream would, with the default 10 s to answer it.
 pub async fn route(
-    gw: &pushgate::fronts::xmpp::Component,
-    stanza: xmpp_parsers::stanza::Stanza,
+    gw: &Component,
+    stanza: impl Into<xmpp_parsers::stanza::Stanza>,
 ) -> Option<xmpp_parsers::stanza::Stanza> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    pushgate::fronts::xmpp::router::handle(gw, stanza, deadline).await
+    handle(gw, stanza.into(), deadline).await
 }

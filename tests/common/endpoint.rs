@@ -1,0 +1,86 @@
+//! A local push service for WebPush registrations (RFC 8030,
+//! https://www.rfc-editor.org/rfc/rfc8030): an HTTP server on 127.0.0.1 that counts the pushes
+//! it gets and answers each with the status the test sets, optionally only once the test
+//! releases it, so a test can act while a delivery is in flight.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+
+use axum::http::StatusCode;
+use tokio::sync::Notify;
+
+#[derive(Default)]
+struct Shared {
+    status: AtomicU16,
+    hold: AtomicBool,
+    received: AtomicUsize,
+    arrived: Notify,
+    release: Notify,
+}
+
+/// The running endpoint; it stops with the test's runtime.
+pub struct PushEndpoint {
+    base: String,
+    shared: Arc<Shared>,
+}
+
+async fn answer(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> StatusCode {
+    shared.received.fetch_add(1, Ordering::SeqCst);
+    // Either wakes a waiting test or leaves a permit for its next wait.
+    shared.arrived.notify_one();
+    if shared.hold.load(Ordering::SeqCst) {
+        shared.release.notified().await;
+    }
+    StatusCode::from_u16(shared.status.load(Ordering::SeqCst))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+impl PushEndpoint {
+    /// Answers `201 Created` (a push accepted) until told otherwise.
+    pub async fn start() -> PushEndpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound address");
+        let shared = Arc::new(Shared::default());
+        shared.status.store(201, Ordering::SeqCst);
+        let app = axum::Router::new()
+            .fallback(answer)
+            .with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        PushEndpoint {
+            base: format!("http://{addr}"),
+            shared,
+        }
+    }
+
+    /// A subscription URL on this endpoint (the device token of a WebPush registration).
+    pub fn url(&self, device: &str) -> String {
+        format!("{}/push/{device}", self.base)
+    }
+
+    /// The status every following push is answered with.
+    pub fn answer_with(&self, status: u16) {
+        self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Pushes wait for [`PushEndpoint::release`] before they are answered.
+    pub fn hold(&self) {
+        self.shared.hold.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers one held push.
+    pub fn release(&self) {
+        self.shared.release.notify_one();
+    }
+
+    /// Waits until a push has arrived (one not waited for before).
+    pub async fn arrived(&self) {
+        self.shared.arrived.notified().await;
+    }
+
+    /// How many pushes arrived.
+    pub fn received(&self) -> usize {
+        self.shared.received.load(Ordering::SeqCst)
+    }
+}
