@@ -1,6 +1,10 @@
 # shellcheck shell=bash
 # Shared helpers for scripts/test and scripts/run-local. Source it; do not run it.
 #
+# Both scripts build pushgate through `build_pushgate`, with one feature list and one set of
+# cargo settings, so the binary scripts/test builds is the one scripts/run-local runs and
+# neither rebuilds what the other compiled.
+#
 # Installs what the tests and the local run need when it is missing (a fresh Debian machine has
 # none of it): Prosody 0.12 + prosody-modules (mod_cloud_notify) from Debian, and the Python
 # packages of tests/e2e/requirements.txt from PyPI; the `openssl` CLI (the APNs end-to-end tests
@@ -8,6 +12,9 @@
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
+
+# Cargo features of every pushgate build the scripts make (comma- or space-separated).
+PUSHGATE_FEATURES=""
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -96,4 +103,31 @@ ensure_python_deps() {
 # A free TCP port on 127.0.0.1 (bind 0, read, close).
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# `cargo SUBCOMMAND ARGS...` over the whole workspace with the shared settings. Incremental
+# compilation is part of the profile: a different CARGO_INCREMENTAL rebuilds the workspace crates.
+pushgate_cargo() {
+    local sub="$1"
+    shift
+    CARGO_INCREMENTAL=0 cargo "$sub" --workspace --features "$PUSHGATE_FEATURES" "$@"
+}
+
+# Build every target of the workspace (dev profile), as `cargo test` needs it. All targets, not
+# just the binary: dev-dependencies switch on features of shared crates (tempfile's rustix wants
+# bitflags/std, proptest's regex wants regex-syntax/unicode, ...), and `cargo build --bin
+# pushgate` alone would compile those crates and everything above them (sqlx, sea-orm, reqwest,
+# tracing-subscriber, the workspace crates) a second time without them.
+build_pushgate() {
+    pushgate_cargo build --all-targets
+}
+
+# The binary build_pushgate leaves behind, or $PUSHGATE_BIN when set.
+pushgate_bin() {
+    local target="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
+    case "$target" in
+        /*) ;;
+        *) target="$REPO_ROOT/$target" ;;
+    esac
+    printf '%s\n' "${PUSHGATE_BIN:-$target/debug/pushgate}"
 }
