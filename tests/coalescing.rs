@@ -11,59 +11,21 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use pushgate::fronts::xmpp::Component;
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
 use pushgate::storage::{Admission, NewRegistration};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use pushgate_test_support::http1::created_endpoint;
 use xmpp_parsers::iq::Iq;
 use xmpp_parsers::minidom::Element;
 use xmpp_parsers::stanza::Stanza;
 
 /// An HTTP/1.1 endpoint that answers every request 201 and counts them.
 async fn endpoint() -> (String, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/push/device-1", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
     let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request: headers, then content-length bytes of body.
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match socket.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length:"))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    while buf.len() < end + 4 + len {
-                        match socket.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.drain(..end + 4 + len);
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    if socket
-                        .write_all(b"HTTP/1.1 201 Created\r\ncontent-length: 0\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (url, count)
+    let addr = created_endpoint(move |_: &[u8]| {
+        seen.fetch_add(1, Ordering::SeqCst);
+    })
+    .await
+    .unwrap();
+    (format!("http://{addr}/push/device-1"), count)
 }
 
 fn publish(node: &str, body: Option<&str>) -> Stanza {

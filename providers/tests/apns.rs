@@ -3,21 +3,23 @@
 //! provider-token reuse and renewal, the connection pool, certificate auth over mTLS (PEM, modern
 //! and legacy .p12), credential checks, hot-swapped credentials and the configuration section.
 
-mod apns_server;
-mod common;
-
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use apns_server::{Issued, JwtCheck, MockApns, Options, Pki, Reply};
 use p256::pkcs8::DecodePrivateKey as _;
 use pushgate_providers::apns::{Apns, ApnsConfig, CredentialError, Credentials, Environment};
 use pushgate_providers::{
     Content, Device, DeviceToken, Encrypted, Kind, Notification, Priority, Provider,
-    ProviderConfig, ProviderId, RegistrationError, Verdict,
+    ProviderConfig, RegistrationError, Verdict,
 };
+use pushgate_test_support::apns::{JwtCheck, MockApns, Options, Reply};
+use pushgate_test_support::fixtures::{
+    assert_documents_exactly, assert_held_back, content, shipped_example, write,
+};
+use pushgate_test_support::jwt::now_secs;
+use pushgate_test_support::pki::{Issued, Pki};
 use tempfile::TempDir;
 
 const TOPIC: &str = "org.example.messenger";
@@ -32,21 +34,8 @@ fn token(n: u8) -> String {
 
 fn device(main: &str, second: Option<&str>) -> Device {
     Device {
-        provider: ProviderId::new("tigase:messenger:apns:1"),
-        token: DeviceToken::new(main),
         second_token: second.map(DeviceToken::new),
-        webpush_keys: None,
-    }
-}
-
-fn content() -> Content {
-    Content {
-        account: Some("juliet@capulet.example".into()),
-        sender: Some("romeo@montague.example/phone".into()),
-        body: Some("wherefore art thou".into()),
-        message_count: Some(3),
-        nickname: Some("Romeo".into()),
-        channel: None,
+        ..pushgate_test_support::fixtures::device("tigase:messenger:apns:1", main)
     }
 }
 
@@ -62,19 +51,6 @@ fn note(kind: Kind, content: Content, encrypted: Option<Encrypted>) -> Notificat
 
 fn alert() -> Notification {
     note(Kind::Alert, content(), None)
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-}
-
-fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, data).unwrap();
-    path
 }
 
 /// A .p8-style key (PKCS#8 P-256) and the public key the server verifies tokens with.
@@ -541,7 +517,7 @@ async fn slow_down_answers_hold_the_token_or_the_provider_for_at_most_an_hour() 
         matches!(v, Verdict::Transient { retry_after: Some(d), .. } if d == hour),
         "{v:?}"
     );
-    common::assert_held_back(&apns.send(&device(&token(50), None), &alert()).await, hour);
+    assert_held_back(&apns.send(&device(&token(50), None), &alert()).await, hour);
     assert_eq!(s.server.requests_for(&token(50)).len(), 1);
     assert_eq!(
         apns.send(&device(&token(51), None), &alert()).await,
@@ -565,7 +541,7 @@ async fn slow_down_answers_hold_the_token_or_the_provider_for_at_most_an_hour() 
             matches!(&v, Verdict::Transient { retry_after: Some(d), .. } if *d == hour),
             "{reason}: {v:?}"
         );
-        common::assert_held_back(
+        assert_held_back(
             &apns.send(&device(&token(n + 1), None), &alert()).await,
             hour,
         );
@@ -1187,51 +1163,35 @@ fn config_errors_name_the_key() {
 /// The commented example in etc/pushgate.toml names every key and, uncommented, parses.
 #[test]
 fn shipped_example_section_is_complete_and_parses() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/pushgate.toml"))
-            .unwrap();
-    let (_, example) = text
-        .split_once("# [providers.\"tigase:messenger:apns:1\"]")
-        .expect("the APNs example section is in etc/pushgate.toml");
-    // The section ends at the next blank line (another provider's example may follow).
-    let example = example.split("\n\n").next().unwrap_or(example);
-    let section: String = example
-        .lines()
-        .filter(|l| l.starts_with("# ") && !l.starts_with("# # "))
-        .map(|l| format!("{}\n", &l[2..]))
-        .collect();
+    let section = shipped_example("# [providers.\"tigase:messenger:apns:1\"]");
     let config = parse(&section).unwrap();
     let ProviderConfig::Apns(c) = config else {
         panic!("{config:?}")
     };
     assert_eq!(c.topic, "org.example.messenger");
     let table: toml::Table = toml::from_str(&section).unwrap();
-    for key in [
-        "kind",
-        "topic",
-        "environment",
-        "base_url",
-        "ca_file",
-        "key_file",
-        "key_id",
-        "team_id",
-        "p12_file",
-        "p12_password",
-        "cert_file",
-        "private_key_file",
-        "pool_size",
-        "ping_interval_secs",
-        "request_timeout_secs",
-        "expiration_secs",
-        "voip_expiration_secs",
-        "collapse_id",
-        "max_body_chars",
-    ] {
-        assert!(table.contains_key(key), "{key} is not documented");
-    }
-    assert_eq!(
-        table.len(),
-        19,
-        "a key is documented that the section does not know"
+    assert_documents_exactly(
+        &table,
+        &[
+            "kind",
+            "topic",
+            "environment",
+            "base_url",
+            "ca_file",
+            "key_file",
+            "key_id",
+            "team_id",
+            "p12_file",
+            "p12_password",
+            "cert_file",
+            "private_key_file",
+            "pool_size",
+            "ping_interval_secs",
+            "request_timeout_secs",
+            "expiration_secs",
+            "voip_expiration_secs",
+            "collapse_id",
+            "max_body_chars",
+        ],
     );
 }

@@ -5,20 +5,21 @@
 //!
 //! Service-account RSA keys are made with the `openssl` CLI (ring cannot generate RSA keys).
 
-mod common;
-mod fcm_server;
-
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use fcm_server::{AssertionCheck, MockFcm, Pki, Reply, SCOPE};
 use pushgate_providers::fcm::{Fcm, FcmConfig};
 use pushgate_providers::{
-    Content, Device, DeviceToken, Encrypted, Kind, Notification, Priority, Provider,
-    ProviderConfig, ProviderId, RegistrationError, Verdict,
+    Content, Device, Encrypted, Kind, Notification, Priority, Provider, ProviderConfig,
+    RegistrationError, Verdict,
 };
+use pushgate_test_support::fcm::{AssertionCheck, MockFcm, Reply, SCOPE, Sent};
+use pushgate_test_support::fixtures::{
+    RsaKey, assert_documents_exactly, assert_held_back, content, fcm_token, openssl,
+    shipped_example, write,
+};
+use pushgate_test_support::pki::Pki;
 use tempfile::TempDir;
 
 const PROJECT: &str = "pushgate-test-1234";
@@ -28,27 +29,11 @@ const KEY: &str = "providers.fcm-http-v1";
 
 /// An FCM-looking registration token.
 fn token(n: u8) -> String {
-    format!("d{n:02}Xk3-vQ:APA91bH_{}", "x".repeat(140))
+    fcm_token(&format!("d{n:02}"), 140)
 }
 
 fn device(token: &str) -> Device {
-    Device {
-        provider: ProviderId::new("fcm-http-v1"),
-        token: DeviceToken::new(token),
-        second_token: None,
-        webpush_keys: None,
-    }
-}
-
-fn content() -> Content {
-    Content {
-        account: Some("juliet@capulet.example".into()),
-        sender: Some("romeo@montague.example/phone".into()),
-        body: Some("wherefore art thou".into()),
-        message_count: Some(3),
-        nickname: Some("Romeo".into()),
-        channel: None,
-    }
+    pushgate_test_support::fixtures::device("fcm-http-v1", token)
 }
 
 fn note(kind: Kind, priority: Priority, content: Content) -> Notification {
@@ -65,49 +50,8 @@ fn alert() -> Notification {
     note(Kind::Alert, Priority::High, content())
 }
 
-fn write(dir: &Path, name: &str, data: impl AsRef<[u8]>) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, data).unwrap();
-    path
-}
-
-/// An RSA service-account key: PKCS#8 PEM and the PKCS#1 public key DER, both from openssl.
-struct RsaKey {
-    pem: String,
-    public_der: Vec<u8>,
-}
-
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("the openssl CLI is installed (scripts/lib.sh)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn generate_rsa_key() -> RsaKey {
-    let dir = TempDir::new().unwrap();
-    let key = dir.path().join("key.pem");
-    let key_s = key.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key_s,
-    ]);
-    let public_der = openssl(&["rsa", "-in", key_s, "-RSAPublicKey_out", "-outform", "DER"]);
-    RsaKey {
-        pem: std::fs::read_to_string(&key).unwrap(),
-        public_der,
-    }
+    RsaKey::generate().unwrap()
 }
 
 /// Key generation takes a moment: one key (and one stranger's key) per test binary.
@@ -188,7 +132,7 @@ impl Setup {
     }
 }
 
-fn data(sent: &fcm_server::Sent) -> serde_json::Value {
+fn data(sent: &Sent) -> serde_json::Value {
     sent.json()["message"]["data"].clone()
 }
 
@@ -519,7 +463,7 @@ async fn slow_down_answers_hold_back_the_next_sends() {
         Verdict::Transient { .. }
     ));
     let held = fcm.send(&device(&token(30)), &alert()).await;
-    common::assert_held_back(&held, Duration::from_secs(72));
+    assert_held_back(&held, Duration::from_secs(72));
     assert_eq!(
         s.server.sends().len(),
         1,
@@ -540,7 +484,7 @@ async fn slow_down_answers_hold_back_the_next_sends() {
     ));
     let sends = s.server.sends().len();
     let held = fcm.send(&device(&token(33)), &alert()).await;
-    common::assert_held_back(&held, Duration::from_secs(2));
+    assert_held_back(&held, Duration::from_secs(2));
     assert_eq!(s.server.sends().len(), sends);
     tokio::time::sleep(Duration::from_millis(1300)).await;
     assert_eq!(fcm.send(&device(&token(33)), &alert()).await, Verdict::Sent);
@@ -567,7 +511,7 @@ async fn a_huge_retry_after_holds_back_only_that_device_for_at_most_an_hour() {
     );
     let v = fcm.send(&device(&token(40)), &alert()).await;
     assert_transient(&v, Some(hour), "QUOTA_EXCEEDED");
-    common::assert_held_back(&fcm.send(&device(&token(40)), &alert()).await, hour);
+    assert_held_back(&fcm.send(&device(&token(40)), &alert()).await, hour);
     assert_eq!(s.server.sends_for(&token(40)).len(), 1, "held back");
     assert_eq!(fcm.send(&device(&token(41)), &alert()).await, Verdict::Sent);
     assert_eq!(
@@ -995,12 +939,9 @@ fn service_account_errors_name_the_key() {
 
     // A traditional (PKCS#1) RSA key is not PKCS#8.
     let pkcs1_path = write(dir.path(), "pkcs8.pem", &rsa_key().pem);
-    let pkcs1 = String::from_utf8(openssl(&[
-        "rsa",
-        "-in",
-        pkcs1_path.to_str().unwrap(),
-        "-traditional",
-    ]))
+    let pkcs1 = String::from_utf8(
+        openssl(&["rsa", "-in", pkcs1_path.to_str().unwrap(), "-traditional"]).unwrap(),
+    )
     .unwrap();
     assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"));
     let err = build(write(
@@ -1089,38 +1030,23 @@ fn config_section_parses_with_defaults_builds_and_names_bad_keys() {
 /// The commented example in etc/pushgate.toml names every key and, uncommented, parses.
 #[test]
 fn shipped_example_section_is_complete_and_parses() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/pushgate.toml"))
-            .unwrap();
-    let (_, example) = text
-        .split_once("# [providers.\"fcm-http-v1\"]")
-        .expect("the FCM example section is in etc/pushgate.toml");
-    let example = example.split("\n\n").next().unwrap_or(example);
-    let section: String = example
-        .lines()
-        .filter(|l| l.starts_with("# ") && !l.starts_with("# # "))
-        .map(|l| format!("{}\n", &l[2..]))
-        .collect();
+    let section = shipped_example("# [providers.\"fcm-http-v1\"]");
     let config = parse(&section).unwrap();
     let ProviderConfig::Fcm(c) = config else {
         panic!("{config:?}")
     };
     assert_eq!(c.ttl_secs, 86_400);
     let table: toml::Table = toml::from_str(&section).unwrap();
-    for key in [
-        "kind",
-        "service_account_file",
-        "base_url",
-        "ca_file",
-        "ttl_secs",
-        "max_body_chars",
-        "request_timeout_secs",
-    ] {
-        assert!(table.contains_key(key), "{key} is not documented");
-    }
-    assert_eq!(
-        table.len(),
-        7,
-        "a key is documented that the section does not know"
+    assert_documents_exactly(
+        &table,
+        &[
+            "kind",
+            "service_account_file",
+            "base_url",
+            "ca_file",
+            "ttl_secs",
+            "max_body_chars",
+            "request_timeout_secs",
+        ],
     );
 }

@@ -3,18 +3,20 @@
 //! the handshake and the downstream JSON, how acks, nacks and stanza errors map onto verdicts,
 //! timeouts, receipts, flow control, draining, reconnection and the configuration section.
 
-mod ccs_server;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ccs_server::{MockCcs, Pki, Reply, Script, always};
 use pushgate_providers::fcm_xmpp::{FcmXmpp, FcmXmppConfig};
 use pushgate_providers::{
-    Content, Device, DeviceToken, Encrypted, Kind, Notification, Priority, Provider,
-    ProviderConfig, ProviderId, RegistrationError, Verdict,
+    Content, Device, Encrypted, Kind, Notification, Priority, Provider, ProviderConfig,
+    RegistrationError, Verdict,
 };
+use pushgate_test_support::ccs::{MockCcs, Reply, Script, always};
+use pushgate_test_support::fixtures::{
+    assert_documents_exactly, content, fcm_token, shipped_config, shipped_example,
+};
+use pushgate_test_support::pki::Pki;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -23,30 +25,18 @@ const KEY_VALUE: &str = "AAAAserverkey:APA91bTest";
 const KEY: &str = "providers.fcm-xmpp-api";
 
 fn token(n: u32) -> String {
-    format!("t{n:03}Xk3-vQ:APA91bH_{}", "x".repeat(100))
+    fcm_token(&format!("t{n:03}"), 100)
 }
 
 fn device(token: &str) -> Device {
-    Device {
-        provider: ProviderId::new("fcm-xmpp-api"),
-        token: DeviceToken::new(token),
-        second_token: None,
-        webpush_keys: None,
-    }
+    pushgate_test_support::fixtures::device("fcm-xmpp-api", token)
 }
 
 fn alert() -> Notification {
     Notification {
         kind: Kind::Alert,
         priority: Priority::High,
-        content: Content {
-            account: Some("juliet@capulet.example".into()),
-            sender: Some("romeo@montague.example/phone".into()),
-            body: Some("wherefore art thou".into()),
-            message_count: Some(3),
-            nickname: Some("Romeo".into()),
-            channel: None,
-        },
+        content: content(),
         encrypted: None,
         collapse_key: None,
     }
@@ -94,6 +84,16 @@ impl Setup {
     fn provider(&self) -> Arc<FcmXmpp> {
         Arc::new(FcmXmpp::new(KEY, &self.config).unwrap())
     }
+}
+
+/// `n` background sends at once, to devices 0 to n-1.
+fn spawn_background_sends(fcm: &Arc<FcmXmpp>, n: u32) -> Vec<tokio::task::JoinHandle<Verdict>> {
+    (0..n)
+        .map(|n| {
+            let fcm = Arc::clone(fcm);
+            tokio::spawn(async move { fcm.send(&device(&token(n)), &background()).await })
+        })
+        .collect()
 }
 
 /// A script answering by device token.
@@ -269,12 +269,7 @@ async fn one_connection_never_has_more_than_100_unacknowledged() {
     s.config.pool_size = 1;
     s.config.request_timeout_secs = 2;
     let fcm = s.provider();
-    let sends: Vec<_> = (0..101)
-        .map(|n| {
-            let fcm = Arc::clone(&fcm);
-            tokio::spawn(async move { fcm.send(&device(&token(n)), &background()).await })
-        })
-        .collect();
+    let sends = spawn_background_sends(&fcm, 101);
     for send in sends {
         let v = send.await.unwrap();
         assert!(matches!(v, Verdict::Transient { .. }), "{v:?}");
@@ -304,12 +299,7 @@ async fn a_full_connection_spills_onto_a_second_one() {
     s.config.pool_size = 2;
     s.config.request_timeout_secs = 10;
     let fcm = s.provider();
-    let sends: Vec<_> = (0..150)
-        .map(|n| {
-            let fcm = Arc::clone(&fcm);
-            tokio::spawn(async move { fcm.send(&device(&token(n)), &background()).await })
-        })
-        .collect();
+    let sends = spawn_background_sends(&fcm, 150);
     s.mock
         .wait_until("150 messages arrive", |c| {
             c.iter().map(|r| r.messages.len()).sum::<usize>() == 150
@@ -570,21 +560,10 @@ fn the_section_parses_with_defaults_and_refuses_unknown_keys() {
 /// The commented example in etc/pushgate.toml names every key and, uncommented, parses.
 #[test]
 fn shipped_example_section_is_complete_and_parses() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/pushgate.toml"))
-            .unwrap();
-    let (_, example) = text
-        .split_once("# [providers.\"fcm-xmpp-api\"]")
-        .expect("the FCM XMPP example section is in etc/pushgate.toml");
-    let example = example.split("\n\n").next().unwrap_or(example);
-    let section: String = std::iter::once("[providers.\"fcm-xmpp-api\"]\n".to_owned())
-        .chain(
-            example
-                .lines()
-                .filter(|l| l.starts_with("# ") && !l.starts_with("# # "))
-                .map(|l| format!("{}\n", &l[2..])),
-        )
-        .collect();
+    let section = format!(
+        "[providers.\"fcm-xmpp-api\"]\n{}",
+        shipped_example("# [providers.\"fcm-xmpp-api\"]")
+    );
     let table: toml::Table = toml::from_str(&section).unwrap();
     let inner = table["providers"]["fcm-xmpp-api"]
         .as_table()
@@ -595,24 +574,23 @@ fn shipped_example_section_is_complete_and_parses() {
         panic!("{config:?}")
     };
     assert_eq!(c.pool_size, 2);
-    for key in [
-        "kind",
-        "sender_id",
-        "server_key",
-        "server",
-        "domain",
-        "ca_file",
-        "pool_size",
-        "ttl_secs",
-        "max_body_chars",
-        "request_timeout_secs",
-    ] {
-        assert!(inner.contains_key(key), "{key} is not documented");
-    }
-    assert_eq!(
-        inner.len(),
-        10,
-        "a key is documented that the section does not know"
+    assert_documents_exactly(
+        &inner,
+        &[
+            "kind",
+            "sender_id",
+            "server_key",
+            "server",
+            "domain",
+            "ca_file",
+            "pool_size",
+            "ttl_secs",
+            "max_body_chars",
+            "request_timeout_secs",
+        ],
     );
-    assert!(text.contains("LEGACY"), "the example is marked legacy");
+    assert!(
+        shipped_config().contains("LEGACY"),
+        "the example is marked legacy"
+    );
 }

@@ -2,18 +2,16 @@
 //! over the wire (RFC 8291 ciphertext, VAPID, TTL, Urgency, JSON), how every kind of answer maps
 //! onto a verdict, the endpoint policy, and the `[providers.<id>]` configuration.
 
-mod common;
-mod webpush_endpoint;
-
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pushgate_providers::webpush::{WebPush, WebPushConfig};
 use pushgate_providers::{
-    Content, Device, DeviceToken, Encrypted, Kind, Notification, Priority, Provider,
-    ProviderConfig, ProviderId, RegistrationError, Verdict, WebPushKeys,
+    Content, Device, Encrypted, Kind, Notification, Priority, Provider, ProviderConfig,
+    RegistrationError, Verdict, WebPushKeys,
 };
-use webpush_endpoint::{Behaviour, Endpoint, Subscriber, VapidFixture, verify_vapid};
+use pushgate_test_support::fixtures::{assert_held_back, shipped_config};
+use pushgate_test_support::webpush::{Behaviour, Endpoint, Subscriber, VapidFixture, verify_vapid};
 
 const SUBJECT: &str = "mailto:ops@example.org";
 const KEY: &str = "providers.webpush";
@@ -36,10 +34,8 @@ fn provider(config: &WebPushConfig) -> WebPush {
 
 fn device(endpoint: &str, keys: Option<WebPushKeys>) -> Device {
     Device {
-        provider: ProviderId::new("webpush"),
-        token: DeviceToken::new(endpoint),
-        second_token: None,
         webpush_keys: keys,
+        ..pushgate_test_support::fixtures::device("webpush", endpoint)
     }
 }
 
@@ -406,7 +402,7 @@ async fn a_huge_retry_after_holds_back_only_that_push_service() {
     );
     // Another subscription at the same service is not even tried…
     let held = send(busy.url("/sub/2")).await;
-    let reason = common::assert_held_back(&held, hour);
+    let reason = assert_held_back(&held, hour);
     assert!(!reason.contains("/sub/"), "no capability URL: {reason}");
     assert_eq!(busy.requests().len(), 1);
     // …while other push services are.
@@ -614,6 +610,17 @@ fn http_endpoints_need_allow_http() {
     ));
 }
 
+/// `push` refuses a subscription at `url` by its policy.
+fn assert_refused(push: &WebPush, url: &str) {
+    assert!(
+        matches!(
+            push.validate(&device(url, keys())),
+            Err(RegistrationError::Refused(_))
+        ),
+        "{url}"
+    );
+}
+
 #[test]
 fn private_address_literals_need_allow_private_addresses() {
     let lenient = provider(&WebPushConfig {
@@ -629,15 +636,8 @@ fn private_address_literals_need_allow_private_addresses() {
         "https://[::ffff:192.168.0.1]/p",
         "https://2130706433/p", // 127.0.0.1 spelled as a number
     ] {
-        let dev = device(url, keys());
-        assert!(
-            matches!(
-                provider(&strict()).validate(&dev),
-                Err(RegistrationError::Refused(_))
-            ),
-            "{url}"
-        );
-        lenient.validate(&dev).unwrap();
+        assert_refused(&provider(&strict()), url);
+        lenient.validate(&device(url, keys())).unwrap();
     }
     provider(&strict())
         .validate(&device("https://93.184.216.34/p", keys()))
@@ -655,13 +655,7 @@ fn denied_hosts_are_refused() {
         "https://EVIL.example./p",
         "https://a.b.internal.example/p",
     ] {
-        assert!(
-            matches!(
-                push.validate(&device(url, keys())),
-                Err(RegistrationError::Refused(_))
-            ),
-            "{url}"
-        );
+        assert_refused(&push, url);
     }
     push.validate(&device("https://good.example/p", keys()))
         .unwrap();
@@ -685,13 +679,7 @@ fn allowed_hosts_restrict_endpoints() {
         "https://notexample.org/p",
         "https://x.ntfy.sh/p",
     ] {
-        assert!(
-            matches!(
-                push.validate(&device(url, keys())),
-                Err(RegistrationError::Refused(_))
-            ),
-            "{url}"
-        );
+        assert_refused(&push, url);
     }
 }
 
@@ -863,9 +851,7 @@ fn unknown_config_key_is_an_error_naming_it() {
 
 #[test]
 fn shipped_example_config_section_is_accepted() {
-    let text =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../etc/pushgate.toml"))
-            .unwrap();
+    let text = shipped_config();
     let doc: toml::Table = toml::from_str(&text).unwrap();
     let section = doc["providers"]["webpush"].clone();
     let ProviderConfig::Webpush(c) = section.try_into::<ProviderConfig>().unwrap() else {

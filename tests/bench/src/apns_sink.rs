@@ -186,42 +186,26 @@ mod tests {
             )
         };
 
-        let r = client
-            .post(&url)
-            .header("apns-topic", TOPIC)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let post = |url: &str, headers: &[(&'static str, &'static str)]| {
+            let mut request = client.post(url).body(body);
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.send()
+        };
+        let bearer = ("authorization", "bearer a.b.c");
+        let topic = ("apns-topic", TOPIC);
+
+        let r = post(&url, &[topic]).await.unwrap();
         assert_eq!(reason(r).await, (403, "MissingProviderToken".into()));
-        let r = client
-            .post(&url)
-            .header("authorization", "bearer a.b.c")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&url, &[bearer]).await.unwrap();
         assert_eq!(reason(r).await, (400, "MissingTopic".into()));
         let bad = format!("{base}/3/device/not-hex");
-        let r = client
-            .post(&bad)
-            .header("authorization", "bearer a.b.c")
-            .header("apns-topic", TOPIC)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&bad, &[bearer, topic]).await.unwrap();
         assert_eq!(reason(r).await, (400, "BadDeviceToken".into()));
         assert_eq!(times.delivered[3].load(Ordering::Relaxed), 0);
 
-        let r = client
-            .post(&url)
-            .header("authorization", "bearer a.b.c")
-            .header("apns-topic", TOPIC)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let r = post(&url, &[bearer, topic]).await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.headers().contains_key("apns-id"));
         assert_eq!((sink.requests(), sink.refused()), (1, 3));

@@ -6,19 +6,15 @@
 //! web-push-native, so the tests check pushgate's wire format rather than a library against
 //! itself.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::{Aead, KeyInit, OsRng, rand_core::RngCore};
 use aes_gcm::{Aes128Gcm, Nonce};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use hkdf::Hkdf;
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response};
+use hyper::body::Incoming;
 use p256::ecdsa::signature::Verifier as _;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::pkcs8::{EncodePrivateKey as _, LineEnding};
@@ -27,20 +23,9 @@ use sha2::Sha256;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// One request as the endpoint saw it.
-#[derive(Clone, Debug)]
-pub struct Recorded {
-    pub method: String,
-    pub path: String,
-    pub headers: http::HeaderMap,
-    pub body: Vec<u8>,
-}
-
-impl Recorded {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
+use crate::jwt::{Jws, now_secs};
+pub use crate::serve::Recorded;
+use crate::serve::{self, Answer, Journal};
 
 /// What the endpoint does with a request.
 #[derive(Clone, Debug)]
@@ -68,7 +53,7 @@ impl Behaviour {
 /// The running endpoint; stops when dropped.
 pub struct Endpoint {
     addr: SocketAddr,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    requests: Arc<Journal<Recorded>>,
     connections: Arc<Mutex<usize>>,
     task: JoinHandle<()>,
 }
@@ -83,7 +68,7 @@ impl Endpoint {
     pub async fn start(behaviour: Behaviour) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Journal::default());
         let connections = Arc::new(Mutex::new(0));
         let task = tokio::spawn(accept_loop(
             listener,
@@ -114,7 +99,7 @@ impl Endpoint {
     }
 
     pub fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().unwrap().clone()
+        self.requests.all()
     }
 
     pub fn connections(&self) -> usize {
@@ -123,21 +108,14 @@ impl Endpoint {
 
     /// The single request this endpoint received (fails the test otherwise).
     pub fn only_request(&self) -> Recorded {
-        let all = self.requests();
-        assert_eq!(
-            all.len(),
-            1,
-            "expected exactly one request, got {}",
-            all.len()
-        );
-        all.into_iter().next().unwrap()
+        self.requests.only("request")
     }
 }
 
 async fn accept_loop(
     listener: TcpListener,
     behaviour: Behaviour,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    requests: Arc<Journal<Recorded>>,
     connections: Arc<Mutex<usize>>,
 ) {
     let mut held: Vec<TcpStream> = Vec::new();
@@ -154,7 +132,8 @@ async fn accept_loop(
                 let requests = requests.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        handle(req, answer.clone(), requests.clone())
+                        let answer = handle(req, answer.clone(), requests.clone());
+                        async move { Ok::<_, std::convert::Infallible>(answer.await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -166,29 +145,12 @@ async fn accept_loop(
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    req: hyper::Request<Incoming>,
     (status, headers, body): (u16, Vec<(&'static str, String)>, &'static str),
-    requests: Arc<Mutex<Vec<Recorded>>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (parts, incoming) = req.into_parts();
-    let received = incoming
-        .collect()
-        .await
-        .map(|c| c.to_bytes().to_vec())
-        .unwrap_or_default();
-    requests.lock().unwrap().push(Recorded {
-        method: parts.method.to_string(),
-        path: parts.uri.path().to_owned(),
-        headers: parts.headers,
-        body: received,
-    });
-    let mut response = Response::builder().status(status);
-    for (name, value) in headers {
-        response = response.header(name, value);
-    }
-    Ok(response
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap())
+    requests: Arc<Journal<Recorded>>,
+) -> Answer {
+    requests.push(Recorded::read(req).await);
+    serve::answer(status, false, body, headers)
 }
 
 /// The user agent's subscription: its P-256 key pair and auth secret.
@@ -353,29 +315,20 @@ pub fn verify_vapid(
         ));
     }
 
-    let parts: Vec<&str> = token.split('.').collect();
-    let [header, claims, signature] = parts.as_slice() else {
-        return Err("JWT must have three parts".into());
-    };
-    let header: serde_json::Value =
-        serde_json::from_slice(&B64URL.decode(header).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    if header["alg"] != "ES256" {
-        return Err(format!("alg is {}, not ES256", header["alg"]));
+    let jws = Jws::parse(token)?;
+    if jws.header["alg"] != "ES256" {
+        return Err(format!("alg is {}, not ES256", jws.header["alg"]));
     }
     let verifying =
         p256::ecdsa::VerifyingKey::from_sec1_bytes(&B64URL.decode(key).map_err(|e| e.to_string())?)
             .map_err(|e| e.to_string())?;
     let signature =
-        p256::ecdsa::Signature::from_slice(&B64URL.decode(signature).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+        p256::ecdsa::Signature::from_slice(&jws.signature).map_err(|e| e.to_string())?;
     verifying
-        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .verify(jws.signing_input.as_bytes(), &signature)
         .map_err(|_| "ES256 signature does not verify".to_string())?;
 
-    let claims: serde_json::Value =
-        serde_json::from_slice(&B64URL.decode(claims).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let claims = jws.claims;
     let aud = claims["aud"].as_str().ok_or("no aud")?.to_owned();
     let sub = claims["sub"].as_str().ok_or("no sub")?.to_owned();
     let exp = claims["exp"].as_u64().ok_or("no numeric exp")?;
@@ -385,10 +338,7 @@ pub fn verify_vapid(
     if sub != expected_sub {
         return Err(format!("sub is {sub}, expected {expected_sub}"));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = now_secs();
     if exp <= now || exp > now + 24 * 3600 {
         return Err(format!("exp {exp} is not within 24 h after now ({now})"));
     }

@@ -1,5 +1,5 @@
 //! A local FCM XMPP connection server (CCS; legacy, Google shut it down in 2024) for the
-//! `fcm-xmpp` provider tests: direct TLS on 127.0.0.1 with a generated CA, the real handshake
+//! `fcm-xmpp` provider tests: direct TLS on 127.0.0.1 with a test CA, the real handshake
 //! (stream header and features, SASL PLAIN checked against `<sender>@fcm.googleapis.com` and the
 //! server key, stream restart, resource bind), then downstream messages answered as each test
 //! scripts, with per-connection records (messages, outstanding count, acks from the client) and
@@ -13,11 +13,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rxml::Parse as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
@@ -25,52 +20,12 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::pki::Pki;
+
 pub const DOMAIN: &str = "fcm.googleapis.com";
 const SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 const BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 const GCM: &str = "google:mobile:data";
-
-/// A test CA and a TLS server configuration for 127.0.0.1.
-pub struct Pki {
-    pub ca_pem: String,
-    server: Arc<rustls::ServerConfig>,
-}
-
-impl Pki {
-    pub fn new() -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = dn("pushgate CCS test CA");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
-        params.distinguished_name = dn("localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params.signed_by(&key, &ca).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .unwrap();
-        Self {
-            ca_pem: ca.pem(),
-            server: Arc::new(server),
-        }
-    }
-}
-
-fn dn(cn: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, cn);
-    dn
-}
 
 /// How the mock answers one downstream message.
 #[derive(Clone, Debug)]
@@ -130,7 +85,7 @@ impl MockCcs {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let conns: Arc<Mutex<Vec<ConnRecord>>> = Arc::default();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&pki.server));
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config(false, &[]).unwrap());
         let expected = (format!("{sender_id}@{DOMAIN}"), server_key.to_owned());
         let state = Arc::clone(&conns);
         let task = tokio::spawn(async move {

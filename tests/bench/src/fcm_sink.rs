@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, StatusCode};
+use pushgate_test_support::fcm::GRANT_TYPE;
+use pushgate_test_support::fixtures::RsaKey;
 
 use crate::tls_sink::{self, Answer, Counts, Handler};
 use crate::{BoxError, ProviderSink, Times, path_str, toml_str};
 
 const PROJECT: &str = "pushgate-bench";
-const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 const UNAUTHENTICATED: &str = r#"{"error":{"code":401,"message":"Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.","status":"UNAUTHENTICATED"}}"#;
 const NOT_FOUND: &str =
     r#"{"error":{"code":404,"message":"Requested entity was not found.","status":"NOT_FOUND"}}"#;
@@ -47,7 +48,8 @@ struct Fcm {
 impl FcmSink {
     /// Starts the sink and writes its CA and a service-account JSON pointing at it into `dir`.
     pub(crate) async fn start(dir: &Path, times: Arc<Times>) -> Result<Self, BoxError> {
-        let private_key = rsa_key_pem().await?;
+        // Two openssl runs: off the runtime's threads.
+        let private_key = tokio::task::spawn_blocking(RsaKey::generate).await??.pem;
         let access_token = format!(
             "ya29.bench-{:x}",
             std::time::SystemTime::now()
@@ -220,36 +222,6 @@ fn percent_decoded_eq(encoded: &[u8], expected: &[u8]) -> bool {
         i += 1;
     }
     out.next().is_none()
-}
-
-/// A 2048-bit RSA key as PKCS#8 PEM, from `openssl genpkey`.
-async fn rsa_key_pem() -> Result<String, BoxError> {
-    let out = tokio::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| {
-            format!("the FCM sink needs the openssl CLI for the service account's RSA key: {e}")
-        })?;
-    if !out.status.success() {
-        return Err(format!(
-            "openssl genpkey failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
-    }
-    let pem = String::from_utf8(out.stdout)?;
-    if !pem.contains("BEGIN PRIVATE KEY") {
-        return Err("openssl genpkey printed no PKCS#8 key".into());
-    }
-    Ok(pem)
 }
 
 #[cfg(test)]
