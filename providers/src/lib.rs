@@ -270,9 +270,6 @@ fn check_common_ranges(
 
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
-    /// The implementation's name (`webpush`, `apns`, …), for logs and metrics.
-    fn kind(&self) -> &'static str;
-
     /// Checks a device's form and the provider's policy without any I/O, so a bad token is
     /// refused at registration time rather than discovered at the first push.
     fn validate(&self, device: &Device) -> Result<(), RegistrationError>;

@@ -336,10 +336,6 @@ impl WebPush {
 
 #[async_trait::async_trait]
 impl Provider for WebPush {
-    fn kind(&self) -> &'static str {
-        "webpush"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         self.policy.check_device(device).map(|_| ())
     }

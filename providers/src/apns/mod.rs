@@ -558,10 +558,6 @@ impl Apns {
 
 #[async_trait::async_trait]
 impl Provider for Apns {
-    fn kind(&self) -> &'static str {
-        "apns"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)?;
         if let Some(second) = &device.second_token {

@@ -337,10 +337,6 @@ fn build_client(
 
 #[async_trait::async_trait]
 impl Provider for Fcm {
-    fn kind(&self) -> &'static str {
-        "fcm"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
     }

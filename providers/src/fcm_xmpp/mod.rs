@@ -462,10 +462,6 @@ fn classify(outcome: Outcome) -> Classified {
 
 #[async_trait::async_trait]
 impl Provider for FcmXmpp {
-    fn kind(&self) -> &'static str {
-        "fcm-xmpp"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         crate::fcm::check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
     }
