@@ -235,6 +235,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error about `field` of the section at `section` (`providers.<id>`).
+    pub(crate) fn in_section(section: &str, field: &str, message: String) -> Self {
+        ConfigError {
+            key: format!("{section}.{field}"),
+            message,
+        }
+    }
+
     /// `Ok` when `value` of the key at `key` lies in `range`; an error naming the key otherwise.
     pub fn check_range<T: PartialOrd + fmt::Display>(
         key: &str,

@@ -33,7 +33,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use serde::Deserialize;
-use tracing::Instrument as _;
 
 pub use credentials::{CredentialError, CredentialInfo, Credentials};
 
@@ -248,10 +247,7 @@ impl Apns {
     /// it. Credentials in the config are optional: an app may get them later via the admin
     /// command. Without credentials, send() answers `Verdict::Transient`.
     pub fn new(key: &str, config: &ApnsConfig) -> Result<Self, ConfigError> {
-        let err = |field: &str, message: String| ConfigError {
-            key: format!("{key}.{field}"),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::in_section(key, field, message);
 
         config.check_ranges(key)?;
         if config.topic.trim().is_empty() || config.topic.contains(char::is_whitespace) {
@@ -282,26 +278,8 @@ impl Apns {
                 ),
             ));
         }
-        let extra_roots = match &config.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| err("ca_file", format!("cannot read {}: {e}", path.display())))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    err(
-                        "ca_file",
-                        format!("{} is not a PEM certificate bundle: {e}", path.display()),
-                    )
-                })?;
-                if certs.is_empty() {
-                    return Err(err(
-                        "ca_file",
-                        format!("{} holds no certificate", path.display()),
-                    ));
-                }
-                certs
-            }
-            None => Vec::new(),
-        };
+        let extra_roots = crate::transport::extra_roots(config.ca_file.as_deref())
+            .map_err(|e| err("ca_file", e.to_string()))?;
         let request_timeout = Duration::from_secs(config.request_timeout_secs);
 
         let apns = Self {
@@ -568,22 +546,16 @@ impl Provider for Apns {
     }
 
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
-        let span = tracing::info_span!(
+        let span = crate::transport::delivery_span!(
             "apns_delivery",
-            provider = %self.key,
-            kind = notification.kind.label(),
-            push_type = tracing::field::Empty,
-            token = ?device.token,
-            status = tracing::field::Empty,
-            apns_id = tracing::field::Empty,
+            self.key,
+            device,
+            notification,
+            push_type,
+            apns_id
         );
-        async {
-            let verdict = self.send_inner(device, notification).await;
-            crate::transport::log_verdict("apns delivery", &verdict);
-            verdict
-        }
-        .instrument(span)
-        .await
+        let delivery = self.send_inner(device, notification);
+        crate::transport::in_delivery_span(span, "apns delivery", delivery).await
     }
 
     fn as_apns(&self) -> Option<&Apns> {
@@ -780,14 +752,12 @@ pub(crate) fn answered_by(status: StatusCode, reason: &str) -> Answered {
 /// The `reason` of an APNs error body, read leniently: JSON `{"reason":…}`, else a printable
 /// excerpt of whatever came back, else empty.
 pub(crate) fn reason_of(body: &[u8]) -> String {
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => match v.get("reason").and_then(|r| r.as_str()) {
-            Some(r) => r.to_owned(),
-            None => String::new(),
-        },
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
-    };
-    crate::transport::printable(&text, MAX_REASON_CHARS)
+    crate::transport::error_reason(body, MAX_REASON_CHARS, |v| {
+        v.get("reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    })
 }
 
 #[cfg(test)]

@@ -13,27 +13,22 @@ use crate::Verdict;
 const MAX_IDLE_PER_HOST: usize = 16;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The client for every delivery: no redirects and no proxy from the environment (either would
-/// sidestep the endpoint policy), names resolved through [`PublicResolver`].
+/// The client for every delivery. Names are resolved through [`PublicResolver`], and
+/// [`crate::transport::client_builder`]'s "no redirects, no proxy" matters here: either would
+/// sidestep the endpoint policy.
 pub(super) fn build(
     config: &WebPushConfig,
     request_timeout: Duration,
 ) -> Result<reqwest::Client, reqwest::Error> {
-    // reqwest is built without a rustls provider of its own; whoever installs first wins.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
+    crate::transport::client_builder(request_timeout, &[])
         .https_only(!config.allow_http)
         .dns_resolver(PublicResolver {
             allow_private_addresses: config.allow_private_addresses,
         })
-        .connect_timeout(request_timeout)
         // Connections a slow or stalled push service leaves behind are not kept forever:
         // at most a few idle ones per host, closed after a minute.
         .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
-        .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")))
         .build()
 }
 
@@ -128,5 +123,5 @@ fn classify_error(err: reqwest::Error, timeout: Duration) -> Verdict {
 /// A short, printable start of the response body, for the verdict's reason; reading it also lets
 /// the connection be reused.
 pub(crate) fn excerpt_of(body: &[u8]) -> String {
-    crate::transport::printable(&String::from_utf8_lossy(body), MAX_RESPONSE_EXCERPT_CHARS)
+    crate::transport::excerpt(body, MAX_RESPONSE_EXCERPT_CHARS)
 }

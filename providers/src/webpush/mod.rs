@@ -28,8 +28,6 @@ mod vapid;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use tracing::Instrument as _;
-
 pub(crate) use client::{classify_status, excerpt_of};
 pub use config::WebPushConfig;
 pub use payload::MAX_PLAINTEXT_BYTES;
@@ -79,10 +77,7 @@ impl fmt::Debug for WebPush {
 impl WebPush {
     /// Builds the provider for the section at `key`; every error names the offending key below it.
     pub fn new(key: &str, config: &WebPushConfig) -> Result<Self, ConfigError> {
-        let err = |field: &str, message: String| ConfigError {
-            key: format!("{key}.{field}"),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::in_section(key, field, message);
         config.check_ranges(key)?;
 
         let vapid = match &config.vapid_private_key_file {
@@ -144,6 +139,33 @@ impl WebPush {
     /// service as the application server key; `None` without a configured key.
     pub fn vapid_public_key(&self) -> Option<&str> {
         self.vapid.as_ref().map(|v| v.public_b64.as_str())
+    }
+
+    /// One delivery unless its push service asked to wait; records what its answer asks for.
+    async fn send_held_back(
+        &self,
+        endpoint: Endpoint,
+        device: &Device,
+        notification: &Notification,
+    ) -> Verdict {
+        let origin = endpoint.origin.clone();
+        if let Some(left) = self.services.blocked(&origin, Instant::now()) {
+            let service = format!("the push service at {origin}");
+            return crate::transport::held_back(&service, left);
+        }
+        let verdict = self.deliver(endpoint, device, notification).await;
+        match &verdict {
+            Verdict::Sent => self.services.succeeded(&origin),
+            // Only a 429 or 5xx with a Retry-After carries one (classify_status).
+            Verdict::Transient {
+                retry_after: Some(asked),
+                ..
+            } => {
+                self.services.failed(origin, Some(*asked), Instant::now());
+            }
+            _ => {}
+        }
+        verdict
     }
 
     /// One delivery, run inside the delivery span.
@@ -244,31 +266,9 @@ impl Provider for WebPush {
             host = %endpoint.host,
             kind = notification.kind.label(),
             status = tracing::field::Empty,
+            verdict = tracing::field::Empty,
         );
-        async {
-            let origin = endpoint.origin.clone();
-            if let Some(left) = self.services.blocked(&origin, Instant::now()) {
-                let service = format!("the push service at {origin}");
-                let verdict = crate::transport::held_back(&service, left);
-                crate::transport::log_verdict("webpush delivery", &verdict);
-                return verdict;
-            }
-            let verdict = self.deliver(endpoint, device, notification).await;
-            match &verdict {
-                Verdict::Sent => self.services.succeeded(&origin),
-                // Only a 429 or 5xx with a Retry-After carries one (classify_status).
-                Verdict::Transient {
-                    retry_after: Some(asked),
-                    ..
-                } => {
-                    self.services.failed(origin, Some(*asked), Instant::now());
-                }
-                _ => {}
-            }
-            crate::transport::log_verdict("webpush delivery", &verdict);
-            verdict
-        }
-        .instrument(span)
-        .await
+        let delivery = self.send_held_back(endpoint, device, notification);
+        crate::transport::in_delivery_span(span, "webpush delivery", delivery).await
     }
 }
