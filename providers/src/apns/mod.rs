@@ -21,8 +21,8 @@
 //!   provider-wide hold of its own would turn one restarting APNs node into lost notifications
 //!   for every device. The publishing server's retry is the backoff.
 
+mod auth;
 mod client;
-mod credentials;
 mod jwt;
 mod payload;
 
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-pub use credentials::{CredentialError, CredentialInfo, Credentials};
+pub use auth::{CredentialError, CredentialInfo, Credentials};
 
 use crate::transport::{Answered, Backoff, Hold, Holds};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
