@@ -108,6 +108,11 @@ impl SectionSource for Section {
     fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, figment::Error> {
         self.0.extract()
     }
+    fn invalid(&self, key: &str, message: String) -> figment::Error {
+        let mut e = figment::Error::from(message);
+        e.path = vec![key.to_owned()];
+        e
+    }
 }
 
 /// Types each `[providers.<id>]` section by its `kind`.
@@ -919,6 +924,7 @@ mod tests {
                     ("request_timeout_secs", &[0, 61]),
                 ],
             ),
+            #[cfg(feature = "fcm-xmpp")]
             (
                 "fcm-xmpp",
                 "sender_id = \"1\"\nserver_key = \"k\"\n",
@@ -944,6 +950,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[cfg(not(feature = "fcm-xmpp"))]
+    #[test]
+    fn fcm_xmpp_needs_its_feature() {
+        let e = Config::from_toml_str(&format!(
+            "{MINIMAL}[providers.ccs]\nkind = \"fcm-xmpp\"\nsender_id = \"1\"\nserver_key = \"k\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("providers.ccs.kind: "), "{e}");
+        assert!(e.contains("`fcm-xmpp` feature"), "{e}");
     }
 
     #[test]
