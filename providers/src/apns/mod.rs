@@ -1,10 +1,14 @@
 //! The APNs provider: delivers a [`Notification`] to an iOS device through Apple's HTTP/2
 //! provider API, with token (.p8) or certificate (.p12 / PEM) authentication.
 //!
-//! Why it looks the way it does (providers.md §1, rust-stack.md §5):
-//! * Its own client on reqwest rather than a2: the base URL and an extra CA must be configurable
-//!   (tests run against a local HTTP/2 server; private relays exist), unknown APNs reasons must
-//!   survive as strings, and idle connections need HTTP/2 PINGs.
+//! The provider API: <https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns>.
+//!
+//! Why it looks the way it does:
+//! * Its own client on reqwest rather than the a2 crate: the base URL and an extra CA must be
+//!   configurable (tests run against a local HTTP/2 server; private relays exist), while a2
+//!   hard-codes Apple's hosts and trusts only the webpki roots; unknown APNs reasons must survive
+//!   as strings (a2's reason enum drops them); and idle connections need HTTP/2 PINGs (a2 sends
+//!   none).
 //! * Credentials may arrive after start (admin upload), so they live behind a lock and are
 //!   swapped whole with their connection pool; in-flight deliveries finish on the old pool.
 //! * Verdicts follow the HTTP status first and the `reason` second, so a reason Apple adds later
@@ -691,8 +695,9 @@ pub(crate) enum Classified {
     ExpiredProviderToken,
 }
 
-/// Maps an APNs answer onto a verdict: the status decides the class, the reason refines it
-/// (providers.md §1.4). Unknown reasons keep their string.
+/// Maps an APNs answer onto a verdict: the status decides the class, the reason refines it.
+/// Unknown reasons keep their string. Apple's statuses and reasons:
+/// <https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns>.
 pub(crate) fn classify(
     status: StatusCode,
     reason: &str,

@@ -1,9 +1,12 @@
 //! The FCM provider: delivers a [`Notification`] to an Android device through Firebase Cloud
 //! Messaging's HTTP v1 API, authenticated with a Google service account.
 //!
-//! Why it looks the way it does (providers.md §2, rust-stack.md §3, §6):
+//! The API: <https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send>.
+//!
+//! Why it looks the way it does:
 //! * Its own OAuth (oauth.rs) on ring rather than gcp_auth/jsonwebtoken: one RS256 signature, no
-//!   `rsa` crate, and a cache that shares one refresh among concurrent deliveries.
+//!   `rsa` crate (RUSTSEC-2023-0071), and a cache that shares one refresh among concurrent
+//!   deliveries.
 //! * Its own client on reqwest: the base URL and an extra CA are configurable (tests run against
 //!   a local HTTP/2 server; private relays exist). Sends speak HTTP/2 only, so concurrent
 //!   deliveries multiplex over one connection instead of opening one each.
@@ -42,7 +45,8 @@ pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 
 /// FCM registration tokens are ~160 characters today; this bounds what is stored.
 const MAX_TOKEN_CHARS: usize = 4096;
-/// Google's floor for backing off after `QUOTA_EXCEEDED` (providers.md §2.3).
+/// Google's floor for backing off after `QUOTA_EXCEEDED`: at least a minute
+/// (<https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode>).
 const QUOTA_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest a device is held back after repeated 429s.
 const MAX_DEVICE_BACKOFF: Duration = Duration::from_secs(3600);
@@ -127,7 +131,7 @@ pub struct Fcm {
     tokens: TokenSource,
     request_timeout: Duration,
     mapping: MappingSettings,
-    /// Devices FCM answered 429 for: at least a minute before the next try (providers.md §2.3);
+    /// Devices FCM answered 429 for: at least a minute before the next try (`QUOTA_BACKOFF`);
     /// the whole service after 5xx answers or a spent project quota: seconds, doubling up to a
     /// minute.
     holds: Holds,
@@ -476,8 +480,9 @@ pub(crate) enum Classified {
     Unauthenticated(String),
 }
 
-/// Maps an FCM answer onto a verdict (providers.md §2.3): the status decides the class, the
-/// error code refines it. Unknown codes keep their string.
+/// Maps an FCM answer onto a verdict (the error codes:
+/// <https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode>): the status decides the
+/// class, the error code refines it. Unknown codes keep their string.
 pub(crate) fn classify(
     status: StatusCode,
     error: Option<&FcmError>,

@@ -1,10 +1,12 @@
 //! LEGACY: the FCM XMPP connection server (CCS) provider, kind `fcm-xmpp` (Tigase's provider id
 //! `fcm-xmpp-api`).
 //!
-//! Google deprecated CCS in 2023 and shut it down in 2024 (providers.md §4): against Google this
-//! provider no longer delivers anything; real deliveries for `fcm-xmpp-api` registrations go
-//! through FCM HTTP v1 (the tokens are the same). It exists, opt-in, for deployments that run a
-//! CCS-compatible server and for interoperability with Tigase's configuration.
+//! Google deprecated CCS on 2023-06-20 and began shutting it down on 2024-07-22 with the other
+//! legacy FCM APIs (<https://firebase.google.com/docs/cloud-messaging/migrate-v1>): against
+//! Google this provider no longer delivers anything; real deliveries for `fcm-xmpp-api`
+//! registrations go through FCM HTTP v1 (the tokens are the same). It exists, opt-in (cargo
+//! feature `fcm-xmpp`), for deployments that run a CCS-compatible server and for
+//! interoperability with Tigase's configuration.
 //!
 //! Why it looks the way it does:
 //! * The data mapping is the FCM v1 provider's (fcm/message.rs), so clients see the same keys
@@ -413,7 +415,10 @@ enum Classified {
     Draining,
 }
 
-/// CCS's answer → verdict (providers.md §4).
+/// CCS's answer → verdict. The nack codes as Google documented them: `BAD_REGISTRATION` and
+/// `DEVICE_UNREGISTERED` mean the token is gone, `CONNECTION_DRAINING` asks to resend on another
+/// connection, `INVALID_JSON` and `BAD_ACK` are the sender's bug, and the rest (rate limits,
+/// unavailability, internal errors, codes added later) may pass.
 fn classify(outcome: Outcome) -> Classified {
     match outcome {
         Outcome::Ack => Classified::Done(Verdict::Sent),
