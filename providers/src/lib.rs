@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 pub mod apns;
 pub mod fcm;
+#[cfg(feature = "fcm-xmpp")]
 pub mod fcm_xmpp;
 pub mod framing;
 #[doc(hidden)]
@@ -235,6 +236,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// An error about `field` of the section at `section` (`providers.<id>`).
+    pub(crate) fn in_section(section: &str, field: &str, message: String) -> Self {
+        ConfigError {
+            key: format!("{section}.{field}"),
+            message,
+        }
+    }
+
     /// `Ok` when `value` of the key at `key` lies in `range`; an error naming the key otherwise.
     pub fn check_range<T: PartialOrd + fmt::Display>(
         key: &str,
@@ -270,9 +279,6 @@ fn check_common_ranges(
 
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
-    /// The implementation's name (`webpush`, `apns`, …), for logs and metrics.
-    fn kind(&self) -> &'static str;
-
     /// Checks a device's form and the provider's policy without any I/O, so a bad token is
     /// refused at registration time rather than discovered at the first push.
     fn validate(&self, device: &Device) -> Result<(), RegistrationError>;
@@ -307,7 +313,8 @@ pub enum ProviderConfig {
     Webpush(webpush::WebPushConfig),
     Apns(apns::ApnsConfig),
     Fcm(fcm::FcmConfig),
-    /// LEGACY FCM XMPP (CCS); Google shut it down in 2024.
+    /// LEGACY FCM XMPP (CCS); Google shut it down in 2024. Only with the `fcm-xmpp` feature.
+    #[cfg(feature = "fcm-xmpp")]
     #[serde(rename = "fcm-xmpp")]
     FcmXmpp(fcm_xmpp::FcmXmppConfig),
 }
@@ -318,11 +325,19 @@ pub enum ProviderConfig {
 pub trait SectionSource {
     type Error;
     fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, Self::Error>;
+    /// An error about the section's own `key` (e.g. `kind`), reported as the loader reports a bad
+    /// value of it.
+    fn invalid(&self, key: &str, message: String) -> Self::Error;
 }
+
+/// The `kind` of the CCS provider, known also to builds without it so they can say why they
+/// refuse it.
+const FCM_XMPP_KIND: &str = "fcm-xmpp";
 
 impl ProviderConfig {
     /// The section's configuration for its `kind`, read from `section` (which holds every key but
-    /// `kind`); `None` for a kind no provider has.
+    /// `kind`); `None` for a kind no provider has. A kind this build left out (`fcm-xmpp` without
+    /// its feature) is an error about `kind` that says so.
     pub fn from_section<S: SectionSource>(
         kind: &str,
         section: &S,
@@ -331,7 +346,19 @@ impl ProviderConfig {
             "webpush" => ProviderConfig::Webpush(section.extract()?),
             "apns" => ProviderConfig::Apns(section.extract()?),
             "fcm" => ProviderConfig::Fcm(section.extract()?),
-            "fcm-xmpp" => ProviderConfig::FcmXmpp(section.extract()?),
+            #[cfg(feature = "fcm-xmpp")]
+            FCM_XMPP_KIND => ProviderConfig::FcmXmpp(section.extract()?),
+            #[cfg(not(feature = "fcm-xmpp"))]
+            FCM_XMPP_KIND => {
+                return Err(section.invalid(
+                    "kind",
+                    format!(
+                        "`{FCM_XMPP_KIND}` (the legacy FCM XMPP provider) is not available: \
+                         pushgate was built without the `fcm-xmpp` feature \
+                         (cargo build --features fcm-xmpp)"
+                    ),
+                ));
+            }
             _ => return Ok(None),
         }))
     }
@@ -343,6 +370,7 @@ impl ProviderConfig {
             ProviderConfig::Webpush(c) => c.check_ranges(key),
             ProviderConfig::Apns(c) => c.check_ranges(key),
             ProviderConfig::Fcm(c) => c.check_ranges(key),
+            #[cfg(feature = "fcm-xmpp")]
             ProviderConfig::FcmXmpp(c) => c.check_ranges(key),
         }
     }
@@ -355,6 +383,80 @@ pub fn build(key: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, Co
         ProviderConfig::Webpush(c) => Ok(Arc::new(webpush::WebPush::new(key, c)?)),
         ProviderConfig::Apns(c) => Ok(Arc::new(apns::Apns::new(key, c)?)),
         ProviderConfig::Fcm(c) => Ok(Arc::new(fcm::Fcm::new(key, c)?)),
+        #[cfg(feature = "fcm-xmpp")]
         ProviderConfig::FcmXmpp(c) => Ok(Arc::new(fcm_xmpp::FcmXmpp::new(key, c)?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[providers.<id>]` section as the configuration loader hands it over: every key but
+    /// `kind`, errors naming `providers.<id>.<key>`.
+    struct Section {
+        id: &'static str,
+        keys: toml::Table,
+    }
+
+    impl Section {
+        fn new(id: &'static str, keys: &str) -> Self {
+            Section {
+                id,
+                keys: keys.parse().unwrap(),
+            }
+        }
+    }
+
+    impl SectionSource for Section {
+        type Error = String;
+        fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, String> {
+            toml::Value::Table(self.keys.clone())
+                .try_into()
+                .map_err(|e| format!("providers.{}: {e}", self.id))
+        }
+        fn invalid(&self, key: &str, message: String) -> String {
+            format!("providers.{}.{key}: {message}", self.id)
+        }
+    }
+
+    #[test]
+    fn sections_are_typed_by_kind() {
+        let webpush = ProviderConfig::from_section("webpush", &Section::new("wp", "ttl_secs = 60"));
+        assert!(matches!(webpush, Ok(Some(ProviderConfig::Webpush(c))) if c.ttl_secs == 60));
+        let err =
+            ProviderConfig::from_section("webpush", &Section::new("wp", "ttl = 60")).unwrap_err();
+        assert!(
+            err.starts_with("providers.wp:") && err.contains("ttl"),
+            "{err}"
+        );
+        assert!(matches!(
+            ProviderConfig::from_section("gcm", &Section::new("old", "")),
+            Ok(None)
+        ));
+    }
+
+    #[cfg(feature = "fcm-xmpp")]
+    #[test]
+    fn fcm_xmpp_sections_are_read_with_its_feature() {
+        let section = Section::new("ccs", "sender_id = \"1\"\nserver_key = \"k\"");
+        assert!(matches!(
+            ProviderConfig::from_section("fcm-xmpp", &section),
+            Ok(Some(ProviderConfig::FcmXmpp(c))) if c.sender_id == "1"
+        ));
+    }
+
+    #[cfg(not(feature = "fcm-xmpp"))]
+    #[test]
+    fn fcm_xmpp_without_its_feature_is_refused_at_its_kind() {
+        let section = Section::new("ccs", "sender_id = \"1\"\nserver_key = \"k\"");
+        let Err(err) = ProviderConfig::from_section("fcm-xmpp", &section) else {
+            panic!("fcm-xmpp was accepted by a build without the feature");
+        };
+        assert!(err.starts_with("providers.ccs.kind: "), "{err}");
+        assert!(
+            err.contains("built without the `fcm-xmpp` feature"),
+            "{err}"
+        );
     }
 }

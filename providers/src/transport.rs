@@ -1,6 +1,7 @@
-//! What every HTTP-based provider does the same way: turning a failed request into a verdict,
-//! showing the cause behind an error, logging the verdict of a delivery, reading `Retry-After`
-//! and holding back sends after a service asked to slow down.
+//! What the providers do the same way: loading an extra trusted CA, building an HTTP client,
+//! turning a failed request into a verdict, showing the cause behind an error and an excerpt of
+//! an error answer, running a delivery in its span and logging its verdict, reading
+//! `Retry-After` and holding back sends after a service asked to slow down.
 //!
 //! Kept in one place so the providers agree on what is transient (a timeout, a lost connection),
 //! what is pushgate's own fault (a request it could not even build), and how long a peer may make
@@ -8,10 +9,16 @@
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
+use tracing::Instrument as _;
 
 use crate::Verdict;
 
@@ -21,6 +28,101 @@ static FD_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
 /// (EMFILE/ENFILE) since start. This crate knows nothing of Prometheus; the front exposes it.
 pub fn fd_exhausted_total() -> u64 {
     FD_EXHAUSTED.load(Ordering::Relaxed)
+}
+
+/// Why a `ca_file` (an extra trusted CA for a test server or a private relay) cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CaFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a PEM certificate bundle: {reason}")]
+    NotPem { path: String, reason: String },
+    #[error("{path} holds no certificate")]
+    Empty { path: String },
+}
+
+/// The certificates of the PEM bundle at `path`; a file without any is refused, so a wrong
+/// path or file is found at start rather than as a TLS failure at the first delivery.
+pub(crate) fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaFileError> {
+    let shown = || path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| CaFileError::Read {
+        path: shown(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CaFileError::NotPem {
+            path: shown(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(CaFileError::Empty { path: shown() });
+    }
+    Ok(certs)
+}
+
+/// The extra roots of an HTTP provider's client: those of `ca_file`, none without one.
+pub(crate) fn extra_roots(
+    ca_file: Option<&Path>,
+) -> Result<Vec<reqwest::Certificate>, CaFileError> {
+    let Some(path) = ca_file else {
+        return Ok(Vec::new());
+    };
+    load_ca_file(path)?
+        .iter()
+        .map(|der| {
+            reqwest::Certificate::from_der(der).map_err(|e| CaFileError::NotPem {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// What every provider's HTTP client has: no redirects followed and no proxy from the
+/// environment (a delivery goes where it was addressed, or nowhere), `connect_timeout`,
+/// `extra_roots` on top of the system's, and pushgate's user agent.
+pub(crate) fn client_builder(
+    connect_timeout: Duration,
+    extra_roots: &[reqwest::Certificate],
+) -> reqwest::ClientBuilder {
+    // reqwest is built without a rustls provider of its own; whoever installs first wins.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .connect_timeout(connect_timeout)
+        .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")));
+    if extra_roots.is_empty() {
+        builder
+    } else {
+        builder.tls_certs_merge(extra_roots.iter().cloned())
+    }
+}
+
+/// [`client_builder`] for a service spoken to over HTTP/2 only, on TLS (ALPN `h2`, so
+/// concurrent deliveries share one connection instead of opening one each). Idle connections are
+/// kept and, with a `ping_interval`, PINGed so a connection that died silently is noticed
+/// before a send.
+pub(crate) fn h2_client_builder(
+    connect_timeout: Duration,
+    extra_roots: &[reqwest::Certificate],
+    ping_interval: Option<Duration>,
+) -> reqwest::ClientBuilder {
+    let builder = client_builder(connect_timeout, extra_roots)
+        .http2_prior_knowledge()
+        .https_only(true)
+        .pool_idle_timeout(None);
+    match ping_interval {
+        Some(interval) => builder
+            .http2_keep_alive_interval(interval)
+            .http2_keep_alive_timeout(connect_timeout)
+            .http2_keep_alive_while_idle(true),
+        None => builder,
+    }
 }
 
 /// Whether an I/O error somewhere in `err`'s chain is EMFILE or ENFILE.
@@ -115,6 +217,24 @@ pub(crate) async fn read_capped(mut response: reqwest::Response, max: usize) -> 
     buf
 }
 
+/// A printable excerpt of an error answer, at most `max_chars` characters: `pick` reads what a
+/// JSON body says (empty when it says nothing), any other body is shown as text.
+pub(crate) fn error_reason(
+    body: &[u8],
+    max_chars: usize,
+    pick: impl FnOnce(&serde_json::Value) -> String,
+) -> String {
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(v) => printable(&pick(&v), max_chars),
+        Err(_) => excerpt(body, max_chars),
+    }
+}
+
+/// The start of `body` as text, at most `max_chars` printable characters.
+pub(crate) fn excerpt(body: &[u8], max_chars: usize) -> String {
+    printable(&String::from_utf8_lossy(body), max_chars)
+}
+
 /// `text` with control characters blanked, cut to `max` characters and trimmed: safe for logs.
 pub(crate) fn printable(text: &str, max: usize) -> String {
     text.chars()
@@ -125,9 +245,44 @@ pub(crate) fn printable(text: &str, max: usize) -> String {
         .to_owned()
 }
 
+/// The span of one delivery to a device token: the fields every such provider records (`status`
+/// and `verdict` later), then the provider's own `extra` fields, recorded later too. The token
+/// shows only its prefix (`DeviceToken`'s `Debug`).
+macro_rules! delivery_span {
+    ($name:literal, $provider:expr, $device:expr, $notification:expr $(, $extra:ident)*) => {
+        tracing::info_span!(
+            $name,
+            provider = %$provider,
+            kind = $notification.kind.label(),
+            token = ?$device.token,
+            status = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+            $($extra = tracing::field::Empty,)*
+        )
+    };
+}
+pub(crate) use delivery_span;
+
+/// Runs one delivery inside its `span` (which declares a `verdict` field) and ends it with one
+/// log line `what` there.
+pub(crate) async fn in_delivery_span(
+    span: tracing::Span,
+    what: &str,
+    delivery: impl Future<Output = Verdict>,
+) -> Verdict {
+    async {
+        let verdict = delivery.await;
+        tracing::Span::current().record("verdict", verdict.label());
+        log_verdict(what, &verdict);
+        verdict
+    }
+    .instrument(span)
+    .await
+}
+
 /// One log line per delivery, inside the provider's delivery span: our own faults are warnings,
 /// everything else is the ordinary course of pushing.
-pub(crate) fn log_verdict(what: &str, verdict: &Verdict) {
+fn log_verdict(what: &str, verdict: &Verdict) {
     match verdict {
         Verdict::Sent => tracing::info!(verdict = verdict.label(), "{what}"),
         Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
@@ -350,6 +505,52 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("client error (Connect)")]
     struct Wrapped(#[source] std::io::Error);
+
+    #[test]
+    fn ca_files_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let missing = dir.path().join("missing.pem");
+        assert!(matches!(
+            load_ca_file(&missing),
+            Err(CaFileError::Read { .. })
+        ));
+        assert!(matches!(
+            load_ca_file(&write("text.pem", "hello")),
+            Err(CaFileError::Empty { .. })
+        ));
+        let broken = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        let err = load_ca_file(&write("broken.pem", broken)).unwrap_err();
+        assert!(matches!(err, CaFileError::NotPem { .. }), "{err}");
+        assert!(err.to_string().contains("broken.pem"), "{err}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["ca.test".to_owned()]).unwrap();
+        let bundle = write("ca.pem", &format!("{}{}", ca.cert.pem(), ca.cert.pem()));
+        assert_eq!(load_ca_file(&bundle).unwrap().len(), 2);
+        assert_eq!(extra_roots(Some(&bundle)).unwrap().len(), 2);
+        assert!(extra_roots(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn error_reasons_are_printable_and_cut() {
+        let reason = |body: &[u8]| {
+            error_reason(body, 10, |v| {
+                v.get("reason")
+                    .and_then(|r| r.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+        };
+        assert_eq!(reason(br#"{"reason":"BadDeviceToken"}"#), "BadDeviceT");
+        assert_eq!(reason(br#"{"reason":"a\nb"}"#), "a b");
+        assert_eq!(reason(br#"{"other":1}"#), "", "JSON that says nothing");
+        assert_eq!(reason(b"\x00<html>\xff"), "<html>\u{fffd}");
+        assert_eq!(excerpt("ünïcödé text".as_bytes(), 7), "ünïcödé");
+    }
 
     #[test]
     fn out_of_descriptors_is_found_anywhere_in_the_chain() {

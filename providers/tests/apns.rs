@@ -1037,7 +1037,6 @@ async fn credentials_swap_while_sending() {
 #[tokio::test]
 async fn device_tokens_are_validated() {
     let apns = Apns::new(KEY, &ApnsConfig::new(TOPIC, Environment::Sandbox)).unwrap();
-    assert_eq!(apns.kind(), "apns");
     assert_eq!(apns.topic(), TOPIC);
     assert_eq!(apns.environment(), Environment::Sandbox);
     assert!(
@@ -1085,7 +1084,6 @@ async fn config_section_parses_with_defaults_and_builds() {
     assert_eq!(c.max_body_chars, 500);
     assert_eq!(c.environment, Environment::Sandbox);
     let provider = pushgate_providers::build(KEY, &config).unwrap();
-    assert_eq!(provider.kind(), "apns");
     assert_eq!(provider.as_apns().unwrap().topic(), TOPIC);
 }
 

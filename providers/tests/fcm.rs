@@ -877,7 +877,6 @@ async fn token_endpoint_failures_are_transient_and_nothing_is_sent() {
 async fn validate_refuses_empty_long_and_spaced_tokens() {
     let s = Setup::new().await;
     let fcm = s.provider(&s.config());
-    assert_eq!(fcm.kind(), "fcm");
     assert!(fcm.validate(&device(&token(1))).is_ok());
     for bad in [
         String::new(),
@@ -996,7 +995,10 @@ fn config_section_parses_with_defaults_builds_and_names_bad_keys() {
     assert_eq!(c.max_body_chars, 500);
     assert_eq!(c.request_timeout_secs, 8);
     let provider = pushgate_providers::build(KEY, &config).unwrap();
-    assert_eq!(provider.kind(), "fcm");
+    // The built provider applies FCM's token rules.
+    assert!(provider.as_apns().is_none());
+    assert!(provider.validate(&device(&token(1))).is_ok());
+    assert!(provider.validate(&device("a b")).is_err());
 
     let err = parse("kind = \"fcm\"\nservice_account_file = \"x\"\nttl = 5\n").unwrap_err();
     assert!(err.contains("ttl"), "{err}");

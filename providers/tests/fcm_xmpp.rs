@@ -480,7 +480,6 @@ async fn oversize_payloads_and_bad_tokens_never_reach_ccs() {
             Err(RegistrationError::InvalidToken(_))
         ));
     }
-    assert_eq!(fcm.kind(), "fcm-xmpp");
 }
 
 fn parse(toml_text: &str) -> Result<ProviderConfig, toml::de::Error> {
@@ -550,7 +549,10 @@ fn the_section_parses_with_defaults_and_refuses_unknown_keys() {
     assert_eq!(c.request_timeout_secs, 8);
     assert!(c.ca_file.is_none());
     let built = pushgate_providers::build(KEY, &ProviderConfig::FcmXmpp(c)).unwrap();
-    assert_eq!(built.kind(), "fcm-xmpp");
+    // The built provider applies FCM's token rules.
+    assert!(built.as_apns().is_none());
+    assert!(built.validate(&device(&token(1))).is_ok());
+    assert!(built.validate(&device("a b")).is_err());
     let err = parse("kind = \"fcm-xmpp\"\nsender_id = \"1\"\nserver_key = \"k\"\nport = 5\n")
         .unwrap_err();
     assert!(err.to_string().contains("port"), "{err}");

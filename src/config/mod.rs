@@ -115,6 +115,11 @@ impl SectionSource for Section {
     fn extract<T: serde::de::DeserializeOwned>(&self) -> Result<T, figment::Error> {
         self.0.extract()
     }
+    fn invalid(&self, key: &str, message: String) -> figment::Error {
+        let mut e = figment::Error::from(message);
+        e.path = vec![key.to_owned()];
+        e
+    }
 }
 
 /// Types each `[providers.<id>]` section by its `kind`.

@@ -208,6 +208,7 @@ fn every_provider_number_has_a_range_and_the_error_names_the_key() {
                 ("request_timeout_secs", &[0, 61]),
             ],
         ),
+        #[cfg(feature = "fcm-xmpp")]
         (
             "fcm-xmpp",
             "sender_id = \"1\"\nserver_key = \"k\"\n",
@@ -232,6 +233,18 @@ fn every_provider_number_has_a_range_and_the_error_names_the_key() {
             }
         }
     }
+}
+
+#[cfg(not(feature = "fcm-xmpp"))]
+#[test]
+fn fcm_xmpp_needs_its_feature() {
+    let e = Config::from_toml_str(&format!(
+        "{MINIMAL}[providers.ccs]\nkind = \"fcm-xmpp\"\nsender_id = \"1\"\nserver_key = \"k\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("providers.ccs.kind: "), "{e}");
+    assert!(e.contains("`fcm-xmpp` feature"), "{e}");
 }
 
 #[test]

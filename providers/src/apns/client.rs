@@ -31,8 +31,6 @@ impl Pool {
         settings: &ClientSettings,
         identity_pem: Option<&str>,
     ) -> Result<Self, String> {
-        // reqwest is built without a rustls provider of its own; whoever installs first wins.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let identity = match identity_pem {
             Some(pem) => Some(
                 reqwest::Identity::from_pem(pem.as_bytes())
@@ -42,23 +40,11 @@ impl Pool {
         };
         let clients = (0..size.max(1))
             .map(|_| {
-                let mut builder = reqwest::Client::builder()
-                    .http2_prior_knowledge()
-                    .redirect(reqwest::redirect::Policy::none())
-                    .no_proxy()
-                    .https_only(true)
-                    .connect_timeout(settings.connect_timeout)
-                    .pool_idle_timeout(None)
-                    .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")));
-                if let Some(interval) = settings.ping_interval {
-                    builder = builder
-                        .http2_keep_alive_interval(interval)
-                        .http2_keep_alive_timeout(settings.connect_timeout)
-                        .http2_keep_alive_while_idle(true);
-                }
-                if !settings.extra_roots.is_empty() {
-                    builder = builder.tls_certs_merge(settings.extra_roots.iter().cloned());
-                }
+                let mut builder = crate::transport::h2_client_builder(
+                    settings.connect_timeout,
+                    &settings.extra_roots,
+                    settings.ping_interval,
+                );
                 if let Some(identity) = &identity {
                     builder = builder.identity(identity.clone());
                 }

@@ -14,7 +14,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use p256::ecdsa::signature::Signer as _;
 use p256::pkcs8::DecodePrivateKey as _;
 
-use super::credentials::CredentialError;
+use super::auth::CredentialError;
 
 /// A cached token is replaced after this long (Apple: between 20 and 60 minutes).
 pub(crate) const RENEW_AFTER: Duration = Duration::from_secs(50 * 60);

@@ -1,10 +1,14 @@
 //! The APNs provider: delivers a [`Notification`] to an iOS device through Apple's HTTP/2
 //! provider API, with token (.p8) or certificate (.p12 / PEM) authentication.
 //!
-//! Why it looks the way it does (providers.md §1, rust-stack.md §5):
-//! * Its own client on reqwest rather than a2: the base URL and an extra CA must be configurable
-//!   (tests run against a local HTTP/2 server; private relays exist), unknown APNs reasons must
-//!   survive as strings, and idle connections need HTTP/2 PINGs.
+//! The provider API: <https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns>.
+//!
+//! Why it looks the way it does:
+//! * Its own client on reqwest rather than the a2 crate: the base URL and an extra CA must be
+//!   configurable (tests run against a local HTTP/2 server; private relays exist), while a2
+//!   hard-codes Apple's hosts and trusts only the webpki roots; unknown APNs reasons must survive
+//!   as strings (a2's reason enum drops them); and idle connections need HTTP/2 PINGs (a2 sends
+//!   none).
 //! * Credentials may arrive after start (admin upload), so they live behind a lock and are
 //!   swapped whole with their connection pool; in-flight deliveries finish on the old pool.
 //! * Verdicts follow the HTTP status first and the `reason` second, so a reason Apple adds later
@@ -21,8 +25,8 @@
 //!   provider-wide hold of its own would turn one restarting APNs node into lost notifications
 //!   for every device. The publishing server's retry is the backoff.
 
+mod auth;
 mod client;
-mod credentials;
 mod jwt;
 mod payload;
 
@@ -33,9 +37,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::StatusCode;
 use serde::Deserialize;
-use tracing::Instrument as _;
 
-pub use credentials::{CredentialError, CredentialInfo, Credentials};
+pub use auth::{CredentialError, CredentialInfo, Credentials};
 
 use crate::transport::{Answered, Backoff, Hold, Holds};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
@@ -248,10 +251,7 @@ impl Apns {
     /// it. Credentials in the config are optional: an app may get them later via the admin
     /// command. Without credentials, send() answers `Verdict::Transient`.
     pub fn new(key: &str, config: &ApnsConfig) -> Result<Self, ConfigError> {
-        let err = |field: &str, message: String| ConfigError {
-            key: format!("{key}.{field}"),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::in_section(key, field, message);
 
         config.check_ranges(key)?;
         if config.topic.trim().is_empty() || config.topic.contains(char::is_whitespace) {
@@ -282,26 +282,8 @@ impl Apns {
                 ),
             ));
         }
-        let extra_roots = match &config.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| err("ca_file", format!("cannot read {}: {e}", path.display())))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    err(
-                        "ca_file",
-                        format!("{} is not a PEM certificate bundle: {e}", path.display()),
-                    )
-                })?;
-                if certs.is_empty() {
-                    return Err(err(
-                        "ca_file",
-                        format!("{} holds no certificate", path.display()),
-                    ));
-                }
-                certs
-            }
-            None => Vec::new(),
-        };
+        let extra_roots = crate::transport::extra_roots(config.ca_file.as_deref())
+            .map_err(|e| err("ca_file", e.to_string()))?;
         let request_timeout = Duration::from_secs(config.request_timeout_secs);
 
         let apns = Self {
@@ -558,10 +540,6 @@ impl Apns {
 
 #[async_trait::async_trait]
 impl Provider for Apns {
-    fn kind(&self) -> &'static str {
-        "apns"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)?;
         if let Some(second) = &device.second_token {
@@ -572,22 +550,16 @@ impl Provider for Apns {
     }
 
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
-        let span = tracing::info_span!(
+        let span = crate::transport::delivery_span!(
             "apns_delivery",
-            provider = %self.key,
-            kind = notification.kind.label(),
-            push_type = tracing::field::Empty,
-            token = ?device.token,
-            status = tracing::field::Empty,
-            apns_id = tracing::field::Empty,
+            self.key,
+            device,
+            notification,
+            push_type,
+            apns_id
         );
-        async {
-            let verdict = self.send_inner(device, notification).await;
-            crate::transport::log_verdict("apns delivery", &verdict);
-            verdict
-        }
-        .instrument(span)
-        .await
+        let delivery = self.send_inner(device, notification);
+        crate::transport::in_delivery_span(span, "apns delivery", delivery).await
     }
 
     fn as_apns(&self) -> Option<&Apns> {
@@ -723,8 +695,9 @@ pub(crate) enum Classified {
     ExpiredProviderToken,
 }
 
-/// Maps an APNs answer onto a verdict: the status decides the class, the reason refines it
-/// (providers.md §1.4). Unknown reasons keep their string.
+/// Maps an APNs answer onto a verdict: the status decides the class, the reason refines it.
+/// Unknown reasons keep their string. Apple's statuses and reasons:
+/// <https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns>.
 pub(crate) fn classify(
     status: StatusCode,
     reason: &str,
@@ -784,14 +757,12 @@ pub(crate) fn answered_by(status: StatusCode, reason: &str) -> Answered {
 /// The `reason` of an APNs error body, read leniently: JSON `{"reason":…}`, else a printable
 /// excerpt of whatever came back, else empty.
 pub(crate) fn reason_of(body: &[u8]) -> String {
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => match v.get("reason").and_then(|r| r.as_str()) {
-            Some(r) => r.to_owned(),
-            None => String::new(),
-        },
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
-    };
-    crate::transport::printable(&text, MAX_REASON_CHARS)
+    crate::transport::error_reason(body, MAX_REASON_CHARS, |v| {
+        v.get("reason")
+            .and_then(|r| r.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Maps a [`Notification`] onto one FCM HTTP v1 message: a data-only message with the keys
-//! Tigase's Android client reads (providers.md §5.2), its Android priority and TTL.
+//! Tigase's Android client reads (`account`, `unread-messages`, `sender`, `body`, `nickname`, or
+//! `encrypted` and `iv`, all strings), its Android priority and TTL.
 //!
 //! Why data-only: XMPP clients fetch the messages themselves and build their own notification,
 //! and data messages always reach the app's handler (a `notification` block would be shown by

@@ -1,9 +1,12 @@
 //! The FCM provider: delivers a [`Notification`] to an Android device through Firebase Cloud
 //! Messaging's HTTP v1 API, authenticated with a Google service account.
 //!
-//! Why it looks the way it does (providers.md §2, rust-stack.md §3, §6):
+//! The API: <https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send>.
+//!
+//! Why it looks the way it does:
 //! * Its own OAuth (oauth.rs) on ring rather than gcp_auth/jsonwebtoken: one RS256 signature, no
-//!   `rsa` crate, and a cache that shares one refresh among concurrent deliveries.
+//!   `rsa` crate (RUSTSEC-2023-0071), and a cache that shares one refresh among concurrent
+//!   deliveries.
 //! * Its own client on reqwest: the base URL and an extra CA are configurable (tests run against
 //!   a local HTTP/2 server; private relays exist). Sends speak HTTP/2 only, so concurrent
 //!   deliveries multiplex over one connection instead of opening one each.
@@ -31,7 +34,6 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde::Deserialize;
-use tracing::Instrument as _;
 
 use crate::transport::{Answered, Backoff, Hold, Holds};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
@@ -43,7 +45,8 @@ pub const DEFAULT_BASE_URL: &str = "https://fcm.googleapis.com";
 
 /// FCM registration tokens are ~160 characters today; this bounds what is stored.
 const MAX_TOKEN_CHARS: usize = 4096;
-/// Google's floor for backing off after `QUOTA_EXCEEDED` (providers.md §2.3).
+/// Google's floor for backing off after `QUOTA_EXCEEDED`: at least a minute
+/// (<https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode>).
 const QUOTA_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest a device is held back after repeated 429s.
 const MAX_DEVICE_BACKOFF: Duration = Duration::from_secs(3600);
@@ -128,7 +131,7 @@ pub struct Fcm {
     tokens: TokenSource,
     request_timeout: Duration,
     mapping: MappingSettings,
-    /// Devices FCM answered 429 for: at least a minute before the next try (providers.md §2.3);
+    /// Devices FCM answered 429 for: at least a minute before the next try (`QUOTA_BACKOFF`);
     /// the whole service after 5xx answers or a spent project quota: seconds, doubling up to a
     /// minute.
     holds: Holds,
@@ -149,10 +152,7 @@ impl Fcm {
     /// Builds the provider for the section at `key`; every error names the offending key below
     /// it. The service account is read and its key checked now, so a bad file stops the start.
     pub fn new(key: &str, config: &FcmConfig) -> Result<Self, ConfigError> {
-        let err = |field: &str, message: String| ConfigError {
-            key: format!("{key}.{field}"),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::in_section(key, field, message);
         config.check_ranges(key)?;
         let account = ServiceAccount::load(&config.service_account_file)
             .map_err(|e| err("service_account_file", e.to_string()))?;
@@ -161,33 +161,25 @@ impl Fcm {
         if url.scheme() != "https" || url.host().is_none() {
             return Err(err("base_url", "must be an https:// URL".to_owned()));
         }
-        let extra_roots = match &config.ca_file {
-            Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| err("ca_file", format!("cannot read {}: {e}", path.display())))?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    err(
-                        "ca_file",
-                        format!("{} is not a PEM certificate bundle: {e}", path.display()),
-                    )
-                })?;
-                if certs.is_empty() {
-                    return Err(err(
-                        "ca_file",
-                        format!("{} holds no certificate", path.display()),
-                    ));
-                }
-                certs
-            }
-            None => Vec::new(),
-        };
+        let extra_roots = crate::transport::extra_roots(config.ca_file.as_deref())
+            .map_err(|e| err("ca_file", e.to_string()))?;
         let request_timeout = Duration::from_secs(config.request_timeout_secs);
-        let client =
-            build_client(&extra_roots, request_timeout, true).map_err(|m| err("ca_file", m))?;
+        let built = |builder: reqwest::ClientBuilder| {
+            builder
+                .build()
+                .map_err(|e| err("ca_file", format!("cannot build the HTTP client: {e}")))
+        };
+        let client = built(crate::transport::h2_client_builder(
+            request_timeout,
+            &extra_roots,
+            Some(PING_INTERVAL),
+        ))?;
         // The token endpoint may be plain http on loopback (checked in oauth.rs) and need not
         // speak HTTP/2, so it gets its own client.
-        let token_client =
-            build_client(&extra_roots, request_timeout, false).map_err(|m| err("ca_file", m))?;
+        let token_client = built(crate::transport::client_builder(
+            request_timeout,
+            &extra_roots,
+        ))?;
         let send_url = format!(
             "{}/v1/projects/{}/messages:send",
             config.base_url.trim_end_matches('/'),
@@ -304,65 +296,22 @@ impl Fcm {
     }
 }
 
-/// A reqwest client for FCM (`h2_only`: HTTP/2 prior knowledge over TLS, one multiplexed
-/// connection) or for the token endpoint.
-fn build_client(
-    extra_roots: &[reqwest::Certificate],
-    connect_timeout: Duration,
-    h2_only: bool,
-) -> Result<reqwest::Client, String> {
-    // reqwest is built without a rustls provider of its own; whoever installs first wins.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut builder = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .connect_timeout(connect_timeout)
-        .user_agent(concat!("pushgate/", env!("CARGO_PKG_VERSION")));
-    if h2_only {
-        builder = builder
-            .http2_prior_knowledge()
-            .https_only(true)
-            .pool_idle_timeout(None)
-            .http2_keep_alive_interval(PING_INTERVAL)
-            .http2_keep_alive_timeout(connect_timeout)
-            .http2_keep_alive_while_idle(true);
-    }
-    if !extra_roots.is_empty() {
-        builder = builder.tls_certs_merge(extra_roots.iter().cloned());
-    }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
 #[async_trait::async_trait]
 impl Provider for Fcm {
-    fn kind(&self) -> &'static str {
-        "fcm"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
     }
 
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
-        let span = tracing::info_span!(
+        let span = crate::transport::delivery_span!(
             "fcm_delivery",
-            provider = %self.key,
-            kind = notification.kind.label(),
-            priority = tracing::field::Empty,
-            token = ?device.token,
-            status = tracing::field::Empty,
-            verdict = tracing::field::Empty,
+            self.key,
+            device,
+            notification,
+            priority
         );
-        async {
-            let verdict = self.send_inner(device, notification).await;
-            tracing::Span::current().record("verdict", verdict.label());
-            crate::transport::log_verdict("fcm delivery", &verdict);
-            verdict
-        }
-        .instrument(span)
-        .await
+        let delivery = self.send_inner(device, notification);
+        crate::transport::in_delivery_span(span, "fcm delivery", delivery).await
     }
 }
 
@@ -531,8 +480,9 @@ pub(crate) enum Classified {
     Unauthenticated(String),
 }
 
-/// Maps an FCM answer onto a verdict (providers.md §2.3): the status decides the class, the
-/// error code refines it. Unknown codes keep their string.
+/// Maps an FCM answer onto a verdict (the error codes:
+/// <https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode>): the status decides the
+/// class, the error code refines it. Unknown codes keep their string.
 pub(crate) fn classify(
     status: StatusCode,
     error: Option<&FcmError>,
@@ -614,61 +564,82 @@ mod tests {
 
     #[test]
     fn classification_by_status_then_error_code() {
+        // Google error answers: (HTTP status, canonical status, message, FcmError code) and the
+        // verdict they must get.
+        let answers = [
+            (
+                404,
+                "NOT_FOUND",
+                "Requested entity was not found.",
+                Some("UNREGISTERED"),
+                "dead_token",
+            ),
+            // A wrong project_id: Google's 404 without an FcmError must not delete every device.
+            (
+                404,
+                "NOT_FOUND",
+                "Requested entity was not found.",
+                None,
+                "our_fault",
+            ),
+            (
+                403,
+                "PERMISSION_DENIED",
+                "SenderId mismatch",
+                Some("SENDER_ID_MISMATCH"),
+                "dead_token",
+            ),
+            (
+                403,
+                "PERMISSION_DENIED",
+                "Permission denied",
+                None,
+                "transient",
+            ),
+            (
+                400,
+                "INVALID_ARGUMENT",
+                "The registration token is not a valid FCM registration token",
+                Some("INVALID_ARGUMENT"),
+                "dead_token",
+            ),
+            (
+                400,
+                "INVALID_ARGUMENT",
+                "Invalid value at 'message.android.ttl'",
+                Some("INVALID_ARGUMENT"),
+                "our_fault",
+            ),
+            (
+                401,
+                "UNAUTHENTICATED",
+                "Auth error from APNS or Web Push Service",
+                Some("THIRD_PARTY_AUTH_ERROR"),
+                "transient",
+            ),
+        ];
+        for (code, status, message, error_code, expected) in answers {
+            let Classified::Done(v) =
+                verdict(code, &google(code, status, message, error_code), None)
+            else {
+                panic!("{code} {status} {message}: not a final verdict");
+            };
+            assert_eq!(v.label(), expected, "{code} {status} {message}");
+            let (Verdict::DeadToken { reason }
+            | Verdict::Transient { reason, .. }
+            | Verdict::OurFault { reason }) = v
+            else {
+                panic!("{code} {status} {message}: sent");
+            };
+            // The reason shows what FCM said.
+            assert!(reason.contains(error_code.unwrap_or(status)), "{reason}");
+            assert!(reason.contains(message), "{reason}");
+        }
+
         assert_eq!(verdict(200, b"{}", None), Classified::Done(Verdict::Sent));
-        assert!(matches!(
-            verdict(404, &google(404, "NOT_FOUND", "Requested entity was not found.", Some("UNREGISTERED")), None),
-            Classified::Done(Verdict::DeadToken { reason }) if reason.contains("UNREGISTERED")
-        ));
         assert!(matches!(
             verdict(404, b"<html>Not Found</html>", None),
             Classified::Done(Verdict::OurFault { .. })
-        ));
-        // A wrong project_id: Google's 404 without an FcmError must not delete every device.
-        assert!(matches!(
-            verdict(
-                404,
-                &google(404, "NOT_FOUND", "Requested entity was not found.", None),
-                None
-            ),
-            Classified::Done(Verdict::OurFault { .. })
-        ));
-        assert!(matches!(
-            verdict(
-                403,
-                &google(
-                    403,
-                    "PERMISSION_DENIED",
-                    "SenderId mismatch",
-                    Some("SENDER_ID_MISMATCH")
-                ),
-                None
-            ),
-            Classified::Done(Verdict::DeadToken { .. })
-        ));
-        assert!(matches!(
-            verdict(
-                403,
-                &google(403, "PERMISSION_DENIED", "Permission denied", None),
-                None
-            ),
-            Classified::Done(Verdict::Transient { .. })
-        ));
-        assert!(matches!(
-            verdict(
-                400,
-                &google(
-                    400,
-                    "INVALID_ARGUMENT",
-                    "The registration token is not a valid FCM registration token",
-                    Some("INVALID_ARGUMENT")
-                ),
-                None
-            ),
-            Classified::Done(Verdict::DeadToken { .. })
-        ));
-        assert!(matches!(
-            verdict(400, &google(400, "INVALID_ARGUMENT", "Invalid value at 'message.android.ttl'", Some("INVALID_ARGUMENT")), None),
-            Classified::Done(Verdict::OurFault { reason }) if reason.contains("message.android.ttl")
         ));
         assert!(matches!(
             verdict(
@@ -682,19 +653,6 @@ mod tests {
                 None
             ),
             Classified::Unauthenticated(_)
-        ));
-        assert!(matches!(
-            verdict(
-                401,
-                &google(
-                    401,
-                    "UNAUTHENTICATED",
-                    "Auth error from APNS or Web Push Service",
-                    Some("THIRD_PARTY_AUTH_ERROR")
-                ),
-                None
-            ),
-            Classified::Done(Verdict::Transient { .. })
         ));
         assert_eq!(
             verdict(

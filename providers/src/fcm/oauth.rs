@@ -398,23 +398,19 @@ pub(crate) fn token_answer(body: &[u8]) -> Result<(String, Duration), TokenError
 
 /// `error: error_description` of an OAuth error answer, else a printable excerpt.
 pub(crate) fn oauth_error(body: &[u8]) -> String {
-    let text = match serde_json::from_slice::<serde_json::Value>(body) {
-        Ok(v) => {
-            let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
-            let description = v
-                .get("error_description")
-                .and_then(|e| e.as_str())
-                .unwrap_or("");
-            match (error.is_empty(), description.is_empty()) {
-                (false, false) => format!("{error}: {description}"),
-                (false, true) => error.to_owned(),
-                (true, false) => description.to_owned(),
-                (true, true) => String::new(),
-            }
+    crate::transport::error_reason(body, MAX_ERROR_CHARS, |v| {
+        let error = v.get("error").and_then(|e| e.as_str()).unwrap_or("");
+        let description = v
+            .get("error_description")
+            .and_then(|e| e.as_str())
+            .unwrap_or("");
+        match (error.is_empty(), description.is_empty()) {
+            (false, false) => format!("{error}: {description}"),
+            (false, true) => error.to_owned(),
+            (true, false) => description.to_owned(),
+            (true, true) => String::new(),
         }
-        Err(_) => String::from_utf8_lossy(body).into_owned(),
-    };
-    crate::transport::printable(&text, MAX_ERROR_CHARS)
+    })
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! One CCS connection: direct TLS, a `jabber:client` stream, SASL PLAIN with the sender id and
-//! server key, stream restart and resource bind (providers.md §4), then a reader task that routes
+//! server key (`<sender_id>@<domain>` as the identity), stream restart and resource bind as in
+//! RFC 6120 (<https://www.rfc-editor.org/rfc/rfc6120>), then a reader task that routes
 //! acks and nacks to the waiting sends, acks receipts and upstream messages, and notices
 //! `CONNECTION_DRAINING`.
 //!

@@ -1,10 +1,12 @@
 //! LEGACY: the FCM XMPP connection server (CCS) provider, kind `fcm-xmpp` (Tigase's provider id
 //! `fcm-xmpp-api`).
 //!
-//! Google deprecated CCS in 2023 and shut it down in 2024 (providers.md §4): against Google this
-//! provider no longer delivers anything; real deliveries for `fcm-xmpp-api` registrations go
-//! through FCM HTTP v1 (the tokens are the same). It exists, opt-in, for deployments that run a
-//! CCS-compatible server and for interoperability with Tigase's configuration.
+//! Google deprecated CCS on 2023-06-20 and began shutting it down on 2024-07-22 with the other
+//! legacy FCM APIs (<https://firebase.google.com/docs/cloud-messaging/migrate-v1>): against
+//! Google this provider no longer delivers anything; real deliveries for `fcm-xmpp-api`
+//! registrations go through FCM HTTP v1 (the tokens are the same). It exists, opt-in (cargo
+//! feature `fcm-xmpp`), for deployments that run a CCS-compatible server and for
+//! interoperability with Tigase's configuration.
 //!
 //! Why it looks the way it does:
 //! * The data mapping is the FCM v1 provider's (fcm/message.rs), so clients see the same keys
@@ -27,7 +29,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::Instrument as _;
 
 use crate::fcm::message::{self, MappingSettings};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
@@ -182,10 +183,7 @@ impl FcmXmpp {
     /// Builds the provider for the section at `key`; every error names the offending key below
     /// it. No connection is opened until the first send.
     pub fn new(key: &str, config: &FcmXmppConfig) -> Result<Self, ConfigError> {
-        let err = |field: &str, message: String| ConfigError {
-            key: format!("{key}.{field}"),
-            message,
-        };
+        let err = |field: &str, message: String| ConfigError::in_section(key, field, message);
         config.check_ranges(key)?;
         let sender_id = config.sender_id.trim();
         if sender_id.is_empty() || !sender_id.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -417,18 +415,15 @@ enum Classified {
     Draining,
 }
 
-/// CCS's answer → verdict (providers.md §4).
+/// CCS's answer → verdict. The nack codes as Google documented them: `BAD_REGISTRATION` and
+/// `DEVICE_UNREGISTERED` mean the token is gone, `CONNECTION_DRAINING` asks to resend on another
+/// connection, `INVALID_JSON` and `BAD_ACK` are the sender's bug, and the rest (rate limits,
+/// unavailability, internal errors, codes added later) may pass.
 fn classify(outcome: Outcome) -> Classified {
     match outcome {
         Outcome::Ack => Classified::Done(Verdict::Sent),
         Outcome::Nack { error, description } => {
-            let reason = format!(
-                "CCS nack {}: {}",
-                crate::transport::printable(&error, 64),
-                crate::transport::printable(&description, MAX_REASON_CHARS)
-            )
-            .trim_end_matches([':', ' '])
-            .to_owned();
+            let reason = reason("CCS nack", &error, &description);
             Classified::Done(match error.as_str() {
                 "CONNECTION_DRAINING" => return Classified::Draining,
                 "BAD_REGISTRATION" | "DEVICE_UNREGISTERED" => Verdict::DeadToken { reason },
@@ -441,13 +436,7 @@ fn classify(outcome: Outcome) -> Classified {
             })
         }
         Outcome::StanzaError { condition, text } => {
-            let reason = format!(
-                "CCS stanza error {}: {}",
-                crate::transport::printable(&condition, 64),
-                crate::transport::printable(&text, MAX_REASON_CHARS)
-            )
-            .trim_end_matches([':', ' '])
-            .to_owned();
+            let reason = reason("CCS stanza error", &condition, &text);
             Classified::Done(if condition == "bad-request" {
                 Verdict::OurFault { reason }
             } else {
@@ -460,34 +449,34 @@ fn classify(outcome: Outcome) -> Classified {
     }
 }
 
+/// `what code: text` for a verdict's reason, printable and bounded; without a text, `what code`.
+fn reason(what: &str, code: &str, text: &str) -> String {
+    format!(
+        "{what} {}: {}",
+        crate::transport::printable(code, 64),
+        crate::transport::printable(text, MAX_REASON_CHARS)
+    )
+    .trim_end_matches([':', ' '])
+    .to_owned()
+}
+
 #[async_trait::async_trait]
 impl Provider for FcmXmpp {
-    fn kind(&self) -> &'static str {
-        "fcm-xmpp"
-    }
-
     fn validate(&self, device: &Device) -> Result<(), RegistrationError> {
         crate::fcm::check_token(device.token.as_str()).map_err(RegistrationError::InvalidToken)
     }
 
     async fn send(&self, device: &Device, notification: &Notification) -> Verdict {
-        let span = tracing::info_span!(
+        let span = crate::transport::delivery_span!(
             "fcm_xmpp_delivery",
-            provider = %self.key,
-            kind = notification.kind.label(),
-            priority = tracing::field::Empty,
-            token = ?device.token,
-            connection = tracing::field::Empty,
-            verdict = tracing::field::Empty,
+            self.key,
+            device,
+            notification,
+            priority,
+            connection
         );
-        async {
-            let verdict = self.send_inner(device, notification).await;
-            tracing::Span::current().record("verdict", verdict.label());
-            crate::transport::log_verdict("fcm-xmpp delivery", &verdict);
-            verdict
-        }
-        .instrument(span)
-        .await
+        let delivery = self.send_inner(device, notification);
+        crate::transport::in_delivery_span(span, "fcm-xmpp delivery", delivery).await
     }
 }
 
@@ -511,22 +500,11 @@ fn split_server(server: &str) -> Result<(String, u16), String> {
 
 /// TLS to CCS: the platform's roots plus `ca_file`; no ALPN.
 fn tls_connector(ca_file: Option<&std::path::Path>) -> Result<tokio_rustls::TlsConnector, String> {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject as _;
-
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     let (added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{} holds no certificate", path.display()));
-        }
-        for cert in certs {
+        for cert in crate::transport::load_ca_file(path).map_err(|e| e.to_string())? {
             roots
                 .add(cert)
                 .map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;

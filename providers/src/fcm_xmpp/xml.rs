@@ -2,11 +2,11 @@
 //! stream header, whole top-level elements and the stream end, and escaping for what we write.
 //!
 //! Why not xmpp-parsers/minidom: the workspace's `component` feature makes xmpp-parsers' default
-//! namespace `jabber:component:accept` build-wide (rust-stack.md §3 pitfall 1), and CCS is a
-//! `jabber:client` stream. The stream is cut into stanzas by pushgate's framer (crate::framing),
-//! which bounds size and depth before anything is parsed and skips a stanza that breaks a limit
-//! instead of ending the stream; rxml then parses each stanza alone (well-formedness,
-//! namespaces, entities) into a small tree.
+//! namespace `jabber:component:accept` build-wide (a `jabber:client` stanza then fails to
+//! parse), and CCS is a `jabber:client` stream. The stream is cut into stanzas by pushgate's
+//! framer (crate::framing), which bounds size and depth before anything is parsed and skips a
+//! stanza that breaks a limit instead of ending the stream; rxml then parses each stanza alone
+//! (well-formedness, namespaces, entities) into a small tree.
 
 use std::collections::VecDeque;
 

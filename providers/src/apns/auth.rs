@@ -1,5 +1,6 @@
-//! APNs credentials: the token-auth signing key (.p8) and the certificate-auth identity (.p12 or
-//! PEM certificate + key), parsed and checked before the transport uses them.
+//! The material of APNs authentication, parsed and checked before the transport uses it: the
+//! token-based signing key (.p8) or the certificate-based identity (.p12, or PEM certificate +
+//! key). The provider token signed with the .p8 key is jwt.rs's job.
 //!
 //! Why it exists: a credential problem must surface as a clear message when it is configured or
 //! uploaded (wrong .p12 password, expired certificate, key that does not belong to the
