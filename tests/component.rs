@@ -249,7 +249,7 @@ async fn publish_errors_are_written_in_the_stream_namespace() {
         "{reply}"
     );
     assert!(reply.contains("<error type='cancel'"), "{reply}");
-    // Prosody cannot read an <error/> in another namespace (xep0357-interop.md §4.4).
+    // Prosody cannot read an <error/> in another namespace: it must be in jabber:component:accept.
     assert!(!reply.contains("jabber:client"), "{reply}");
 
     // A publish from a user's full JID is not a server's publish.

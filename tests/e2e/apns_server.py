@@ -1,7 +1,8 @@
 """A local APNs provider API (HTTP/2 over TLS, ALPN h2) for the end-to-end tests.
 
 Pure Python: the `h2` state machine over blocking `ssl` sockets, one thread per connection, on
-127.0.0.1 and a random port (shared/reference/providers.md §1).
+127.0.0.1 and a random port, answering as Apple's provider API does
+(https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns).
 
     srv = ApnsServer(server_cert_pem, server_key_pem,
                      client_ca_pem=None,          # CA file content: ask for client certificates

@@ -2,7 +2,7 @@
 
 One asyncio loop runs in a background thread for the whole session (`AsyncRunner`); every
 client lives on it, and test code calls blocking wrappers that submit coroutines to it with a
-deadline. Clients use plaintext c2s on loopback (test-servers.md §4).
+deadline. Clients use plaintext c2s on loopback (the test Prosody allows it there only).
 """
 
 from __future__ import annotations

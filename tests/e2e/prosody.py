@@ -1,7 +1,7 @@
 """A throw-away Prosody 0.12 for the end-to-end tests (stdlib only).
 
 Runs from a temporary directory on random loopback ports, in the foreground as our child, with
-a debug log in the temp dir (see shared/reference/test-servers.md §2). s2s is disabled; the two
+a debug log in the temp dir (prosody.log; kept with PUSHGATE_E2E_KEEP=1). s2s is disabled; the two
 VirtualHosts route to each other locally.
 
     srv = Prosody(users=[("alice", "localhost", "pw")], components={"push.localhost": "secret"})

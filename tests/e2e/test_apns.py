@@ -460,7 +460,7 @@ def test_c_service_unavailable_is_transient_and_kept(pg, prosody, token_mock, us
 
 def test_c2_credential_trouble_is_transient_and_kept(pg, prosody, token_mock, user, bob):
     """403 InvalidProviderToken (our key is wrong): keep the device, answer `wait`
-    (docs/apns.md, providers.md §1.4)."""
+    (docs/apns.md: a 403 about our own key is our fault, not the device's)."""
     token = new_token()
     go_offline_with_push(user, "grace", BAD_KEY_PROVIDER, token)
     since, since_p = pg.log.offset(), prosody.log.offset()

@@ -1,8 +1,8 @@
 //! Maps a [`Notification`] onto one APNs push: which token, push type, priority, expiration and
 //! the JSON payload with the keys Tigase clients (Siskin) read.
 //!
-//! Why it exists: the mapping is the part of APNs that clients depend on (xep0357-interop §7,
-//! providers §5.2), so it lives in one place, apart from the transport, and is unit-tested
+//! Why it exists: the mapping is the part of APNs that clients depend on (Siskin reads these
+//! keys to show a notification or wake the app), so it lives in one place, apart from the transport, and is unit-tested
 //! without a network. Keys whose source is missing are omitted; an encrypted payload is passed
 //! through untouched and then no plaintext sender or body goes out.
 
