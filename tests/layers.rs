@@ -109,3 +109,37 @@ fn no_module_imports_one_above_it() {
         wrong.join("\n")
     );
 }
+
+/// The core and the store know no protocol: no stanza, XML or HTTP type reaches them (JIDs reach
+/// them only as `ids::BareJid`, the account a registration belongs to).
+#[test]
+fn the_core_knows_no_protocol() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for dir in ["core", "storage"] {
+        rust_files(&src.join(dir), &mut files);
+    }
+    let protocol = [
+        "xmpp_parsers",
+        "minidom",
+        "rxml",
+        "xso",
+        "axum",
+        "hyper",
+        "fronts::",
+    ];
+    let mut wrong = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for name in protocol {
+            if text.contains(name) {
+                wrong.push(format!("{} uses {name}", file.display()));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "protocol types in the core:\n{}",
+        wrong.join("\n")
+    );
+}

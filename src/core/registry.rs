@@ -6,11 +6,9 @@
 //! store's write (`policy.rs`). Field lengths were checked as the front read the request
 //! (`limits.rs`).
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use pushgate_providers::{Device, Provider};
-use xmpp_parsers::jid::Jid;
 
 use super::Core;
 use super::limits::{self, MAX_PROVIDER_ID_BYTES};
@@ -82,7 +80,7 @@ pub async fn unregister(
 }
 
 /// The registration behind `node`, if `publisher_domain` may publish to it (the account's own
-/// domain) with `secret` (p2 registrations have one).
+/// domain, as normalised in a parsed JID) with `secret` (p2 registrations have one).
 pub async fn for_publish(
     core: &Core,
     publisher_domain: &str,
@@ -94,10 +92,7 @@ pub async fn for_publish(
         tracing::info!(reason = "unknown_node", "publish refused");
         return Err(NO_SUCH_NODE);
     };
-    let same_domain = Jid::from_str(publisher_domain)
-        .map(|d| d.domain().as_str() == reg.domain)
-        .unwrap_or(false);
-    if !same_domain {
+    if publisher_domain != reg.domain {
         tracing::info!(
             registration = reg.id,
             reason = "foreign_domain",
