@@ -54,24 +54,38 @@ def b64url_decode(s: str) -> bytes:
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
 
 
-def verify_jwt(token: str, keys: dict[str, tuple[object, str]], now: float | None = None):
-    """Verify an APNs provider token. keys: {kid: (P-256 public key, team id)}.
-    Returns (header, claims, error); error is None when it verifies, else why not (and the
-    APNs reason it would earn as the first word)."""
-    now = time.time() if now is None else now
+def split_jwt(token: str, alg: str):
+    """A compact JWS as (header, claims, signature, error): error is None when it has three parts
+    that decode to two JSON objects and a signature, signed with `alg`; else why not."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None, None, f"InvalidProviderToken: {len(parts)} dot-separated parts, not 3"
+        return None, None, None, f"{len(parts)} dot-separated parts, not 3"
     try:
         header = json.loads(b64url_decode(parts[0]))
         claims = json.loads(b64url_decode(parts[1]))
         sig = b64url_decode(parts[2])
     except Exception as e:  # noqa: BLE001
-        return None, None, f"InvalidProviderToken: undecodable ({e})"
+        return None, None, None, f"undecodable ({e})"
     if not isinstance(header, dict) or not isinstance(claims, dict):
-        return header, claims, "InvalidProviderToken: header/claims not JSON objects"
-    if header.get("alg") != "ES256":
-        return header, claims, f"InvalidProviderToken: alg {header.get('alg')!r}, not ES256"
+        return header, claims, None, "header/claims not JSON objects"
+    if header.get("alg") != alg:
+        return header, claims, None, f"alg {header.get('alg')!r}, not {alg}"
+    return header, claims, sig, None
+
+
+def signing_input(token: str) -> bytes:
+    """What a compact JWS's signature covers: header and claims as sent."""
+    return token.rsplit(".", 1)[0].encode("ascii")
+
+
+def verify_jwt(token: str, keys: dict[str, tuple[object, str]], now: float | None = None):
+    """Verify an APNs provider token. keys: {kid: (P-256 public key, team id)}.
+    Returns (header, claims, error); error is None when it verifies, else why not (and the
+    APNs reason it would earn as the first word)."""
+    now = time.time() if now is None else now
+    header, claims, sig, error = split_jwt(token, "ES256")
+    if error:
+        return header, claims, f"InvalidProviderToken: {error}"
     kid = header.get("kid")
     if kid not in keys:
         return header, claims, f"InvalidProviderToken: unknown kid {kid!r} (known {sorted(keys)})"
@@ -84,7 +98,7 @@ def verify_jwt(token: str, keys: dict[str, tuple[object, str]], now: float | Non
     r = int.from_bytes(sig[:32], "big")
     s = int.from_bytes(sig[32:], "big")
     try:
-        pub.verify(encode_dss_signature(r, s), (parts[0] + "." + parts[1]).encode("ascii"),
+        pub.verify(encode_dss_signature(r, s), signing_input(token),
                    ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
         return header, claims, "InvalidProviderToken: bad signature"

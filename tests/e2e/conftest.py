@@ -176,11 +176,7 @@ def connect_factory(runner):
         return c
 
     yield connect
-    for c in opened:
-        try:
-            c.disconnect(timeout=2)
-        except Exception:
-            c.abort()
+    close_all(opened)
 
 
 @pytest.fixture
@@ -194,7 +190,12 @@ def connect(connect_factory, prosody):
         return c
 
     yield _connect
-    for c in mine:
+    close_all(mine)
+
+
+def close_all(clients: list[Client]) -> None:
+    """Disconnects each client, aborting the ones that do not close within 2 s."""
+    for c in clients:
         try:
             c.disconnect(timeout=2)
         except Exception:

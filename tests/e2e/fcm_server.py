@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from apns_server import ApnsServer, b64url_decode
+from apns_server import ApnsServer, signing_input, split_jwt
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -66,19 +66,9 @@ def verify_assertion(assertion: str, accounts: dict[str, tuple[object, str]], to
     """Check a JWT-bearer assertion. accounts: {client_email: (RSA public key, key id)}.
     Returns (header, claims, error); error is None when it verifies."""
     now = time.time() if now is None else now
-    parts = assertion.split(".")
-    if len(parts) != 3:
-        return None, None, f"{len(parts)} dot-separated parts, not 3"
-    try:
-        header = json.loads(b64url_decode(parts[0]))
-        claims = json.loads(b64url_decode(parts[1]))
-        sig = b64url_decode(parts[2])
-    except Exception as e:  # noqa: BLE001
-        return None, None, f"undecodable ({e})"
-    if not isinstance(header, dict) or not isinstance(claims, dict):
-        return header, claims, "header/claims not JSON objects"
-    if header.get("alg") != "RS256":
-        return header, claims, f"alg {header.get('alg')!r}, not RS256"
+    header, claims, sig, error = split_jwt(assertion, "RS256")
+    if error:
+        return header, claims, error
     iss = claims.get("iss")
     if iss not in accounts:
         return header, claims, f"iss {iss!r} is no known client_email ({sorted(accounts)})"
@@ -86,7 +76,7 @@ def verify_assertion(assertion: str, accounts: dict[str, tuple[object, str]], to
     if "kid" in header and header["kid"] != key_id:
         return header, claims, f"kid {header['kid']!r}, the account's key is {key_id!r}"
     try:
-        pub.verify(sig, (parts[0] + "." + parts[1]).encode("ascii"), padding.PKCS1v15(),
+        pub.verify(sig, signing_input(assertion), padding.PKCS1v15(),
                    hashes.SHA256())
     except InvalidSignature:
         return header, claims, "bad signature"

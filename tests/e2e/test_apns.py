@@ -191,20 +191,10 @@ def bob(apns_stack, connect_factory):
 
 
 @pytest.fixture
-def user(apns_stack, connect_factory):
-    """user(name) -> a client on the APNs Prosody, disconnected after the test."""
-    mine = []
-
-    def _connect(name: str):
-        c = connect_factory(apns_stack.prosody, name)
-        mine.append(c)
-        return c
-    yield _connect
-    for c in mine:
-        try:
-            c.disconnect(timeout=2)
-        except Exception:
-            c.abort()
+def user(connect):
+    """user(name) -> a client on the APNs Prosody (this module's `prosody`), disconnected
+    after the test."""
+    return connect
 
 
 # --- helpers ---------------------------------------------------------------------------------

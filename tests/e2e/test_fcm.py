@@ -137,20 +137,10 @@ def bob(fcm_stack, connect_factory):
 
 
 @pytest.fixture
-def user(fcm_stack, connect_factory):
-    """user(name) -> a client on the FCM Prosody, disconnected after the test."""
-    mine = []
-
-    def _connect(name: str):
-        c = connect_factory(fcm_stack.prosody, name)
-        mine.append(c)
-        return c
-    yield _connect
-    for c in mine:
-        try:
-            c.disconnect(timeout=2)
-        except Exception:
-            c.abort()
+def user(connect):
+    """user(name) -> a client on the FCM Prosody (this module's `prosody`), disconnected
+    after the test."""
+    return connect
 
 
 # --- helpers ---------------------------------------------------------------------------------
