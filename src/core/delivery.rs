@@ -18,7 +18,7 @@ use crate::ids::{Dialect, hex};
 use crate::metrics::METRICS;
 use crate::storage::Registration;
 
-/// How a publish ended, for logs and (later) metrics.
+/// How a delivery ended: what the front answers and counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Delivered,
@@ -45,7 +45,8 @@ impl Outcome {
 /// the verdict and answering.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 
-/// Delivers `notification` to `reg` by `deadline`. `Err` only when the store failed.
+/// Delivers `notification` to `reg` by `deadline`. `Err` (always transient) when the store
+/// failed or the registration's provider is no longer configured.
 pub async fn deliver(
     core: &Core,
     reg: &Registration,
