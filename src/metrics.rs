@@ -46,9 +46,15 @@ pub struct Metrics {
     pub apns_certificate_expired: IntGaugeVec,
     /// Times a descriptor could not be had (EMFILE/ENFILE), by where (`http_accept`, …).
     pub fd_exhausted: IntCounterVec,
+    /// HTTP requests answered, by route template (never the raw path) and status code.
+    pub http_requests: IntCounterVec,
+    /// Open HTTP connections (at most `http.max_connections`).
+    pub http_connections: IntGauge,
+    /// HTTP connections the server closed before the client was done, by reason.
+    pub http_connections_closed: IntCounterVec,
 }
 
-pub(crate) fn register<M: prometheus::core::Collector + Clone + 'static>(
+fn register<M: prometheus::core::Collector + Clone + 'static>(
     registry: &Registry,
     name: &str,
     m: M,
@@ -59,12 +65,7 @@ pub(crate) fn register<M: prometheus::core::Collector + Clone + 'static>(
     m
 }
 
-pub(crate) fn counter_vec(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> IntCounterVec {
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(registry, name, m)
@@ -99,6 +100,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Component reconnections after a lost stream.",
     )
     .unwrap_or_else(|e| panic!("metric pushgate_xmpp_reconnects_total: {e}"));
+    let http_connections = IntGauge::new(
+        "pushgate_http_connections",
+        "Open HTTP connections (at most http.max_connections).",
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_http_connections: {e}"));
     Metrics {
         publishes: counter_vec(
             &r,
@@ -174,6 +180,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_fd_exhausted_total",
             "Times the process ran out of file descriptors (EMFILE/ENFILE), by where.",
             &["where"],
+        ),
+        http_requests: counter_vec(
+            &r,
+            "pushgate_http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            &["route", "status"],
+        ),
+        http_connections: register(&r, "pushgate_http_connections", http_connections),
+        http_connections_closed: counter_vec(
+            &r,
+            "pushgate_http_connections_closed_total",
+            "HTTP connections closed by the server before the client was done, by reason.",
+            &["reason"],
         ),
         registry: r,
     }

@@ -15,13 +15,12 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge};
 use tokio::sync::Notify;
 
-use crate::metrics::{METRICS, counter_vec, register};
+use crate::metrics::METRICS;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
@@ -52,27 +51,11 @@ impl Closed {
     }
 }
 
-static OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
-    let name = "pushgate_http_connections";
-    let g = IntGauge::new(
-        name,
-        "Open HTTP connections (at most http.max_connections).",
-    )
-    .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    register(&METRICS.registry, name, g)
-});
-
-static CLOSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    counter_vec(
-        &METRICS.registry,
-        "pushgate_http_connections_closed_total",
-        "HTTP connections closed by the server before the client was done, by reason.",
-        &["reason"],
-    )
-});
-
 fn count(reason: Closed) {
-    CLOSED.with_label_values(&[reason.label()]).inc();
+    METRICS
+        .http_connections_closed
+        .with_label_values(&[reason.label()])
+        .inc();
 }
 
 /// One connection's phase and since when, shared by its I/O, its service and the table.
@@ -164,8 +147,6 @@ struct Open {
 
 impl ConnTable {
     pub(crate) fn new(max: usize, header: Duration, idle: Duration) -> Arc<Self> {
-        LazyLock::force(&OPEN);
-        LazyLock::force(&CLOSED);
         Arc::new(ConnTable {
             epoch: Instant::now(),
             max,
@@ -202,7 +183,7 @@ impl ConnTable {
         open.next_id += 1;
         let state = Arc::new(ConnState::new(self.epoch, now));
         open.conns.insert(id, state.clone());
-        OPEN.inc();
+        METRICS.http_connections.inc();
         Some(Conn {
             id,
             state,
@@ -237,7 +218,7 @@ fn close(open: &mut Open, id: u64, why: Closed) {
 
 fn forget(open: &mut Open, id: u64) -> Option<Arc<ConnState>> {
     let c = open.conns.remove(&id)?;
-    OPEN.dec();
+    METRICS.http_connections.dec();
     Some(c)
 }
 

@@ -23,7 +23,7 @@ pub mod server;
 pub(crate) mod unregister;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -31,7 +31,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prometheus::IntCounterVec;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -41,6 +40,7 @@ use crate::config::HttpConfig;
 use crate::core::Core;
 use crate::core::rate_limit::{RateLimiter, retry_after_secs};
 use crate::ids::BareJid;
+use crate::metrics::METRICS;
 pub use server::{ServeLimits, serve_on};
 
 /// The unregister route templates (also the `route` label values).
@@ -89,15 +89,6 @@ impl HttpState {
     }
 }
 
-static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    crate::metrics::counter_vec(
-        &crate::metrics::METRICS.registry,
-        "pushgate_http_requests_total",
-        "HTTP requests answered, by route template and status code.",
-        &["route", "status"],
-    )
-});
-
 /// `{"result":"failure","reason":…}` with `status`.
 pub(crate) fn failure(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({"result": "failure", "reason": reason}))).into_response()
@@ -107,7 +98,6 @@ pub(crate) fn failure(status: StatusCode, reason: &str) -> Response {
 /// gives each request its peer address (`ConnectInfo<SocketAddr>`): without it every client
 /// shares one rate-limit bucket.
 pub fn router(state: HttpState) -> Router {
-    LazyLock::force(&HTTP_REQUESTS);
     let unregister = Router::new()
         .route(UNREGISTER_ROUTE, post(unregister::unregister))
         .route(REST_UNREGISTER_ROUTE, post(unregister::unregister))
@@ -176,7 +166,8 @@ async fn observe(req: Request, next: Next) -> Response {
     let status = response.status();
     span.record("status", status.as_u16());
     span.in_scope(|| tracing::debug!("answered"));
-    HTTP_REQUESTS
+    METRICS
+        .http_requests
         .with_label_values(&[route.as_str(), status.as_str()])
         .inc();
     response
