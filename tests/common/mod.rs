@@ -1,7 +1,7 @@
 //! Support shared by the integration tests: a real `Component` on a throw-away database built from
 //! TOML text (`gateway.rs`), the stanzas clients and servers send and readers for the answers
-//! (`stanzas.rs`), a local push service (`endpoint.rs`), the HTTP surface over loopback
-//! (`http_server.rs`); and here a real PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with
+//! (`stanzas.rs`), a local push service (`pushgate_test_support::status`), the HTTP surface over
+//! loopback (`http_server.rs`); and here a real PostgreSQL (127.0.0.1:5432, trust auth; CI has one) with
 //! a throw-away database per test, the macro that makes one `sqlite` and one `postgres` test of
 //! each scenario, and routing a stanza as the stream does.
 //!
@@ -9,14 +9,13 @@
 //! one place.
 #![allow(dead_code, unused_imports, unused_macros)] // each test binary uses its own subset
 
-mod endpoint;
 mod gateway;
 mod http_server;
 mod stanzas;
 
-pub use endpoint::PushEndpoint;
 pub use gateway::{COMPONENT, TestGateway, on_postgres_gateway};
 pub use http_server::HttpServer;
+pub use pushgate_test_support::status::PushEndpoint;
 pub use stanzas::{
     Request, Requester, ask, error_of, form_values, is_result, requester, result_of,
 };

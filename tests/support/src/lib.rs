@@ -1,7 +1,9 @@
 //! Local stand-ins for the push services, shared by pushgate's tests and its benchmark: APNs
 //! ([`apns`], HTTP/2 over TLS), FCM HTTP v1 with its OAuth token endpoint ([`fcm`]), the legacy
 //! FCM XMPP connection server ([`ccs`]), WebPush push resources ([`webpush`] with RFC 8291
-//! decryption and VAPID checks; [`http1`], a lean counting one; [`serve`], what the HTTP ones share), the test CA they present
+//! decryption and VAPID checks; [`http1`], a lean counting one; [`status`], one that answers what
+//! the test sets and can hold a push in flight; [`serve`], what the HTTP ones share), the test CA
+//! they present
 //! ([`pki`]), and the provider tests' common fixtures ([`fixtures`]).
 //!
 //! Each mock checks what it receives from the public specifications, independently of the
@@ -16,6 +18,7 @@ pub mod http1;
 pub mod jwt;
 pub mod pki;
 pub mod serve;
+pub mod status;
 pub mod webpush;
 
 /// Why a stand-in could not be set up.

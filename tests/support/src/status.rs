@@ -1,7 +1,8 @@
 //! A local push service for WebPush registrations (RFC 8030,
 //! https://www.rfc-editor.org/rfc/rfc8030): an HTTP server on 127.0.0.1 that counts the pushes
 //! it gets and answers each with the status the test sets, optionally only once the test
-//! releases it, so a test can act while a delivery is in flight.
+//! releases it, so a test can act while a delivery is in flight (a token declared dead while
+//! the device re-registers).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
