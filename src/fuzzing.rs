@@ -91,7 +91,10 @@ fn payloads(stanza: Stanza) {
 fn read_element(el: &Element) {
     for e in std::iter::once(el).chain(el.children()) {
         if let Ok(publish) = PublishRequest::try_from(e) {
-            let _ = publish.notification("user@example.org");
+            let _ = publish.notification(
+                "user@example.org",
+                crate::fronts::xmpp::publish::WithoutSummary::Message,
+            );
         }
         let _ = CommandRequest::try_from(e);
         let _ = Form::parse(e);

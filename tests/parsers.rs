@@ -118,7 +118,10 @@ proptest! {
         let el = build(&t);
         if let Ok(req) = PublishRequest::try_from(&el) {
             // Whatever it read must classify without panicking too.
-            let n = req.notification("user@example.org");
+            let n = req.notification(
+                "user@example.org",
+                pushgate::fronts::xmpp::publish::WithoutSummary::Message,
+            );
             prop_assert_eq!(n.content.account.as_deref(), Some("user@example.org"));
         }
     }

@@ -94,6 +94,10 @@ pub struct RegistrationConfig {
     /// Accounts of these domains may not register.
     #[serde(default)]
     pub deny_domains: Vec<String>,
+    /// Publishing servers whose notifications without a summary form are wake-ups, not
+    /// messages (exact or `*.suffix`): ejabberd with `include_body` set to a text.
+    #[serde(default)]
+    pub background_without_summary: Vec<String>,
 }
 
 impl Default for RegistrationConfig {
@@ -105,6 +109,7 @@ impl Default for RegistrationConfig {
             rate_per_domain_per_minute: default_rate_per_domain(),
             allow_domains: Vec::new(),
             deny_domains: Vec::new(),
+            background_without_summary: Vec::new(),
         }
     }
 }
@@ -117,7 +122,8 @@ fn default_rate_per_domain() -> u32 {
 }
 
 impl RegistrationConfig {
-    /// `allow_domains` or `deny_domains`, parsed (validate() has checked them).
+    /// `allow_domains`, `deny_domains` or `background_without_summary`, parsed (validate() has
+    /// checked them).
     pub fn domain_patterns(list: &[String]) -> Vec<HostPattern> {
         list.iter()
             .filter_map(|p| HostPattern::parse(p).ok())
@@ -139,6 +145,10 @@ impl RegistrationConfig {
         for (key, list) in [
             ("allow_domains", &self.allow_domains),
             ("deny_domains", &self.deny_domains),
+            (
+                "background_without_summary",
+                &self.background_without_summary,
+            ),
         ] {
             for (i, pattern) in list.iter().enumerate() {
                 HostPattern::parse(pattern)

@@ -300,6 +300,10 @@ fn registration_limits_default_and_errors_name_the_key() {
             "deny_domains = [\"ok.org\", \"bad domain\"]",
             "registration.deny_domains[1]",
         ),
+        (
+            "background_without_summary = [\"*\"]",
+            "registration.background_without_summary[0]",
+        ),
     ] {
         let e = Config::from_toml_str(&format!("{MINIMAL}[registration]\n{toml}\n")).unwrap_err();
         assert!(e.to_string().contains(key), "{toml}: {e}");

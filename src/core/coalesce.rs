@@ -49,6 +49,16 @@ impl Coalescer {
         last.insert(registration, now);
         true
     }
+
+    /// The push admitted at `at` was not delivered (a transient failure, no slot, no answer in
+    /// time): give the interval back, so the next low-priority push goes out. A push admitted
+    /// later keeps its own record.
+    pub fn undo(&self, registration: i64, at: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.get(&registration) == Some(&at) {
+            last.remove(&registration);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +77,25 @@ mod tests {
         );
         assert!(!c.admit(1, t0 + Duration::from_millis(9_999)));
         assert!(c.admit(1, t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn an_undelivered_push_gives_the_interval_back() {
+        let c = Coalescer::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(c.admit(1, t0));
+        c.undo(1, t0);
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(
+            c.admit(1, t1),
+            "the failed push did not use up the interval"
+        );
+        assert!(!c.admit(1, t1 + Duration::from_secs(1)));
+        // An undo for an older admission leaves a later one alone.
+        c.undo(1, t0);
+        assert!(!c.admit(1, t1 + Duration::from_secs(2)));
+        c.undo(1, t1);
+        assert!(c.admit(1, t1 + Duration::from_secs(3)));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! The front has found the registration (`registry`) and built the notification from its
 //! protocol; here the notification is shaped as the registration's dialect promised the app,
-//! held back if it is low priority and the device just got one (`coalesce.rs`), sent through
+//! held back if it is low priority and the device just got one (`coalesce.rs`; a push that is
+//! not delivered does not count), sent through
 //! the provider within a delivery slot (`slots.rs`) and by the caller's deadline, counted, and
 //! the verdict applied: a dead token removes the registration, other failures are recorded.
 
@@ -62,11 +63,22 @@ pub async fn deliver(
         )));
     };
     let notification = as_promised(notification, reg);
-    if notification.priority == Priority::Low
-        && !core.coalescer.admit(reg.id, std::time::Instant::now())
-    {
-        return Ok(Outcome::Coalesced);
-    }
+    // A low-priority push takes the device's coalescing interval now, so that a concurrent one
+    // is held back; it gives the interval back unless the provider took it.
+    let coalesced_at = if notification.priority == Priority::Low {
+        let now = std::time::Instant::now();
+        if !core.coalescer.admit(reg.id, now) {
+            return Ok(Outcome::Coalesced);
+        }
+        Some(now)
+    } else {
+        None
+    };
+    let give_back = || {
+        if let Some(at) = coalesced_at {
+            core.coalescer.undo(reg.id, at);
+        }
+    };
     let device = reg.device();
     let provider_id = reg.provider.as_str();
     let host = provider.destination_host(&device);
@@ -88,6 +100,7 @@ pub async fn deliver(
                 scope = full.label(),
                 "every delivery slot taken: answered 'wait'"
             );
+            give_back();
             return Ok(Outcome::Transient);
         }
         Err(_) => Verdict::Transient {
@@ -103,6 +116,9 @@ pub async fn deliver(
         .deliveries
         .with_label_values(&[provider_id, notification.kind.label(), verdict.label()])
         .inc();
+    if verdict != Verdict::Sent {
+        give_back();
+    }
     apply(core, reg, verdict).await
 }
 

@@ -21,7 +21,9 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use xmpp_parsers::stanza::Stanza;
 
-use crate::config::{Config, ConfigError};
+use pushgate_providers::host::HostPattern;
+
+use crate::config::{Config, ConfigError, RegistrationConfig};
 use crate::core::Core;
 use crate::ids::BareJid;
 use crate::storage::Store;
@@ -42,6 +44,9 @@ pub struct Component {
     pub max_payload_size: u32,
     /// How long a publishing server is given for an answer.
     pub publish_timeout: Duration,
+    /// Publishing servers whose notifications without a summary form are wake-ups
+    /// (`registration.background_without_summary`).
+    pub background_without_summary: Vec<HostPattern>,
 }
 
 impl Component {
@@ -60,6 +65,9 @@ impl Component {
             outbox,
             max_payload_size: config.registration.max_payload_size,
             publish_timeout: config.publish_timeout(),
+            background_without_summary: RegistrationConfig::domain_patterns(
+                &config.registration.background_without_summary,
+            ),
         });
         (component, drain)
     }

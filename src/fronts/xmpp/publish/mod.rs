@@ -13,7 +13,9 @@ pub mod request;
 use tracing::Instrument;
 use xmpp_parsers::jid::Jid;
 
-pub use request::PublishRequest;
+pub use request::{PublishRequest, WithoutSummary};
+
+use pushgate_providers::host::normalize_host;
 
 use tokio::time::Instant;
 
@@ -42,10 +44,25 @@ pub async fn handle(
     )
     .await?;
     let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
-    let notification = req.notification(reg.account.as_str());
+    let notification = req.notification(reg.account.as_str(), without_summary(c, from));
     delivery::deliver(&c.core, &reg, notification, deadline)
         .instrument(span)
         .await
+}
+
+/// What a notification without a summary form from `from` means: a message, unless the
+/// server is listed in `registration.background_without_summary`.
+fn without_summary(c: &Component, from: &Jid) -> WithoutSummary {
+    let wakes = normalize_host(from.domain().as_str()).is_some_and(|host| {
+        c.background_without_summary
+            .iter()
+            .any(|p| p.matches(&host))
+    });
+    if wakes {
+        WithoutSummary::Background
+    } else {
+        WithoutSummary::Message
+    }
 }
 
 /// The reply the publishing server gets.

@@ -29,6 +29,17 @@ pub enum PublishError {
     NoPublish,
 }
 
+/// What a notification without a summary form is: what the publishing server's configuration
+/// means by it (`registration.background_without_summary` lists the servers whose are wakes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WithoutSummary {
+    /// A message the server did not describe (ejabberd with `include_body: false`).
+    Message,
+    /// A wake-up for a stanza that is no message (ejabberd's chat states and keepalives when
+    /// its `include_body` is a text).
+    Background,
+}
+
 /// The sender's explicit priority hint (Tigase's and Prosody's priority extension).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PriorityHint {
@@ -50,6 +61,9 @@ pub struct PublishRequest {
     /// The publish-options `secret`, when the enabling client gave one.
     pub secret: Option<String>,
     pub summary: Summary,
+    /// Whether the notification carried a summary form at all. ejabberd sends none for a
+    /// message when `include_body` is false, and none for a body-less stanza otherwise.
+    pub has_summary: bool,
     pub priority: Option<PriorityHint>,
     pub encrypted: Option<Encrypted>,
     /// `<encrypted type='voip'>`, a Jingle propose or a Meet invitation: an incoming call.
@@ -97,6 +111,7 @@ impl PublishRequest {
                     .form_type()
                     .is_none_or(|t| t == "urn:xmpp:push:summary")
                 {
+                    self.has_summary = true;
                     self.summary = Summary {
                         message_count: form.value("message-count").and_then(|c| c.parse().ok()),
                         sender: form.value("last-message-sender").map(str::to_owned),
@@ -130,10 +145,12 @@ impl PublishRequest {
     }
 
     /// The provider-neutral notification for `account`, classified so that what must ring or
-    /// show rings or shows and the rest only wakes the app: a call beats everything; `message-count` 0 with
-    /// nothing else clears; a body, an encrypted payload or a `high` hint is an alert; the rest
-    /// only wakes the app.
-    pub fn notification(&self, account: &str) -> Notification {
+    /// show rings or shows and the rest only wakes the app: a call beats everything;
+    /// `message-count` 0 with nothing else clears; a `low` hint only wakes the app; a body, an
+    /// encrypted payload or a `high` hint is an alert; a notification without any summary form
+    /// is what `without_summary` says (by default a message: an alert); a summary form with no
+    /// body (Prosody's chat states) only wakes the app.
+    pub fn notification(&self, account: &str, without_summary: WithoutSummary) -> Notification {
         let s = &self.summary;
         let (kind, priority) = if self.call {
             (Kind::Voip, Priority::High)
@@ -148,6 +165,7 @@ impl PublishRequest {
         } else if self.priority == Some(PriorityHint::High)
             || s.body.is_some()
             || self.encrypted.is_some()
+            || (!self.has_summary && without_summary == WithoutSummary::Message)
         {
             (Kind::Alert, Priority::High)
         } else {
@@ -174,6 +192,8 @@ impl PublishRequest {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const MESSAGE: WithoutSummary = WithoutSummary::Message;
 
     fn parse(xml: &str) -> Result<PublishRequest, PublishError> {
         PublishRequest::try_from(&xml.parse::<Element>().unwrap())
@@ -211,7 +231,7 @@ mod tests {
         assert_eq!(r.secret.as_deref(), Some("S3CR3T"));
         assert_eq!(r.summary.message_count, Some(1));
         assert_eq!(r.summary.sender, None);
-        let n = r.notification("a@b");
+        let n = r.notification("a@b", MESSAGE);
         assert_eq!((n.kind, n.priority), (Kind::Alert, Priority::High));
         assert_eq!(n.content.account.as_deref(), Some("a@b"));
     }
@@ -222,15 +242,33 @@ mod tests {
         assert_eq!(r.summary.body.as_deref(), Some("New message"));
         assert_eq!(r.summary.message_count, None);
         assert_eq!(r.secret, None);
-        assert_eq!(r.notification("a@b").kind, Kind::Alert);
+        assert_eq!(r.notification("a@b", MESSAGE).kind, Kind::Alert);
     }
 
     #[test]
     fn bare_notification_and_missing_node_are_accepted() {
         let r = parse(&wrap("", "", "")).unwrap();
         assert_eq!(r.node, None);
-        let n = r.notification("a@b");
+        assert!(!r.has_summary);
+        // ejabberd with `include_body: false`: a message, unless the server is listed as
+        // sending wakes without a summary.
+        let n = r.notification("a@b", MESSAGE);
+        assert_eq!((n.kind, n.priority), (Kind::Alert, Priority::High));
+        let n = r.notification("a@b", WithoutSummary::Background);
         assert_eq!((n.kind, n.priority), (Kind::Background, Priority::Low));
+        // A summary form without a body (Prosody's chat states) only wakes the app, whatever
+        // the setting.
+        let chat_state = "<x xmlns='jabber:x:data' type='form'>\
+            <field var='FORM_TYPE'><value>urn:xmpp:push:summary</value></field>\
+            <field var='message-count'><value>1</value></field>\
+            <field var='last-message-body'/></x>";
+        let r = parse(&wrap("node='N'", chat_state, "")).unwrap();
+        assert!(r.has_summary);
+        assert_eq!(r.notification("a@b", MESSAGE).kind, Kind::Background);
+        // A low hint wins over a missing summary.
+        let low = "<priority xmlns='tigase:push:priority:0'>low</priority>";
+        let r = parse(&wrap("node='N'", low, "")).unwrap();
+        assert_eq!(r.notification("a@b", MESSAGE).kind, Kind::Background);
         // no <item> at all
         let r =
             parse("<pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='x'/></pubsub>")
@@ -243,7 +281,7 @@ mod tests {
         let clear =
             "<x xmlns='jabber:x:data'><field var='message-count'><value>0</value></field></x>";
         let r = parse(&wrap("node='N'", clear, "")).unwrap();
-        assert_eq!(r.notification("a@b").kind, Kind::Clear);
+        assert_eq!(r.notification("a@b", MESSAGE).kind, Kind::Clear);
 
         let msg = "<x xmlns='jabber:x:data'>\
             <field var='message-count'><value>3</value></field>\
@@ -252,7 +290,7 @@ mod tests {
             <groupchat xmlns='http://tigase.org/protocol/muc#offline'><nickname>nick</nickname></groupchat>";
         let n = parse(&wrap("node='N'", msg, ""))
             .unwrap()
-            .notification("a@b");
+            .notification("a@b", MESSAGE);
         assert_eq!(n.content.sender.as_deref(), Some("room@muc.example/nick"));
         assert_eq!(n.content.message_count, Some(3));
         assert_eq!(n.content.nickname.as_deref(), Some("nick"));
@@ -263,18 +301,18 @@ mod tests {
         let low = "<priority xmlns='tigase:push:priority:0'>low</priority>";
         let n = parse(&wrap("node='N'", &format!("{PROSODY}{low}"), ""))
             .unwrap()
-            .notification("a");
+            .notification("a", MESSAGE);
         assert_eq!(n.kind, Kind::Background);
 
         let high = "<priority xmlns='tigase:push:priority:0'>high</priority>";
         let n = parse(&wrap("node='N'", high, ""))
             .unwrap()
-            .notification("a");
+            .notification("a", MESSAGE);
         assert_eq!((n.kind, n.priority), (Kind::Alert, Priority::High));
 
         let enc = "<encrypted xmlns='tigase:push:encrypt:0' iv='SVY='>Q0lQSEVS</encrypted>";
         let r = parse(&wrap("node='N'", enc, "")).unwrap();
-        let n = r.notification("a");
+        let n = r.notification("a", MESSAGE);
         assert_eq!(n.kind, Kind::Alert);
         assert_eq!(
             n.encrypted,
@@ -289,7 +327,7 @@ mod tests {
         assert_eq!(
             parse(&wrap("node='N'", voip, ""))
                 .unwrap()
-                .notification("a")
+                .notification("a", MESSAGE)
                 .kind,
             Kind::Voip
         );
@@ -297,7 +335,7 @@ mod tests {
         assert_eq!(
             parse(&wrap("node='N'", jingle, ""))
                 .unwrap()
-                .notification("a")
+                .notification("a", MESSAGE)
                 .kind,
             Kind::Voip
         );
@@ -353,7 +391,7 @@ mod tests {
                     .build())
                 .build();
             let r = PublishRequest::try_from(&el).unwrap();
-            let n = r.notification("a@b");
+            let n = r.notification("a@b", MESSAGE);
             prop_assert_eq!(n.content.body.is_some(), !body.trim().is_empty());
         }
     }
