@@ -262,7 +262,10 @@ def test_running_out_of_descriptors_is_counted_and_survived(connect_factory, tmp
         assert accept_failures >= 1, m
         assert value(m, "pushgate_fd_exhausted_total", where="provider_connect") >= 1, m
         logged = len(pg.log.find_all(FD_LOG_LINE, since))
-        assert logged < accept_failures, "logged once per failure, not throttled"
+        # Throttled: one line for the burst, not one per failure (the number of failed accepts
+        # depends on timing; it was 1 in one CI run, where one line is all there can be).
+        assert logged == 1 or logged < accept_failures, \
+            f"{logged} lines for {accept_failures} failed accepts: not throttled"
 
         since = pg.log.offset()
         bob.send_message("carol@localhost", "after the crowd left")

@@ -30,7 +30,13 @@ use dispatch::Dispatcher;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the server may stay silent after our ping (or during the handshake).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the stream is lost, retries come within a second (with jitter, so several instances do
+/// not knock in step) for this long, then back off: a server restart is over in seconds, and
+/// while pushgate is away Prosody bounces publishes and ejabberd deletes registrations.
+const FAST_FOR: Duration = Duration::from_secs(300);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
+const FAST_RETRY_MIN: Duration = Duration::from_millis(500);
+const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
@@ -84,27 +90,59 @@ pub enum StreamError {
     Timeout,
 }
 
-/// Doubling delays from `FIRST_RETRY` up to the configured cap.
+impl StreamError {
+    /// The server replaced this connection with another one of the same component: another
+    /// pushgate instance connected (Prosody's `component_conflict_resolve = "kick_old"`), or
+    /// refused ours because one is connected.
+    fn replaced(&self) -> bool {
+        matches!(self, StreamError::StreamError(c) if c.split_whitespace().next() == Some("conflict"))
+    }
+}
+
+/// When to try again: 250 ms after the loss, then every 0.5–1 s for `FAST_FOR`, then doubling up
+/// to the configured cap.
 struct Backoff {
-    next: Duration,
+    /// When the stream was lost (or the first attempt failed); `None` while connected.
+    lost_at: Option<Instant>,
+    /// The next delay once past the fast phase.
+    slow: Duration,
     max: Duration,
 }
 
 impl Backoff {
     fn new(max: Duration) -> Self {
         Backoff {
-            next: FIRST_RETRY,
+            lost_at: None,
+            slow: FAST_RETRY_MAX,
             max,
         }
     }
+
     fn reset(&mut self) {
-        self.next = FIRST_RETRY;
+        self.lost_at = None;
+        self.slow = FAST_RETRY_MAX;
     }
-    fn next_delay(&mut self) -> Duration {
-        let d = self.next.min(self.max);
-        self.next = self.next.saturating_mul(2).min(self.max);
-        d
+
+    /// The delay before the next attempt, `now` being when the last one failed.
+    fn next_delay(&mut self, now: Instant) -> Duration {
+        let Some(lost_at) = self.lost_at else {
+            self.lost_at = Some(now);
+            return FIRST_RETRY.min(self.max);
+        };
+        if now.saturating_duration_since(lost_at) < FAST_FOR {
+            return jitter(FAST_RETRY_MIN, FAST_RETRY_MAX).min(self.max);
+        }
+        self.slow = self.slow.saturating_mul(2).min(self.max);
+        self.slow
     }
+}
+
+/// A uniformly random duration in `[low, high]` (millisecond steps).
+fn jitter(low: Duration, high: Duration) -> Duration {
+    let span = high.saturating_sub(low).as_millis() as u64;
+    // Without randomness from the OS the upper bound is as good as any.
+    let r = getrandom::u64().map_or(span, |r| r % (span + 1));
+    low + Duration::from_millis(r)
 }
 
 /// Whether the component stream is up, for health checks and tests.
@@ -119,6 +157,7 @@ pub async fn run(
     connected: watch::Sender<bool>,
 ) {
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
+    let mut replaced = false;
     let mut pings = 0u64;
     // One dispatcher for the process: handlers of a dropped stream still finish and their
     // replies wait in the outbox for the next one.
@@ -165,15 +204,30 @@ pub async fn run(
                     Err(e) => {
                         tracing::warn!("component disconnected: {e}");
                         METRICS.xmpp_reconnects.inc();
+                        replaced = e.replaced();
                     }
                 }
             }
-            Ok(Err(e)) => tracing::warn!(server = %cfg.server, "cannot connect: {e}"),
+            Ok(Err(e)) => {
+                tracing::warn!(server = %cfg.server, "cannot connect: {e}");
+                replaced = e.replaced();
+            }
             Err(_) => {
                 tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout)
             }
         }
-        let delay = backoff.next_delay();
+        let delay = if replaced {
+            // Knocking at once would throw the other instance out in turn (with kick_old) and
+            // the two would replace each other in a loop.
+            tracing::warn!(
+                delay_secs = cfg.max_reconnect_delay.as_secs(),
+                "another instance of this component is connected to the server: standing by"
+            );
+            cfg.max_reconnect_delay
+        } else {
+            backoff.next_delay(Instant::now())
+        };
+        replaced = false;
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -288,14 +342,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_starts_fast_and_is_capped() {
+    fn retries_within_a_second_for_minutes_then_back_off_to_the_cap() {
         let mut b = Backoff::new(Duration::from_secs(30));
-        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
-        assert!(delays[0] < Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert_eq!(b.next_delay(t0), FIRST_RETRY);
+        // Four minutes of retries: every one within 0.5–1 s.
+        let mut t = t0;
+        while t.duration_since(t0) < Duration::from_secs(240) {
+            let d = b.next_delay(t);
+            assert!((FAST_RETRY_MIN..=FAST_RETRY_MAX).contains(&d), "{d:?}");
+            t += d;
+        }
+        // Past the fast phase: doubling, capped.
+        let late = t0 + FAST_FOR + Duration::from_secs(1);
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay(late)).collect();
+        assert_eq!(delays[0], Duration::from_secs(2));
         assert!(delays.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*delays.last().unwrap(), Duration::from_secs(30));
+        // Connected again: the next loss starts fast.
         b.reset();
-        assert_eq!(b.next_delay(), FIRST_RETRY);
+        assert_eq!(b.next_delay(late), FIRST_RETRY);
+        // A cap below a second holds in the fast phase too.
+        let mut tight = Backoff::new(Duration::from_millis(300));
+        tight.next_delay(t0);
+        assert!(tight.next_delay(t0) <= Duration::from_millis(300));
+    }
+
+    #[test]
+    fn retries_are_spread() {
+        let mut b = Backoff::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        b.next_delay(t0);
+        let delays: std::collections::BTreeSet<_> = (0..50).map(|_| b.next_delay(t0)).collect();
+        assert!(delays.len() > 5, "jittered: {delays:?}");
+    }
+
+    #[test]
+    fn a_conflict_means_replaced_and_nothing_else_does() {
+        assert!(StreamError::StreamError("conflict".into()).replaced());
+        assert!(
+            StreamError::StreamError("conflict text 'Replaced by new connection'".into())
+                .replaced()
+        );
+        assert!(!StreamError::StreamError("host-unknown".into()).replaced());
+        assert!(!StreamError::StreamError("not-authorized conflict".into()).replaced());
+        assert!(!StreamError::Closed.replaced());
     }
 
     #[test]
