@@ -14,6 +14,9 @@ use pushgate::fronts::xmpp::stream::{self, StreamConfig};
 use pushgate::fronts::xmpp::{Component, admin_alerts};
 use pushgate::storage::Store;
 
+/// The exit status after another instance took the component over (`component.when_replaced =
+/// "exit"`); etc/pushgate.service does not restart on it (`RestartPreventExitStatus=3`).
+const EXIT_REPLACED: u8 = 3;
 /// How long tasks left over after `run` may take before the process exits without them.
 const LINGER: Duration = Duration::from_secs(1);
 /// How much longer than `limits.shutdown_timeout_secs` `run` waits for the parts that bound
@@ -155,6 +158,7 @@ async fn run(path: PathBuf) -> ExitCode {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let (connected_tx, connected_rx) = watch::channel(false);
     let stop_tx_http = stop_tx.clone();
+    let stop_tx_replaced = stop_tx.clone();
     tokio::spawn(async move {
         signal.await;
         tracing::info!("shutting down");
@@ -194,11 +198,16 @@ async fn run(path: PathBuf) -> ExitCode {
     });
     let stream_stop = stop_rx.clone();
     let work = async {
-        stream::run(component, stream_cfg, outbox, stream_stop, connected_tx).await;
+        let ended = stream::run(component, stream_cfg, outbox, stream_stop, connected_tx).await;
+        if ended == stream::Ended::Replaced {
+            // The rest (HTTP, the delivery log) stops as on a signal.
+            let _ = stop_tx_replaced.send(true);
+        }
         // The last second's delivery timestamps.
         let _ = successes.await;
         match http.await {
             Ok(Err(_)) => ExitCode::FAILURE,
+            _ if ended == stream::Ended::Replaced => ExitCode::from(EXIT_REPLACED),
             _ => ExitCode::SUCCESS,
         }
     };

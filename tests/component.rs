@@ -24,7 +24,7 @@ struct Harness {
     listener: TcpListener,
     stop: watch::Sender<bool>,
     connected: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<stream::Ended>,
     /// Holds the gateway's database.
     _gw: TestGateway,
 }
@@ -724,4 +724,60 @@ async fn stanzas_in_flight_hold_a_bounded_number_of_bytes() {
         "the four in flight are still waiting for the tarpit: {text}"
     );
     h.stop.send(true).unwrap();
+}
+
+const CONFLICT: &str = "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+    <text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>Replaced by new connection</text>\
+    </stream:error></stream:stream>";
+
+#[tokio::test]
+async fn replaced_by_another_instance_it_stands_by() {
+    // max_reconnect_delay is 2 s in this harness: the stand-by lasts that long, where a lost
+    // stream is retried after 0.25 s.
+    let (h, mut c) = start(Duration::from_secs(60)).await;
+    c.send(CONFLICT).await;
+    let lost = std::time::Instant::now();
+    let _next = accept(&h.listener).await;
+    assert!(
+        lost.elapsed() >= Duration::from_millis(1900),
+        "knocked again after {:?}",
+        lost.elapsed()
+    );
+    h.stop.send(true).unwrap();
+    assert_eq!(
+        timeout(WAIT, h.task).await.unwrap().unwrap(),
+        stream::Ended::Shutdown
+    );
+}
+
+#[tokio::test]
+async fn replaced_with_when_replaced_exit_it_steps_down() {
+    let (h, mut c) = start_with(Duration::from_secs(60), "when_replaced = \"exit\"").await;
+    c.send(CONFLICT).await;
+    assert_eq!(
+        timeout(WAIT, h.task).await.unwrap().unwrap(),
+        stream::Ended::Replaced,
+        "stepped down without being told to stop"
+    );
+    // And it did not knock again.
+    assert!(
+        timeout(Duration::from_millis(500), h.listener.accept())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_lost_stream_is_retried_at_once() {
+    let (h, c) = start(Duration::from_secs(60)).await;
+    drop(c);
+    let lost = std::time::Instant::now();
+    let _next = accept(&h.listener).await;
+    assert!(
+        lost.elapsed() < Duration::from_secs(1),
+        "retried after {:?}",
+        lost.elapsed()
+    );
+    h.stop.send(true).unwrap();
+    timeout(WAIT, h.task).await.unwrap().unwrap();
 }

@@ -26,6 +26,7 @@ mod tests;
 
 pub use sections::{
     AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, RegistrationConfig, StorageConfig,
+    WhenReplaced,
 };
 
 #[derive(Debug, thiserror::Error)]

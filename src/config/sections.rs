@@ -22,6 +22,22 @@ pub struct ComponentConfig {
     pub idle_ping_secs: u64,
     #[serde(default = "default_publish_timeout")]
     pub publish_timeout_secs: u64,
+    /// What this instance does when the server replaces it with another one (`<conflict/>`).
+    #[serde(default)]
+    pub when_replaced: WhenReplaced,
+}
+
+/// What an instance does when the XMPP server says another instance of the component is
+/// connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhenReplaced {
+    /// Stay up, not ready, and try again after `max_reconnect_delay_secs` (a hot standby).
+    #[default]
+    Standby,
+    /// Finish the deliveries in flight (within `limits.shutdown_timeout_secs`) and exit with
+    /// status 3: the end of a rolling restart.
+    Exit,
 }
 
 fn default_server() -> String {

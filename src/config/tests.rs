@@ -324,3 +324,22 @@ fn unknown_provider_kind_is_named() {
     .unwrap_err();
     assert!(e.to_string().contains("providers.x"), "{e}");
 }
+
+#[test]
+fn when_replaced_is_standby_or_exit() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(
+        c.component.when_replaced,
+        crate::config::WhenReplaced::Standby
+    );
+    let c = Config::from_toml_str(
+        &MINIMAL.replace("[component]\n", "[component]\nwhen_replaced = \"exit\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.component.when_replaced, crate::config::WhenReplaced::Exit);
+    let e = Config::from_toml_str(
+        &MINIMAL.replace("[component]\n", "[component]\nwhen_replaced = \"sleep\"\n"),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("component.when_replaced"), "{e}");
+}

@@ -29,6 +29,7 @@ use crate::metrics::METRICS;
 pub struct Dispatcher {
     component: Arc<Component>,
     permits: Arc<Semaphore>,
+    max_in_flight: u32,
     /// The byte budget, in KiB.
     kib: Arc<Semaphore>,
     timeout: Duration,
@@ -44,8 +45,21 @@ impl Dispatcher {
         Dispatcher {
             component,
             permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight: u32::try_from(max_in_flight).unwrap_or(u32::MAX),
             kib: Arc::new(Semaphore::new(max_in_flight_bytes / 1024)),
             timeout,
+        }
+    }
+
+    /// Waits until every stanza taken on has been handled (each is bounded by its deadline), or
+    /// `within` has passed; returns how many were still in flight then.
+    pub async fn drain(&self, within: Duration) -> usize {
+        let all = self.permits.acquire_many(self.max_in_flight);
+        match tokio::time::timeout(within, all).await {
+            Ok(_) => 0,
+            Err(_) => {
+                (self.max_in_flight as usize).saturating_sub(self.permits.available_permits())
+            }
         }
     }
 

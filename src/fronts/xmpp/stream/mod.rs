@@ -22,7 +22,7 @@ use xmpp_parsers::minidom::Element;
 use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
-use crate::config::Config;
+use crate::config::{Config, WhenReplaced};
 use crate::fronts::xmpp::{Component, Outbox};
 use crate::metrics::METRICS;
 use dispatch::Dispatcher;
@@ -51,6 +51,10 @@ pub struct StreamConfig {
     /// are answered `wait` at once.
     pub max_in_flight: usize,
     pub max_in_flight_bytes: usize,
+    /// Standby or exit when the server replaces this instance with another.
+    pub when_replaced: WhenReplaced,
+    /// How long stanzas in flight may take to finish when the stream ends for good.
+    pub drain_within: Duration,
 }
 
 impl StreamConfig {
@@ -64,6 +68,8 @@ impl StreamConfig {
             limits: config.limits.stanza_limits(),
             max_in_flight: config.limits.max_in_flight,
             max_in_flight_bytes: config.limits.max_in_flight_bytes,
+            when_replaced: config.component.when_replaced,
+            drain_within: config.limits.shutdown_timeout(),
         }
     }
 }
@@ -148,14 +154,25 @@ fn jitter(low: Duration, high: Duration) -> Duration {
 /// Whether the component stream is up, for health checks and tests.
 pub type Connected = watch::Receiver<bool>;
 
-/// Keeps the component connected until `shutdown` flips to true.
+/// Why [`run`] returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// `shutdown` flipped.
+    Shutdown,
+    /// Another instance took the component over and `when_replaced` is `exit`.
+    Replaced,
+}
+
+/// Keeps the component connected until `shutdown` flips to true, or until another instance
+/// replaces this one and `cfg.when_replaced` says to exit. Either way the stanzas in flight are
+/// handled to the end (within `cfg.drain_within`) before it returns.
 pub async fn run(
     component: Arc<Component>,
     cfg: StreamConfig,
     mut outbox: Outbox,
     mut shutdown: watch::Receiver<bool>,
     connected: watch::Sender<bool>,
-) {
+) -> Ended {
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
     let mut replaced = false;
     let mut pings = 0u64;
@@ -199,7 +216,8 @@ pub async fn run(
                 match end {
                     Ok(()) => {
                         tracing::info!("component stream closed for shutdown");
-                        return;
+                        drain(&dispatcher, cfg.drain_within).await;
+                        return Ended::Shutdown;
                     }
                     Err(e) => {
                         tracing::warn!("component disconnected: {e}");
@@ -216,6 +234,14 @@ pub async fn run(
                 tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout)
             }
         }
+        if replaced && cfg.when_replaced == WhenReplaced::Exit {
+            tracing::warn!(
+                "another instance of this component took over: finishing the deliveries in \
+                 flight, then exiting (component.when_replaced = \"exit\")"
+            );
+            drain(&dispatcher, cfg.drain_within).await;
+            return Ended::Replaced;
+        }
         let delay = if replaced {
             // Knocking at once would throw the other instance out in turn (with kick_old) and
             // the two would replace each other in a loop.
@@ -231,8 +257,24 @@ pub async fn run(
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {
+                drain(&dispatcher, cfg.drain_within).await;
+                return Ended::Shutdown;
+            }
         }
+    }
+}
+
+/// Lets the stanzas in flight finish: their deliveries complete even though their replies can
+/// no longer be sent.
+async fn drain(dispatcher: &Dispatcher, within: Duration) {
+    let left = dispatcher.drain(within).await;
+    if left > 0 {
+        tracing::warn!(
+            left,
+            "stanzas still in flight after {} s: abandoned",
+            within.as_secs()
+        );
     }
 }
 
@@ -400,6 +442,8 @@ mod tests {
             limits: Limits::default(),
             max_in_flight: 16,
             max_in_flight_bytes: 1 << 20,
+            when_replaced: WhenReplaced::Standby,
+            drain_within: Duration::from_secs(1),
         };
         let Iq::Get { to, .. } = ping(&cfg, 1) else {
             panic!()
