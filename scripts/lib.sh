@@ -76,6 +76,36 @@ ensure_prosody() {
     command -v openssl >/dev/null 2>&1 || die "openssl is still missing after apt-get install"
 }
 
+# ejabberd 23.01 (Debian) for tests/e2e/test_ejabberd.py, which starts it as a plain Erlang VM
+# from a temp dir: the package's system service is stopped and disabled, its files are all we use.
+have_ejabberd() {
+    command -v erl >/dev/null 2>&1 && dpkg -L ejabberd 2>/dev/null | grep -q '/ejabberd-[^/]*/ebin$'
+}
+
+stop_system_ejabberd() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-active --quiet ejabberd 2>/dev/null || systemctl is-enabled --quiet ejabberd 2>/dev/null; then
+            log "stopping and disabling the system ejabberd service"
+            as_root systemctl disable --now ejabberd >/dev/null 2>&1 || true
+        fi
+    elif [ -x /etc/init.d/ejabberd ]; then
+        as_root /etc/init.d/ejabberd stop >/dev/null 2>&1 || true
+    fi
+}
+
+ensure_ejabberd() {
+    if have_ejabberd; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "ejabberd is missing and there is no apt-get: install ejabberd 23.01 by hand"
+    log "installing ejabberd (Debian package)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold ejabberd
+    stop_system_ejabberd
+    have_ejabberd || die "ejabberd is still missing after apt-get install"
+}
+
 python_deps_ok() {
     python3 - <<'PY' >/dev/null 2>&1
 import cryptography, h2, pytest, slixmpp

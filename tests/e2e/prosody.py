@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ import tempfile
 import time
 
 from logfile import LogFile
+from procs import ServerProcess
 
 PROSODY = os.environ.get("PROSODY_BIN", "prosody")
 PROSODYCTL = os.environ.get("PROSODYCTL_BIN", "prosodyctl")
@@ -62,7 +62,7 @@ def _lua_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class Prosody:
+class Prosody(ServerProcess):
     def __init__(self, users, components, hosts=("localhost",), host_options=None,
                  global_options=None, name="prosody"):
         """users: [(user, host, password)]; components: {jid: secret};
@@ -157,24 +157,6 @@ class Prosody:
                                    f"accepting after {timeout} s\n{self.diagnostics()}")
             time.sleep(0.02)
 
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, cleanup: bool = True, timeout: float = 10.0):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.proc = None
-        if self._stdout:
-            self._stdout.close()
-            self._stdout = None
-        if cleanup and not os.environ.get("PUSHGATE_E2E_KEEP"):
-            shutil.rmtree(self.dir, ignore_errors=True)
-
     def restart(self):
         """SIGTERM and start again: same ports, same data (registrations survive)."""
         self.stop(cleanup=False)
@@ -186,30 +168,11 @@ class Prosody:
             time.sleep(0.02)
         return self.start()
 
-    # --- diagnostics ---------------------------------------------------------------------
-    def stdout_tail(self, n: int = 20) -> str:
-        try:
-            with open(self.stdout_path, "rb") as f:
-                lines = f.read().decode("utf-8", "replace").splitlines()
-            return "\n".join(lines[-n:])
-        except FileNotFoundError:
-            return "(none)"
-
-    def diagnostics(self, n: int = 40) -> str:
-        return (f"--- {self.name} stdout ---\n{self.stdout_tail()}\n"
-                f"--- {self.name} log tail ({self.log.path}) ---\n{self.log.tail(n)}")
-
     def wait_component(self, jid: str, since: int, timeout: float = 15.0, alive=None):
         """Wait for '<jid>:component ... External component successfully authenticated'."""
         return self.log.wait_for(rf"(^|\s){re.escape(jid)}:component\s+info\s+{COMPONENT_AUTH_LINE}",
                                  since=since, timeout=timeout, alive=alive,
                                  what=f"component {jid} authenticated")
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
 
 if __name__ == "__main__":

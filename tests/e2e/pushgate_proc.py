@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from logfile import LogFile
+from procs import terminate
 from webpush_endpoint import public_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -151,13 +152,7 @@ class Pushgate:
     def kill(self, sig=signal.SIGKILL, timeout: float = 10.0):
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc, sig, timeout)
         self.proc = None
         if self._logf:
             self._logf.close()

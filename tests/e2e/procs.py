@@ -1,0 +1,61 @@
+"""The child processes of the tests: ending one (a signal, a bounded wait, then SIGKILL for
+whatever did not go), and what the test XMPP servers share."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+
+
+def terminate(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
+              timeout: float = 10.0) -> None:
+    """Sends `sig` to a running `proc` and waits up to `timeout`; kills it if still running."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+class ServerProcess:
+    """What the test XMPP servers share: a child process started from `self.dir`, its stdout
+    in `self.stdout_path`, its log in `self.log`. Subclasses set those and `self.name`."""
+
+    proc: subprocess.Popen | None = None
+    _stdout = None
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, cleanup: bool = True, timeout: float = 10.0):
+        """SIGTERM, wait, kill if need be; delete the temp dir unless PUSHGATE_E2E_KEEP is set."""
+        terminate(self.proc, timeout=timeout)
+        self.proc = None
+        if self._stdout:
+            self._stdout.close()
+            self._stdout = None
+        if cleanup and not os.environ.get("PUSHGATE_E2E_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stdout_tail(self, n: int = 20) -> str:
+        try:
+            with open(self.stdout_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+            return "\n".join(lines[-n:])
+        except FileNotFoundError:
+            return "(none)"
+
+    def diagnostics(self, n: int = 40) -> str:
+        return (f"--- {self.name} stdout ---\n{self.stdout_tail()}\n"
+                f"--- {self.name} log tail ({self.log.path}) ---\n{self.log.tail(n)}")
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()

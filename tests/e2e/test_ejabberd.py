@@ -1,0 +1,129 @@
+"""pushgate behind ejabberd 23.01 (Debian) with slixmpp phones: delivery in both dialects, the
+shipped example's `include_body: false`, a dead token and a provider outage.
+
+ejabberd reacts differently from Prosody at every error: any error reply to a publish but a
+`wait` disables the registration at once (`disabling push` in its log), and a `wait` is only
+logged. Its shapes: with `include_body` a text (the default) or true, a summary with
+`last-message-body` and no `message-count`; with `include_body: false`, a bare
+`<notification/>` for every message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+
+from conftest import PASSWORD, PUSH_JID
+from ejabberd import DISABLED_LINE, Ejabberd
+from pushgate_proc import VAPID_SUBJECT, Pushgate
+from scenario import push_offline, register_p2
+from webpush_endpoint import WebPushEndpoint
+
+USERS = ("alice", "bob", "carol", "dave", "erin")
+
+
+@contextlib.contextmanager
+def ejabberd_stack(name: str, push_options: dict | None = None):
+    """An ejabberd, a WebPush endpoint and a pushgate for push.localhost; yields them."""
+    server = Ejabberd(users=[(u, "localhost", PASSWORD) for u in USERS],
+                      components={PUSH_JID: "ejabberd-component-secret"},
+                      push_options=push_options, name=f"ejabberd[{name}]")
+    pg = endpoint = None
+    try:
+        server.start()
+        pg = Pushgate(server, PUSH_JID, "ejabberd-component-secret", name=f"pushgate[{name}]")
+        endpoint = WebPushEndpoint(vapid_public_key=pg.vapid_public,
+                                   vapid_subject=VAPID_SUBJECT).start()
+        pg.start()
+        yield server, pg, endpoint
+    finally:
+        if pg is not None:
+            pg.cleanup()
+        if endpoint is not None:
+            endpoint.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def default_stack():
+    with ejabberd_stack("ejabberd") as stack:
+        yield stack
+
+
+def test_tigase_dialect_message_is_pushed_as_an_alert(connect_factory, default_stack):
+    server, pg, endpoint = default_stack
+    dev = endpoint.new_device()
+    push_offline(connect_factory(server, "alice"), dev)
+    bob = connect_factory(server, "bob")
+    bob.send_message("alice@localhost", "hello through ejabberd")
+    (d,) = endpoint.wait_for(dev)
+    assert d.status == 201 and d.vapid_error is None and d.decrypt_error is None, d.summary()
+    assert d.headers.get("urgency") == "high", d.summary()
+    # ejabberd's default include_body is the text "New message", not the real body.
+    assert d.payload["kind"] == "alert" and d.payload["body"] == "New message", d.summary()
+
+
+def test_p2_dialect_message_is_pushed_without_content(connect_factory, default_stack):
+    server, pg, endpoint = default_stack
+    dev = endpoint.new_device()
+    carol = connect_factory(server, "carol")
+    node, secret = register_p2(carol, dev, "phone-1")
+    carol.enable_push(PUSH_JID, node, secret)
+    carol.disconnect()
+    bob = connect_factory(server, "bob")
+    bob.send_message("carol@localhost", "for conversations")
+    (d,) = endpoint.wait_for(dev)
+    assert d.status == 201, d.summary()
+    assert "body" not in d.payload and d.payload.get("account"), d.summary()
+
+
+def message_to_failing_phone(connect_factory, stack, user: str, status: int):
+    """`user`'s phone sleeps with push enabled and its push service answers `status`; bob sends
+    `user` a message. Returns the device, bob, ejabberd's log offset from just before the
+    message, and pushgate's outcomes for it."""
+    server, pg, endpoint = stack
+    dev = endpoint.new_device()
+    push_offline(connect_factory(server, user), dev)
+    endpoint.set_status(dev, status)
+    since, since_server = pg.log.offset(), server.log.offset()
+    bob = connect_factory(server, "bob")
+    bob.send_message(f"{user}@localhost", f"to {user}'s phone")
+    return dev, bob, since_server, pg.wait_outcomes(since)
+
+
+def test_dead_token_removes_the_registration_and_ejabberd_disables_push(connect_factory, default_stack):
+    server, _, _ = default_stack
+    _, _, since_server, outcomes = message_to_failing_phone(connect_factory, default_stack,
+                                                            "dave", 410)
+    assert outcomes == ["dead_token"]
+    server.log.wait_for(DISABLED_LINE, since=since_server, what="ejabberd disabling push")
+
+
+def test_provider_outage_keeps_the_registration(connect_factory, default_stack):
+    server, pg, endpoint = default_stack
+    dev, bob, since_server, outcomes = message_to_failing_phone(connect_factory, default_stack,
+                                                                "erin", 503)
+    assert outcomes == ["transient"]
+    # `wait` is the one error ejabberd keeps the registration for.
+    endpoint.set_status(dev, 201)
+    since = pg.log.offset()
+    bob.send_message("erin@localhost", "after the outage")
+    assert pg.wait_outcomes(since) == ["delivered"]
+    assert DISABLED_LINE not in server.log.text(since_server), server.log.text(since_server)
+
+
+def test_include_body_false_sends_bare_notifications_that_are_alerts(connect_factory):
+    """The shipped example (etc/examples/ejabberd.yml): every message becomes a bare
+    notification; each is pushed as an alert and none is held back as a wake-up."""
+    with ejabberd_stack("ejabberd-no-body", {"include_body": "false"}) as (server, pg, endpoint):
+        dev = endpoint.new_device()
+        push_offline(connect_factory(server, "alice"), dev)
+        bob = connect_factory(server, "bob")
+        for i in range(3):
+            bob.send_message("alice@localhost", f"secret {i}")
+        got = endpoint.wait_for(dev, count=3)
+        assert [d.payload["kind"] for d in got] == ["alert"] * 3, [d.summary() for d in got]
+        assert all(d.headers.get("urgency") == "high" for d in got)
+        assert all("secret" not in str(d.payload) for d in got), "ejabberd sent no body"
+    
