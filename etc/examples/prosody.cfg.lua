@@ -12,6 +12,10 @@ modules_enabled = {
 -- them to the provider; leave these off if your users' messages must not reach Apple/Google).
 push_notification_with_body = false
 push_notification_with_sender = false
+-- A registration is disabled after this many error replies from pushgate in a row (default 16;
+-- a success resets the count). pushgate answers every temporary trouble with a `wait` error,
+-- which Prosody never counts, so only a dead token or an unknown node (item-not-found) counts.
+push_max_errors = 16
 
 -- pushgate as a component of this server. The secret is pushgate's component.secret; pushgate
 -- connects to component_ports (default 5347) on component_interfaces (keep it on loopback).

@@ -50,13 +50,15 @@ def _yaml_str(s: str) -> str:
 
 class Ejabberd(ServerProcess):
     def __init__(self, users, components, hosts=("localhost",), push_options=None,
-                 name="ejabberd"):
+                 extra_modules=(), name="ejabberd"):
         """users: [(user, host, password)]; components: {jid: secret} (one listener each);
-        push_options: mod_push options as YAML text, e.g. {"include_body": "false"}."""
+        push_options: mod_push options as YAML text, e.g. {"include_body": "false"};
+        extra_modules: more modules, enabled with their defaults (e.g. "mod_push_keepalive")."""
         self.users = list(users)
         self.components = dict(components)
         self.hosts = list(hosts)
         self.push_options = push_options or {}
+        self.extra_modules = tuple(extra_modules)
         self.name = name
         self.dir = tempfile.mkdtemp(prefix="pushgate-e2e-ejabberd-")
         self.c2s_port = free_port()
@@ -112,6 +114,7 @@ class Ejabberd(ServerProcess):
             "  mod_carboncopy: {}",
             "  mod_stream_mgmt: {}",
         ]
+        lines += [f"  {m}: {{}}" for m in self.extra_modules]
         if self.push_options:
             lines.append("  mod_push:")
             lines += [f"    {k}: {v}" for k, v in self.push_options.items()]

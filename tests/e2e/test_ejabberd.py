@@ -11,6 +11,7 @@ logged. Its shapes: with `include_body` a text (the default) or true, a summary 
 from __future__ import annotations
 
 import contextlib
+import time
 
 import pytest
 
@@ -23,19 +24,35 @@ from webpush_endpoint import WebPushEndpoint
 USERS = ("alice", "bob", "carol", "dave", "erin")
 
 
+# etc/examples/ejabberd.yml, followed literally: a fixed include_body text, mod_client_state and
+# mod_push_keepalive, and pushgate told that this server's summary-less notifications are wakes.
+EXAMPLE_PUSH = {"include_body": '"New message"', "include_sender": "false"}
+EXAMPLE_MODULES = ("mod_client_state", "mod_push_keepalive")
+EXAMPLE_PUSHGATE_ENV = {"PUSHGATE_REGISTRATION__BACKGROUND_WITHOUT_SUMMARY": '["localhost"]'}
+
+
 @contextlib.contextmanager
-def ejabberd_stack(name: str, push_options: dict | None = None):
-    """An ejabberd, a WebPush endpoint and a pushgate for push.localhost; yields them."""
+def ejabberd_stack(name: str, push_options: dict | None = EXAMPLE_PUSH,
+                   pushgate_env: dict | None = None):
+    """An ejabberd (by default configured as etc/examples/ejabberd.yml), a WebPush endpoint and
+    a pushgate for push.localhost; yields them."""
+    example = push_options is EXAMPLE_PUSH
     server = Ejabberd(users=[(u, "localhost", PASSWORD) for u in USERS],
                       components={PUSH_JID: "ejabberd-component-secret"},
-                      push_options=push_options, name=f"ejabberd[{name}]")
+                      push_options=push_options,
+                      extra_modules=EXAMPLE_MODULES if example else (),
+                      name=f"ejabberd[{name}]")
+    env = EXAMPLE_PUSHGATE_ENV if example and pushgate_env is None else (pushgate_env or {})
     pg = endpoint = None
     try:
         server.start()
         pg = Pushgate(server, PUSH_JID, "ejabberd-component-secret", name=f"pushgate[{name}]")
         endpoint = WebPushEndpoint(vapid_public_key=pg.vapid_public,
                                    vapid_subject=VAPID_SUBJECT).start()
-        pg.start()
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            pg.start()
         yield server, pg, endpoint
     finally:
         if pg is not None:
@@ -60,7 +77,7 @@ def test_tigase_dialect_message_is_pushed_as_an_alert(connect_factory, default_s
     (d,) = endpoint.wait_for(dev)
     assert d.status == 201 and d.vapid_error is None and d.decrypt_error is None, d.summary()
     assert d.headers.get("urgency") == "high", d.summary()
-    # ejabberd's default include_body is the text "New message", not the real body.
+    # The example's include_body is the text "New message", not the real body.
     assert d.payload["kind"] == "alert" and d.payload["body"] == "New message", d.summary()
 
 
@@ -114,8 +131,8 @@ def test_provider_outage_keeps_the_registration(connect_factory, default_stack):
 
 
 def test_include_body_false_sends_bare_notifications_that_are_alerts(connect_factory):
-    """The shipped example (etc/examples/ejabberd.yml): every message becomes a bare
-    notification; each is pushed as an alert and none is held back as a wake-up."""
+    """ejabberd with `include_body: false` (the example before issue 13): every message becomes a
+    bare notification; each is pushed as an alert and none is held back as a wake-up."""
     with ejabberd_stack("ejabberd-no-body", {"include_body": "false"}) as (server, pg, endpoint):
         dev = endpoint.new_device()
         push_offline(connect_factory(server, "alice"), dev)
@@ -127,3 +144,53 @@ def test_include_body_false_sends_bare_notifications_that_are_alerts(connect_fac
         assert all(d.headers.get("urgency") == "high" for d in got)
         assert all("secret" not in str(d.payload) for d in got), "ejabberd sent no body"
     
+
+def test_two_instances_side_by_side_and_a_rolling_restart(connect_factory):
+    """ejabberd accepts a second connection of the component and spreads the publishes over
+    both: a second instance (same database and VAPID key) joins, the first is stopped with
+    SIGTERM while messages flow, and every message is pushed; no registration is disabled."""
+    with ejabberd_stack("ejabberd-two") as (server, a, endpoint):
+        dev = endpoint.new_device()
+        push_offline(connect_factory(server, "alice"), dev)
+        bob = connect_factory(server, "bob")
+        since_server = server.log.offset()
+        b = Pushgate(server, PUSH_JID, "ejabberd-component-secret", name="pushgate[ejabberd-b]")
+        b.data_dir, b.vapid_key_path, b.vapid_key = a.data_dir, a.vapid_key_path, a.vapid_key
+        b.write_config()
+        try:
+            with pytest.MonkeyPatch.context() as mp:
+                for key, value in EXAMPLE_PUSHGATE_ENV.items():
+                    mp.setenv(key, value)
+                b.start()
+            sent = []
+            for i in range(40):
+                if i == 20:
+                    a.stop()        # SIGTERM: finishes what it has in flight
+                body = f"side by side {i}"
+                bob.send_message("alice@localhost", body)
+                sent.append(body)
+                time.sleep(0.05)
+            got = endpoint.wait_for(dev, count=len(sent), timeout=20)
+            assert sorted(d.payload.get("body") for d in got) == ["New message"] * len(sent)
+            assert len(got) == len(sent), [d.summary() for d in got]
+            assert DISABLED_LINE not in server.log.text(since_server)
+        finally:
+            b.cleanup()
+
+
+def test_pushgate_comes_back_after_an_ejabberd_restart(connect_factory):
+    with ejabberd_stack("ejabberd-restart") as (server, pg, endpoint):
+        dev = endpoint.new_device()
+        push_offline(connect_factory(server, "alice"), dev)
+        since = pg.log.offset()
+        server.stop(cleanup=False)
+        time.sleep(3)               # pushgate knocks at a closed port meanwhile
+        server.start()
+        pg.log.wait_for("component connected", since=since, timeout=10)
+        # Every retry while the server was away came within a second (a schedule, not a speed).
+        delays = [int(m.group(1)) for m in pg.log.find_all(r"reconnecting delay_ms=(\d+)", since)]
+        assert len(delays) >= 3 and max(delays) <= 1000, delays
+        bob = connect_factory(server, "bob")
+        bob.send_message("alice@localhost", "after the restart")
+        (d,) = endpoint.wait_for(dev)
+        assert d.status == 201 and d.payload["kind"] == "alert", d.summary()
