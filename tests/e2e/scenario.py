@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
+import urllib.error
+import urllib.request
 
 from clients import Client, submit_form
 from conftest import PUSH_JID, diagnostics
@@ -107,3 +110,15 @@ def assert_quiet(pushgate, prosody, since_pg: int, since_prosody: int, user: str
 
 def wait_deliveries(endpoint, device: Device, count: int):
     return endpoint.wait_for(device, count, diagnostics=diagnostics)
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
+    """A JSON request to pushgate's HTTP surface: (status, JSON answer)."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

@@ -18,7 +18,9 @@ import pytest
 from conftest import PASSWORD, PUSH_JID
 from ejabberd import DISABLED_LINE, Ejabberd
 from pushgate_proc import VAPID_SUBJECT, Pushgate
-from scenario import push_offline, register_p2
+from clients import expect_error, submit_form
+from prosody import free_port
+from scenario import http, push_offline, register_p2, register_tigase
 from webpush_endpoint import WebPushEndpoint
 
 USERS = ("alice", "bob", "carol", "dave", "erin")
@@ -33,7 +35,7 @@ EXAMPLE_PUSHGATE_ENV = {"PUSHGATE_REGISTRATION__BACKGROUND_WITHOUT_SUMMARY": '["
 
 @contextlib.contextmanager
 def ejabberd_stack(name: str, push_options: dict | None = EXAMPLE_PUSH,
-                   pushgate_env: dict | None = None):
+                   pushgate_env: dict | None = None, pushgate_toml: str = ""):
     """An ejabberd (by default configured as etc/examples/ejabberd.yml), a WebPush endpoint and
     a pushgate for push.localhost; yields them."""
     example = push_options is EXAMPLE_PUSH
@@ -46,7 +48,8 @@ def ejabberd_stack(name: str, push_options: dict | None = EXAMPLE_PUSH,
     pg = endpoint = None
     try:
         server.start()
-        pg = Pushgate(server, PUSH_JID, "ejabberd-component-secret", name=f"pushgate[{name}]")
+        pg = Pushgate(server, PUSH_JID, "ejabberd-component-secret", name=f"pushgate[{name}]",
+                      extra_toml=pushgate_toml)
         endpoint = WebPushEndpoint(vapid_public_key=pg.vapid_public,
                                    vapid_subject=VAPID_SUBJECT).start()
         with pytest.MonkeyPatch.context() as mp:
@@ -194,3 +197,27 @@ def test_pushgate_comes_back_after_an_ejabberd_restart(connect_factory):
         bob.send_message("alice@localhost", "after the restart")
         (d,) = endpoint.wait_for(dev)
         assert d.status == 201 and d.payload["kind"] == "alert", d.summary()
+
+
+def test_unregister_by_command_and_by_rest_through_ejabberd(connect_factory):
+    port = free_port()
+    with ejabberd_stack("ejabberd-unregister",
+                        pushgate_toml=f'[http]\nlisten = "127.0.0.1:{port}"\n') as stack:
+        server, pg, endpoint = stack
+        alice = connect_factory(server, "alice")
+        by_command, by_rest = endpoint.new_device(), endpoint.new_device()
+        register_tigase(alice, by_command)
+        register_tigase(alice, by_rest)
+
+        def unregister(dev):
+            return alice.command(PUSH_JID, "unregister-device",
+                                 form=submit_form({"provider": "webpush", "device-token": dev.url}))
+
+        assert unregister(by_command).status == "completed"
+        status, answer = http("POST", f"http://127.0.0.1:{port}/unregister-device/{PUSH_JID}",
+                              {"account": "alice@localhost", "provider": "webpush",
+                               "device-token": by_rest.url})
+        assert (status, answer) == (200, {"result": "success"})
+        for dev in (by_command, by_rest):
+            err = expect_error(unregister, dev)
+            assert err.condition == "item-not-found", err

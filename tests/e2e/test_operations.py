@@ -8,17 +8,15 @@ report the process and the stream.
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.error
 import urllib.request
 
 import pytest
 
 from conftest import PUSH_JID, VAPID_SUBJECT, Stack
 from prosody import free_port
-from scenario import register_tigase, wait_deliveries
+from scenario import http, register_tigase, wait_deliveries
 from webpush_endpoint import WebPushEndpoint
 
 SAMPLE = re.compile(r'^([a-z_]+)(?:\{(.*)\})? (\S+)$')
@@ -44,17 +42,6 @@ def scrape(base: str) -> dict[tuple[str, frozenset], float]:
 
 def value(samples, name: str, **labels) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def http(method: str, url: str, body: dict | None = None) -> tuple[int, dict]:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=5) as r:
-            return r.status, json.loads(r.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
