@@ -45,6 +45,13 @@ impl HostPattern {
     }
 }
 
+/// Whether `raw` (a host as written anywhere: any case, trailing dot, Unicode) matches one of
+/// `patterns`. An empty list matches nothing and costs nothing, so it can sit on a hot path.
+pub fn listed(patterns: &[HostPattern], raw: &str) -> bool {
+    !patterns.is_empty()
+        && normalize_host(raw).is_some_and(|host| patterns.iter().any(|p| p.matches(&host)))
+}
+
 /// Lower-case, punycode, no trailing dot, IPv6 without brackets: the form hosts are matched in.
 /// `None` for what is not a host name or address.
 pub fn normalize_host(raw: &str) -> Option<String> {
@@ -66,6 +73,19 @@ pub fn normalize_host(raw: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_normalises_and_an_empty_list_matches_nothing() {
+        let list = [
+            HostPattern::parse("example.org").unwrap(),
+            HostPattern::parse("*.example.net").unwrap(),
+        ];
+        assert!(listed(&list, "Example.ORG."));
+        assert!(listed(&list, "chat.example.net"));
+        assert!(!listed(&list, "example.net"));
+        assert!(!listed(&list, "not a host"));
+        assert!(!listed(&[], "example.org"));
+    }
 
     #[test]
     fn host_patterns() {

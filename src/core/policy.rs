@@ -12,7 +12,7 @@
 //! The bucket lives in this process: with several instances each counts its own, so a domain
 //! gets up to the rate once per instance.
 
-use pushgate_providers::host::{HostPattern, normalize_host};
+use pushgate_providers::host::{HostPattern, listed};
 
 use crate::config::RegistrationConfig;
 use crate::core::rate_limit::{RateLimiter, retry_after_secs};
@@ -70,12 +70,7 @@ impl RegistrationPolicy {
     /// Whether accounts of `account`'s domain may register at all.
     pub fn check_domain(&self, account: &BareJid) -> Result<(), Refusal> {
         let domain = account.domain().as_str();
-        let host = normalize_host(domain);
-        let listed = |list: &[HostPattern]| {
-            host.as_deref()
-                .is_some_and(|h| list.iter().any(|p| p.matches(h)))
-        };
-        if listed(&self.deny) || (!self.allow.is_empty() && !listed(&self.allow)) {
+        if listed(&self.deny, domain) || (!self.allow.is_empty() && !listed(&self.allow, domain)) {
             return Err(Refusal::DomainNotAllowed(domain.to_owned()));
         }
         Ok(())

@@ -15,7 +15,7 @@ use xmpp_parsers::jid::Jid;
 
 pub use request::{PublishRequest, WithoutSummary};
 
-use pushgate_providers::host::normalize_host;
+use pushgate_providers::host::listed;
 
 use tokio::time::Instant;
 
@@ -53,12 +53,7 @@ pub async fn handle(
 /// What a notification without a summary form from `from` means: a message, unless the
 /// server is listed in `registration.background_without_summary`.
 fn without_summary(c: &Component, from: &Jid) -> WithoutSummary {
-    let wakes = normalize_host(from.domain().as_str()).is_some_and(|host| {
-        c.background_without_summary
-            .iter()
-            .any(|p| p.matches(&host))
-    });
-    if wakes {
+    if listed(&c.background_without_summary, from.domain().as_str()) {
         WithoutSummary::Background
     } else {
         WithoutSummary::Message

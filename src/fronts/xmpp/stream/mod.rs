@@ -151,9 +151,6 @@ fn jitter(low: Duration, high: Duration) -> Duration {
     low + Duration::from_millis(r)
 }
 
-/// Whether the component stream is up, for health checks and tests.
-pub type Connected = watch::Receiver<bool>;
-
 /// Why [`run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
