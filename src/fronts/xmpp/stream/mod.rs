@@ -171,7 +171,6 @@ pub async fn run(
     connected: watch::Sender<bool>,
 ) -> Ended {
     let mut backoff = Backoff::new(cfg.max_reconnect_delay);
-    let mut replaced = false;
     let mut pings = 0u64;
     // One dispatcher for the process: handlers of a dropped stream still finish and their
     // replies wait in the outbox for the next one.
@@ -193,7 +192,8 @@ pub async fn run(
             ),
         )
         .await;
-        match attempt {
+        // Whether the server said another instance of the component is connected.
+        let replaced = match attempt {
             Ok(Ok(conn)) => {
                 tracing::info!(server = %cfg.server, jid = %cfg.jid, "component connected");
                 backoff.reset();
@@ -219,18 +219,19 @@ pub async fn run(
                     Err(e) => {
                         tracing::warn!("component disconnected: {e}");
                         METRICS.xmpp_reconnects.inc();
-                        replaced = e.replaced();
+                        e.replaced()
                     }
                 }
             }
             Ok(Err(e)) => {
                 tracing::warn!(server = %cfg.server, "cannot connect: {e}");
-                replaced = e.replaced();
+                e.replaced()
             }
             Err(_) => {
-                tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout)
+                tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout);
+                false
             }
-        }
+        };
         if replaced && cfg.when_replaced == WhenReplaced::Exit {
             tracing::warn!(
                 "another instance of this component took over: finishing the deliveries in \
@@ -250,7 +251,6 @@ pub async fn run(
         } else {
             backoff.next_delay(Instant::now())
         };
-        replaced = false;
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
