@@ -132,6 +132,26 @@ pub enum DeviceIdentity {
 }
 
 impl DeviceIdentity {
+    /// How `dialect` identifies a device with these fields (a stored registration or a new one).
+    pub fn of(
+        dialect: Dialect,
+        token: &DeviceToken,
+        device_id: Option<&str>,
+        muc: Option<&BareJid>,
+    ) -> Self {
+        match (dialect, device_id) {
+            (Dialect::Tigase, _) => DeviceIdentity::Token(token.clone()),
+            (Dialect::P2, Some(id)) => DeviceIdentity::Device {
+                id: id.to_owned(),
+                muc: muc.cloned(),
+            },
+            (Dialect::P2, None) => DeviceIdentity::TokenInRoom {
+                token: token.clone(),
+                muc: muc.cloned(),
+            },
+        }
+    }
+
     pub fn dialect(&self) -> Dialect {
         match self {
             DeviceIdentity::Token(_) => Dialect::Tigase,

@@ -116,17 +116,7 @@ fn key_of(new: &NewRegistration) -> String {
 
 /// The device a stored registration is for, as a client unregistering it names it.
 fn identity_of(r: &Registration) -> DeviceIdentity {
-    match (r.dialect, &r.device_id) {
-        (Dialect::Tigase, _) => DeviceIdentity::Token(r.token.clone()),
-        (Dialect::P2, Some(id)) => DeviceIdentity::Device {
-            id: id.clone(),
-            muc: r.muc.clone(),
-        },
-        (Dialect::P2, None) => DeviceIdentity::TokenInRoom {
-            token: r.token.clone(),
-            muc: r.muc.clone(),
-        },
-    }
+    DeviceIdentity::of(r.dialect, &r.token, r.device_id.as_deref(), r.muc.as_ref())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -154,17 +154,12 @@ impl TryFrom<Model> for Registration {
 impl NewRegistration {
     /// Which device this is, as its dialect identifies it.
     pub fn identity(&self) -> DeviceIdentity {
-        match (self.dialect, &self.device_id) {
-            (Dialect::Tigase, _) => DeviceIdentity::Token(self.token.clone()),
-            (Dialect::P2, Some(id)) => DeviceIdentity::Device {
-                id: id.clone(),
-                muc: self.muc.clone(),
-            },
-            (Dialect::P2, None) => DeviceIdentity::TokenInRoom {
-                token: self.token.clone(),
-                muc: self.muc.clone(),
-            },
-        }
+        DeviceIdentity::of(
+            self.dialect,
+            &self.token,
+            self.device_id.as_deref(),
+            self.muc.as_ref(),
+        )
     }
 }
 
