@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import PASSWORD, PUSH_JID
+from conftest import PASSWORD, PUSH_JID, diagnostics
 from ejabberd import DISABLED_LINE, Ejabberd
 from pushgate_proc import VAPID_SUBJECT, Pushgate
 from clients import expect_error, submit_form
@@ -121,12 +121,14 @@ def test_dead_token_removes_the_registration_and_ejabberd_disables_push(connect_
 
 
 def test_provider_outage_keeps_the_registration(connect_factory, default_stack):
+    """The push service answers 503: the notification is queued (ejabberd gets `result` and
+    keeps the registration) and arrives after the recovery."""
     server, pg, endpoint = default_stack
     dev, bob, since_server, outcomes = message_to_failing_phone(connect_factory, default_stack,
                                                                 "erin", 503)
-    assert outcomes == ["transient"]
-    # `wait` is the one error ejabberd keeps the registration for.
+    assert outcomes == ["queued"]
     endpoint.set_status(dev, 201)
+    endpoint.wait_for_body(dev, "New message", diagnostics=diagnostics)  # include_body's text
     since = pg.log.offset()
     bob.send_message("erin@localhost", "after the outage")
     assert pg.wait_outcomes(since) == ["delivered"]

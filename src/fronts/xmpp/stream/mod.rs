@@ -23,6 +23,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
 use crate::config::{Config, WhenReplaced};
+use crate::core::backoff::jitter;
 use crate::fronts::xmpp::{Component, Outbox};
 use crate::metrics::METRICS;
 use dispatch::Dispatcher;
@@ -141,14 +142,6 @@ impl Backoff {
         self.slow = self.slow.saturating_mul(2).min(self.max);
         self.slow
     }
-}
-
-/// A uniformly random duration in `[low, high]` (millisecond steps).
-fn jitter(low: Duration, high: Duration) -> Duration {
-    let span = high.saturating_sub(low).as_millis() as u64;
-    // Without randomness from the OS the upper bound is as good as any.
-    let r = getrandom::u64().map_or(span, |r| r % (span + 1));
-    low + Duration::from_millis(r)
 }
 
 /// Why [`run`] returned.
