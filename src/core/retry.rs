@@ -187,7 +187,17 @@ async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         let claimed = if free == 0 {
             Vec::new()
         } else {
-            claim(&core, free).await
+            match claim(&core, free).await {
+                Some(rows) => rows,
+                None => {
+                    // The database is away: look again in a while, not four times a second.
+                    tokio::select! {
+                        _ = tokio::time::sleep(STORE_TIMEOUT) => {}
+                        _ = stop.changed() => {}
+                    }
+                    continue;
+                }
+            }
         };
         let drained = claimed.len() < free;
         for row in claimed {
@@ -211,20 +221,20 @@ async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     .await;
 }
 
-/// Due rows, leased to this instance for one attempt each.
-async fn claim(core: &Core, limit: usize) -> Vec<Queued> {
+/// Due rows, leased to this instance for one attempt each; `None` when the store failed.
+async fn claim(core: &Core, limit: usize) -> Option<Vec<Queued>> {
     let now = now_ms();
     let lease_until = now.saturating_add(ms(core.retry.attempt_timeout + LEASE_MARGIN));
     let limit = u32::try_from(limit).unwrap_or(u32::MAX);
     match tokio::time::timeout(STORE_TIMEOUT, core.store.claim_due(now, lease_until, limit)).await {
-        Ok(Ok(rows)) => rows,
+        Ok(Ok(rows)) => Some(rows),
         Ok(Err(e)) => {
             tracing::warn!("cannot read the retry queue: {e}");
-            Vec::new()
+            None
         }
         Err(_) => {
             tracing::warn!("the retry queue did not answer in time");
-            Vec::new()
+            None
         }
     }
 }
