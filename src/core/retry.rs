@@ -193,7 +193,7 @@ async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                     // The database is away: look again in a while, not four times a second.
                     tokio::select! {
                         _ = tokio::time::sleep(STORE_TIMEOUT) => {}
-                        _ = stop.changed() => {}
+                        gone = stop.changed() => if gone.is_err() { break },
                     }
                     continue;
                 }
@@ -209,7 +209,8 @@ async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         if drained || free == 0 {
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                _ = stop.changed() => {}
+                // Nobody can tell us to stop any more: stop now.
+                gone = stop.changed() => if gone.is_err() { break },
             }
         }
     }
