@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import time
 
 
 def terminate(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
@@ -22,15 +24,44 @@ def terminate(proc: subprocess.Popen | None, sig: int = signal.SIGTERM,
         proc.wait(timeout=5)
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 class ServerProcess:
     """What the test XMPP servers share: a child process started from `self.dir`, its stdout
-    in `self.stdout_path`, its log in `self.log`. Subclasses set those and `self.name`."""
+    in `self.stdout_path`, its log in `self.log`, listening on `self.ports()`. Subclasses set
+    those and `self.name`, and implement `start()`."""
 
     proc: subprocess.Popen | None = None
     _stdout = None
 
+    def ports(self) -> list[int]:
+        raise NotImplementedError
+
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def restart(self):
+        """SIGTERM and start again: same ports, same data (registrations survive)."""
+        self.stop(cleanup=False)
+        # the old process is gone; wait until the kernel has closed its listening sockets
+        deadline = time.monotonic() + 10
+        while any(port_open(p) for p in self.ports()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: ports still open after the process exited")
+            time.sleep(0.02)
+        return self.start()
 
     def stop(self, cleanup: bool = True, timeout: float = 10.0):
         """SIGTERM, wait, kill if need be; delete the temp dir unless PUSHGATE_E2E_KEEP is set."""

@@ -19,13 +19,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 from logfile import LogFile
-from procs import ServerProcess
+from procs import ServerProcess, free_port, port_open
 
 PROSODY = os.environ.get("PROSODY_BIN", "prosody")
 PROSODYCTL = os.environ.get("PROSODYCTL_BIN", "prosodyctl")
@@ -42,20 +41,6 @@ DISABLED_LINE = "Disabling push notifications for identifier '{jid}<{node}'"
 ERROR_LINE = "Got error <{type}:{condition}:"
 SENDING_LINE = "push notification for {user}@{host} to {jid} ({node})"
 COMPONENT_AUTH_LINE = "External component successfully authenticated"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _lua_str(s: str) -> str:
@@ -157,16 +142,27 @@ class Prosody(ServerProcess):
                                    f"accepting after {timeout} s\n{self.diagnostics()}")
             time.sleep(0.02)
 
-    def restart(self):
-        """SIGTERM and start again: same ports, same data (registrations survive)."""
-        self.stop(cleanup=False)
-        # the old process is gone; its listening sockets are closed (SO_REUSEADDR on restart)
-        deadline = time.monotonic() + 10
-        while port_open(self.c2s_port) or port_open(self.component_port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("prosody ports still open after the process exited")
-            time.sleep(0.02)
-        return self.start()
+    def ports(self) -> list[int]:
+        return [self.c2s_port, self.component_port]
+
+    # --- what the log says about publishes (ejabberd.Ejabberd answers the same questions) --
+    MESSAGE_COUNT = 1            # mod_cloud_notify's summary always says 1
+    ANY_REJECTION = r"Got error <"
+
+    def rejection(self, jid: str, node: str, type_: str, condition: str) -> str:
+        """The line saying the publish to `node` was answered with this error (a `wait` is
+        logged, at debug, as not counted)."""
+        return (re.escape(ERROR_LINE.format(type=type_, condition=condition))
+                + rf".* for identifier '{re.escape(jid)}<{re.escape(node)}'")
+
+    def disabling(self, jid: str, node: str) -> str:
+        return re.escape(DISABLED_LINE.format(jid=jid, node=node))
+
+    def wait_offline_handled(self, since: int):
+        """An offline message was stored and mod_cloud_notify looked for registrations."""
+        self.log.wait_for(r"Saved to offline storage: <message", since=since)
+        self.log.wait_for(r"Invoking cloud handle_notify_request\(\) for offline stanza",
+                          since=since)
 
     def wait_component(self, jid: str, since: int, timeout: float = 15.0, alive=None):
         """Wait for '<jid>:component ... External component successfully authenticated'."""
