@@ -168,7 +168,8 @@ async fn run(path: PathBuf) -> ExitCode {
     admin_alerts::forward(component.clone(), alerts);
     apns_credential_sync::start(core.clone(), warnings, stop_rx.clone()).await;
     pushgate::core::stats::spawn_refresh(core.store.clone(), stop_rx.clone());
-    let successes = tokio::spawn(core.successes.clone().run(
+    let retries = pushgate::core::retry::spawn(core.clone(), stop_rx.clone());
+    let delivery_log = tokio::spawn(core.delivery_log.clone().run(
         core.store.clone(),
         Duration::from_secs(1),
         stop_rx.clone(),
@@ -203,8 +204,9 @@ async fn run(path: PathBuf) -> ExitCode {
             // The rest (HTTP, the delivery log) stops as on a signal.
             let _ = stop_tx_replaced.send(true);
         }
-        // The last second's delivery timestamps.
-        let _ = successes.await;
+        // The last second's delivery outcomes, and the retries in progress.
+        let _ = delivery_log.await;
+        let _ = retries.await;
         match http.await {
             Ok(Err(_)) => ExitCode::FAILURE,
             _ if ended == stream::Ended::Replaced => ExitCode::from(EXIT_REPLACED),

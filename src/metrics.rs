@@ -52,6 +52,19 @@ pub struct Metrics {
     pub http_connections: IntGauge,
     /// HTTP connections the server closed before the client was done, by reason.
     pub http_connections_closed: IntCounterVec,
+    /// Notifications in the retry queue, over every instance (refreshed every second).
+    pub retry_queue_depth: IntGauge,
+    /// Age of the oldest notification in the retry queue, in seconds (0 when empty).
+    pub retry_queue_oldest_seconds: IntGauge,
+    /// Notifications queued for retry after a failed delivery, by kind.
+    pub retry_queued: IntCounterVec,
+    /// Failed deliveries not queued (answered `wait`), by reason (`device_full`, `queue_full`,
+    /// `store`, `expired`).
+    pub retry_refused: IntCounterVec,
+    /// Retry attempts by provider id and outcome (`delivered`, `transient`, `dead_token`, …).
+    pub retry_attempts: IntCounterVec,
+    /// Queued notifications given up because their time to live ran out, by kind.
+    pub retry_expired: IntCounterVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -69,6 +82,10 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
     let m = IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| panic!("metric {name}: {e}"));
     register(registry, name, m)
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"))
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -90,21 +107,27 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["provider"],
     )
     .unwrap_or_else(|e| panic!("metric pushgate_delivery_duration_seconds: {e}"));
-    let xmpp_connected = IntGauge::new(
+    let xmpp_connected = gauge(
         "pushgate_xmpp_connected",
         "1 while the component stream to the XMPP server is up.",
-    )
-    .unwrap_or_else(|e| panic!("metric pushgate_xmpp_connected: {e}"));
+    );
     let xmpp_reconnects = IntCounter::new(
         "pushgate_xmpp_reconnects_total",
         "Component reconnections after a lost stream.",
     )
     .unwrap_or_else(|e| panic!("metric pushgate_xmpp_reconnects_total: {e}"));
-    let http_connections = IntGauge::new(
+    let http_connections = gauge(
         "pushgate_http_connections",
         "Open HTTP connections (at most http.max_connections).",
-    )
-    .unwrap_or_else(|e| panic!("metric pushgate_http_connections: {e}"));
+    );
+    let retry_queue_depth = gauge(
+        "pushgate_retry_queue_depth",
+        "Notifications in the retry queue, over every instance.",
+    );
+    let retry_queue_oldest_seconds = gauge(
+        "pushgate_retry_queue_oldest_seconds",
+        "Age of the oldest notification in the retry queue, in seconds.",
+    );
     Metrics {
         publishes: counter_vec(
             &r,
@@ -193,6 +216,36 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_http_connections_closed_total",
             "HTTP connections closed by the server before the client was done, by reason.",
             &["reason"],
+        ),
+        retry_queue_depth: register(&r, "pushgate_retry_queue_depth", retry_queue_depth),
+        retry_queue_oldest_seconds: register(
+            &r,
+            "pushgate_retry_queue_oldest_seconds",
+            retry_queue_oldest_seconds,
+        ),
+        retry_queued: counter_vec(
+            &r,
+            "pushgate_retry_queued_total",
+            "Notifications queued for retry after a failed delivery, by kind.",
+            &["kind"],
+        ),
+        retry_refused: counter_vec(
+            &r,
+            "pushgate_retry_refused_total",
+            "Failed deliveries not queued for retry (answered wait), by reason.",
+            &["reason"],
+        ),
+        retry_attempts: counter_vec(
+            &r,
+            "pushgate_retry_attempts_total",
+            "Retry attempts of queued notifications, by provider id and outcome.",
+            &["provider", "outcome"],
+        ),
+        retry_expired: counter_vec(
+            &r,
+            "pushgate_retry_expired_total",
+            "Queued notifications given up because their time to live ran out, by kind.",
+            &["kind"],
         ),
         registry: r,
     }

@@ -203,7 +203,7 @@ async fn list_shows_and_filters(env: Env) {
     let regs = seed(&store).await;
     store.record_successes(&[regs[0].id]).await.unwrap();
     store
-        .record_error(regs[2].id, "BadDeviceToken")
+        .record_errors(&[regs[2].id], "BadDeviceToken")
         .await
         .unwrap();
 

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use pushgate::ids::{BareJid, DeviceIdentity, DeviceToken, Dialect, ProviderId};
-use pushgate::storage::{Admission, NewRegistration, Registration, Store, StoreError, SuccessLog};
+use pushgate::storage::{Admission, DeliveryLog, NewRegistration, Registration, Store, StoreError};
 use pushgate_providers::WebPushKeys;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
@@ -384,9 +384,9 @@ async fn delivery_outcomes_are_recorded(url: String) {
     let r = store.registered(tigase("alice@example.org", "tok-1")).await;
 
     // Successes are batched: one row however often it was recorded, written at the flush.
-    let log = SuccessLog::default();
-    log.record(r.id);
-    log.record(r.id);
+    let log = DeliveryLog::default();
+    log.success(r.id);
+    log.success(r.id);
     assert_eq!(log.flush(&store).await, 1);
     assert_eq!(log.flush(&store).await, 0, "nothing left pending");
     let after = stored(&store, r.node.as_str()).await;
@@ -396,7 +396,13 @@ async fn delivery_outcomes_are_recorded(url: String) {
 
     // Multi-byte characters: the cut is by characters, not bytes.
     let reason = "é".repeat(600);
-    store.record_error(r.id, &reason).await.unwrap();
+    log.failure(r.id, "superseded");
+    log.failure(r.id, &reason);
+    assert_eq!(
+        log.flush(&store).await,
+        1,
+        "the last reason of each registration"
+    );
     let after = stored(&store, r.node.as_str()).await;
     let err = after.last_error.clone().expect("last_error set");
     assert_eq!(err.chars().count(), 500);
@@ -404,14 +410,17 @@ async fn delivery_outcomes_are_recorded(url: String) {
     assert!(after.last_error_at.expect("last_error_at set") >= success_at);
     assert_eq!(after.last_success_at, Some(success_at), "success time kept");
 
-    store.record_error(r.id, "BadDeviceToken").await.unwrap();
+    store
+        .record_errors(&[r.id], "BadDeviceToken")
+        .await
+        .unwrap();
     let after = stored(&store, r.node.as_str()).await;
     assert_eq!(after.last_error.as_deref(), Some("BadDeviceToken"));
 
     // Recording for a registration that is gone is not an error.
     assert!(store.delete(r.id).await.unwrap());
     store.record_successes(&[r.id]).await.unwrap();
-    store.record_error(r.id, "late").await.unwrap();
+    store.record_errors(&[r.id], "late").await.unwrap();
     assert_eq!(store.count().await.unwrap(), 0);
 }
 
@@ -768,7 +777,7 @@ async fn pending_successes_are_written_at_shutdown(url: String) {
     let r = store
         .registered(tigase("romeo@montague.example", "t"))
         .await;
-    let log = SuccessLog::default();
+    let log = DeliveryLog::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let flusher = tokio::spawn(
         log.clone()
@@ -776,7 +785,7 @@ async fn pending_successes_are_written_at_shutdown(url: String) {
     );
     // The first tick comes at once; record after it, so only the shutdown flush can write.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    log.record(r.id);
+    log.success(r.id);
     let before = stored(&store, r.node.as_str()).await;
     assert!(before.last_success_at.is_none());
     stop.send(true).unwrap();

@@ -11,6 +11,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 
 mod m20261122_000001_registrations;
 mod m20261122_000002_provider_credentials;
+mod m20261206_000003_queued_notifications;
 
 /// All of pushgate's migrations, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261122_000001_registrations::Migration),
             Box::new(m20261122_000002_provider_credentials::Migration),
+            Box::new(m20261206_000003_queued_notifications::Migration),
         ]
     }
 }

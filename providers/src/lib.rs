@@ -9,7 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub mod apns;
 pub mod fcm;
@@ -101,7 +101,8 @@ pub struct Device {
 }
 
 /// How the device should treat a notification.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Something the user should see (a message with a body, a high-priority event).
     Alert,
@@ -125,7 +126,8 @@ impl Kind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Priority {
     Low,
     Normal,
@@ -145,7 +147,7 @@ impl Priority {
 
 /// The summary a front could extract; every part is optional because servers send as little
 /// as a bare `<notification/>`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Content {
     /// Whom the notification is for (a bare JID for XMPP, or a hash of it).
     pub account: Option<String>,
@@ -159,7 +161,7 @@ pub struct Content {
 }
 
 /// An end-to-end encrypted payload (Tigase `tigase:push:encrypt:0`): passed through untouched.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encrypted {
     /// Base64 ciphertext, as received.
     pub payload: String,
@@ -167,7 +169,8 @@ pub struct Encrypted {
     pub iv: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Serialisable because pushgate's retry queue keeps notifications in its database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     pub kind: Kind,
     pub priority: Priority,

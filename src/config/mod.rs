@@ -25,8 +25,8 @@ mod sections;
 mod tests;
 
 pub use sections::{
-    AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, RegistrationConfig, StorageConfig,
-    WhenReplaced,
+    AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, RegistrationConfig, RetryConfig,
+    StorageConfig, WhenReplaced,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -240,6 +242,7 @@ impl Config {
         self.http.validate()?;
         self.limits.validate()?;
         self.registration.validate()?;
+        self.retry.validate()?;
         for (id, section) in &self.providers {
             if id.is_empty()
                 || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES

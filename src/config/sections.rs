@@ -419,3 +419,73 @@ impl LimitsConfig {
         )
     }
 }
+
+/// `[retry]`: the durable retry queue (`core/retry.rs`). A delivery that fails for now is
+/// queued in the database and the publish answered `result`; a worker retries it until the
+/// notification's time to live runs out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Notifications queued at most, over every instance (0: no queue; a failed delivery is
+    /// answered `wait` and not retried).
+    pub max_queued: u64,
+    /// Notifications queued at most per device; beyond, the publish is answered `wait`.
+    pub max_queued_per_device: u32,
+    /// How long a call notification is worth retrying: a call is over by then.
+    pub voip_ttl_secs: u64,
+    /// How long a message notification is worth retrying.
+    pub message_ttl_secs: u64,
+    /// How long a wake-up (background, clear) is worth retrying; only the newest per device
+    /// is kept.
+    pub background_ttl_secs: u64,
+    /// Longest wait between two attempts (the schedule doubles from 1 s, with jitter).
+    pub max_backoff_secs: u64,
+    /// How long one retry attempt may take.
+    pub attempt_timeout_secs: u64,
+    /// Retry attempts in progress at once per instance.
+    pub concurrency: usize,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_queued: 100_000,
+            max_queued_per_device: 50,
+            voip_ttl_secs: 30,
+            message_ttl_secs: 3600,
+            background_ttl_secs: 3600,
+            max_backoff_secs: 60,
+            attempt_timeout_secs: 10,
+            concurrency: 32,
+        }
+    }
+}
+
+impl RetryConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        in_range("retry.max_queued", self.max_queued, 0..=10_000_000)?;
+        in_range(
+            "retry.max_queued_per_device",
+            self.max_queued_per_device,
+            1..=10_000,
+        )?;
+        in_range("retry.voip_ttl_secs", self.voip_ttl_secs, 1..=3600)?;
+        in_range(
+            "retry.message_ttl_secs",
+            self.message_ttl_secs,
+            1..=7 * 86_400,
+        )?;
+        in_range(
+            "retry.background_ttl_secs",
+            self.background_ttl_secs,
+            1..=7 * 86_400,
+        )?;
+        in_range("retry.max_backoff_secs", self.max_backoff_secs, 1..=3600)?;
+        in_range(
+            "retry.attempt_timeout_secs",
+            self.attempt_timeout_secs,
+            1..=60,
+        )?;
+        in_range("retry.concurrency", self.concurrency, 1..=10_000)
+    }
+}

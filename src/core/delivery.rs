@@ -4,16 +4,17 @@
 //! The front has found the registration (`registry`) and built the notification from its
 //! protocol; here the notification is shaped as the registration's dialect promised the app,
 //! held back if it is low priority and the device just got one (`coalesce.rs`; a push that is
-//! not delivered does not count), sent through
-//! the provider within a delivery slot (`slots.rs`) and by the caller's deadline, counted, and
-//! the verdict applied: a dead token removes the registration, other failures are recorded.
+//! not delivered does not count), sent through the provider within a delivery slot
+//! (`slots.rs`) and by the caller's deadline, counted, and the verdict applied: a dead token
+//! removes the registration, and a failure for now goes to the retry queue (`retry.rs`), which
+//! makes later attempts through [`attempt`] too.
 
 use std::time::Duration;
 
 use pushgate_providers::{Content, Notification, Priority, Verdict};
 use tokio::time::Instant;
 
-use super::Core;
+use super::{Core, retry};
 use crate::error::Fault;
 use crate::ids::{Dialect, hex};
 use crate::metrics::METRICS;
@@ -25,6 +26,8 @@ pub enum Outcome {
     Delivered,
     /// A low-priority push held back because the device got one moments ago.
     Coalesced,
+    /// Not delivered yet, but in the retry queue: pushgate answers for it now.
+    Queued,
     DeadToken,
     Transient,
     OurFault,
@@ -35,6 +38,7 @@ impl Outcome {
         match self {
             Outcome::Delivered => "delivered",
             Outcome::Coalesced => "coalesced",
+            Outcome::Queued => "queued",
             Outcome::DeadToken => "dead_token",
             Outcome::Transient => "transient",
             Outcome::OurFault => "our_fault",
@@ -42,18 +46,60 @@ impl Outcome {
     }
 }
 
+/// One attempt's outcome and, for a failure, what the retry schedule needs.
+#[derive(Debug)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    /// The earliest retry the provider asked for.
+    pub retry_after: Option<Duration>,
+    /// Why it failed (empty when it did not).
+    pub reason: String,
+}
+
+impl Attempt {
+    fn done(outcome: Outcome) -> Self {
+        Attempt {
+            outcome,
+            retry_after: None,
+            reason: String::new(),
+        }
+    }
+}
+
 /// Time kept between the end of a delivery attempt and the request's deadline, for recording
 /// the verdict and answering.
 const ANSWER_MARGIN: Duration = Duration::from_millis(250);
+/// Time kept after a first attempt for queueing it if it fails, at most a quarter of the
+/// request's time.
+const QUEUE_RESERVE: Duration = Duration::from_secs(1);
 
-/// Delivers `notification` to `reg` by `deadline`. `Err` (always transient) when the store
-/// failed or the registration's provider is no longer configured.
+/// Delivers `notification` to `reg` by `deadline`, and queues it for retry if the provider
+/// cannot take it now. `Err` (always transient) when the store failed or the registration's
+/// provider is no longer configured.
 pub async fn deliver(
     core: &Core,
     reg: &Registration,
     notification: Notification,
     deadline: Instant,
 ) -> Result<Outcome, Fault> {
+    let notification = as_promised(notification, reg);
+    let left = deadline.saturating_duration_since(Instant::now());
+    let answer_by = deadline - ANSWER_MARGIN.min(left / 8);
+    let send_by = answer_by - QUEUE_RESERVE.min(left / 4);
+    let first = attempt(core, reg, &notification, send_by).await?;
+    if first.outcome != Outcome::Transient {
+        return Ok(first.outcome);
+    }
+    Ok(retry::enqueue(core, reg, &notification, &first, answer_by).await)
+}
+
+/// One attempt to deliver `notification`, already shaped for `reg`'s app, by `send_by`.
+pub async fn attempt(
+    core: &Core,
+    reg: &Registration,
+    notification: &Notification,
+    send_by: Instant,
+) -> Result<Attempt, Fault> {
     let Some((_, provider)) = core.providers.get(reg.provider.as_str()) else {
         // The operator removed this provider. Not the device's fault: keep the registration.
         tracing::warn!("registration refers to a provider that is no longer configured");
@@ -62,13 +108,12 @@ pub async fn deliver(
             reg.provider
         )));
     };
-    let notification = as_promised(notification, reg);
     // A low-priority push takes the device's coalescing interval now, so that a concurrent one
     // is held back; it gives the interval back unless the provider took it.
     let coalesced_at = if notification.priority == Priority::Low {
         let now = std::time::Instant::now();
         if !core.coalescer.admit(reg.id, now) {
-            return Ok(Outcome::Coalesced);
+            return Ok(Attempt::done(Outcome::Coalesced));
         }
         Some(now)
     } else {
@@ -82,11 +127,10 @@ pub async fn deliver(
     let device = reg.device();
     let provider_id = reg.provider.as_str();
     let host = provider.destination_host(&device);
-    let send_by = deadline.checked_sub(ANSWER_MARGIN).unwrap_or(deadline);
     let started = Instant::now();
     let attempt = tokio::time::timeout_at(send_by, async {
         let _pass = core.slots.enter(&reg.provider, host.as_deref()).await?;
-        Ok::<_, super::slots::Full>(provider.send(&device, &notification).await)
+        Ok::<_, super::slots::Full>(provider.send(&device, notification).await)
     })
     .await;
     let verdict = match attempt {
@@ -96,12 +140,13 @@ pub async fn deliver(
                 .delivery_slots_full
                 .with_label_values(&[provider_id, full.label()])
                 .inc();
-            tracing::warn!(
-                scope = full.label(),
-                "every delivery slot taken: answered 'wait'"
-            );
+            tracing::warn!(scope = full.label(), "every delivery slot taken");
             give_back();
-            return Ok(Outcome::Transient);
+            return Ok(Attempt {
+                outcome: Outcome::Transient,
+                retry_after: None,
+                reason: format!("every {} delivery slot taken", full.label()),
+            });
         }
         Err(_) => Verdict::Transient {
             retry_after: None,
@@ -154,40 +199,53 @@ fn p2_hash(jid: &str, device_id: &str) -> String {
     hex(&digest)
 }
 
-/// Records what the provider said in the store.
-async fn apply(core: &Core, reg: &Registration, verdict: Verdict) -> Result<Outcome, Fault> {
+/// Acts on what the provider said: a dead token is removed at once (the reply tells the server
+/// so), the rest is noted behind the reply.
+async fn apply(core: &Core, reg: &Registration, verdict: Verdict) -> Result<Attempt, Fault> {
     match verdict {
         Verdict::Sent => {
             // Written behind the reply: the server waits for nothing it does not need.
-            core.successes.record(reg.id);
-            Ok(Outcome::Delivered)
+            core.delivery_log.success(reg.id);
+            Ok(Attempt::done(Outcome::Delivered))
         }
         Verdict::DeadToken { reason } => {
             if !core.store.delete_if_token(reg).await? {
                 // Re-registered (new token) or removed while we delivered: nothing to delete,
                 // and the server must not drop a registration that may be fresh.
                 tracing::info!(%reason, "token is dead but the registration changed meanwhile: kept");
-                return Ok(Outcome::Transient);
+                return Ok(Attempt {
+                    outcome: Outcome::Transient,
+                    retry_after: None,
+                    reason,
+                });
             }
             tracing::info!(%reason, "token is dead: registration removed");
             METRICS
                 .dead_tokens_removed
                 .with_label_values(&[reg.provider.as_str()])
                 .inc();
-            Ok(Outcome::DeadToken)
+            Ok(Attempt::done(Outcome::DeadToken))
         }
         Verdict::Transient {
             retry_after,
             reason,
         } => {
             tracing::warn!(%reason, retry_after_secs = retry_after.map(|d| d.as_secs()), "delivery failed for now");
-            core.store.record_error(reg.id, &reason).await?;
-            Ok(Outcome::Transient)
+            core.delivery_log.failure(reg.id, &reason);
+            Ok(Attempt {
+                outcome: Outcome::Transient,
+                retry_after,
+                reason,
+            })
         }
         Verdict::OurFault { reason } => {
             tracing::error!(%reason, "delivery failed through pushgate's own fault");
-            core.store.record_error(reg.id, &reason).await?;
-            Ok(Outcome::OurFault)
+            core.delivery_log.failure(reg.id, &reason);
+            Ok(Attempt {
+                outcome: Outcome::OurFault,
+                retry_after: None,
+                reason,
+            })
         }
     }
 }

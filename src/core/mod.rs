@@ -4,7 +4,7 @@
 //! protocol into calls on this module and formats what comes back. The core owns the
 //! registrations ([`registry`]: register, unregister, look up, within the [`policy`] limits),
 //! delivery through the providers ([`delivery`]: slots, coalescing, the verdict and what it does
-//! to the registration) and the upkeep of provider credentials ([`apns_credential_sync`]). It
+//! to the registration; [`retry`]: the durable queue of deliveries that failed for now) and the upkeep of provider credentials ([`apns_credential_sync`]). It
 //! knows no JID parsing, stanza or HTTP type; the only protocol facts it keeps are the ones
 //! stored with a registration (its [`crate::ids::Dialect`] decides the device identity and what
 //! the app is promised in a notification).
@@ -14,6 +14,7 @@
 //! request.
 
 pub mod apns_credential_sync;
+pub mod backoff;
 pub mod coalesce;
 pub mod delivery;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod providers;
 pub mod rate_limit;
 pub mod registry;
+pub mod retry;
 pub mod slots;
 pub mod stats;
 
@@ -29,7 +31,7 @@ use std::time::Duration;
 pub use providers::Providers;
 
 use crate::config::{Config, ConfigError};
-use crate::storage::{Store, SuccessLog};
+use crate::storage::{DeliveryLog, Store};
 
 pub struct Core {
     /// Who may register, and how many new devices (`[registration]` limits).
@@ -39,9 +41,12 @@ pub struct Core {
     /// Delivery slots per provider and per endpoint host.
     pub slots: slots::Slots,
     pub store: Store,
-    /// Accepted deliveries, written to the store in batches by `storage::SuccessLog::run`.
-    pub successes: SuccessLog,
+    /// Delivery outcomes for operators, written to the store in batches by
+    /// `storage::DeliveryLog::run`.
+    pub delivery_log: DeliveryLog,
     pub providers: Providers,
+    /// Failed deliveries kept for later attempts (`[retry]`).
+    pub retry: retry::RetryQueue,
     /// Days before an APNs certificate expires that it counts as expiring.
     pub cert_expiry_warning_days: u32,
     pub cert_check_interval: Duration,
@@ -65,8 +70,9 @@ impl Core {
                 },
             ),
             store,
-            successes: SuccessLog::default(),
+            delivery_log: DeliveryLog::default(),
             providers: Providers::from_config(config)?,
+            retry: retry::RetryQueue::from_config(&config.retry),
             cert_expiry_warning_days: config.admin.cert_expiry_warning_days,
             cert_check_interval: Duration::from_secs(config.admin.cert_check_interval_secs),
         })

@@ -15,7 +15,7 @@
 //!
 //! The files: `registration.rs` (the types), `connect.rs` (opening, migrations), `writer.rs`
 //! (the registration upsert and account limit), `group_commit.rs` (batching those writes),
-//! `queries.rs` (lookups and removals), `cache.rs`, `write_behind.rs` (delivery successes),
+//! `queries.rs` (lookups and removals), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
 //! `admin.rs` and `stats.rs` (operators' queries), `apns_credentials.rs` (uploaded APNs
 //! credentials), `entity.rs` (the table).
 
@@ -26,14 +26,16 @@ mod connect;
 pub mod entity;
 mod group_commit;
 mod queries;
+mod queue;
 mod registration;
 mod stats;
 mod write_behind;
 mod writer;
 
 pub use admin::RegistrationFilter;
+pub use queue::{Enqueued, NewQueued, QueueDepth, Queued};
 pub use registration::{Admission, NewRegistration, Registered, Registration};
-pub use write_behind::SuccessLog;
+pub use write_behind::DeliveryLog;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -117,6 +119,17 @@ fn node_hash(node: &str) -> String {
 
 fn node_digest(node: &str) -> NodeHash {
     Sha256::digest(node.as_bytes()).into()
+}
+
+/// A transaction that writes: on SQLite it takes the write lock at `BEGIN`, so that what it
+/// reads first (a count) cannot be changed by another writer before it writes.
+async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransaction, DbErr> {
+    use sea_orm::{SqliteTransactionMode, TransactionOptions, TransactionTrait};
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
 }
 
 /// Timestamps at microsecond precision, what PostgreSQL keeps, so a value reads back as written

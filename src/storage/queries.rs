@@ -113,6 +113,15 @@ impl Store {
         Ok(Some(reg))
     }
 
+    /// Lookup by id, for the retry queue: past the cache, so a retry sees the current token.
+    pub async fn find_by_id(&self, id: i64) -> Result<Option<Registration>, StoreError> {
+        Entity::find_by_id(id)
+            .one(&self.db)
+            .await?
+            .map(Registration::try_from)
+            .transpose()
+    }
+
     /// Removes the registration of `device` for (provider, account); false if there was none.
     pub async fn unregister(
         &self,
@@ -159,7 +168,7 @@ impl Store {
         Ok(res.rows_affected > 0)
     }
 
-    /// Notes deliveries the providers accepted (see [`SuccessLog`], which batches them). Vanished
+    /// Notes deliveries the providers accepted (see [`DeliveryLog`], which batches them). Vanished
     /// rows are not an error: they were unregistered meanwhile.
     pub async fn record_successes(&self, ids: &[i64]) -> Result<(), StoreError> {
         let _turn = self.write_turn().await;
@@ -171,14 +180,14 @@ impl Store {
         Ok(())
     }
 
-    /// Notes a failed delivery; `reason` is cut to 500 characters.
-    pub async fn record_error(&self, id: i64, reason: &str) -> Result<(), StoreError> {
+    /// Notes failed deliveries (see [`DeliveryLog`]); `reason` is cut to 500 characters.
+    pub async fn record_errors(&self, ids: &[i64], reason: &str) -> Result<(), StoreError> {
         let reason: String = reason.chars().take(MAX_ERROR_CHARS).collect();
         let _turn = self.write_turn().await;
         Entity::update_many()
             .col_expr(Column::LastErrorAt, Expr::value(now()))
             .col_expr(Column::LastError, Expr::value(reason))
-            .filter(Column::Id.eq(id))
+            .filter(Column::Id.is_in(ids.iter().copied()))
             .exec(&self.db)
             .await?;
         Ok(())

@@ -9,8 +9,7 @@ use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    EntityTrait, QueryFilter, QuerySelect, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    EntityTrait, QueryFilter, QuerySelect,
 };
 
 use super::entity::{ActiveModel, Column, Entity, Model};
@@ -245,13 +244,7 @@ impl Writer {
     /// has ours.
     pub(super) async fn write(&self, pending: Vec<Pending>) -> Result<Vec<Decided>, DbErr> {
         let _turn = self.turn().await;
-        let txn = self
-            .db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-                ..TransactionOptions::default()
-            })
-            .await?;
+        let txn = super::begin_write(&self.db).await?;
         let mut asked: HashMap<&str, u64> = HashMap::new();
         for p in &pending {
             *asked.entry(p.identity.2.as_str()).or_default() += 1;

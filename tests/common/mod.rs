@@ -64,6 +64,25 @@ impl RegisterAny for Store {
     }
 }
 
+/// A Tigase-dialect device of `account` on the `webpush` provider at `url`, stored directly
+/// (the setup of a publish test); its node.
+pub async fn webpush_device(gw: &Component, account: &str, url: String) -> String {
+    use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
+    let new = NewRegistration {
+        dialect: Dialect::Tigase,
+        provider: ProviderId::new("webpush"),
+        account: account
+            .parse::<BareJid>()
+            .unwrap_or_else(|e| panic!("{account}: {e}")),
+        device_id: None,
+        muc: None,
+        token: DeviceToken::new(url),
+        second_token: None,
+        webpush_keys: None,
+    };
+    gw.core.store.registered(new).await.node.as_str().to_owned()
+}
+
 /// The registration at `node`, which must exist.
 pub async fn stored(store: &Store, node: &str) -> std::sync::Arc<Registration> {
     store

@@ -235,6 +235,26 @@ class ApnsServer:
                         f"TLS handshake errors: {self.handshake_errors[-5:]}\n{extra}")
                 self._cond.wait(min(left, 0.2))
 
+    def wait_saying(self, token: str, text: str, status: int = 200, timeout: float = 15.0,
+                    diagnostics=None) -> ApnsRequest:
+        """The first request for `token` answered `status` whose payload carries `text`: found
+        by what it says, because a retried notification may arrive between others."""
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        with self._cond:
+            while True:
+                for r in self.requests:
+                    if r.token == token and r.status == status and needle in r.body:
+                        return r
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    extra = diagnostics() if diagnostics else ""
+                    got = [r.summary() for r in self.requests if r.token == token]
+                    raise AssertionError(
+                        f"{self.name}: no {status} request saying {text!r} for token "
+                        f"{token[:12]}… within {timeout} s; its requests: {got}\n{extra}")
+                self._cond.wait(min(left, 0.2))
+
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> "ApnsServer":
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

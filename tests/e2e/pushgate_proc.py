@@ -23,9 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # A publish's answer is logged at INFO with `outcome=<label>`. Refused ad-hoc commands carry an
 # `outcome=` too ("command refused: ... outcome=not_found"), so only lines about a publish count.
 OUTCOME_RE = re.compile(r"(?i)publish.*\boutcome=\"?([a-z_]+)\"?")
-OUTCOMES = {"delivered", "not_found", "forbidden", "dead_token", "transient", "our_fault",
-            "malformed"}
 VAPID_SUBJECT = "mailto:test@localhost"
+# What pushgate logs when its component stream is up, and when another instance holds it.
+CONNECTED = "component connected"
+STANDING_BY = "another instance of this component is connected to the server: standing by"
 PROVIDERS = ("webpush", "up")
 TTL_SECS = 3600
 

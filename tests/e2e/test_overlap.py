@@ -17,10 +17,9 @@ import time
 import pytest
 
 from conftest import Stack, running_stack
+from pushgate_proc import CONNECTED, STANDING_BY
 from scenario import push_offline
 
-CONNECTED = "component connected"
-STANDING_BY = "another instance of this component is connected to the server: standing by"
 RATE = 10            # messages a second while the instances change over
 PHONES = ("carol", "dave", "erin")
 
@@ -96,17 +95,7 @@ class SteadySender(threading.Thread):
         return self.sent
 
 
-# On ejabberd a publish is now and then lost (about one run in three at 100 messages a second,
-# rarely at 10): pushgate stops reading its stream at SIGTERM (stream/mod.rs `serve`), so a
-# publish ejabberd routed to the old instance just then is never read. Not retried here: the test
-# stays as the specification, and XPASSes until that is fixed.
-EJABBERD_SIGTERM_RACE = pytest.mark.xfail(
-    reason="pushgate stops reading at SIGTERM: a publish ejabberd routes to it then is lost",
-    strict=False)
-
-
-@pytest.mark.parametrize("kind", ["prosody", pytest.param("ejabberd",
-                                                          marks=EJABBERD_SIGTERM_RACE)])
+@pytest.mark.parametrize("kind", ["prosody", "ejabberd"])
 def test_rolling_restart_under_load_loses_nothing(kind, connect_factory, monkeypatch):
     """The documented rolling restart (docs/admin-guide.md) while bob messages three sleeping
     phones at a steady rate. Prosody (the shipped example's kick_old) with

@@ -1,6 +1,7 @@
 """(e) publishes pushgate must refuse: wrong secret, unknown node, a foreign domain, a full-JID
-sender; how each server counts such refusals. Plus a provider outage: answered `wait`, the
-registration stays on both servers.
+sender; how each server counts such refusals. Plus a provider outage: the notifications are
+queued (answered `result`), delivered after the recovery, and the registration stays on both
+servers.
 
 Each refusal is answered `item-not-found` (cancel), and the servers react differently
 (xep0357-interop.md §4.1): ejabberd deletes the registration at the first error that is not
@@ -14,7 +15,7 @@ import secrets
 import pytest
 
 from clients import expect_error
-from conftest import OTHER_DOMAIN, PROSODY_MAX_ERRORS, PUSH_JID
+from conftest import OTHER_DOMAIN, PROSODY_MAX_ERRORS, PUSH_JID, diagnostics
 from scenario import (assert_quiet, check_alert, check_p2_alert, register_p2, register_tigase,
                       wait_deliveries)
 
@@ -136,9 +137,9 @@ def test_publish_from_full_jid_is_forbidden(pushgate, endpoint, alice_node):
 
 
 def test_provider_outage_keeps_the_registration(server, pushgate, endpoint, connect):
-    """Three messages while the push service answers 503: each is answered `wait`, which no
-    server counts (with push_max_errors = 1 on localhost, Prosody would otherwise disable at the
-    first), so the message after the outage is delivered."""
+    """Three messages while the push service answers 503: each is queued for retry and answered
+    `result`, so no server counts an error (with push_max_errors = 1 on localhost, Prosody would
+    disable at the first); all three arrive after the recovery, and so does the next message."""
     dev = endpoint.new_device()
     endpoint.set_status(dev, 503)
     erin = connect("erin")
@@ -148,18 +149,22 @@ def test_provider_outage_keeps_the_registration(server, pushgate, endpoint, conn
     bob = connect("bob")
 
     since, since_s = pushgate.log.offset(), server.log.offset()
-    for i in range(3):
-        bob.send_message("erin@localhost", f"push service hiccup {i}")
+    texts = [f"push service hiccup {i}" for i in range(3)]
+    for text in texts:
+        bob.send_message("erin@localhost", text)
     assert [d.status for d in wait_deliveries(endpoint, dev, 3)] == [503] * 3
-    assert pushgate.wait_outcomes(since, count=3) == ["transient"] * 3
-    server.log.wait_for(server.rejection(PUSH_JID, node, "wait", "internal-server-error"),
-                        since=since_s, count=3)
+    assert pushgate.wait_outcomes(since, count=3) == ["queued"] * 3
 
     endpoint.set_status(dev, 201)
+    for text in texts:
+        retried = endpoint.wait_for_body(dev, text, diagnostics=diagnostics)
+        check_alert(retried, dev, "erin@localhost", bob.full_jid, text, server.MESSAGE_COUNT)
+    rejected = server.log.find_all(server.ANY_REJECTION, since_s)
+    assert rejected == [], [m.string for m in rejected]
     since = pushgate.log.offset()
     bob.send_message("erin@localhost", "all good again")
-    got = wait_deliveries(endpoint, dev, 4)
-    check_alert(got[3], dev, "erin@localhost", bob.full_jid, "all good again",
+    got = endpoint.wait_for_body(dev, "all good again", diagnostics=diagnostics)
+    check_alert(got, dev, "erin@localhost", bob.full_jid, "all good again",
                 server.MESSAGE_COUNT)
     assert pushgate.wait_outcomes(since) == ["delivered"]
     disabled = server.log.find_all(server.disabling(PUSH_JID, node), since_s)

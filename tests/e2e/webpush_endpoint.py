@@ -369,6 +369,27 @@ class WebPushEndpoint:
         with self._lock:
             return len(self.deliveries)
 
+    def wait_for_body(self, device_or_path, body: str, timeout: float = 15.0,
+                      diagnostics=None) -> Delivery:
+        """Wait until a push carrying message `body` was accepted (201) for the device: found
+        by what it says, because a retried notification may arrive between others."""
+        path = device_or_path.path if isinstance(device_or_path, Device) else device_or_path
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                for d in self.deliveries:
+                    if (d.path == path and d.status == 201 and isinstance(d.payload, dict)
+                            and d.payload.get("body") == body):
+                        return d
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    got = "\n".join(x.summary() for x in self.deliveries if x.path == path)
+                    extra = f"\n{diagnostics()}" if diagnostics else ""
+                    raise AssertionError(
+                        f"WebPush endpoint: no accepted push saying {body!r} to {path} within "
+                        f"{timeout:.0f} s; its requests:\n{got or '(none)'}{extra}")
+                self._lock.wait(min(left, 0.2))
+
     def wait_for(self, device_or_path, count: int = 1, timeout: float = 15.0,
                  diagnostics=None) -> list[Delivery]:
         """Wait until the device has received at least `count` requests; return them all."""

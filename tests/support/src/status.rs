@@ -2,19 +2,25 @@
 //! https://www.rfc-editor.org/rfc/rfc8030): an HTTP server on 127.0.0.1 that counts the pushes
 //! it gets and answers each with the status the test sets, optionally only once the test
 //! releases it, so a test can act while a delivery is in flight (a token declared dead while
-//! the device re-registers).
+//! the device re-registers). It also counts, per device, the pushes it accepted, and can ask
+//! for a Retry-After, for the retry queue's tests.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use tokio::sync::Notify;
 
 #[derive(Default)]
 struct Shared {
     status: AtomicU16,
+    /// Seconds sent as `Retry-After` with every error answer; 0: none.
+    retry_after: AtomicU64,
     hold: AtomicBool,
     received: AtomicUsize,
+    /// Pushes answered 2xx, by the last segment of the path (the device).
+    accepted: Mutex<HashMap<String, usize>>,
     arrived: Notify,
     release: Notify,
 }
@@ -25,15 +31,34 @@ pub struct PushEndpoint {
     shared: Arc<Shared>,
 }
 
-async fn answer(axum::extract::State(shared): axum::extract::State<Arc<Shared>>) -> StatusCode {
+async fn answer(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    uri: Uri,
+) -> (StatusCode, HeaderMap) {
     shared.received.fetch_add(1, Ordering::SeqCst);
     // Either wakes a waiting test or leaves a permit for its next wait.
     shared.arrived.notify_one();
     if shared.hold.load(Ordering::SeqCst) {
         shared.release.notified().await;
     }
-    StatusCode::from_u16(shared.status.load(Ordering::SeqCst))
-        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(shared.status.load(Ordering::SeqCst))
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut headers = HeaderMap::new();
+    if status.is_success() {
+        let device = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
+        *shared
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(device)
+            .or_default() += 1;
+    } else {
+        let after = shared.retry_after.load(Ordering::SeqCst);
+        if after > 0 {
+            headers.insert(header::RETRY_AFTER, after.into());
+        }
+    }
+    (status, headers)
 }
 
 impl PushEndpoint {
@@ -63,6 +88,22 @@ impl PushEndpoint {
     /// The status every following push is answered with.
     pub fn answer_with(&self, status: u16) {
         self.shared.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Error answers from now on carry `Retry-After: secs` (0: none).
+    pub fn retry_after(&self, secs: u64) {
+        self.shared.retry_after.store(secs, Ordering::SeqCst);
+    }
+
+    /// Pushes to `device` (the name given to [`PushEndpoint::url`]) answered 2xx.
+    pub fn accepted_for(&self, device: &str) -> usize {
+        self.shared
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Pushes wait for [`PushEndpoint::release`] before they are answered.

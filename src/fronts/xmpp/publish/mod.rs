@@ -3,9 +3,11 @@
 //! (`core::registry::for_publish`, `core::delivery`); this module checks who publishes, turns the
 //! publish-options summary into a notification (`request.rs`) and the outcome into a reply.
 //!
-//! The reply mapping: `result` on success (also when a low-priority push was coalesced),
+//! The reply mapping: `result` on success (also when a low-priority push was coalesced, and when
+//! a failed delivery was queued for retry: pushgate answers for it from then on),
 //! `item-not-found` for an unknown node or a dead token (and the registration is deleted), a
-//! `wait` error for anything transient, always within `publish_timeout`. Only `wait` keeps the
+//! `wait` error for anything transient that could not be queued, always within
+//! `publish_timeout`. Only `wait` keeps the
 //! registration on Prosody, ejabberd and Tigase alike (see `fronts/xmpp/error.rs`).
 
 pub mod request;
@@ -63,7 +65,7 @@ fn without_summary(c: &Component, from: &Jid) -> WithoutSummary {
 /// The reply the publishing server gets.
 pub fn reply(outcome: Outcome) -> Result<(), Fault> {
     match outcome {
-        Outcome::Delivered | Outcome::Coalesced => Ok(()),
+        Outcome::Delivered | Outcome::Coalesced | Outcome::Queued => Ok(()),
         Outcome::DeadToken => Err(Fault::NotFound("device token is no longer valid")),
         Outcome::Transient => Err(Fault::Transient("provider unavailable".into())),
         Outcome::OurFault => Err(Fault::Transient("delivery failed".into())),

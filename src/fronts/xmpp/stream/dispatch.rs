@@ -24,6 +24,9 @@ use crate::fronts::xmpp::Component;
 use crate::fronts::xmpp::router;
 use crate::metrics::METRICS;
 
+/// Kept between a request's deadline and `publish_timeout_secs` for the reply's way out.
+const REPLY_MARGIN: Duration = Duration::from_millis(250);
+
 /// Hands framed stanzas to workers: at most `max_in_flight` at once, holding at most
 /// `max_in_flight_bytes` of stanza between them.
 pub struct Dispatcher {
@@ -63,6 +66,11 @@ impl Dispatcher {
         }
     }
 
+    /// Stanzas taken on and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        (self.max_in_flight as usize).saturating_sub(self.permits.available_permits())
+    }
+
     /// Starts handling one stanza; returns an immediate answer when it cannot be taken on.
     pub fn admit(&self, head: Head, xml: Vec<u8>, arrived: Instant) -> Option<Stanza> {
         // A stanza of n bytes holds ⌈n / 1 KiB⌉ of the budget (the limits keep n small).
@@ -84,7 +92,8 @@ impl Dispatcher {
             );
         };
         let component = self.component.clone();
-        let deadline = arrived + self.timeout;
+        // The reply must be at the server by the timeout: leave time for writing it.
+        let deadline = arrived + self.timeout - (self.timeout / 20).min(REPLY_MARGIN);
         // Boxed: the handler's future is large, and building it on the worker that runs it
         // keeps that cost off the stream loop (docs/performance.md).
         tokio::spawn(Box::pin(async move {

@@ -23,6 +23,7 @@ use xmpp_parsers::ns;
 use xmpp_parsers::stanza::Stanza;
 
 use crate::config::{Config, WhenReplaced};
+use crate::core::backoff::jitter;
 use crate::fronts::xmpp::{Component, Outbox};
 use crate::metrics::METRICS;
 use dispatch::Dispatcher;
@@ -143,14 +144,6 @@ impl Backoff {
     }
 }
 
-/// A uniformly random duration in `[low, high]` (millisecond steps).
-fn jitter(low: Duration, high: Duration) -> Duration {
-    let span = high.saturating_sub(low).as_millis() as u64;
-    // Without randomness from the OS the upper bound is as good as any.
-    let r = getrandom::u64().map_or(span, |r| r % (span + 1));
-    low + Duration::from_millis(r)
-}
-
 /// Why [`run`] returned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -162,7 +155,8 @@ pub enum Ended {
 
 /// Keeps the component connected until `shutdown` flips to true, or until another instance
 /// replaces this one and `cfg.when_replaced` says to exit. Either way the stanzas in flight are
-/// handled to the end (within `cfg.drain_within`) before it returns.
+/// handled to the end (within `cfg.drain_within`) before it returns; on shutdown they are also
+/// answered before the stream is closed (see [`serve`]).
 pub async fn run(
     component: Arc<Component>,
     cfg: StreamConfig,
@@ -275,7 +269,17 @@ async fn drain(dispatcher: &Dispatcher, within: Duration) {
     }
 }
 
+/// How often a closing stream looks whether everything taken on has been answered.
+const CLOSING_CHECK: Duration = Duration::from_millis(10);
+
 /// Reads stanzas and writes replies until the stream ends (`Err`) or we shut down (`Ok`).
+///
+/// On shutdown the stream stays open until every stanza taken on has been answered (or
+/// `cfg.drain_within` has passed), and stanzas arriving meanwhile are served too: after our
+/// `</stream:stream>` no reply can be sent, and a publish the server routed to us would go
+/// unanswered (ejabberd, which spreads publishes over the connections of a component, would
+/// time it out after 32 s and disable push). Closing when nothing is in flight leaves only the
+/// stanzas already on the wire at that moment.
 async fn serve(
     cfg: &StreamConfig,
     conn: wire::Connection,
@@ -293,6 +297,8 @@ async fn serve(
     let mut last_heard = Instant::now();
     // Set while a ping is out: the server must say something before then.
     let mut answer_by: Option<Instant> = None;
+    // Set once shutting down: the stream is closed when all is answered, or by then.
+    let mut close_by: Option<Instant> = None;
     loop {
         let mut answered = false;
         for frame in frames.drain(..) {
@@ -315,6 +321,12 @@ async fn serve(
         if answered {
             writer.flush().await?;
         }
+        if let Some(by) = close_by
+            && ((dispatcher.in_flight() == 0 && outbox.is_empty()) || Instant::now() >= by)
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(2), writer.close()).await;
+            return Ok(());
+        }
         let wake = answer_by.unwrap_or(last_heard + cfg.idle_ping);
         tokio::select! {
             read = reader.read(&mut frames) => {
@@ -334,10 +346,11 @@ async fn serve(
                 writer.flush().await?;
                 answer_by = Some(Instant::now() + RESPONSE_TIMEOUT);
             }
-            _ = shutdown.changed() => {
-                let _ = tokio::time::timeout(Duration::from_secs(2), writer.close()).await;
-                return Ok(());
+            _ = shutdown.changed(), if close_by.is_none() => {
+                tracing::info!("shutting down: answering what is in flight before closing the stream");
+                close_by = Some(Instant::now() + cfg.drain_within);
             }
+            _ = tokio::time::sleep(CLOSING_CHECK), if close_by.is_some() => {}
         }
     }
 }
