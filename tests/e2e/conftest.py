@@ -1,7 +1,8 @@
 """Fixtures for the pushgate end-to-end suite.
 
 Session-scoped: one Prosody (VirtualHosts localhost + other.localhost, components push.localhost
-for pushgate and fakepush.localhost for the harness self-test), one WebPush endpoint, one pushgate.
+for pushgate and fakepush.localhost for the harness self-test), one WebPush endpoint, one pushgate,
+and one Synapse, started only when a test asks for it (`synapse`).
 Scenarios isolate themselves by using their own users and registrations. The restart scenario
 builds its own Prosody + pushgate (see `make_stack`).
 
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from clients import AsyncRunner, Client  # noqa: E402
 from prosody import Prosody  # noqa: E402
 from pushgate_proc import VAPID_SUBJECT, Pushgate  # noqa: E402
+from synapse_proc import Synapse  # noqa: E402
 from webpush_endpoint import WebPushEndpoint  # noqa: E402
 
 PASSWORD = "password"
@@ -142,6 +144,18 @@ def stack():
 @pytest.fixture(scope="session")
 def prosody(stack) -> Prosody:
     return stack.prosody
+
+
+@pytest.fixture(scope="session")
+def synapse() -> Synapse:
+    """One homeserver for every Matrix test: each makes its own users (`synapse.new_user`)."""
+    hs = Synapse(name="synapse[session]")
+    _LIVE.append(hs)
+    try:
+        yield hs.start()
+    finally:
+        hs.stop()
+        _LIVE.remove(hs)
 
 
 @pytest.fixture(scope="session")
