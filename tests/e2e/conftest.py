@@ -6,7 +6,8 @@ also has fakepush.localhost for the harness self-test), one pushgate with its HT
 free port. One WebPush endpoint serves the whole session. Every test that uses the session stack
 runs on both servers unless its module is marked `prosody_only`. Scenarios isolate themselves by
 using their own users and registrations. Scenarios that kill processes or need their own config
-build their own stack (`running_stack`, `Stack`).
+build their own stack (`running_stack`, `Stack`). One Synapse serves the Matrix tests, started
+only when a test asks for it (`synapse`).
 
 Every process is killed and every temp dir removed at the end, also on failure; a failing test
 gets the tails of the server's and pushgate's logs appended to its report.
@@ -29,6 +30,7 @@ from ejabberd import Ejabberd  # noqa: E402
 from procs import free_port  # noqa: E402
 from prosody import Prosody  # noqa: E402
 from pushgate_proc import VAPID_SUBJECT, Pushgate  # noqa: E402
+from synapse_proc import Synapse  # noqa: E402
 from webpush_endpoint import WebPushEndpoint  # noqa: E402
 
 PASSWORD = "password"
@@ -186,6 +188,18 @@ def stack(server_kind):
 @pytest.fixture(scope="session")
 def server(stack) -> Prosody | Ejabberd:
     return stack.server
+
+
+@pytest.fixture(scope="session")
+def synapse() -> Synapse:
+    """One homeserver for every Matrix test: each makes its own users (`synapse.new_user`)."""
+    hs = Synapse(name="synapse[session]")
+    _LIVE.append(hs)
+    try:
+        yield hs.start()
+    finally:
+        hs.stop()
+        _LIVE.remove(hs)
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,6 @@ import os
 import re
 import subprocess
 import tempfile
-import time
 
 from logfile import LogFile
 from procs import ServerProcess, free_port, port_open
@@ -171,17 +170,8 @@ class Ejabberd(ServerProcess):
              "+K", "true", "-noinput", "-mnesia", "dir", f'"{self.dir}/db"', "-s", "ejabberd"],
             env=self._env(), stdin=subprocess.DEVNULL, stdout=self._stdout,
             stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True)
-        ports = self.ports()
-        deadline = time.monotonic() + timeout
-        while not all(port_open(p) for p in ports):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ejabberd exited with {self.proc.returncode} while "
-                                   f"starting\n{self.diagnostics()}")
-            if time.monotonic() > deadline:
-                self.stop(cleanup=False)
-                raise RuntimeError(f"ejabberd: ports {ports} not accepting after {timeout} s\n"
-                                   f"{self.diagnostics()}")
-            time.sleep(0.05)
+        self.wait_ready(lambda: all(port_open(p) for p in self.ports()), timeout,
+                        f"ports {self.ports()} not accepting")
         if self.starts == 1 and self.users:
             self.register(self.users)
         return self

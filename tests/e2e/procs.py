@@ -73,6 +73,34 @@ class ServerProcess:
         if cleanup and not os.environ.get("PUSHGATE_E2E_KEEP"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def wait_ready(self, ready, timeout: float, what: str, interval: float = 0.05):
+        """Polls `ready()` until it is true; fails at once if the process exits, and stops it
+        (keeping its dir for the logs) when `timeout` passes. `what`: the readiness not reached,
+        for the error."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} while "
+                                   f"starting\n{self.diagnostics()}")
+            if time.monotonic() > deadline:
+                self.stop(cleanup=False)
+                raise RuntimeError(f"{self.name}: {what} after {timeout} s\n"
+                                   f"{self.diagnostics()}")
+            time.sleep(interval)
+
+    def serve_until_interrupted(self):
+        """For running a server on its own: waits for Ctrl-C or SIGTERM, then stops it."""
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            while self.running():
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
     def stdout_tail(self, n: int = 20) -> str:
         try:
             with open(self.stdout_path, "rb") as f:

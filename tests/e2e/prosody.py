@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
 import tempfile
-import time
 
 from logfile import LogFile
 from procs import ServerProcess, free_port, port_open
@@ -129,18 +127,10 @@ class Prosody(ServerProcess):
             [PROSODY, "--config", self.config_path, "-F"],
             stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.STDOUT,
             cwd=self.dir, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prosody exited with {self.proc.returncode} while starting\n"
-                                   f"{self.diagnostics()}")
-            if port_open(self.c2s_port) and port_open(self.component_port):
-                return self
-            if time.monotonic() > deadline:
-                self.stop(cleanup=False)
-                raise RuntimeError(f"prosody: ports {self.c2s_port}/{self.component_port} not "
-                                   f"accepting after {timeout} s\n{self.diagnostics()}")
-            time.sleep(0.02)
+        self.wait_ready(lambda: port_open(self.c2s_port) and port_open(self.component_port),
+                        timeout, f"ports {self.c2s_port}/{self.component_port} not accepting",
+                        interval=0.02)
+        return self
 
     def ports(self) -> list[int]:
         return [self.c2s_port, self.component_port]
@@ -177,13 +167,4 @@ if __name__ == "__main__":
     srv.start()
     print(f"prosody running: c2s 127.0.0.1:{srv.c2s_port}, component 127.0.0.1:"
           f"{srv.component_port} (push.localhost / s3cret), dir {srv.dir}", flush=True)
-    def _stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while srv.running():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.stop()
+    srv.serve_until_interrupted()
