@@ -131,7 +131,7 @@ def reached(value, target: int, timeout: float) -> bool:
 
 def offline_count(stack: Stack, user: str) -> int:
     """Messages in the account's offline store (mod_storage_internal: one `item(` each)."""
-    path = os.path.join(stack.prosody.dir, "data", DOMAIN, "offline", f"{user}.list")
+    path = os.path.join(stack.server.dir, "data", DOMAIN, "offline", f"{user}.list")
     try:
         with open(path, "rb") as f:
             return sum(1 for line in f if line.startswith(b"item("))
@@ -140,13 +140,13 @@ def offline_count(stack: Stack, user: str) -> int:
 
 
 def prosody_sent(stack: Stack) -> int:
-    found = stack.prosody.log.find_all(COUNTER_RE)
+    found = stack.server.log.find_all(COUNTER_RE)
     return int(found[-1].group(1)) if found else 0
 
 
 def prosody_error_lines(stack: Stack, since: int) -> list[str]:
     """Prosody's warnings and errors, and mod_cloud_notify's 'Got error' lines (info)."""
-    return [line for line in stack.prosody.log.lines(since)
+    return [line for line in stack.server.log.lines(since)
             if "\twarn\t" in line or "\terror\t" in line or "Got error <" in line]
 
 
@@ -226,9 +226,9 @@ class Phase:
 def run_phase(b: "Bench", name: str, to: str) -> Phase:
     p = Phase(name, b.n)
     chunks = message_chunks(to, b.n, name)
-    log_since = b.stack.prosody.log.offset()
+    log_since = b.stack.server.log.offset()
     sent0, outcomes0, dev0 = prosody_sent(b.stack), answered(b.metrics_url), b.endpoint.count()
-    prosody = b.stack.prosody.proc.pid
+    prosody = b.stack.server.proc.pid
     prosody_cpu0, pushgate_cpu0 = b.cpu()
     wait0, rss0, bench_cpu0 = runqueue_wait_seconds(prosody), rss_mb(prosody), time.process_time()
     p.t_first, p.t_last_write, p.t_routed = b.runner.run(blast(b.senders, chunks),
@@ -309,7 +309,7 @@ class Bench:
         self.endpoint.start()
         self.endpoint_running = True
         self.configure_prosody()
-        self.stack.start_prosody()
+        self.stack.start_server()
         pg = self.stack.make_pushgate()
         pg.start()
         self.endpoint.expected_vapid_key = pg.vapid_public
@@ -318,7 +318,7 @@ class Bench:
 
     def configure_prosody(self):
         """This run's changes to the harness's Prosody (see the file's doc comment)."""
-        srv = self.stack.prosody
+        srv = self.stack.server
         plugins = os.path.join(srv.dir, "plugins")
         os.makedirs(plugins)
         with open(os.path.join(plugins, "mod_bench_push_count.lua"), "w") as f:
@@ -332,7 +332,7 @@ class Bench:
 
     def connect(self, user: str) -> Client:
         return Client(self.runner, f"{user}@{DOMAIN}", PASSWORD,
-                      self.stack.prosody.c2s_port).connect()
+                      self.stack.server.c2s_port).connect()
 
     def register_push_recipient(self):
         """register-device at pushgate, enable at Prosody, go offline (as the e2e tests do)."""
@@ -344,7 +344,7 @@ class Bench:
         return device
 
     def cpu(self) -> tuple[float, float]:
-        return (cpu_seconds(self.stack.prosody.proc.pid),
+        return (cpu_seconds(self.stack.server.proc.pid),
                 cpu_seconds(self.stack.pushgate.proc.pid))
 
     def close(self):

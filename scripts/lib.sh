@@ -7,8 +7,9 @@
 #
 # Installs what the tests and the local run need when it is missing (a fresh Debian machine has
 # none of it): Prosody 0.12 + prosody-modules (mod_cloud_notify) from Debian, and the Python
-# packages of tests/e2e/requirements.txt from PyPI; the `openssl` CLI (the APNs end-to-end tests
-# make .p12 files with it, including legacy RC2-40 ones).
+# packages of tests/e2e/requirements.txt from PyPI (slixmpp, and Synapse for the Matrix tests:
+# ~30 s more on a fresh machine, nothing once installed); the `openssl` CLI (the APNs end-to-end
+# tests make .p12 files with it, including legacy RC2-40 ones).
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
@@ -107,9 +108,15 @@ ensure_ejabberd() {
 }
 
 python_deps_ok() {
-    python3 - <<'PY' >/dev/null 2>&1
+    python3 - "$REPO_ROOT/tests/e2e/requirements.txt" <<'PY' >/dev/null 2>&1
+import importlib.metadata, re, sys
 import cryptography, h2, pytest, slixmpp
 assert slixmpp.__version__.startswith("1.17"), slixmpp.__version__
+# every exact pin (matrix-synapse) by its metadata: importing Synapse takes a second
+for line in open(sys.argv[1]):
+    pin = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s*#]+)", line.strip())
+    if pin:
+        assert importlib.metadata.version(pin[1]) == pin[2], pin[0]
 PY
 }
 

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
 import tempfile
-import time
 
 from logfile import LogFile
-from procs import ServerProcess
+from procs import ServerProcess, free_port, port_open
 
 PROSODY = os.environ.get("PROSODY_BIN", "prosody")
 PROSODYCTL = os.environ.get("PROSODYCTL_BIN", "prosodyctl")
@@ -42,20 +39,6 @@ DISABLED_LINE = "Disabling push notifications for identifier '{jid}<{node}'"
 ERROR_LINE = "Got error <{type}:{condition}:"
 SENDING_LINE = "push notification for {user}@{host} to {jid} ({node})"
 COMPONENT_AUTH_LINE = "External component successfully authenticated"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _lua_str(s: str) -> str:
@@ -144,29 +127,32 @@ class Prosody(ServerProcess):
             [PROSODY, "--config", self.config_path, "-F"],
             stdin=subprocess.DEVNULL, stdout=self._stdout, stderr=subprocess.STDOUT,
             cwd=self.dir, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"prosody exited with {self.proc.returncode} while starting\n"
-                                   f"{self.diagnostics()}")
-            if port_open(self.c2s_port) and port_open(self.component_port):
-                return self
-            if time.monotonic() > deadline:
-                self.stop(cleanup=False)
-                raise RuntimeError(f"prosody: ports {self.c2s_port}/{self.component_port} not "
-                                   f"accepting after {timeout} s\n{self.diagnostics()}")
-            time.sleep(0.02)
+        self.wait_ready(lambda: port_open(self.c2s_port) and port_open(self.component_port),
+                        timeout, f"ports {self.c2s_port}/{self.component_port} not accepting",
+                        interval=0.02)
+        return self
 
-    def restart(self):
-        """SIGTERM and start again: same ports, same data (registrations survive)."""
-        self.stop(cleanup=False)
-        # the old process is gone; its listening sockets are closed (SO_REUSEADDR on restart)
-        deadline = time.monotonic() + 10
-        while port_open(self.c2s_port) or port_open(self.component_port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("prosody ports still open after the process exited")
-            time.sleep(0.02)
-        return self.start()
+    def ports(self) -> list[int]:
+        return [self.c2s_port, self.component_port]
+
+    # --- what the log says about publishes (ejabberd.Ejabberd answers the same questions) --
+    MESSAGE_COUNT = 1            # mod_cloud_notify's summary always says 1
+    ANY_REJECTION = r"Got error <"
+
+    def rejection(self, jid: str, node: str, type_: str, condition: str) -> str:
+        """The line saying the publish to `node` was answered with this error (a `wait` is
+        logged, at debug, as not counted)."""
+        return (re.escape(ERROR_LINE.format(type=type_, condition=condition))
+                + rf".* for identifier '{re.escape(jid)}<{re.escape(node)}'")
+
+    def disabling(self, jid: str, node: str) -> str:
+        return re.escape(DISABLED_LINE.format(jid=jid, node=node))
+
+    def wait_offline_handled(self, since: int):
+        """An offline message was stored and mod_cloud_notify looked for registrations."""
+        self.log.wait_for(r"Saved to offline storage: <message", since=since)
+        self.log.wait_for(r"Invoking cloud handle_notify_request\(\) for offline stanza",
+                          since=since)
 
     def wait_component(self, jid: str, since: int, timeout: float = 15.0, alive=None):
         """Wait for '<jid>:component ... External component successfully authenticated'."""
@@ -181,13 +167,4 @@ if __name__ == "__main__":
     srv.start()
     print(f"prosody running: c2s 127.0.0.1:{srv.c2s_port}, component 127.0.0.1:"
           f"{srv.component_port} (push.localhost / s3cret), dir {srv.dir}", flush=True)
-    def _stop(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        while srv.running():
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        srv.stop()
+    srv.serve_until_interrupted()

@@ -23,9 +23,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # A publish's answer is logged at INFO with `outcome=<label>`. Refused ad-hoc commands carry an
 # `outcome=` too ("command refused: ... outcome=not_found"), so only lines about a publish count.
 OUTCOME_RE = re.compile(r"(?i)publish.*\boutcome=\"?([a-z_]+)\"?")
-OUTCOMES = {"delivered", "not_found", "forbidden", "dead_token", "transient", "our_fault",
-            "malformed"}
 VAPID_SUBJECT = "mailto:test@localhost"
+# What pushgate logs when its component stream is up, and when another instance holds it.
+CONNECTED = "component connected"
+STANDING_BY = "another instance of this component is connected to the server: standing by"
 PROVIDERS = ("webpush", "up")
 TTL_SECS = 3600
 
@@ -44,10 +45,11 @@ def toml_str(s: str) -> str:
 
 
 class Pushgate:
-    def __init__(self, prosody, jid: str, secret: str, binary: str | None = None,
+    def __init__(self, server, jid: str, secret: str, binary: str | None = None,
                  name: str = "pushgate", extra_toml: str = ""):
-        """extra_toml: appended to the generated config (more provider sections, [admin])."""
-        self.prosody = prosody
+        """server: the Prosody or Ejabberd to connect to; extra_toml: appended to the generated
+        config (more provider sections, [admin], [http])."""
+        self.server = server
         self.extra_toml = extra_toml
         self.jid = jid
         self.secret = secret
@@ -77,7 +79,7 @@ class Pushgate:
             "[component]",
             f"jid = {toml_str(self.jid)}",
             f"secret = {toml_str(self.secret)}",
-            f'server = "127.0.0.1:{self.prosody.component_port}"',
+            f'server = "127.0.0.1:{self.server.component_port}"',
             "max_reconnect_delay_secs = 2",
             "idle_ping_secs = 60",
             "publish_timeout_secs = 5",
@@ -123,10 +125,10 @@ class Pushgate:
         return None
 
     def start(self, timeout: float = 15.0):
-        """Start `pushgate run` and wait until Prosody has accepted the component."""
-        since = self.prosody.log.offset()
+        """Start `pushgate run` and wait until the server has accepted the component."""
+        since = self.server.log.offset()
         self.spawn()
-        self.prosody.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
+        self.server.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
         return self
 
     def spawn(self):
@@ -144,7 +146,7 @@ class Pushgate:
             cwd=self.dir, env=env, start_new_session=True)
 
     def wait_reconnected(self, since: int, timeout: float = 15.0):
-        self.prosody.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
+        self.server.wait_component(self.jid, since=since, timeout=timeout, alive=self.exited)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -176,24 +176,25 @@ def pg(apns_stack):
 
 
 @pytest.fixture(scope="module")
-def prosody(apns_stack):
-    return apns_stack.prosody
+def server(apns_stack):
+    """This module's Prosody in place of the session's server: `connect` uses it."""
+    return apns_stack.server
 
 
 @pytest.fixture(scope="module")
 def admin(apns_stack, connect_factory):
     """admin@localhost, online for the whole module (receives the expiry warnings)."""
-    return connect_factory(apns_stack.prosody, "admin")
+    return connect_factory(apns_stack.server, "admin")
 
 
 @pytest.fixture(scope="module")
 def bob(apns_stack, connect_factory):
-    return connect_factory(apns_stack.prosody, "bob")
+    return connect_factory(apns_stack.server, "bob")
 
 
 @pytest.fixture
 def user(connect):
-    """user(name) -> a client on the APNs Prosody (this module's `prosody`), disconnected
+    """user(name) -> a client on the APNs Prosody (this module's `server`, which `connect` uses), disconnected
     after the test."""
     return connect
 
@@ -406,18 +407,18 @@ def test_a_token_auth_alert(pg, token_mock, user, bob):
 
 
 # --- (b) dead token --------------------------------------------------------------------------
-def test_b_unregistered_is_a_dead_token(pg, prosody, token_mock, user, bob):
+def test_b_unregistered_is_a_dead_token(pg, server, token_mock, user, bob):
     token = new_token()
     token_mock.set_reply(token, 410, "Unregistered")
     node = go_offline_with_push(user, "carol", TOKEN_PROVIDER, token)
-    since, since_p = pg.log.offset(), prosody.log.offset()
+    since, since_p = pg.log.offset(), server.log.offset()
     bob.send_message("carol@localhost", "into the void")
     r = wait_requests(token_mock, token, 1)[0]
     assert r.status == 410, r.summary()
     assert pg.wait_outcomes(since) == ["dead_token"]
-    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found")),
+    server.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found")),
                          since=since_p)
-    prosody.log.wait_for(re.escape(DISABLED_LINE.format(jid=PUSH_JID, node=node)),
+    server.log.wait_for(re.escape(DISABLED_LINE.format(jid=PUSH_JID, node=node)),
                          since=since_p)
     carol = user("carol")
     err = expect_error(carol.command, PUSH_JID, "unregister-device",
@@ -426,14 +427,14 @@ def test_b_unregistered_is_a_dead_token(pg, prosody, token_mock, user, bob):
 
 
 # --- (c) transient ---------------------------------------------------------------------------
-def test_c_service_unavailable_is_queued_and_delivered_after(pg, prosody, token_mock, user,
+def test_c_service_unavailable_is_queued_and_delivered_after(pg, server, token_mock, user,
                                                             bob):
     """APNs answers 503: the notification is queued (the publish answered `result`, so the
     server keeps the registration and counts no error) and arrives once APNs is back."""
     token = new_token()
     token_mock.set_reply(token, 503, "ServiceUnavailable")
     go_offline_with_push(user, "dave", TOKEN_PROVIDER, token)
-    since, since_p = pg.log.offset(), prosody.log.offset()
+    since, since_p = pg.log.offset(), server.log.offset()
     bob.send_message("dave@localhost", "while APNs is down")
     assert pg.wait_outcomes(since) == ["queued"]
     first = wait_requests(token_mock, token, 1)
@@ -447,7 +448,7 @@ def test_c_service_unavailable_is_queued_and_delivered_after(pg, prosody, token_
     r = token_mock.wait_saying(token, "APNs is back", diagnostics=diagnostics)
     check_alert_payload(r, "dave@localhost", bob.full_jid, "APNs is back")
     assert ERROR_LINE.format(type="wait", condition="internal-server-error") \
-        not in prosody.log.text(since_p)
+        not in server.log.text(since_p)
 
 
 def test_c2_credential_trouble_is_queued_and_kept(pg, token_mock, user, bob):
@@ -522,7 +523,7 @@ def erin_token(pg, user_module):
 @pytest.fixture(scope="module")
 def user_module(apns_stack, connect_factory):
     def _connect(name: str):
-        return connect_factory(apns_stack.prosody, name)
+        return connect_factory(apns_stack.server, name)
     return _connect
 
 
@@ -674,17 +675,17 @@ def test_d9_another_instance_picks_up_uploaded_credentials(apns_stack, pki, mtls
     uploaded at the first one, without a restart, within PICKUP_SECS."""
     b = Stack("apns-b", users=("bob", "ivy"), pushgate_toml=apns_stack.pushgate_toml)
     try:
-        b.start_prosody()
+        b.start_server()
         pg_b = b.make_pushgate()
         pg_b.data_dir = apns_stack.pushgate.data_dir   # the same SQLite database
         pg_b.write_config()
         pg_b.start()
         token = new_token()
-        ivy = connect_factory(b.prosody, "ivy")
+        ivy = connect_factory(b.server, "ivy")
         node = register_apns(ivy, SHARED_PROVIDER, token)
         ivy.enable_push(PUSH_JID, node)
         ivy.disconnect()
-        bob_b = connect_factory(b.prosody, "bob")
+        bob_b = connect_factory(b.server, "bob")
         since = pg_b.log.offset()
         bob_b.send_message("ivy@localhost", "before the upload")
         assert pg_b.wait_outcomes(since) == ["queued"], "no credentials yet at instance B"

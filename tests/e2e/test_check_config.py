@@ -9,7 +9,8 @@ import tempfile
 
 import pytest
 
-from pushgate_proc import REPO, binary_path, run_check_config
+from conftest import PUSH_JID, prosody_only
+from pushgate_proc import REPO, Pushgate, binary_path, run_check_config
 
 EXAMPLE = os.path.join(REPO, "etc", "pushgate.toml")
 
@@ -41,10 +42,9 @@ def test_example_config_is_valid(binary, workdir):
     assert os.listdir(workdir) == [], "check-config must not create anything (e.g. ./data)"
 
 
+@prosody_only
 def test_e2e_config_is_valid(binary, workdir, stack):
-    from conftest import PUSH_JID
-    from pushgate_proc import Pushgate
-    pg = Pushgate(stack.prosody, PUSH_JID, stack.push_secret)
+    pg = Pushgate(stack.server, PUSH_JID, stack.push_secret, extra_toml=stack.pushgate_toml)
     try:
         r = run_check_config(binary, pg.config_path, cwd=workdir)
         assert r.returncode == 0, f"{_out(r)}\nconfig:\n{pg.config_text()}"

@@ -127,18 +127,19 @@ def pg(fcm_stack):
 
 
 @pytest.fixture(scope="module")
-def prosody(fcm_stack):
-    return fcm_stack.prosody
+def server(fcm_stack):
+    """This module's Prosody in place of the session's server: `connect` uses it."""
+    return fcm_stack.server
 
 
 @pytest.fixture(scope="module")
 def bob(fcm_stack, connect_factory):
-    return connect_factory(fcm_stack.prosody, "bob")
+    return connect_factory(fcm_stack.server, "bob")
 
 
 @pytest.fixture
 def user(connect):
-    """user(name) -> a client on the FCM Prosody (this module's `prosody`), disconnected
+    """user(name) -> a client on the FCM Prosody (this module's `server`, which `connect` uses), disconnected
     after the test."""
     return connect
 
@@ -321,19 +322,19 @@ def test_c_tigase_register_device(pg, fcm, user, bob):
 
 
 # --- (d) dead token --------------------------------------------------------------------------
-def test_d_unregistered_is_a_dead_token(pg, prosody, fcm, user, bob):
+def test_d_unregistered_is_a_dead_token(pg, server, fcm, user, bob):
     account = f"erin@{DOMAIN}"
     token, device_id = new_token(), new_device_id()
     fcm.set_reply(token, 404, unregistered_error())
     node = go_offline_p2(user, "erin", token, device_id)
-    since, since_p = pg.log.offset(), prosody.log.offset()
+    since, since_p = pg.log.offset(), server.log.offset()
     bob.send_message(account, "into the void")
     r = wait_sends(fcm, token, 1)[0]
     assert r.status == 404 and r.auth_error is None, r.summary()
     assert pg.wait_outcomes(since) == ["dead_token"]
-    prosody.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found")),
+    server.log.wait_for(re.escape(ERROR_LINE.format(type="cancel", condition="item-not-found")),
                          since=since_p)
-    prosody.log.wait_for(re.escape(DISABLED_LINE.format(jid=PUSH_JID, node=node)),
+    server.log.wait_for(re.escape(DISABLED_LINE.format(jid=PUSH_JID, node=node)),
                          since=since_p)
     erin = user("erin")
     err = expect_error(unregister_p2, erin, device_id)

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from clients import NS_DATA, NS_PUBSUB, NS_PUSH, PUBLISH_OPTIONS, FakePushComponent
-from conftest import DOMAIN, FAKE_PUSH_JID, OTHER_DOMAIN
+from conftest import DOMAIN, FAKE_PUSH_JID, OTHER_DOMAIN, prosody_only
 from prosody import DISABLED_LINE, ERROR_LINE
 from webpush_endpoint import (VapidError, WebPushEndpoint, b64url, b64url_decode,
                               decrypt_aes128gcm, encrypt_aes128gcm, private_key_from_raw,
@@ -26,7 +26,8 @@ from webpush_endpoint import (VapidError, WebPushEndpoint, b64url, b64url_decode
 
 
 # --- Prosody + slixmpp -----------------------------------------------------------------------
-def test_prosody_starts_and_clients_log_in(prosody, connect):
+@prosody_only
+def test_prosody_starts_and_clients_log_in(connect):
     alice = connect("alice")
     mallory = connect("mallory", OTHER_DOMAIN)
     assert alice.full_jid.startswith("alice@localhost/")
@@ -38,7 +39,7 @@ def test_prosody_starts_and_clients_log_in(prosody, connect):
 @pytest.fixture(scope="module")
 def fakepush_module(runner, stack):
     c = FakePushComponent(runner, FAKE_PUSH_JID, stack.fake_secret,
-                          stack.prosody.component_port).start()
+                          stack.server.component_port).start()
     yield c
     c.stop()
 
@@ -55,7 +56,8 @@ def _form_values(x) -> dict:
             for f in x.findall(f"{{{NS_DATA}}}field")}
 
 
-def test_offline_message_publishes_to_component(prosody, connect, fakepush):
+@prosody_only
+def test_offline_message_publishes_to_component(connect, fakepush):
     hank = connect("hank")
     hank.enable_push(FAKE_PUSH_JID, "harness-node", secret="harness-secret")
     hank.disconnect()
@@ -77,28 +79,29 @@ def test_offline_message_publishes_to_component(prosody, connect, fakepush):
     assert _form_values(options) == {"FORM_TYPE": [PUBLISH_OPTIONS], "secret": ["harness-secret"]}
 
 
-def test_error_reply_disables_registration(prosody, connect, fakepush):
+@prosody_only
+def test_error_reply_disables_registration(server, connect, fakepush):
     """push_max_errors = 1: the first item-not-found disables, with the logged line the
     dead-token scenario waits for; later messages make no publish."""
     ivan = connect("ivan")
     ivan.enable_push(FAKE_PUSH_JID, "doomed-node")
     ivan.disconnect()
     fakepush.reply = ("cancel", "item-not-found")
-    since = prosody.log.offset()
+    since = server.log.offset()
     before = len(fakepush.publishes)
     bob = connect("bob")
     bob.send_message("ivan@localhost", "first")
     fakepush.wait_for(before + 1)
-    prosody.log.wait_for(ERROR_LINE.format(type="cancel", condition="item-not-found"),
+    server.log.wait_for(ERROR_LINE.format(type="cancel", condition="item-not-found"),
                          since=since)
-    prosody.log.wait_for(DISABLED_LINE.format(jid=FAKE_PUSH_JID, node="doomed-node"),
+    server.log.wait_for(DISABLED_LINE.format(jid=FAKE_PUSH_JID, node="doomed-node"),
                          since=since)
     n = len(fakepush.publishes)
-    since2 = prosody.log.offset()
+    since2 = server.log.offset()
     bob.send_message("ivan@localhost", "second")
     # the message went to offline storage and mod_cloud_notify looked: nothing to push to
-    prosody.log.wait_for(r"Saved to offline storage: <message", since=since2)
-    prosody.log.wait_for(r"Invoking cloud handle_notify_request\(\) for offline stanza",
+    server.log.wait_for(r"Saved to offline storage: <message", since=since2)
+    server.log.wait_for(r"Invoking cloud handle_notify_request\(\) for offline stanza",
                          since=since2)
     time.sleep(0.5)
     assert len(fakepush.publishes) == n, "a disabled registration must not be published to"

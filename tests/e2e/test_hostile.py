@@ -51,7 +51,7 @@ def connections(pg) -> int:
 
 
 def test_hostile_stanzas_are_answered_and_the_stream_stays(hostile_stack, ep, connect_factory):
-    pg, prosody = hostile_stack.pushgate, hostile_stack.prosody
+    pg, prosody = hostile_stack.pushgate, hostile_stack.server
     before = connections(pg)
     dev = ep.new_device()
     push_offline(connect_factory(prosody, "alice"), dev)
@@ -88,7 +88,7 @@ def test_hostile_stanzas_are_answered_and_the_stream_stays(hostile_stack, ep, co
 
 
 def test_a_tarpit_push_service_delays_nobody_else(hostile_stack, ep, connect_factory):
-    pg, prosody = hostile_stack.pushgate, hostile_stack.prosody
+    pg, prosody = hostile_stack.pushgate, hostile_stack.server
     before = connections(pg)
     tarpit = Tarpit()
     try:

@@ -32,7 +32,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import PUSH_JID, VAPID_SUBJECT, Stack
-from prosody import free_port
+from procs import free_port
 from pushgate_proc import Pushgate
 from scenario import push_offline, wait_deliveries
 from test_operations import scrape, value
@@ -92,7 +92,7 @@ def limited():
         f"[limits]\nshutdown_timeout_secs = {SHUTDOWN_TIMEOUT}\n"))
     ep = WebPushEndpoint(vapid_subject=VAPID_SUBJECT).start()
     try:
-        s.start_prosody()
+        s.start_server()
         pg = s.make_pushgate()
         with soft_nofile(START_SOFT_LIMIT):
             pg.start()
@@ -120,8 +120,8 @@ def test_slowloris_crowd_does_not_stop_health_checks_or_deliveries(limited, conn
     pg = stack.pushgate
     base = f"http://127.0.0.1:{port}"
     dev = endpoint.new_device()
-    push_offline(connect_factory(stack.prosody, "carol"), dev)
-    bob = connect_factory(stack.prosody, "bob")
+    push_offline(connect_factory(stack.server, "carol"), dev)
+    bob = connect_factory(stack.server, "bob")
 
     slow = []
     try:
@@ -223,7 +223,7 @@ def test_running_out_of_descriptors_is_counted_and_survived(connect_factory, tmp
     endpoint = WebPushEndpoint(vapid_subject=VAPID_SUBJECT).start()
     slow: list[socket.socket] = []
     try:
-        stack.start_prosody()
+        stack.start_server()
         pg = stack.make_pushgate()
         wrapper = tmp_path / "pushgate-nofile"
         wrapper.write_text(f'#!/bin/sh\nulimit -n {FD_LIMIT}\nexec "{pg.binary}" "$@"\n')
@@ -233,8 +233,8 @@ def test_running_out_of_descriptors_is_counted_and_survived(connect_factory, tmp
         endpoint.expected_vapid_key = pg.vapid_public
         base = f"http://127.0.0.1:{port}"
         dev = endpoint.new_device()
-        push_offline(connect_factory(stack.prosody, "carol"), dev)
-        bob = connect_factory(stack.prosody, "bob")
+        push_offline(connect_factory(stack.server, "carol"), dev)
+        bob = connect_factory(stack.server, "bob")
 
         since = pg.log.offset()
         for _ in range(2 * FD_LIMIT):

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from conftest import PUSH_JID, VAPID_SUBJECT, Stack
-from prosody import free_port
+from procs import free_port
 from scenario import http, register_tigase, wait_deliveries
 from webpush_endpoint import WebPushEndpoint
 
@@ -50,7 +50,7 @@ def ops():
     s = Stack("ops", pushgate_toml=f'[http]\nlisten = "127.0.0.1:{port}"\n')
     ep = WebPushEndpoint(vapid_subject=VAPID_SUBJECT).start()
     try:
-        s.start_prosody()
+        s.start_server()
         pg = s.make_pushgate()
         pg.start()
         ep.expected_vapid_key = pg.vapid_public
@@ -72,12 +72,12 @@ def test_metrics_health_and_rest_unregister_after_a_real_run(ops, connect_factor
 
     # Two messages to carol's device: two publishes, two deliveries.
     dev = endpoint.new_device()
-    carol = connect_factory(stack.prosody, "carol")
+    carol = connect_factory(stack.server, "carol")
     register_tigase(carol, dev, "webpush")
     node = register_tigase(carol, dev, "webpush")  # idempotent: same registration
     carol.enable_push(PUSH_JID, node)
     carol.disconnect()
-    bob = connect_factory(stack.prosody, "bob")
+    bob = connect_factory(stack.server, "bob")
     since = pushgate.log.offset()
     bob.send_message("carol@localhost", "first")
     bob.send_message("carol@localhost", "second")

@@ -38,9 +38,9 @@ def refused(pushgate, since: int, label: str):
                           rf"reason={re.escape(label)}\b.*command refused", since=since)
 
 
-def test_account_limit_refuses_new_devices_only(quota_stack, connect):
+def test_account_limit_refuses_new_devices_only(quota_stack, connect_factory):
     s, endpoint = quota_stack
-    alice = connect("alice", server=s.prosody)
+    alice = connect_factory(s.server, "alice")
     devices = [endpoint.new_device() for _ in range(LIMIT + 1)]
     nodes = [register_tigase(alice, d, "webpush") for d in devices[:LIMIT]]
     assert len(set(nodes)) == LIMIT
@@ -59,7 +59,7 @@ def test_account_limit_refuses_new_devices_only(quota_stack, connect):
     # Re-registering a known device is always allowed, and keeps its node.
     assert register_tigase(alice, devices[0], "webpush") == nodes[0]
     # Another account is not affected.
-    bob = connect("bob", server=s.prosody)
+    bob = connect_factory(s.server, "bob")
     register_tigase(bob, endpoint.new_device(), "webpush")
     # Unregistering one makes room for a new one.
     r = alice.command(PUSH_JID, "unregister-device",
@@ -69,9 +69,9 @@ def test_account_limit_refuses_new_devices_only(quota_stack, connect):
     register_tigase(alice, devices[LIMIT], "webpush")
 
 
-def test_overlong_fields_are_refused_with_the_limit(quota_stack, connect):
+def test_overlong_fields_are_refused_with_the_limit(quota_stack, connect_factory):
     s, endpoint = quota_stack
-    carol = connect("carol", server=s.prosody)
+    carol = connect_factory(s.server, "carol")
     long_token = "https://push.example.org/" + "a" * 10_000
     since = s.pushgate.log.offset()
     err = expect_error(carol.command, PUSH_JID, "register-device",
@@ -91,9 +91,9 @@ def test_overlong_fields_are_refused_with_the_limit(quota_stack, connect):
         register_p2(carol, endpoint.new_device(), f"phone-{i}")
 
 
-def test_endpoint_resolving_only_to_loopback_is_refused(quota_stack, connect):
+def test_endpoint_resolving_only_to_loopback_is_refused(quota_stack, connect_factory):
     s, endpoint = quota_stack
-    dave = connect("dave", server=s.prosody)
+    dave = connect_factory(s.server, "dave")
     dev = endpoint.new_device()
     by_name = dev.url.replace("127.0.0.1", "localhost", 1)
     assert by_name != dev.url

@@ -1,5 +1,7 @@
-"""(a) Registration through Prosody with slixmpp clients: Tigase `register-device` (two-stage and
-single-stage), p2 `register-push-<id>`, idempotency, disco, ping, command errors."""
+"""(a) Registration through the server (Prosody and ejabberd) with slixmpp clients: Tigase
+`register-device` (two-stage and single-stage), p2 `register-push-<id>`, idempotency, disco,
+ping, command errors; unregistering by command and by Siskin's REST call, after which the
+server's next publish is refused and the server disables the registration."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 from clients import NS_COMMANDS, expect_error, submit_form
 from conftest import PUSH_JID
 from pushgate_proc import PROVIDERS
+from scenario import http, register_tigase
 
 COMMANDS = {"register-device", "unregister-device", "register-push-webpush",
             "unregister-push-webpush", "register-push-up", "unregister-push-up"}
@@ -118,6 +121,37 @@ def test_unregister_device(alice):
     err = expect_error(alice.command, PUSH_JID, "unregister-device",
                        form=tigase_form("webpush", token))
     assert err.condition == "item-not-found", err
+
+
+def test_unregister_by_command_and_by_rest_reaches_the_server(stack, server, pushgate,
+                                                              endpoint, connect):
+    frank = connect("frank")
+    by_command, by_rest = endpoint.new_device(), endpoint.new_device()
+    nodes = [register_tigase(frank, dev, "webpush") for dev in (by_command, by_rest)]
+    for node in nodes:
+        frank.enable_push(PUSH_JID, node)
+
+    def unregister(dev):
+        return frank.command(PUSH_JID, "unregister-device",
+                             form=tigase_form("webpush", dev.url))
+
+    assert unregister(by_command).status == "completed"
+    status, answer = http("POST", f"{stack.http_base}/unregister-device/{PUSH_JID}",
+                          {"account": "frank@localhost", "provider": "webpush",
+                           "device-token": by_rest.url})
+    assert (status, answer) == (200, {"result": "success"})
+    for dev in (by_command, by_rest):
+        err = expect_error(unregister, dev)
+        assert err.condition == "item-not-found", err
+    frank.disconnect()
+
+    # The server still has both enabled: its publishes are refused and it disables them.
+    since, since_s = pushgate.log.offset(), server.log.offset()
+    connect("bob").send_message("frank@localhost", "to an unregistered phone")
+    assert pushgate.wait_outcomes(since, count=2) == ["not_found"] * 2
+    for node in nodes:
+        server.log.wait_for(server.disabling(PUSH_JID, node), since=since_s)
+    assert endpoint.deliveries_for(by_command) == endpoint.deliveries_for(by_rest) == []
 
 
 def test_register_device_missing_token_is_bad_request(alice):

@@ -11,12 +11,9 @@ import signal
 import pytest
 
 from conftest import _LIVE, PUSH_JID, VAPID_SUBJECT, Stack, diagnostics, running_stack
-from pushgate_proc import Pushgate
+from pushgate_proc import CONNECTED, STANDING_BY, Pushgate
 from scenario import check_alert, push_offline
 from webpush_endpoint import WebPushEndpoint
-
-CONNECTED = "component connected"
-STANDING_BY = "another instance of this component is connected to the server: standing by"
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +22,13 @@ def own_stack():
         yield stack_and_endpoint
 
 
-def test_queued_notifications_survive_sigkill(own_stack, connect):
+def test_queued_notifications_survive_sigkill(own_stack, connect_factory):
     s, endpoint = own_stack
-    prosody, pushgate = s.prosody, s.pushgate
+    prosody, pushgate = s.server, s.pushgate
     dev = endpoint.new_device()
-    push_offline(connect("frank", server=prosody), dev)
+    push_offline(connect_factory(prosody, "frank"), dev)
     endpoint.set_status(dev, 503)
-    bob = connect("bob", server=prosody)
+    bob = connect_factory(prosody, "bob")
 
     since, since_p = pushgate.log.offset(), prosody.log.offset()
     texts = [f"during the outage {i}" for i in range(3)]
@@ -59,12 +56,12 @@ def test_a_hot_standby_takes_over_and_delivers_what_the_dead_instance_queued(con
     endpoint = None
     b = None
     try:
-        s.start_prosody()
+        s.start_server()
         a = s.make_pushgate()
         endpoint = WebPushEndpoint(vapid_public_key=a.vapid_public,
                                    vapid_subject=VAPID_SUBJECT).start()
         a.start()
-        b = Pushgate(s.prosody, PUSH_JID, s.push_secret, name="pushgate[standby-b]")
+        b = Pushgate(s.server, PUSH_JID, s.push_secret, name="pushgate[standby-b]")
         b.data_dir, b.vapid_key_path, b.vapid_key = a.data_dir, a.vapid_key_path, a.vapid_key
         b.write_config()
         _LIVE.append(b)
@@ -72,9 +69,9 @@ def test_a_hot_standby_takes_over_and_delivers_what_the_dead_instance_queued(con
         b.log.wait_for(STANDING_BY, timeout=15, alive=b.exited)
 
         dev = endpoint.new_device()
-        push_offline(connect_factory(s.prosody, "carol"), dev)
+        push_offline(connect_factory(s.server, "carol"), dev)
         endpoint.set_status(dev, 503)
-        bob = connect_factory(s.prosody, "bob")
+        bob = connect_factory(s.server, "bob")
         since = a.log.offset()
         texts = [f"before the takeover {i}" for i in range(3)]
         for text in texts:
@@ -89,7 +86,7 @@ def test_a_hot_standby_takes_over_and_delivers_what_the_dead_instance_queued(con
         assert b.wait_outcomes(since) == ["delivered"]
         for text in texts + ["after the takeover"]:
             endpoint.wait_for_body(dev, text, timeout=45, diagnostics=diagnostics)
-        errors = s.prosody.log.find_all(r"Got error <")
+        errors = s.server.log.find_all(r"Got error <")
         assert errors == [], [m.string for m in errors]
     finally:
         if b is not None:
