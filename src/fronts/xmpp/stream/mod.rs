@@ -38,6 +38,11 @@ const FAST_FOR: Duration = Duration::from_secs(300);
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const FAST_RETRY_MIN: Duration = Duration::from_millis(500);
 const FAST_RETRY_MAX: Duration = Duration::from_secs(1);
+/// While the server refuses connections (it is restarting) knocking costs it nothing, and every
+/// moment between its ports opening and our bind is one in which ejabberd deletes the
+/// registration of any message's recipient (fault benchmark: 7 of 8 in 0.6 s): knock faster.
+const REFUSED_RETRY_MIN: Duration = Duration::from_millis(200);
+const REFUSED_RETRY_MAX: Duration = Duration::from_millis(400);
 
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
@@ -98,6 +103,11 @@ pub enum StreamError {
 }
 
 impl StreamError {
+    /// Nothing listens at the server's address (yet): it is down or restarting.
+    fn refused(&self) -> bool {
+        matches!(self, StreamError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+
     /// The server replaced this connection with another one of the same component: another
     /// pushgate instance connected (Prosody's `component_conflict_resolve = "kick_old"`), or
     /// refused ours because one is connected.
@@ -106,8 +116,8 @@ impl StreamError {
     }
 }
 
-/// When to try again: 250 ms after the loss, then every 0.5–1 s for `FAST_FOR`, then doubling up
-/// to the configured cap.
+/// When to try again: 250 ms after the loss, then every 0.5–1 s (0.2–0.4 s while the server
+/// refuses connections) for `FAST_FOR`, then doubling up to the configured cap.
 struct Backoff {
     /// When the stream was lost (or the first attempt failed); `None` while connected.
     lost_at: Option<Instant>,
@@ -130,14 +140,20 @@ impl Backoff {
         self.slow = FAST_RETRY_MAX;
     }
 
-    /// The delay before the next attempt, `now` being when the last one failed.
-    fn next_delay(&mut self, now: Instant) -> Duration {
+    /// The delay before the next attempt, `now` being when the last one failed and `refused`
+    /// whether nothing listened at the server's address.
+    fn next_delay(&mut self, now: Instant, refused: bool) -> Duration {
         let Some(lost_at) = self.lost_at else {
             self.lost_at = Some(now);
             return FIRST_RETRY.min(self.max);
         };
         if now.saturating_duration_since(lost_at) < FAST_FOR {
-            return jitter(FAST_RETRY_MIN, FAST_RETRY_MAX).min(self.max);
+            let (low, high) = if refused {
+                (REFUSED_RETRY_MIN, REFUSED_RETRY_MAX)
+            } else {
+                (FAST_RETRY_MIN, FAST_RETRY_MAX)
+            };
+            return jitter(low, high).min(self.max);
         }
         self.slow = self.slow.saturating_mul(2).min(self.max);
         self.slow
@@ -186,8 +202,9 @@ pub async fn run(
             ),
         )
         .await;
-        // Whether the server said another instance of the component is connected.
-        let replaced = match attempt {
+        // Whether the server said another instance of the component is connected, and whether
+        // nothing listened at its address.
+        let (replaced, refused) = match attempt {
             Ok(Ok(conn)) => {
                 tracing::info!(server = %cfg.server, jid = %cfg.jid, "component connected");
                 backoff.reset();
@@ -213,17 +230,17 @@ pub async fn run(
                     Err(e) => {
                         tracing::warn!("component disconnected: {e}");
                         METRICS.xmpp_reconnects.inc();
-                        e.replaced()
+                        (e.replaced(), false)
                     }
                 }
             }
             Ok(Err(e)) => {
                 tracing::warn!(server = %cfg.server, "cannot connect: {e}");
-                e.replaced()
+                (e.replaced(), e.refused())
             }
             Err(_) => {
                 tracing::warn!(server = %cfg.server, "cannot connect: {}", StreamError::Timeout);
-                false
+                (false, false)
             }
         };
         if replaced && cfg.when_replaced == WhenReplaced::Exit {
@@ -243,7 +260,7 @@ pub async fn run(
             );
             cfg.max_reconnect_delay
         } else {
-            backoff.next_delay(Instant::now())
+            backoff.next_delay(Instant::now(), refused)
         };
         tracing::info!(delay_ms = delay.as_millis() as u64, "reconnecting");
         tokio::select! {
@@ -397,36 +414,55 @@ mod tests {
     fn retries_within_a_second_for_minutes_then_back_off_to_the_cap() {
         let mut b = Backoff::new(Duration::from_secs(30));
         let t0 = Instant::now();
-        assert_eq!(b.next_delay(t0), FIRST_RETRY);
+        assert_eq!(b.next_delay(t0, false), FIRST_RETRY);
         // Four minutes of retries: every one within 0.5–1 s.
         let mut t = t0;
         while t.duration_since(t0) < Duration::from_secs(240) {
-            let d = b.next_delay(t);
+            let d = b.next_delay(t, false);
             assert!((FAST_RETRY_MIN..=FAST_RETRY_MAX).contains(&d), "{d:?}");
             t += d;
         }
         // Past the fast phase: doubling, capped.
         let late = t0 + FAST_FOR + Duration::from_secs(1);
-        let delays: Vec<_> = (0..8).map(|_| b.next_delay(late)).collect();
+        let delays: Vec<_> = (0..8).map(|_| b.next_delay(late, false)).collect();
         assert_eq!(delays[0], Duration::from_secs(2));
         assert!(delays.windows(2).all(|w| w[0] <= w[1]));
         assert_eq!(*delays.last().unwrap(), Duration::from_secs(30));
         // Connected again: the next loss starts fast.
         b.reset();
-        assert_eq!(b.next_delay(late), FIRST_RETRY);
+        assert_eq!(b.next_delay(late, false), FIRST_RETRY);
         // A cap below a second holds in the fast phase too.
         let mut tight = Backoff::new(Duration::from_millis(300));
-        tight.next_delay(t0);
-        assert!(tight.next_delay(t0) <= Duration::from_millis(300));
+        tight.next_delay(t0, false);
+        assert!(tight.next_delay(t0, false) <= Duration::from_millis(300));
     }
 
     #[test]
     fn retries_are_spread() {
         let mut b = Backoff::new(Duration::from_secs(30));
         let t0 = Instant::now();
-        b.next_delay(t0);
-        let delays: std::collections::BTreeSet<_> = (0..50).map(|_| b.next_delay(t0)).collect();
+        b.next_delay(t0, false);
+        let delays: std::collections::BTreeSet<_> =
+            (0..50).map(|_| b.next_delay(t0, false)).collect();
         assert!(delays.len() > 5, "jittered: {delays:?}");
+    }
+
+    #[test]
+    fn a_server_that_refuses_connections_is_knocked_at_faster() {
+        let mut b = Backoff::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        b.next_delay(t0, true);
+        for _ in 0..20 {
+            let d = b.next_delay(t0, true);
+            assert!(
+                (REFUSED_RETRY_MIN..=REFUSED_RETRY_MAX).contains(&d),
+                "{d:?}"
+            );
+        }
+        let refused = StreamError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert!(refused.refused());
+        assert!(!StreamError::HandshakeRefused.refused());
+        assert!(!StreamError::Io(std::io::ErrorKind::TimedOut.into()).refused());
     }
 
     #[test]
