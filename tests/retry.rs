@@ -104,6 +104,7 @@ fn assert_wait(reply: &xmpp_parsers::iq::Iq) {
 
 on_both_backends!(
     a_failed_delivery_is_answered_result_and_delivered_after_recovery,
+    a_device_named_in_the_request_is_queued_and_retried_too,
     a_dead_token_on_retry_removes_the_registration,
     unregistering_drops_what_was_queued,
     the_queue_survives_a_restart,
@@ -131,6 +132,54 @@ async fn a_failed_delivery_is_answered_result_and_delivered_after_recovery(url: 
     .await;
     eventually("the queue emptied", || async { queued(&gw).await == 0 }).await;
     assert_eq!(endpoint.accepted_for("d1"), 3, "and none twice");
+}
+
+/// A device pushgate does not keep (a Matrix pusher names its token in every request) is
+/// queued with its device and retried like a registration, and nothing is stored about it
+/// besides the queued row.
+async fn a_device_named_in_the_request_is_queued_and_retried_too(url: String) {
+    use pushgate::core::delivery::{self, Outcome};
+    use pushgate::core::target::Target;
+    use pushgate_providers::{Content, Device, Kind, Notification, Priority};
+
+    let gw = common::TestGateway::at(&url, CONFIG).await;
+    let endpoint = common::PushEndpoint::start().await;
+    let device = Device {
+        provider: ProviderId::new("webpush"),
+        token: DeviceToken::new(endpoint.url("named")),
+        second_token: None,
+        webpush_keys: None,
+    };
+    let notification = Notification {
+        kind: Kind::Alert,
+        priority: Priority::High,
+        content: Content {
+            body: Some("from a homeserver".into()),
+            ..Content::default()
+        },
+        encrypted: None,
+        collapse_key: None,
+    };
+    endpoint.answer_with(503);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let outcome = delivery::deliver(&gw.core, Target::Named(&device), notification, deadline)
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Queued);
+    assert_eq!(queued(&gw).await, 1);
+    assert_eq!(
+        gw.core.store.count().await.unwrap(),
+        0,
+        "no registration made"
+    );
+
+    let _worker = start_worker(&gw);
+    endpoint.answer_with(201);
+    eventually("delivered by the retry", || async {
+        endpoint.accepted_for("named") == 1
+    })
+    .await;
+    eventually("the queue emptied", || async { queued(&gw).await == 0 }).await;
 }
 
 async fn a_dead_token_on_retry_removes_the_registration(url: String) {

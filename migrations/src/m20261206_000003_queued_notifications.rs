@@ -5,10 +5,14 @@
 //! since the Unix epoch, so that the claim query compares plain integers on both databases.
 //! `due_at` doubles as the lease: claiming a row moves it past the attempt, so a row whose
 //! instance died becomes due again by itself. Rows go with their registration (`ON DELETE
-//! CASCADE`): an unregistered device gets nothing that was queued for it.
+//! CASCADE`): an unregistered device gets nothing that was queued for it. A notification for a
+//! device pushgate does not keep (a Matrix pusher, named in the request) has no registration and
+//! carries its device instead: provider, token, second token, WebPush keys.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{big_integer, big_pk_auto, integer, text, text_null};
+use sea_orm_migration::schema::{
+    big_integer, big_integer_null, big_pk_auto, integer, text, text_null,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -18,6 +22,11 @@ enum QueuedNotifications {
     Table,
     Id,
     RegistrationId,
+    Provider,
+    Token,
+    SecondToken,
+    WebpushP256dh,
+    WebpushAuth,
     Kind,
     Notification,
     EnqueuedAt,
@@ -41,7 +50,12 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(QueuedNotifications::Table)
                     .col(big_pk_auto(QueuedNotifications::Id))
-                    .col(big_integer(QueuedNotifications::RegistrationId))
+                    .col(big_integer_null(QueuedNotifications::RegistrationId))
+                    .col(text_null(QueuedNotifications::Provider))
+                    .col(text_null(QueuedNotifications::Token))
+                    .col(text_null(QueuedNotifications::SecondToken))
+                    .col(text_null(QueuedNotifications::WebpushP256dh))
+                    .col(text_null(QueuedNotifications::WebpushAuth))
                     .col(text(QueuedNotifications::Kind))
                     .col(text(QueuedNotifications::Notification))
                     .col(big_integer(QueuedNotifications::EnqueuedAt))
@@ -78,6 +92,15 @@ impl MigrationTrait for Migration {
                     .table(QueuedNotifications::Table)
                     .col(QueuedNotifications::RegistrationId)
                     .col(QueuedNotifications::Kind)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_queued_notifications_token")
+                    .table(QueuedNotifications::Table)
+                    .col(QueuedNotifications::Token)
                     .to_owned(),
             )
             .await

@@ -14,6 +14,7 @@ use std::time::Duration;
 use pushgate_providers::{Content, Notification, Priority, Verdict};
 use tokio::time::Instant;
 
+use super::target::Target;
 use super::{Core, retry};
 use crate::error::Fault;
 use crate::ids::{Dialect, hex};
@@ -73,66 +74,69 @@ const ANSWER_MARGIN: Duration = Duration::from_millis(250);
 /// request's time.
 const QUEUE_RESERVE: Duration = Duration::from_secs(1);
 
-/// Delivers `notification` to `reg` by `deadline`, and queues it for retry if the provider
-/// cannot take it now. `Err` (always transient) when the store failed or the registration's
-/// provider is no longer configured.
+/// Delivers `notification` to `target` by `deadline`, and queues it for retry if the provider
+/// cannot take it now. `Err` (always transient) when the store failed or the target's provider
+/// is no longer configured.
 pub async fn deliver(
     core: &Core,
-    reg: &Registration,
+    target: Target<'_>,
     notification: Notification,
     deadline: Instant,
 ) -> Result<Outcome, Fault> {
-    let notification = as_promised(notification, reg);
+    let notification = match target.registration() {
+        Some(reg) => as_promised(notification, reg),
+        None => notification,
+    };
     let left = deadline.saturating_duration_since(Instant::now());
     let answer_by = deadline - ANSWER_MARGIN.min(left / 8);
     let send_by = answer_by - QUEUE_RESERVE.min(left / 4);
-    let first = attempt(core, reg, &notification, send_by).await?;
+    let first = attempt(core, target, &notification, send_by).await?;
     if first.outcome != Outcome::Transient {
         return Ok(first.outcome);
     }
-    Ok(retry::enqueue(core, reg, &notification, &first, answer_by).await)
+    Ok(retry::enqueue(core, target, &notification, &first, answer_by).await)
 }
 
-/// One attempt to deliver `notification`, already shaped for `reg`'s app, by `send_by`.
+/// One attempt to deliver `notification`, already shaped for the target's app, by `send_by`.
 pub async fn attempt(
     core: &Core,
-    reg: &Registration,
+    target: Target<'_>,
     notification: &Notification,
     send_by: Instant,
 ) -> Result<Attempt, Fault> {
-    let Some((_, provider)) = core.providers.get(reg.provider.as_str()) else {
+    let provider_id = target.provider();
+    let Some((_, provider)) = core.providers.get(provider_id.as_str()) else {
         // The operator removed this provider. Not the device's fault: keep the registration.
-        tracing::warn!("registration refers to a provider that is no longer configured");
+        tracing::warn!("the device's provider is no longer configured");
         return Err(Fault::Transient(format!(
-            "provider {} not configured",
-            reg.provider
+            "provider {provider_id} not configured"
         )));
     };
-    // A low-priority push takes the device's coalescing interval now, so that a concurrent one
-    // is held back; it gives the interval back unless the provider took it.
-    let coalesced_at = if notification.priority == Priority::Low {
-        let now = std::time::Instant::now();
-        if !core.coalescer.admit(reg.id, now) {
-            return Ok(Attempt::done(Outcome::Coalesced));
-        }
-        Some(now)
-    } else {
-        None
-    };
+    // A low-priority push to a registration takes its coalescing interval now, so that a
+    // concurrent one is held back; it gives the interval back unless the provider took it.
+    let coalescing = target
+        .registration()
+        .filter(|_| notification.priority == Priority::Low)
+        .map(|reg| (reg.id, std::time::Instant::now()));
+    if let Some((id, now)) = coalescing
+        && !core.coalescer.admit(id, now)
+    {
+        return Ok(Attempt::done(Outcome::Coalesced));
+    }
     let give_back = || {
-        if let Some(at) = coalesced_at {
-            core.coalescer.undo(reg.id, at);
+        if let Some((id, at)) = coalescing {
+            core.coalescer.undo(id, at);
         }
     };
-    let device = reg.device();
-    let provider_id = reg.provider.as_str();
+    let device = target.device();
     let host = provider.destination_host(&device);
     let started = Instant::now();
     let attempt = tokio::time::timeout_at(send_by, async {
-        let _pass = core.slots.enter(&reg.provider, host.as_deref()).await?;
+        let _pass = core.slots.enter(provider_id, host.as_deref()).await?;
         Ok::<_, super::slots::Full>(provider.send(&device, notification).await)
     })
     .await;
+    let provider_id = provider_id.as_str();
     let verdict = match attempt {
         Ok(Ok(verdict)) => verdict,
         Ok(Err(full)) => {
@@ -164,7 +168,7 @@ pub async fn attempt(
     if verdict != Verdict::Sent {
         give_back();
     }
-    apply(core, reg, verdict).await
+    apply(core, target, verdict).await
 }
 
 /// The notification as the registration's dialect promised it to the app. Tigase-dialect apps
@@ -199,55 +203,76 @@ fn p2_hash(jid: &str, device_id: &str) -> String {
     hex(&digest)
 }
 
-/// Acts on what the provider said: a dead token is removed at once (the reply tells the server
-/// so), the rest is noted behind the reply.
-async fn apply(core: &Core, reg: &Registration, verdict: Verdict) -> Result<Attempt, Fault> {
-    match verdict {
+/// Acts on what the provider said: a registration with a dead token is removed at once (the
+/// reply tells the server so; a named device's dead token is the front's to report), and for a
+/// registration the rest is noted behind the reply.
+async fn apply(core: &Core, target: Target<'_>, verdict: Verdict) -> Result<Attempt, Fault> {
+    let reg = target.registration();
+    Ok(match verdict {
         Verdict::Sent => {
             // Written behind the reply: the server waits for nothing it does not need.
-            core.delivery_log.success(reg.id);
-            Ok(Attempt::done(Outcome::Delivered))
-        }
-        Verdict::DeadToken { reason } => {
-            if !core.store.delete_if_token(reg).await? {
-                // Re-registered (new token) or removed while we delivered: nothing to delete,
-                // and the server must not drop a registration that may be fresh.
-                tracing::info!(%reason, "token is dead but the registration changed meanwhile: kept");
-                return Ok(Attempt {
-                    outcome: Outcome::Transient,
-                    retry_after: None,
-                    reason,
-                });
+            if let Some(reg) = reg {
+                core.delivery_log.success(reg.id);
             }
-            tracing::info!(%reason, "token is dead: registration removed");
-            METRICS
-                .dead_tokens_removed
-                .with_label_values(&[reg.provider.as_str()])
-                .inc();
-            Ok(Attempt::done(Outcome::DeadToken))
+            Attempt::done(Outcome::Delivered)
         }
+        Verdict::DeadToken { reason } => match reg {
+            Some(reg) => return dead_registration(core, reg, reason).await,
+            None => {
+                tracing::info!(%reason, "token is dead");
+                Attempt::done(Outcome::DeadToken)
+            }
+        },
         Verdict::Transient {
             retry_after,
             reason,
         } => {
             tracing::warn!(%reason, retry_after_secs = retry_after.map(|d| d.as_secs()), "delivery failed for now");
-            core.delivery_log.failure(reg.id, &reason);
-            Ok(Attempt {
+            if let Some(reg) = reg {
+                core.delivery_log.failure(reg.id, &reason);
+            }
+            Attempt {
                 outcome: Outcome::Transient,
                 retry_after,
                 reason,
-            })
+            }
         }
         Verdict::OurFault { reason } => {
             tracing::error!(%reason, "delivery failed through pushgate's own fault");
-            core.delivery_log.failure(reg.id, &reason);
-            Ok(Attempt {
+            if let Some(reg) = reg {
+                core.delivery_log.failure(reg.id, &reason);
+            }
+            Attempt {
                 outcome: Outcome::OurFault,
                 retry_after: None,
                 reason,
-            })
+            }
         }
+    })
+}
+
+/// Removes `reg`, whose token the provider called dead, unless it has a new token by now.
+async fn dead_registration(
+    core: &Core,
+    reg: &Registration,
+    reason: String,
+) -> Result<Attempt, Fault> {
+    if !core.store.delete_if_token(reg).await? {
+        // Re-registered (new token) or removed while we delivered: nothing to delete, and the
+        // server must not drop a registration that may be fresh.
+        tracing::info!(%reason, "token is dead but the registration changed meanwhile: kept");
+        return Ok(Attempt {
+            outcome: Outcome::Transient,
+            retry_after: None,
+            reason,
+        });
     }
+    tracing::info!(%reason, "token is dead: registration removed");
+    METRICS
+        .dead_tokens_removed
+        .with_label_values(&[reg.provider.as_str()])
+        .inc();
+    Ok(Attempt::done(Outcome::DeadToken))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod registry;
 pub mod retry;
 pub mod slots;
 pub mod stats;
+pub mod target;
 
 use std::time::Duration;
 

@@ -28,9 +28,10 @@ use tracing::Instrument;
 use super::Core;
 use super::backoff::retry_delay;
 use super::delivery::{self, Attempt, Outcome};
+use super::target::Target;
 use crate::config::RetryConfig;
 use crate::metrics::METRICS;
-use crate::storage::{Enqueued, NewQueued, Queued, Registration};
+use crate::storage::{Enqueued, NewQueued, Queued, QueuedFor};
 
 /// Rows claimed at most per query.
 const CLAIM_BATCH: usize = 64;
@@ -95,12 +96,12 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Queues `notification` (shaped for `reg`'s app) after the failed attempt `first`, if the
+/// Queues `notification` (shaped for the target's app) after the failed attempt `first`, if the
 /// store takes it by `deadline`: [`Outcome::Queued`], else [`Outcome::Transient`] (answered
 /// `wait`) with the reason counted.
 pub async fn enqueue(
     core: &Core,
-    reg: &Registration,
+    target: Target<'_>,
     notification: &Notification,
     first: &Attempt,
     deadline: Instant,
@@ -135,7 +136,10 @@ pub async fn enqueue(
         }
     };
     let new = NewQueued {
-        registration_id: reg.id,
+        target: match target {
+            Target::Registered(reg) => QueuedFor::Registration(reg.id),
+            Target::Named(device) => QueuedFor::Device(device.clone()),
+        },
         kind: notification.kind.label(),
         notification: serialized,
         replaces_same_kind: matches!(notification.kind, Kind::Background | Kind::Clear),
@@ -256,10 +260,14 @@ async fn count(core: &Core) {
 
 /// One attempt of a claimed row, and what it does to the row.
 async fn retry_one(core: Arc<Core>, row: Queued, _permit: OwnedSemaphorePermit) {
+    let registration = match &row.target {
+        QueuedFor::Registration(id) => Some(*id),
+        QueuedFor::Device(_) => None,
+    };
     let span = tracing::info_span!(
         "retry",
         queued = row.id,
-        registration = row.registration_id,
+        registration,
         attempt = row.attempts + 1
     );
     async {
@@ -275,15 +283,22 @@ async fn retry_one(core: Arc<Core>, row: Queued, _permit: OwnedSemaphorePermit) 
             expire(&core, &row, notification.kind).await;
             return;
         }
-        let reg = match core.store.find_by_id(row.registration_id).await {
-            Ok(Some(reg)) => reg,
-            // Unregistered meanwhile: the row goes with it (or just went).
-            Ok(None) => return finish(&core, row.id).await,
-            // The lease runs out and the row comes back.
-            Err(e) => return tracing::warn!("cannot read the registration: {e}"),
+        let reg;
+        let target = match &row.target {
+            QueuedFor::Registration(id) => {
+                reg = match core.store.find_by_id(*id).await {
+                    Ok(Some(reg)) => reg,
+                    // Unregistered meanwhile: the row goes with it (or just went).
+                    Ok(None) => return finish(&core, row.id).await,
+                    // The lease runs out and the row comes back.
+                    Err(e) => return tracing::warn!("cannot read the registration: {e}"),
+                };
+                Target::Registered(&reg)
+            }
+            QueuedFor::Device(device) => Target::Named(device),
         };
         let send_by = Instant::now() + core.retry.attempt_timeout;
-        let result = delivery::attempt(&core, &reg, &notification, send_by).await;
+        let result = delivery::attempt(&core, target, &notification, send_by).await;
         let (label, failure) = match result {
             Ok(a) => match a.outcome {
                 Outcome::Transient | Outcome::OurFault => {
@@ -295,7 +310,7 @@ async fn retry_one(core: Arc<Core>, row: Queued, _permit: OwnedSemaphorePermit) 
         };
         METRICS
             .retry_attempts
-            .with_label_values(&[reg.provider.as_str(), label])
+            .with_label_values(&[target.provider().as_str(), label])
             .inc();
         match failure {
             None => {
@@ -303,7 +318,7 @@ async fn retry_one(core: Arc<Core>, row: Queued, _permit: OwnedSemaphorePermit) 
                 finish(&core, row.id).await;
             }
             Some((retry_after, reason)) => {
-                reschedule(&core, &row, &reg, notification.kind, retry_after, &reason).await;
+                reschedule(&core, &row, target, notification.kind, retry_after, &reason).await;
             }
         }
     }
@@ -314,7 +329,7 @@ async fn retry_one(core: Arc<Core>, row: Queued, _permit: OwnedSemaphorePermit) 
 async fn reschedule(
     core: &Core,
     row: &Queued,
-    reg: &Registration,
+    target: Target<'_>,
     kind: Kind,
     retry_after: Option<Duration>,
     reason: &str,
@@ -325,7 +340,7 @@ async fn reschedule(
     if due_at >= row.expires_at_ms {
         return expire(core, row, kind).await;
     }
-    tracing::debug!(provider = %reg.provider, %reason, "retry failed; trying again later");
+    tracing::debug!(provider = %target.provider(), %reason, "retry failed; trying again later");
     if let Err(e) = core.store.requeue(row.id, due_at, failed, reason).await {
         tracing::warn!(
             "cannot reschedule a queued notification (retried when its lease ends): {e}"

@@ -33,7 +33,7 @@ mod write_behind;
 mod writer;
 
 pub use admin::RegistrationFilter;
-pub use queue::{Enqueued, NewQueued, QueueDepth, Queued};
+pub use queue::{Enqueued, NewQueued, QueueDepth, Queued, QueuedFor};
 pub use registration::{Admission, NewRegistration, Registered, Registration};
 pub use write_behind::DeliveryLog;
 
@@ -65,6 +65,9 @@ pub enum StoreError {
     /// A stored row no longer parses (edited by hand, or written by a newer pushgate).
     #[error("registration {id}: stored {field} is invalid")]
     Corrupt { id: i64, field: &'static str },
+    /// A row of the retry queue no longer parses.
+    #[error("queued notification {id}: stored {field} is invalid")]
+    CorruptQueued { id: i64, field: &'static str },
     /// A new device for an account that already holds `limit` registrations.
     #[error("the account already has {limit} registrations")]
     AccountFull { limit: u32 },

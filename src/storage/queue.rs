@@ -14,6 +14,7 @@
 //! Times are milliseconds since the Unix epoch; the SQL is written once with `?` placeholders
 //! and numbered for PostgreSQL.
 
+use pushgate_providers::{Device, DeviceToken, ProviderId, WebPushKeys};
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Statement, Value};
 
 use super::{Store, StoreError};
@@ -21,10 +22,53 @@ use super::{Store, StoreError};
 /// Longest stored `last_error`, in characters.
 const MAX_ERROR_CHARS: usize = 300;
 
+/// Whom a queued notification is for: a registration (its row says the rest, and it may change
+/// or go before the retry), or a device named in the request that pushgate does not keep.
+#[derive(Debug, Clone)]
+pub enum QueuedFor {
+    Registration(i64),
+    Device(Device),
+}
+
+impl QueuedFor {
+    /// The condition selecting this device's rows, and its values.
+    fn rows(&self) -> (&'static str, Vec<Value>) {
+        match self {
+            QueuedFor::Registration(id) => ("registration_id = ?", vec![(*id).into()]),
+            QueuedFor::Device(d) => (
+                "registration_id IS NULL AND provider = ? AND token = ?",
+                vec![d.provider.as_str().into(), d.token.as_str().into()],
+            ),
+        }
+    }
+
+    /// Values of the columns `registration_id, provider, token, second_token, webpush_p256dh,
+    /// webpush_auth`.
+    fn columns(&self) -> Vec<Value> {
+        let none = || Value::String(None);
+        match self {
+            QueuedFor::Registration(id) => {
+                vec![(*id).into(), none(), none(), none(), none(), none()]
+            }
+            QueuedFor::Device(d) => vec![
+                Value::BigInt(None),
+                d.provider.as_str().into(),
+                d.token.as_str().into(),
+                d.second_token
+                    .as_ref()
+                    .map(|t| t.as_str().to_owned())
+                    .into(),
+                d.webpush_keys.as_ref().map(|k| k.p256dh.clone()).into(),
+                d.webpush_keys.as_ref().map(|k| k.auth.clone()).into(),
+            ],
+        }
+    }
+}
+
 /// A notification on its way into the queue.
 #[derive(Debug)]
 pub struct NewQueued {
-    pub registration_id: i64,
+    pub target: QueuedFor,
     /// The notification's kind label (`alert`, `background`, `voip`, `clear`).
     pub kind: &'static str,
     /// The notification, serialised by the core.
@@ -51,7 +95,7 @@ pub enum Enqueued {
 #[derive(Debug, Clone)]
 pub struct Queued {
     pub id: i64,
-    pub registration_id: i64,
+    pub target: QueuedFor,
     pub notification: String,
     pub enqueued_at_ms: i64,
     pub expires_at_ms: i64,
@@ -86,17 +130,20 @@ impl Store {
         let error: String = new.error.chars().take(MAX_ERROR_CHARS).collect();
         let _turn = self.write_turn().await;
         let txn = super::begin_write(&self.db).await?;
+        let (rows, of_device) = new.target.rows();
         if new.replaces_same_kind {
+            let mut values = of_device.clone();
+            values.push(new.kind.into());
             txn.execute_raw(self.statement(
-                "DELETE FROM queued_notifications WHERE registration_id = ? AND kind = ?",
-                vec![new.registration_id.into(), new.kind.into()],
+                &format!("DELETE FROM queued_notifications WHERE {rows} AND kind = ?"),
+                values,
             ))
             .await?;
         }
         let queued = txn
             .query_one_raw(self.statement(
-                "SELECT COUNT(*) AS n FROM queued_notifications WHERE registration_id = ?",
-                vec![new.registration_id.into()],
+                &format!("SELECT COUNT(*) AS n FROM queued_notifications WHERE {rows}"),
+                of_device,
             ))
             .await?
             .map(|row| row.try_get::<i64>("", "n"))
@@ -106,19 +153,20 @@ impl Store {
             txn.rollback().await?;
             return Ok(Enqueued::DeviceFull);
         }
+        let mut values = new.target.columns();
+        values.extend([
+            new.kind.into(),
+            new.notification.into(),
+            new.now_ms.into(),
+            new.expires_at_ms.into(),
+            new.due_at_ms.into(),
+            error.into(),
+        ]);
         txn.execute_raw(self.statement(
-            "INSERT INTO queued_notifications \
-             (registration_id, kind, notification, enqueued_at, expires_at, due_at, attempts, last_error) \
-             VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
-            vec![
-                new.registration_id.into(),
-                new.kind.into(),
-                new.notification.into(),
-                new.now_ms.into(),
-                new.expires_at_ms.into(),
-                new.due_at_ms.into(),
-                error.into(),
-            ],
+            "INSERT INTO queued_notifications (registration_id, provider, token, second_token, \
+             webpush_p256dh, webpush_auth, kind, notification, enqueued_at, expires_at, due_at, \
+             attempts, last_error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            values,
         ))
         .await?;
         txn.commit().await?;
@@ -140,7 +188,8 @@ impl Store {
         let sql = format!(
             "UPDATE queued_notifications SET due_at = ? WHERE id IN \
              (SELECT id FROM queued_notifications WHERE due_at <= ? ORDER BY due_at LIMIT ?{lock}) \
-             RETURNING id, registration_id, notification, enqueued_at, expires_at, attempts"
+             RETURNING id, registration_id, provider, token, second_token, webpush_p256dh, \
+             webpush_auth, notification, enqueued_at, expires_at, attempts"
         );
         let rows = {
             let _turn = self.write_turn().await;
@@ -219,13 +268,35 @@ fn queued(row: &QueryResult) -> Result<Queued, StoreError> {
         Err(_) => row.try_get::<i64>("", "attempts")?,
     };
     let id = row.try_get::<i64>("", "id")?;
+    let target = match row.try_get::<Option<i64>>("", "registration_id")? {
+        Some(registration) => QueuedFor::Registration(registration),
+        None => {
+            let text = |column| row.try_get::<Option<String>>("", column);
+            let (Some(provider), Some(token)) = (text("provider")?, text("token")?) else {
+                return Err(StoreError::CorruptQueued {
+                    id,
+                    field: "queued device",
+                });
+            };
+            let webpush_keys = match (text("webpush_p256dh")?, text("webpush_auth")?) {
+                (Some(p256dh), Some(auth)) => Some(WebPushKeys { p256dh, auth }),
+                _ => None,
+            };
+            QueuedFor::Device(Device {
+                provider: ProviderId::new(provider),
+                token: DeviceToken::new(token),
+                second_token: text("second_token")?.map(DeviceToken::new),
+                webpush_keys,
+            })
+        }
+    };
     Ok(Queued {
         id,
-        registration_id: row.try_get("", "registration_id")?,
+        target,
         notification: row.try_get("", "notification")?,
         enqueued_at_ms: row.try_get("", "enqueued_at")?,
         expires_at_ms: row.try_get("", "expires_at")?,
-        attempts: u32::try_from(attempts).map_err(|_| StoreError::Corrupt {
+        attempts: u32::try_from(attempts).map_err(|_| StoreError::CorruptQueued {
             id,
             field: "attempts",
         })?,

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::Component;
 use crate::core::delivery::{self, Outcome};
 use crate::core::registry;
+use crate::core::target::Target;
 use crate::error::Fault;
 
 /// Handles one publish from `from`, to be answered by `deadline`: `Err` is a refusal, `Ok` what
@@ -47,7 +48,7 @@ pub async fn handle(
     .await?;
     let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
     let notification = req.notification(reg.account.as_str(), without_summary(c, from));
-    delivery::deliver(&c.core, &reg, notification, deadline)
+    delivery::deliver(&c.core, Target::Registered(&reg), notification, deadline)
         .instrument(span)
         .await
 }
