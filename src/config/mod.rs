@@ -25,8 +25,8 @@ mod sections;
 mod tests;
 
 pub use sections::{
-    AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, RegistrationConfig, RetryConfig,
-    StorageConfig, WhenReplaced,
+    AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, MatrixAppConfig, MatrixConfig,
+    PushkeyEncoding, RegistrationConfig, RetryConfig, StorageConfig, WhenReplaced,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +102,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    #[serde(default)]
+    pub matrix: MatrixConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -243,6 +245,7 @@ impl Config {
         self.limits.validate()?;
         self.registration.validate()?;
         self.retry.validate()?;
+        self.matrix.validate(&self.providers)?;
         for (id, section) in &self.providers {
             if id.is_empty()
                 || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES

@@ -489,3 +489,63 @@ impl RetryConfig {
         in_range("retry.concurrency", self.concurrency, 1..=10_000)
     }
 }
+
+/// `[matrix]`: the Matrix push gateway front (`fronts/matrix`), served on the HTTP listener.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// One section per Matrix `app_id` (exact, or a glob with `*`; an exact match wins).
+    #[serde(default)]
+    pub apps: std::collections::BTreeMap<String, MatrixAppConfig>,
+}
+
+/// One Matrix app: which provider delivers its pushers' notifications, and how.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixAppConfig {
+    /// A provider id of `[providers.*]`.
+    pub provider: String,
+    /// How the pusher's pushkey maps onto the provider's token: `base64` (decoded and written
+    /// as hex: what Matrix recommends for APNs tokens, and Sygnal's default) or `as-is`.
+    #[serde(default)]
+    pub pushkey: PushkeyEncoding,
+    /// Whether the unread count becomes the app's badge.
+    #[serde(default = "yes")]
+    pub send_badge_counts: bool,
+}
+
+/// How a Matrix pushkey is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PushkeyEncoding {
+    #[default]
+    AsIs,
+    Base64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl MatrixConfig {
+    pub(super) fn validate(
+        &self,
+        providers: &std::collections::BTreeMap<String, pushgate_providers::ProviderConfig>,
+    ) -> Result<(), ConfigError> {
+        for (app_id, app) in &self.apps {
+            if app_id.is_empty() || app_id.len() > 256 || app_id.chars().any(char::is_whitespace) {
+                return Err(ConfigError::invalid(
+                    format!("matrix.apps.{app_id}"),
+                    "an app id is non-empty, at most 256 bytes and without spaces",
+                ));
+            }
+            if !providers.contains_key(&app.provider) {
+                return Err(ConfigError::invalid(
+                    format!("matrix.apps.{app_id}.provider"),
+                    format!("no [providers.{}] section", app.provider),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

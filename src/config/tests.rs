@@ -343,3 +343,25 @@ fn when_replaced_is_standby_or_exit() {
     .unwrap_err();
     assert!(e.to_string().contains("component.when_replaced"), "{e}");
 }
+
+#[test]
+fn matrix_apps_name_configured_providers() {
+    let webpush = "[providers.up]\nkind = \"webpush\"\n";
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}{webpush}[matrix.apps.\"im.example.*\"]\nprovider = \"up\"\npushkey = \"base64\"\n"
+    ))
+    .unwrap();
+    let app = &c.matrix.apps["im.example.*"];
+    assert_eq!(app.pushkey, PushkeyEncoding::Base64);
+    assert!(app.send_badge_counts);
+    let e = Config::from_toml_str(&format!(
+        "{MINIMAL}{webpush}[matrix.apps.\"im.example.ios\"]\nprovider = \"apns\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("matrix.apps.im.example.ios.provider"), "{e}");
+    let e = Config::from_toml_str(&format!(
+        "{MINIMAL}{webpush}[matrix.apps.\"x\"]\nprovider = \"up\"\npushkey = \"hex\"\n"
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("pushkey"), "{e}");
+}

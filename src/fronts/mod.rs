@@ -3,9 +3,12 @@
 //!
 //! - `xmpp`: the XEP-0114 component (registration by XEP-0050 commands, XEP-0357 publishes,
 //!   admin commands).
-//! - `http`: the HTTP listener (health, metrics, and the Tigase-style REST unregister).
+//! - `http`: the HTTP listener (health, metrics, the Tigase-style REST unregister, and the
+//!   routes of the fronts that speak HTTP).
+//! - `matrix`: the Matrix push gateway API (`/_matrix/push/v1/notify`), served by `http`.
 //!
 //! A new front is a new folder here plus its start in `main.rs` (or its routes in `http`).
 
 pub mod http;
+pub mod matrix;
 pub mod xmpp;

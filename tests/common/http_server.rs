@@ -32,12 +32,11 @@ impl HttpServer {
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
         let limits = ServeLimits::new(&http, shutdown_timeout);
-        let router = http_router(HttpState::new(
-            gw.gw.core.clone(),
-            gw.gw.jid.clone(),
-            http,
-            connected_rx,
-        ));
+        let matrix_apps = pushgate::fronts::matrix::Apps::from_config(&gw.config.matrix);
+        let router = http_router(
+            HttpState::new(gw.gw.core.clone(), gw.gw.jid.clone(), http, connected_rx)
+                .with_matrix(matrix_apps),
+        );
         let task = tokio::spawn(serve_on(listener, router, limits, shutdown_rx));
         HttpServer {
             base: format!("http://{addr}"),

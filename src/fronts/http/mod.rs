@@ -6,6 +6,10 @@
 //! | `GET /healthz` | 200 while the process serves |
 //! | `GET /readyz` | 200 while the component stream is up and the database answers, else 503 |
 //! | `GET /metrics` | Prometheus text format |
+//! | `POST /_matrix/push/v1/notify` | the Matrix push gateway front (`fronts/matrix`), body ≤ 512 KiB |
+//! | `GET /_matrix/push/v1/notify` | `{"unifiedpush":{"gateway":"matrix"}}` (UnifiedPush discovery) |
+//!
+//! Under `/_matrix` unknown paths and methods are answered as Matrix does (`M_UNRECOGNIZED`).
 //!
 //! Every answer is JSON except `/metrics`; unknown routes get 404, a wrong method 405. Each
 //! request runs in a `http` tracing span (method, route template, status) and is counted in
@@ -19,6 +23,7 @@
 mod conns;
 mod health;
 pub mod limit;
+mod matrix;
 pub mod server;
 pub(crate) mod unregister;
 
@@ -68,6 +73,8 @@ pub struct HttpState {
     pub config: Arc<HttpConfig>,
     /// Whether the component stream is up (readiness).
     pub connected: watch::Receiver<bool>,
+    /// The Matrix apps (`[matrix.apps]`).
+    pub matrix_apps: Arc<crate::fronts::matrix::Apps>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -84,8 +91,15 @@ impl HttpState {
             component_jid,
             config: Arc::new(config),
             connected,
+            matrix_apps: Arc::default(),
             limiter,
         }
+    }
+
+    /// Serves the Matrix push gateway for `apps`.
+    pub fn with_matrix(mut self, apps: crate::fronts::matrix::Apps) -> Self {
+        self.matrix_apps = Arc::new(apps);
+        self
     }
 }
 
@@ -106,6 +120,16 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route(
+            matrix::NOTIFY_ROUTE,
+            post(matrix::notify)
+                .get(matrix::discovery)
+                .fallback(matrix::method_not_allowed),
+        )
+        .route(
+            matrix::UNRECOGNIZED_ROUTE,
+            axum::routing::any(matrix::unrecognized),
+        )
         .merge(unregister)
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn(observe))
@@ -119,6 +143,7 @@ pub async fn serve(
     core: Arc<Core>,
     component_jid: BareJid,
     config: HttpConfig,
+    matrix_apps: crate::fronts::matrix::Apps,
     shutdown_timeout: std::time::Duration,
     connected: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -136,7 +161,8 @@ pub async fn serve(
         "HTTP server listening on {addr}"
     );
     let limits = ServeLimits::new(&config, shutdown_timeout);
-    let router = router(HttpState::new(core, component_jid, config, connected));
+    let router =
+        router(HttpState::new(core, component_jid, config, connected).with_matrix(matrix_apps));
     serve_on(listener, router, limits, shutdown).await;
     Ok(())
 }
@@ -155,7 +181,9 @@ async fn observe(req: Request, next: Next) -> Response {
         status = tracing::field::Empty
     );
     let mut response = next.run(req).instrument(span.clone()).await;
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
         // axum answers 405 with an empty body (and an Allow header, which we keep).
         let allow = response.headers().get(header::ALLOW).cloned();
         response = failure(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");

@@ -1,0 +1,253 @@
+//! `POST /_matrix/push/v1/notify` as the Matrix push gateway API defines it: the request parsed
+//! into types (only `notification.devices` is required; every other member is optional and of a
+//! fixed type), and the notification the core delivers.
+//!
+//! What each field means for the push (spec, and Sygnal's behaviour where the spec is silent):
+//! `type` `m.call.invite` is a call; no `event_id` means a badge-only update (counts, no
+//! event): a wake-up, or "clear" when nothing is unread; `prio: low` is a low-priority push;
+//! the sender's display name (else its user id), the message body and the room name are the
+//! content an app may show.
+
+use pushgate_providers::{Content, Kind, Notification, Priority};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Longest accepted body (Sygnal's limit): Synapse sends one device a request, a few KiB.
+pub const MAX_BODY_BYTES: usize = 512 * 1024;
+/// Most devices in one request (Synapse sends one).
+pub const MAX_DEVICES: usize = 64;
+/// Longest string taken from the event into a push; longer ones are cut (providers cut further
+/// to fit their payload limits).
+const MAX_FIELD_CHARS: usize = 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct Request {
+    pub notification: Body,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Body {
+    pub event_id: Option<String>,
+    pub room_id: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub sender: Option<String>,
+    pub sender_display_name: Option<String>,
+    pub room_name: Option<String>,
+    pub room_alias: Option<String>,
+    pub user_is_target: Option<bool>,
+    pub prio: Option<Prio>,
+    pub content: Option<serde_json::Map<String, Value>>,
+    pub counts: Option<Counts>,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Prio {
+    High,
+    Low,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+pub struct Counts {
+    pub unread: Option<u32>,
+    pub missed_calls: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Device {
+    pub app_id: String,
+    pub pushkey: String,
+    pub pushkey_ts: Option<u64>,
+    pub data: Option<serde_json::Map<String, Value>>,
+    pub tweaks: Option<serde_json::Map<String, Value>>,
+}
+
+/// Why a body is refused, as the Matrix error code and a reason that quotes nothing of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed {
+    pub errcode: &'static str,
+    pub error: String,
+}
+
+/// Parses a request body.
+pub fn parse(body: &[u8]) -> Result<Request, Malformed> {
+    let value: Value = serde_json::from_slice(body).map_err(|_| Malformed {
+        errcode: "M_NOT_JSON",
+        error: "the body is not JSON".into(),
+    })?;
+    let Some(notification) = value.get("notification") else {
+        return Err(Malformed {
+            errcode: "M_MISSING_PARAM",
+            error: "'notification' is missing".into(),
+        });
+    };
+    if notification.get("devices").is_none() {
+        return Err(Malformed {
+            errcode: "M_MISSING_PARAM",
+            error: "'notification.devices' is missing".into(),
+        });
+    }
+    // serde's own message would quote the offending value.
+    let request: Request = serde_json::from_value(value).map_err(|_| Malformed {
+        errcode: "M_BAD_JSON",
+        error: "a member of 'notification' has the wrong type or value".into(),
+    })?;
+    if request.notification.devices.len() > MAX_DEVICES {
+        return Err(Malformed {
+            errcode: "M_BAD_JSON",
+            error: format!("more than {MAX_DEVICES} devices"),
+        });
+    }
+    Ok(request)
+}
+
+impl Body {
+    /// The notification for its devices; `None` when there is nothing to push (neither an event
+    /// nor counts).
+    pub fn notification(&self) -> Option<Notification> {
+        let kind = match (&self.event_id, self.counts) {
+            (Some(_), _) if self.kind.as_deref() == Some("m.call.invite") => Kind::Voip,
+            (Some(_), _) => Kind::Alert,
+            (None, Some(counts)) if counts.unread.unwrap_or(0) == 0 => Kind::Clear,
+            (None, Some(_)) => Kind::Background,
+            (None, None) => return None,
+        };
+        let priority = match self.prio {
+            Some(Prio::Low) => Priority::Low,
+            Some(Prio::High) | None => Priority::High,
+        };
+        let cut = |s: &String| s.chars().take(MAX_FIELD_CHARS).collect::<String>();
+        let body = self
+            .content
+            .as_ref()
+            .and_then(|c| c.get("body"))
+            .and_then(Value::as_str)
+            .map(|b| cut(&b.to_owned()));
+        Some(Notification {
+            kind,
+            priority,
+            content: Content {
+                account: None,
+                sender: self
+                    .sender_display_name
+                    .as_ref()
+                    .or(self.sender.as_ref())
+                    .map(cut),
+                body,
+                message_count: self.counts.and_then(|c| c.unread),
+                nickname: None,
+                channel: self.room_name.as_ref().map(cut),
+            },
+            encrypted: None,
+            // One room's notifications replace each other where the provider can do that.
+            collapse_key: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The spec's example request (push_notifier.yaml).
+    const SPEC_EXAMPLE: &str = r##"{
+      "notification": {
+        "event_id": "$3957tyerfgewrf384",
+        "room_id": "!slw48wfj34rtnrf:example.org",
+        "type": "m.room.message",
+        "sender": "@exampleuser:matrix.org",
+        "sender_display_name": "Major Tom",
+        "room_name": "Mission Control",
+        "room_alias": "#exampleroom:matrix.org",
+        "prio": "high",
+        "content": {"msgtype": "m.text", "body": "I'm floating in a most peculiar way."},
+        "counts": {"unread": 2, "missed_calls": 1},
+        "devices": [{
+          "app_id": "org.matrix.matrixConsole.ios",
+          "pushkey": "V2h5IG9uIGVhcnRoIGRpZCB5b3UgZGVjb2RlIHRoaXM/",
+          "pushkey_ts": 12345678,
+          "data": {},
+          "tweaks": {"sound": "bing"}
+        }]
+      }
+    }"##;
+
+    #[test]
+    fn the_spec_example_is_a_high_priority_alert() {
+        let r = parse(SPEC_EXAMPLE.as_bytes()).unwrap();
+        let n = r.notification.notification().unwrap();
+        assert_eq!(n.kind, Kind::Alert);
+        assert_eq!(n.priority, Priority::High);
+        assert_eq!(n.content.sender.as_deref(), Some("Major Tom"));
+        assert_eq!(
+            n.content.body.as_deref(),
+            Some("I'm floating in a most peculiar way.")
+        );
+        assert_eq!(n.content.channel.as_deref(), Some("Mission Control"));
+        assert_eq!(n.content.message_count, Some(2));
+        assert_eq!(r.notification.devices.len(), 1);
+    }
+
+    #[test]
+    fn only_devices_is_required() {
+        let r = parse(br#"{"notification":{"devices":[{"app_id":"a","pushkey":"k"}]}}"#).unwrap();
+        assert!(
+            r.notification.notification().is_none(),
+            "no event, no counts: nothing to push"
+        );
+    }
+
+    #[test]
+    fn counts_without_an_event_update_the_badge() {
+        let badge = |unread| {
+            let body =
+                format!(r#"{{"notification":{{"counts":{{"unread":{unread}}},"devices":[]}}}}"#);
+            parse(body.as_bytes())
+                .unwrap()
+                .notification
+                .notification()
+                .unwrap()
+                .kind
+        };
+        assert_eq!(badge(0), Kind::Clear);
+        assert_eq!(badge(3), Kind::Background);
+    }
+
+    #[test]
+    fn a_call_invite_is_a_call_and_low_prio_is_low() {
+        let r = parse(
+            br#"{"notification":{"event_id":"$e","type":"m.call.invite","prio":"low","devices":[]}}"#,
+        )
+        .unwrap();
+        let n = r.notification.notification().unwrap();
+        assert_eq!((n.kind, n.priority), (Kind::Voip, Priority::Low));
+    }
+
+    #[test]
+    fn malformed_bodies_get_matrix_error_codes() {
+        let code = |body: &[u8]| parse(body).unwrap_err().errcode;
+        assert_eq!(code(b"not json"), "M_NOT_JSON");
+        assert_eq!(code(b"{}"), "M_MISSING_PARAM");
+        assert_eq!(code(br#"{"notification":{}}"#), "M_MISSING_PARAM");
+        assert_eq!(code(br#"{"notification":{"devices":{}}}"#), "M_BAD_JSON");
+        assert_eq!(
+            code(br#"{"notification":{"devices":[{"app_id":1,"pushkey":"k"}]}}"#),
+            "M_BAD_JSON"
+        );
+        assert_eq!(
+            code(br#"{"notification":{"prio":"urgent","devices":[]}}"#),
+            "M_BAD_JSON"
+        );
+        assert_eq!(
+            code(br#"{"notification":{"counts":{"unread":-1},"devices":[]}}"#),
+            "M_BAD_JSON"
+        );
+        let many = format!(
+            r#"{{"notification":{{"devices":[{}]}}}}"#,
+            vec![r#"{"app_id":"a","pushkey":"k"}"#; MAX_DEVICES + 1].join(",")
+        );
+        assert_eq!(code(many.as_bytes()), "M_BAD_JSON");
+    }
+}

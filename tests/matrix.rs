@@ -1,0 +1,226 @@
+//! The Matrix push gateway front over real HTTP: `POST /_matrix/push/v1/notify` as a homeserver
+//! sends it, through pushgate's HTTP listener, the core and the WebPush provider to local push
+//! services whose answers the test sets (a UnifiedPush-style app: the pushkey is the endpoint
+//! URL). Sygnal's black-box cases (../shared/reference/other-fronts.md §1.4) in pushgate's terms.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{HttpServer, PushEndpoint, TestGateway};
+use pushgate::config::HttpConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const NOTIFY: &str = "/_matrix/push/v1/notify";
+const APP: &str = "org.example.unifiedpush";
+
+fn config(extra: &str) -> String {
+    format!(
+        "{}[providers.webpush]\nkind = \"webpush\"\nallow_http = true\n\
+         allow_private_addresses = true\n\
+         [matrix.apps.\"{APP}\"]\nprovider = \"webpush\"\n\
+         [matrix.apps.\"org.example.*\"]\nprovider = \"webpush\"\n\
+         [matrix.apps.\"org.*\"]\nprovider = \"webpush\"\n{extra}",
+        common::COMPONENT
+    )
+}
+
+async fn server(extra: &str) -> HttpServer {
+    HttpServer::start(
+        TestGateway::sqlite(&config(extra)).await,
+        HttpConfig::default(),
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+fn device(app_id: &str, pushkey: &str) -> Value {
+    json!({"app_id": app_id, "pushkey": pushkey, "pushkey_ts": 1_700_000_000, "data": {}})
+}
+
+/// A message notification for `devices`, as Synapse sends it.
+fn message(devices: Vec<Value>) -> Value {
+    json!({"notification": {
+        "event_id": "$event", "room_id": "!room:example.org", "type": "m.room.message",
+        "sender": "@bob:example.org", "sender_display_name": "Bob",
+        "room_name": "Lunch", "prio": "high",
+        "content": {"msgtype": "m.text", "body": "noon?"},
+        "counts": {"unread": 2},
+        "devices": devices,
+    }})
+}
+
+async fn notify(s: &HttpServer, body: &Value) -> (StatusCode, Value) {
+    s.post(NOTIFY, body.to_string()).await
+}
+
+#[tokio::test]
+async fn a_message_is_pushed_and_nothing_rejected() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    let (status, answer) = notify(&s, &message(vec![device(APP, &endpoint.url("d1"))])).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"rejected": []})));
+    assert_eq!(endpoint.accepted_for("d1"), 1);
+}
+
+#[tokio::test]
+async fn a_dead_token_is_rejected_and_only_that_one() {
+    let s = server("").await;
+    let alive = PushEndpoint::start().await;
+    let dead = PushEndpoint::start().await;
+    dead.answer_with(410);
+    let gone = dead.url("gone");
+    let (status, answer) = notify(
+        &s,
+        &message(vec![device(APP, &alive.url("d1")), device(APP, &gone)]),
+    )
+    .await;
+    assert_eq!(
+        (status, answer),
+        (StatusCode::OK, json!({"rejected": [gone]}))
+    );
+    assert_eq!(alive.accepted_for("d1"), 1);
+}
+
+#[tokio::test]
+async fn an_app_id_no_app_or_two_globs_match_is_rejected() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    let unknown = endpoint.url("unknown");
+    let ambiguous = endpoint.url("ambiguous");
+    let globbed = endpoint.url("globbed");
+    let (status, answer) = notify(
+        &s,
+        &message(vec![
+            device("com.nobody", &unknown),
+            // "org.example.*" and "org.*" both match.
+            device("org.example.other", &ambiguous),
+            // Only "org.*" matches.
+            device("org.other", &globbed),
+        ]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer, json!({"rejected": [unknown, ambiguous]}));
+    assert_eq!(endpoint.received(), 1);
+    assert_eq!(endpoint.accepted_for("globbed"), 1);
+}
+
+/// Synapse holds every later push for a pusher behind a failed one, retrying it for up to an
+/// hour: a failure the retry queue took is answered 200, and the queue delivers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_trouble_is_queued_answered_200_and_delivered_later() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    endpoint.answer_with(503);
+    let (status, answer) = notify(&s, &message(vec![device(APP, &endpoint.url("d1"))])).await;
+    assert_eq!((status, answer), (StatusCode::OK, json!({"rejected": []})));
+    let store = &s.gw.core.store;
+    assert_eq!(store.queue_depth().await.unwrap().rows, 1);
+
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    pushgate::core::retry::spawn(s.gw.core.clone(), stop);
+    endpoint.answer_with(201);
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    while endpoint.accepted_for("d1") == 0 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not retried within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Never 200 with a silent drop: what could be neither delivered nor queued is a 502, which
+/// the homeserver retries.
+#[tokio::test]
+async fn provider_trouble_that_cannot_be_queued_is_a_502() {
+    let s = server("[retry]\nmax_queued = 0\n").await;
+    let endpoint = PushEndpoint::start().await;
+    endpoint.answer_with(503);
+    let (status, answer) = notify(&s, &message(vec![device(APP, &endpoint.url("d1"))])).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer["errcode"], "M_UNKNOWN");
+}
+
+#[tokio::test]
+async fn counts_alone_update_the_badge_and_an_empty_notification_pushes_nothing() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    let key = endpoint.url("d1");
+    let badge = json!({"notification": {"counts": {"unread": 0}, "devices": [device(APP, &key)]}});
+    assert_eq!(
+        notify(&s, &badge).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    assert_eq!(endpoint.accepted_for("d1"), 1);
+    let nothing = json!({"notification": {"devices": [device(APP, &key)]}});
+    assert_eq!(
+        notify(&s, &nothing).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    assert_eq!(
+        endpoint.received(),
+        1,
+        "no push for neither an event nor counts"
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_with_a_matrix_errcode() {
+    let s = server("").await;
+    for (body, errcode) in [
+        ("not json".to_owned(), "M_NOT_JSON"),
+        ("{}".to_owned(), "M_MISSING_PARAM"),
+        (r#"{"notification":{}}"#.to_owned(), "M_MISSING_PARAM"),
+        (
+            r#"{"notification":{"devices":"x"}}"#.to_owned(),
+            "M_BAD_JSON",
+        ),
+        (
+            r#"{"notification":{"devices":[{"app_id":"a"}]}}"#.to_owned(),
+            "M_BAD_JSON",
+        ),
+    ] {
+        let (status, answer) = s.post(NOTIFY, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(answer["errcode"], errcode, "{body}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    let huge = format!(
+        r#"{{"notification":{{"devices":[],"pad":"{}"}}}}"#,
+        "x".repeat(600 * 1024)
+    );
+    let (status, answer) = s.post(NOTIFY, huge).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(answer["errcode"], "M_TOO_LARGE");
+}
+
+#[tokio::test]
+async fn discovery_and_unknown_paths_answer_as_matrix_does() {
+    let s = server("").await;
+    let r = s.get(NOTIFY).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"unifiedpush": {"gateway": "matrix"}})
+    );
+    let r = s.get("/_matrix/push/v2/other").await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errcode"],
+        "M_UNRECOGNIZED"
+    );
+    let r = s
+        .client
+        .put(format!("{}{NOTIFY}", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["errcode"],
+        "M_UNRECOGNIZED"
+    );
+}
