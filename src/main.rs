@@ -178,7 +178,7 @@ async fn run(path: PathBuf) -> ExitCode {
     // The HTTP server (if configured) fails fast: a port that cannot be bound stops pushgate.
     let http = tokio::spawn({
         let (core, http_cfg, stop) = (core.clone(), config.http.clone(), stop_rx.clone());
-        let matrix_apps = pushgate::fronts::matrix::Apps::from_config(&config.matrix);
+        let matrix = pushgate::fronts::matrix::Matrix::new(&config.matrix);
         let component_jid = component.jid.clone();
         let stop_all = stop_tx_http;
         async move {
@@ -186,7 +186,7 @@ async fn run(path: PathBuf) -> ExitCode {
                 core,
                 component_jid,
                 http_cfg,
-                matrix_apps,
+                matrix,
                 shutdown_timeout,
                 connected_rx,
                 stop,

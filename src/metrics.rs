@@ -65,6 +65,11 @@ pub struct Metrics {
     pub retry_attempts: IntCounterVec,
     /// Queued notifications given up because their time to live ran out, by kind.
     pub retry_expired: IntCounterVec,
+    /// Devices of Matrix notify requests, by verdict (`pushed`, `duplicate`, `dead_token`,
+    /// `unknown_app`, `bad_pushkey`, `failed`).
+    pub matrix_devices: IntCounterVec,
+    /// How long Matrix notify requests took to answer, by status code.
+    pub matrix_notify_seconds: HistogramVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -120,6 +125,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "pushgate_http_connections",
         "Open HTTP connections (at most http.max_connections).",
     );
+    let matrix_notify_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "pushgate_matrix_notify_seconds",
+            "How long Matrix notify requests took to answer, by status code.",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
+        &["status"],
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_matrix_notify_seconds: {e}"));
     let retry_queue_depth = gauge(
         "pushgate_retry_queue_depth",
         "Notifications in the retry queue, over every instance.",
@@ -246,6 +262,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_retry_expired_total",
             "Queued notifications given up because their time to live ran out, by kind.",
             &["kind"],
+        ),
+        matrix_devices: counter_vec(
+            &r,
+            "pushgate_matrix_devices_total",
+            "Devices of Matrix notify requests, by verdict.",
+            &["verdict"],
+        ),
+        matrix_notify_seconds: register(
+            &r,
+            "pushgate_matrix_notify_seconds",
+            matrix_notify_seconds,
         ),
         registry: r,
     }

@@ -358,7 +358,11 @@ fn matrix_apps_name_configured_providers() {
         "{MINIMAL}{webpush}[matrix.apps.\"im.example.ios\"]\nprovider = \"apns\"\n"
     ))
     .unwrap_err();
-    assert!(e.to_string().contains("matrix.apps.im.example.ios.provider"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("matrix.apps.im.example.ios.provider"),
+        "{e}"
+    );
     let e = Config::from_toml_str(&format!(
         "{MINIMAL}{webpush}[matrix.apps.\"x\"]\nprovider = \"up\"\npushkey = \"hex\"\n"
     ))

@@ -219,7 +219,10 @@ async fn apply(core: &Core, target: Target<'_>, verdict: Verdict) -> Result<Atte
         Verdict::DeadToken { reason } => match reg {
             Some(reg) => return dead_registration(core, reg, reason).await,
             None => {
-                tracing::info!(%reason, "token is dead");
+                tracing::info!(%reason, "token is dead: remembered for the front to report");
+                let device = target.device();
+                core.dead_tokens
+                    .remember(&[device.provider.as_str(), device.token.as_str()]);
                 Attempt::done(Outcome::DeadToken)
             }
         },

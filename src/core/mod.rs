@@ -21,6 +21,7 @@ pub mod limits;
 pub mod policy;
 pub mod providers;
 pub mod rate_limit;
+pub mod recent;
 pub mod registry;
 pub mod retry;
 pub mod slots;
@@ -33,6 +34,10 @@ pub use providers::Providers;
 
 use crate::config::{Config, ConfigError};
 use crate::storage::{DeliveryLog, Store};
+
+/// How many dead tokens of named devices are remembered, and for how long.
+const DEAD_TOKENS_KEPT: usize = 100_000;
+const DEAD_TOKENS_FOR: Duration = Duration::from_secs(24 * 3600);
 
 pub struct Core {
     /// Who may register, and how many new devices (`[registration]` limits).
@@ -48,6 +53,9 @@ pub struct Core {
     pub providers: Providers,
     /// Failed deliveries kept for later attempts (`[retry]`).
     pub retry: retry::RetryQueue,
+    /// Named devices (not registrations) whose provider called their token dead, by provider
+    /// and token: the front reports them the next time they are named.
+    pub dead_tokens: recent::Recent,
     /// Days before an APNs certificate expires that it counts as expiring.
     pub cert_expiry_warning_days: u32,
     pub cert_check_interval: Duration,
@@ -74,6 +82,7 @@ impl Core {
             delivery_log: DeliveryLog::default(),
             providers: Providers::from_config(config)?,
             retry: retry::RetryQueue::from_config(&config.retry),
+            dead_tokens: recent::Recent::new(DEAD_TOKENS_KEPT, DEAD_TOKENS_FOR),
             cert_expiry_warning_days: config.admin.cert_expiry_warning_days,
             cert_check_interval: Duration::from_secs(config.admin.cert_check_interval_secs),
         })

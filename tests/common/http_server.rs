@@ -32,10 +32,10 @@ impl HttpServer {
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound address");
         let limits = ServeLimits::new(&http, shutdown_timeout);
-        let matrix_apps = pushgate::fronts::matrix::Apps::from_config(&gw.config.matrix);
+        let matrix = pushgate::fronts::matrix::Matrix::new(&gw.config.matrix);
         let router = http_router(
             HttpState::new(gw.gw.core.clone(), gw.gw.jid.clone(), http, connected_rx)
-                .with_matrix(matrix_apps),
+                .with_matrix(matrix),
         );
         let task = tokio::spawn(serve_on(listener, router, limits, shutdown_rx));
         HttpServer {

@@ -44,7 +44,7 @@ pub async fn notify(State(state): State<HttpState>, body: RawBody) -> Response {
             ));
         }
     };
-    respond(matrix::notify(&state.core, &state.matrix_apps, &bytes, deadline).await)
+    respond(state.matrix.notify(&state.core, &bytes, deadline).await)
 }
 
 pub async fn discovery() -> Response {

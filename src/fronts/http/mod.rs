@@ -73,8 +73,8 @@ pub struct HttpState {
     pub config: Arc<HttpConfig>,
     /// Whether the component stream is up (readiness).
     pub connected: watch::Receiver<bool>,
-    /// The Matrix apps (`[matrix.apps]`).
-    pub matrix_apps: Arc<crate::fronts::matrix::Apps>,
+    /// The Matrix front (`[matrix]`).
+    pub matrix: Arc<crate::fronts::matrix::Matrix>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -91,14 +91,14 @@ impl HttpState {
             component_jid,
             config: Arc::new(config),
             connected,
-            matrix_apps: Arc::default(),
+            matrix: Arc::default(),
             limiter,
         }
     }
 
-    /// Serves the Matrix push gateway for `apps`.
-    pub fn with_matrix(mut self, apps: crate::fronts::matrix::Apps) -> Self {
-        self.matrix_apps = Arc::new(apps);
+    /// Serves the Matrix push gateway with `matrix`'s apps.
+    pub fn with_matrix(mut self, matrix: crate::fronts::matrix::Matrix) -> Self {
+        self.matrix = Arc::new(matrix);
         self
     }
 }
@@ -143,7 +143,7 @@ pub async fn serve(
     core: Arc<Core>,
     component_jid: BareJid,
     config: HttpConfig,
-    matrix_apps: crate::fronts::matrix::Apps,
+    matrix: crate::fronts::matrix::Matrix,
     shutdown_timeout: std::time::Duration,
     connected: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -161,8 +161,7 @@ pub async fn serve(
         "HTTP server listening on {addr}"
     );
     let limits = ServeLimits::new(&config, shutdown_timeout);
-    let router =
-        router(HttpState::new(core, component_jid, config, connected).with_matrix(matrix_apps));
+    let router = router(HttpState::new(core, component_jid, config, connected).with_matrix(matrix));
     serve_on(listener, router, limits, shutdown).await;
     Ok(())
 }

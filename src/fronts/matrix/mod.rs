@@ -7,8 +7,10 @@
 //! core, with the same slots, retry queue and verdicts as an XMPP publish.
 //!
 //! The answer (spec, and what Synapse does with it, ../shared/reference/other-fronts.md §4):
-//! - 200 `{"rejected": [...]}`: the pushkeys Synapse must delete (a dead token, an app id no
-//!   configured app matches, a pushkey that cannot be a token of the app's provider). A device
+//! - 200 `{"rejected": [...]}`: the pushkeys Synapse must delete (a dead token, now or found by
+//!   a retry within the last day, an app id no configured app matches, a pushkey that cannot be
+//!   a token of the app's provider). An event already pushed to a pushkey in the last two
+//!   minutes is not pushed again (a homeserver that missed our answer sends it again). A device
 //!   whose delivery failed for now but is in the retry queue counts as accepted: Synapse holds
 //!   every later push for a pusher behind a failing one and retries it for up to an hour, so
 //!   pushgate answers 200 and owns the retry.
@@ -23,18 +25,25 @@ pub mod notify;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate_providers::Device;
+use pushgate_providers::{Device, Notification};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use crate::config::MatrixConfig;
 use crate::core::Core;
 use crate::core::delivery::{self, Outcome};
+use crate::core::recent::Recent;
 use crate::core::target::Target;
+use crate::metrics::METRICS;
 pub use apps::Apps;
 
 /// A homeserver waits 60 s for an answer; ours comes within this.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+/// A homeserver that did not see our answer sends the same event again: within this long, an
+/// event already pushed to a pushkey is not pushed again.
+const DUPLICATES_WITHIN: Duration = Duration::from_secs(120);
+const PUSHED_KEPT: usize = 100_000;
 
 /// An answer: HTTP status and JSON body.
 pub type Answer = (u16, Value);
@@ -54,30 +63,102 @@ pub fn unrecognized(status: u16) -> Answer {
     error(status, "M_UNRECOGNIZED", "Unrecognized request")
 }
 
-/// Handles one notify request body, to be answered by `deadline`.
-pub async fn notify(core: &Arc<Core>, apps: &Apps, body: &[u8], deadline: Instant) -> Answer {
-    let request = match notify::parse(body) {
-        Ok(r) => r,
-        Err(bad) => return error(400, bad.errcode, &bad.error),
-    };
-    let body = request.notification;
-    let Some(notification) = body.notification() else {
-        // Neither an event nor counts: nothing to tell any device.
-        return (200, json!({ "rejected": [] }));
-    };
-    let mut rejected = Vec::new();
-    let mut undelivered = 0;
-    for device in &body.devices {
-        let Some(app) = apps.find(&device.app_id) else {
+/// The front's state: the configured apps, and which events went to which pushkeys lately.
+pub struct Matrix {
+    apps: Apps,
+    pushed: Recent,
+}
+
+impl Default for Matrix {
+    fn default() -> Self {
+        Matrix::new(&MatrixConfig::default())
+    }
+}
+
+impl Matrix {
+    pub fn new(config: &MatrixConfig) -> Self {
+        Matrix {
+            apps: Apps::from_config(config),
+            pushed: Recent::new(PUSHED_KEPT, DUPLICATES_WITHIN),
+        }
+    }
+
+    /// Handles one notify request body, to be answered by `deadline`.
+    pub async fn notify(&self, core: &Arc<Core>, body: &[u8], deadline: Instant) -> Answer {
+        let started = Instant::now();
+        let answer = self.answer(core, body, deadline).await;
+        METRICS
+            .matrix_notify_seconds
+            .with_label_values(&[&answer.0.to_string()])
+            .observe(started.elapsed().as_secs_f64());
+        answer
+    }
+
+    async fn answer(&self, core: &Arc<Core>, body: &[u8], deadline: Instant) -> Answer {
+        let request = match notify::parse(body) {
+            Ok(r) => r,
+            Err(bad) => return error(400, bad.errcode, &bad.error),
+        };
+        let body = request.notification;
+        let Some(notification) = body.notification() else {
+            // Neither an event nor counts: nothing to tell any device.
+            return (200, json!({ "rejected": [] }));
+        };
+        let mut rejected = Vec::new();
+        let mut undelivered = 0;
+        for device in &body.devices {
+            let verdict = self
+                .push(core, device, &body, &notification, deadline)
+                .await;
+            METRICS
+                .matrix_devices
+                .with_label_values(&[verdict.label()])
+                .inc();
+            match verdict {
+                Verdict::Pushed | Verdict::Duplicate => {}
+                Verdict::Rejected(_) => rejected.push(device.pushkey.clone()),
+                Verdict::Failed => undelivered += 1,
+            }
+        }
+        if undelivered > 0 {
+            return error(
+                502,
+                "M_UNKNOWN",
+                "a notification could be neither delivered nor queued; try again later",
+            );
+        }
+        (200, json!({ "rejected": rejected }))
+    }
+
+    /// Delivers `notification` to one device of the request.
+    async fn push(
+        &self,
+        core: &Core,
+        device: &notify::Device,
+        body: &notify::Body,
+        notification: &Notification,
+        deadline: Instant,
+    ) -> Verdict {
+        let Some(app) = self.apps.find(&device.app_id) else {
             tracing::info!("no configured app matches the pusher's app id: pushkey rejected");
-            rejected.push(device.pushkey.clone());
-            continue;
+            return Verdict::Rejected("unknown_app");
         };
         let Some(token) = app.token(&device.pushkey) else {
             tracing::info!("the pushkey is no token of the app's provider: rejected");
-            rejected.push(device.pushkey.clone());
-            continue;
+            return Verdict::Rejected("bad_pushkey");
         };
+        if core
+            .dead_tokens
+            .contains(&[app.provider.as_str(), token.as_str()])
+        {
+            return Verdict::Rejected("dead_token");
+        }
+        let event = body.event_id.as_deref().unwrap_or_default();
+        let pushed = [device.app_id.as_str(), device.pushkey.as_str(), event];
+        if !event.is_empty() && self.pushed.contains(&pushed) {
+            tracing::info!("event already pushed to this pushkey: not again");
+            return Verdict::Duplicate;
+        }
         let target = Device {
             provider: app.provider.clone(),
             token,
@@ -90,17 +171,37 @@ pub async fn notify(core: &Arc<Core>, apps: &Apps, body: &[u8], deadline: Instan
                 .instrument(span)
                 .await;
         match outcome {
-            Ok(Outcome::Delivered | Outcome::Coalesced | Outcome::Queued) => {}
-            Ok(Outcome::DeadToken) => rejected.push(device.pushkey.clone()),
-            Ok(Outcome::Transient | Outcome::OurFault) | Err(_) => undelivered += 1,
+            Ok(Outcome::Delivered | Outcome::Coalesced | Outcome::Queued) => {
+                if !event.is_empty() {
+                    self.pushed.remember(&pushed);
+                }
+                Verdict::Pushed
+            }
+            Ok(Outcome::DeadToken) => Verdict::Rejected("dead_token"),
+            Ok(Outcome::Transient | Outcome::OurFault) | Err(_) => Verdict::Failed,
         }
     }
-    if undelivered > 0 {
-        return error(
-            502,
-            "M_UNKNOWN",
-            "a notification could be neither delivered nor queued; try again later",
-        );
+}
+
+/// What became of one device of a request.
+enum Verdict {
+    /// Delivered, coalesced or queued: pushgate answers for it.
+    Pushed,
+    /// This event went to this pushkey moments ago.
+    Duplicate,
+    /// Listed in `rejected`, for the reason given.
+    Rejected(&'static str),
+    /// Neither delivered nor queued: the request gets a 502.
+    Failed,
+}
+
+impl Verdict {
+    fn label(&self) -> &'static str {
+        match self {
+            Verdict::Pushed => "pushed",
+            Verdict::Duplicate => "duplicate",
+            Verdict::Rejected(why) => why,
+            Verdict::Failed => "failed",
+        }
     }
-    (200, json!({ "rejected": rejected }))
 }
