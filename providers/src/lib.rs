@@ -169,7 +169,9 @@ pub struct Encrypted {
     pub iv: String,
 }
 
-/// Serialisable because pushgate's retry queue keeps notifications in its database.
+/// Serialisable because pushgate's retry queue keeps notifications in its database; fields added
+/// later default when absent so rows queued by an older pushgate still read, and are left out
+/// when empty so an older pushgate can still read rows queued without them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Notification {
     pub kind: Kind,
@@ -179,6 +181,30 @@ pub struct Notification {
     /// Notifications with the same key replace each other where the provider can do that
     /// (FCM `collapse_key`, APNs `apns-collapse-id`, WebPush `Topic`).
     pub collapse_key: Option<String>,
+    /// App data the front promised its apps (a Matrix pusher's `default_payload`, the event's
+    /// ids): the base of every provider's payload. pushgate's own keys are added only where it
+    /// lacks them, so an app always gets what it asked for; providers hold no protocol knowledge
+    /// of what is in it.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub data: serde_json::Map<String, serde_json::Value>,
+    /// The number for the app icon's badge (APNs `aps.badge`; a `badge` data key elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub badge: Option<u32>,
+}
+
+impl Notification {
+    /// A notification with no content, app data or badge: fronts fill in what they have.
+    pub fn new(kind: Kind, priority: Priority) -> Self {
+        Notification {
+            kind,
+            priority,
+            content: Content::default(),
+            encrypted: None,
+            collapse_key: None,
+            data: serde_json::Map::new(),
+            badge: None,
+        }
+    }
 }
 
 /// What became of one delivery attempt. Fronts map this onto their protocol in one place.
@@ -394,6 +420,23 @@ pub fn build(key: &str, config: &ProviderConfig) -> Result<Arc<dyn Provider>, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notifications_queued_before_app_data_still_read() {
+        let old = r#"{"kind":"alert","priority":"high","content":{"account":"a@example.org","sender":null,"body":"hi","message_count":2,"nickname":null,"channel":null},"encrypted":null,"collapse_key":null}"#;
+        let n: Notification = serde_json::from_str(old).unwrap();
+        assert!(n.data.is_empty());
+        assert_eq!(n.badge, None);
+        assert_eq!(n.content.body.as_deref(), Some("hi"));
+        // Without app data a notification is written as before.
+        assert_eq!(serde_json::to_string(&n).unwrap(), old);
+
+        let mut n = n;
+        n.data.insert("room_id".into(), "!r:hs".into());
+        n.badge = Some(3);
+        let back: Notification = serde_json::from_str(&serde_json::to_string(&n).unwrap()).unwrap();
+        assert_eq!(back, n);
+    }
 
     /// A `[providers.<id>]` section as the configuration loader hands it over: every key but
     /// `kind`, errors naming `providers.<id>.<key>`.

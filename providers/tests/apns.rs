@@ -41,11 +41,9 @@ fn device(main: &str, second: Option<&str>) -> Device {
 
 fn note(kind: Kind, content: Content, encrypted: Option<Encrypted>) -> Notification {
     Notification {
-        kind,
-        priority: Priority::High,
         content,
         encrypted,
-        collapse_key: None,
+        ..Notification::new(kind, Priority::High)
     }
 }
 

@@ -38,11 +38,8 @@ fn device(token: &str) -> Device {
 
 fn note(kind: Kind, priority: Priority, content: Content) -> Notification {
     Notification {
-        kind,
-        priority,
         content,
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(kind, priority)
     }
 }
 

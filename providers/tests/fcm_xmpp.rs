@@ -34,25 +34,19 @@ fn device(token: &str) -> Device {
 
 fn alert() -> Notification {
     Notification {
-        kind: Kind::Alert,
-        priority: Priority::High,
         content: content(),
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(Kind::Alert, Priority::High)
     }
 }
 
 fn background() -> Notification {
     Notification {
-        kind: Kind::Background,
-        priority: Priority::Low,
         content: Content {
             account: Some("juliet@capulet.example".into()),
             message_count: Some(1),
             ..Default::default()
         },
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(Kind::Background, Priority::Low)
     }
 }
 
@@ -155,6 +149,33 @@ async fn handshake_and_ack_deliver_the_tigase_data() {
         let keys: Vec<&String> = msg.as_object().unwrap().keys().collect();
         assert_eq!(keys.len(), 5, "{msg}");
     }
+}
+
+/// CCS gets the FCM v1 mapping's data, so app data and the badge reach it by the same rule.
+#[tokio::test]
+async fn app_data_and_badge_reach_ccs_as_fcm_data() {
+    let s = Setup::new(KEY_VALUE, always(Reply::Ack)).await;
+    let fcm = s.provider();
+    let Value::Object(data) = json!({"room_id": "!r:hs", "unread_count": 2, "from": "x"}) else {
+        unreachable!()
+    };
+    let n = Notification {
+        data,
+        badge: Some(2),
+        ..background()
+    };
+    assert_eq!(fcm.send(&device(&token(1)), &n).await, Verdict::Sent);
+    let m = s.mock.all_messages();
+    assert_eq!(
+        m[0]["data"],
+        json!({
+            "room_id": "!r:hs",
+            "unread_count": "2",
+            "account": "juliet@capulet.example",
+            "unread-messages": "1",
+            "badge": "2",
+        })
+    );
 }
 
 #[tokio::test]

@@ -41,8 +41,6 @@ fn device(endpoint: &str, keys: Option<WebPushKeys>) -> Device {
 
 fn alert(priority: Priority, body: &str) -> Notification {
     Notification {
-        kind: Kind::Alert,
-        priority,
         content: Content {
             account: Some("juliet@capulet.example".into()),
             sender: Some("romeo@montague.example".into()),
@@ -51,8 +49,7 @@ fn alert(priority: Priority, body: &str) -> Notification {
             nickname: None,
             channel: None,
         },
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(Kind::Alert, priority)
     }
 }
 
@@ -151,14 +148,11 @@ async fn collapse_key_becomes_the_topic_and_channel_is_in_the_body() {
 #[tokio::test]
 async fn low_priority_background_gets_urgency_low() {
     let n = Notification {
-        kind: Kind::Background,
-        priority: Priority::Low,
         content: Content {
             message_count: Some(0),
             ..Content::default()
         },
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(Kind::Background, Priority::Low)
     };
     let (verdict, endpoint) = send_to(Behaviour::status(201), &n).await;
     assert_eq!(verdict, Verdict::Sent);
@@ -177,11 +171,8 @@ async fn normal_priority_gets_urgency_normal_and_voip_high_with_short_ttl() {
     assert_eq!(endpoint.only_request().header("urgency"), Some("normal"));
 
     let call = Notification {
-        kind: Kind::Voip,
-        priority: Priority::Normal,
         content: Content::default(),
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(Kind::Voip, Priority::Normal)
     };
     let (verdict, endpoint) = send_to(Behaviour::status(201), &call).await;
     assert_eq!(verdict, Verdict::Sent);
@@ -239,8 +230,6 @@ async fn body_that_cannot_fit_is_cut_to_the_byte_budget() {
 #[tokio::test]
 async fn end_to_end_encrypted_payload_is_passed_through() {
     let n = Notification {
-        kind: Kind::Alert,
-        priority: Priority::High,
         content: Content {
             account: Some("juliet@capulet.example".into()),
             body: Some("must not leak".into()),
@@ -250,7 +239,7 @@ async fn end_to_end_encrypted_payload_is_passed_through() {
             payload: "c2VjcmV0IGNpcGhlcnRleHQ=".into(),
             iv: "aXZpdml2aXZpdg==".into(),
         }),
-        collapse_key: None,
+        ..Notification::new(Kind::Alert, Priority::High)
     };
     let endpoint = Endpoint::start(Behaviour::status(201)).await;
     let sub = Subscriber::generate();

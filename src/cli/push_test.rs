@@ -93,8 +93,6 @@ async fn push_test(args: PushTestArgs) -> Outcome {
     };
     let (kind, priority) = args.kind.kind_and_priority();
     let notification = Notification {
-        kind,
-        priority,
         content: Content {
             body: match kind {
                 Kind::Alert => Some(
@@ -107,8 +105,7 @@ async fn push_test(args: PushTestArgs) -> Outcome {
             message_count: Some(1),
             ..Content::default()
         },
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(kind, priority)
     };
     let id = args.provider.as_str();
     let verdict = if is_apns {

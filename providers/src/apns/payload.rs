@@ -5,6 +5,10 @@
 //! keys to show a notification or wake the app), so it lives in one place, apart from the transport, and is unit-tested
 //! without a network. Keys whose source is missing are omitted; an encrypted payload is passed
 //! through untouched and then no plaintext sender or body goes out.
+//!
+//! The notification's app data is the base of every payload and pushgate's keys are added only
+//! where it lacks them (inside its `aps`, key by key), so an app's own `aps.alert` or `badge` is
+//! what the device gets.
 
 use serde_json::{Map, Value, json};
 
@@ -85,7 +89,11 @@ pub(crate) fn plan<'a>(
                 }
                 None => insert_opt(&mut payload, "sender", c.sender.as_deref()),
             }
-            let body = encode(&Value::Object(payload))?;
+            // PushKit shows nothing itself; an `aps` only if there is a badge for the app to set.
+            if n.badge.is_some() {
+                payload.insert("aps".into(), aps(n, json!({})));
+            }
+            let body = encode(&merged(n, payload))?;
             check_size(&body, MAX_VOIP_PAYLOAD_BYTES)?;
             Ok(Planned {
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
@@ -117,7 +125,7 @@ pub(crate) fn plan<'a>(
         }
         (Kind::Background | Kind::Clear, _) => {
             let mut payload = Map::new();
-            payload.insert("aps".into(), json!({ "content-available": 1 }));
+            payload.insert("aps".into(), aps(n, json!({ "content-available": 1 })));
             insert_opt(&mut payload, "account", c.account.as_deref());
             let unread = if n.kind == Kind::Clear {
                 Some(0)
@@ -131,7 +139,7 @@ pub(crate) fn plan<'a>(
                 payload.insert("encrypted".into(), enc.payload.clone().into());
                 payload.insert("iv".into(), enc.iv.clone().into());
             }
-            let body = encode(&Value::Object(payload))?;
+            let body = encode(&merged(n, payload))?;
             check_size(&body, MAX_PAYLOAD_BYTES)?;
             Ok(Planned {
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
@@ -146,7 +154,8 @@ pub(crate) fn plan<'a>(
 
 /// An alert push: `aps.alert` for the banner (`mutable-content` so Siskin's Notification
 /// Service Extension can rewrite it) plus the custom keys. The body is cut to `max_body_chars`
-/// and further, if need be, until the payload fits.
+/// and further, if need be, until the payload fits; the app data is never cut, so a payload
+/// whose app data alone is too large is refused.
 fn alert_payload(
     n: &Notification,
     default_body: &str,
@@ -180,9 +189,12 @@ fn alert_payload(
         }
         payload.insert(
             "aps".into(),
-            json!({ "alert": alert, "mutable-content": 1, "sound": "default" }),
+            aps(
+                n,
+                json!({ "alert": alert, "mutable-content": 1, "sound": "default" }),
+            ),
         );
-        encode(&Value::Object(payload))
+        encode(&merged(n, payload))
     };
 
     let full = c
@@ -214,6 +226,39 @@ fn alert_payload(
         }
     }
     best.ok_or_else(|| too_large(json.len(), MAX_PAYLOAD_BYTES))
+}
+
+/// pushgate's `aps` object `fields` plus the notification's badge.
+fn aps(n: &Notification, mut fields: Value) -> Value {
+    if let (Some(badge), Value::Object(map)) = (n.badge, &mut fields) {
+        map.insert("badge".into(), badge.into());
+    }
+    fields
+}
+
+/// The payload that goes out: the notification's app data, with pushgate's keys `ours` added
+/// where it lacks them. An app `aps` object gets pushgate's `aps` keys only where it lacks them;
+/// an app `aps` that is not an object cannot carry them (and APNs would refuse it), so pushgate's
+/// replaces it.
+fn merged(n: &Notification, ours: Map<String, Value>) -> Value {
+    let mut payload = n.data.clone();
+    for (key, value) in ours {
+        match payload.get_mut(&key) {
+            Some(Value::Object(theirs)) if key == "aps" => {
+                if let Value::Object(fields) = value {
+                    for (k, v) in fields {
+                        theirs.entry(k).or_insert(v);
+                    }
+                }
+            }
+            Some(theirs) if key == "aps" => *theirs = value,
+            Some(_) => {}
+            None => {
+                payload.insert(key, value);
+            }
+        }
+    }
+    Value::Object(payload)
 }
 
 fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<&str>) {
@@ -279,8 +324,6 @@ mod tests {
 
     fn note(kind: Kind, body: Option<&str>) -> Notification {
         Notification {
-            kind,
-            priority: Priority::High,
             content: Content {
                 account: Some("juliet@example.org".into()),
                 sender: Some("romeo@example.org/phone".into()),
@@ -289,9 +332,18 @@ mod tests {
                 nickname: None,
                 channel: None,
             },
-            encrypted: None,
-            collapse_key: None,
+            ..Notification::new(kind, Priority::High)
         }
+    }
+
+    /// `note` with app data `data` (a JSON object) and `badge`.
+    fn with_data(mut n: Notification, data: Value, badge: Option<u32>) -> Notification {
+        let Value::Object(data) = data else {
+            panic!("app data must be an object: {data}")
+        };
+        n.data = data;
+        n.badge = badge;
+        n
     }
 
     fn json(body: &[u8]) -> Value {
@@ -343,5 +395,125 @@ mod tests {
             iv: "IV".into(),
         });
         assert!(plan(&d, &n, &settings()).unwrap_err().contains("5120"));
+    }
+
+    #[test]
+    fn app_data_is_the_base_and_pushgate_adds_what_it_lacks() {
+        let d = device(false);
+        let n = with_data(
+            note(Kind::Alert, Some("hi")),
+            json!({"room_id": "!r:hs", "sender": "@alice:hs", "counts": {"unread": 2}}),
+            Some(3),
+        );
+        let v = json(&plan(&d, &n, &settings()).unwrap().body);
+        assert_eq!(
+            v,
+            json!({
+                "room_id": "!r:hs",
+                "sender": "@alice:hs",
+                "counts": {"unread": 2},
+                "account": "juliet@example.org",
+                "body": "hi",
+                "unread-messages": 2,
+                "aps": {
+                    "alert": {"title": "romeo@example.org/phone", "body": "hi"},
+                    "mutable-content": 1,
+                    "sound": "default",
+                    "badge": 3,
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn app_aps_object_is_merged_key_by_key() {
+        let d = device(false);
+        let alert = json!({"loc-key": "MSG_FROM_USER", "loc-args": ["Alice"]});
+        let n = with_data(
+            note(Kind::Alert, Some("hi")),
+            json!({"aps": {"alert": alert, "badge": 7, "category": "MSG"}}),
+            Some(3),
+        );
+        let v = json(&plan(&d, &n, &settings()).unwrap().body);
+        assert_eq!(
+            v["aps"],
+            json!({"alert": alert, "badge": 7, "category": "MSG", "mutable-content": 1, "sound": "default"})
+        );
+
+        let n = with_data(
+            note(Kind::Background, None),
+            json!({"aps": {"sound": "ping.caf"}}),
+            Some(0),
+        );
+        let p = plan(&d, &n, &settings()).unwrap();
+        assert_eq!(p.push_type, PushType::Background);
+        assert_eq!(
+            json(&p.body)["aps"],
+            json!({"sound": "ping.caf", "content-available": 1, "badge": 0})
+        );
+    }
+
+    #[test]
+    fn app_aps_that_is_not_an_object_is_replaced() {
+        let d = device(false);
+        let n = with_data(note(Kind::Background, None), json!({"aps": "nope"}), None);
+        let v = json(&plan(&d, &n, &settings()).unwrap().body);
+        assert_eq!(v["aps"], json!({"content-available": 1}));
+    }
+
+    #[test]
+    fn voip_merges_app_data_and_puts_a_badge_in_aps() {
+        let d = device(true);
+        let n = with_data(
+            note(Kind::Voip, None),
+            json!({"call_id": "c1", "sender": "@alice:hs"}),
+            Some(1),
+        );
+        let p = plan(&d, &n, &settings()).unwrap();
+        assert_eq!(p.push_type, PushType::Voip);
+        assert_eq!(
+            json(&p.body),
+            json!({"call_id": "c1", "sender": "@alice:hs", "account": "juliet@example.org", "aps": {"badge": 1}})
+        );
+        // Without a badge the VoIP payload has no `aps` of pushgate's.
+        let n = with_data(note(Kind::Voip, None), json!({"call_id": "c1"}), None);
+        assert!(
+            json(&plan(&d, &n, &settings()).unwrap().body)
+                .get("aps")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn body_is_cut_around_large_app_data_which_itself_is_never_cut() {
+        let d = device(false);
+        let s = MappingSettings {
+            max_body_chars: 100_000,
+            ..settings()
+        };
+        let filler = "x".repeat(3000);
+        let n = with_data(
+            note(Kind::Alert, Some(&"é".repeat(2000))),
+            json!({"filler": filler}),
+            None,
+        );
+        let p = plan(&d, &n, &s).unwrap();
+        assert!(p.body.len() <= MAX_PAYLOAD_BYTES, "{}", p.body.len());
+        let v = json(&p.body);
+        assert_eq!(v["filler"], filler.as_str());
+        assert!(v["body"].as_str().unwrap().ends_with("é…"));
+
+        let n = with_data(
+            note(Kind::Alert, Some("hi")),
+            json!({"filler": "x".repeat(MAX_PAYLOAD_BYTES)}),
+            None,
+        );
+        assert!(plan(&d, &n, &s).unwrap_err().contains("4096"));
+        let n = with_data(
+            note(Kind::Background, None),
+            json!({"filler": "x".repeat(MAX_PAYLOAD_BYTES)}),
+            None,
+        );
+        assert!(plan(&d, &n, &s).unwrap_err().contains("4096"));
     }
 }

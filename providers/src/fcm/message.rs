@@ -8,6 +8,12 @@
 //! is what clients depend on, so it lives in one place and is unit-tested without a network.
 //! Keys whose source is missing are omitted; with an encrypted payload no plaintext sender,
 //! body or nickname goes out.
+//!
+//! The notification's app data is the base of the data map and pushgate's keys (and `badge`) are
+//! added only where it lacks them. FCM data values are strings, so other JSON values go as their
+//! JSON text; keys FCM reserves for itself are dropped, as FCM would refuse the whole message.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
@@ -34,14 +40,18 @@ pub(crate) struct Planned {
 }
 
 /// Builds the message for `n` to the registration token `token`; `Err` (our fault) when the data
-/// cannot fit in FCM's 4096 bytes even with the body cut.
+/// cannot fit in FCM's 4096 bytes even with pushgate's body cut (the app's data is never cut).
 pub(crate) fn plan(
     token: &str,
     n: &Notification,
     settings: &MappingSettings,
 ) -> Result<Planned, String> {
-    let mut data = data_for(n);
-    if let Some(body) = data.get("body").cloned() {
+    let mut data = app_data(n);
+    let body_is_ours = !data.contains_key("body");
+    for (key, value) in data_for(n) {
+        data.entry(key).or_insert(value);
+    }
+    if let Some(body) = data.get("body").filter(|_| body_is_ours).cloned() {
         let cut = cut(&body, settings.max_body_chars);
         let without_body = data_bytes(&data) - body.len();
         let room = MAX_DATA_BYTES.saturating_sub(without_body);
@@ -51,7 +61,7 @@ pub(crate) fn plan(
     let size = data_bytes(&data);
     if size > MAX_DATA_BYTES {
         return Err(format!(
-            "the FCM data payload is {size} bytes, over FCM's limit of {MAX_DATA_BYTES} (account, sender, nickname or encrypted payload too large)"
+            "the FCM data payload is {size} bytes, over FCM's limit of {MAX_DATA_BYTES} (app data, account, sender, nickname or encrypted payload too large)"
         ));
     }
     let priority = priority(n);
@@ -88,9 +98,32 @@ fn priority(n: &Notification) -> &'static str {
     }
 }
 
-/// The string→string data map, in a stable order (BTreeMap) for tests and logs.
-fn data_for(n: &Notification) -> std::collections::BTreeMap<String, String> {
-    let mut data = std::collections::BTreeMap::new();
+/// Whether FCM keeps `key` for itself: a data message carrying one is refused as a whole.
+fn is_reserved(key: &str) -> bool {
+    matches!(key, "from" | "message_type" | "collapse_key")
+        || key.starts_with("google.")
+        || key.starts_with("gcm.")
+}
+
+/// The app data as FCM data: strings as they are, other values as their JSON text, keys FCM
+/// reserves dropped.
+fn app_data(n: &Notification) -> BTreeMap<String, String> {
+    n.data
+        .iter()
+        .filter(|(key, _)| !is_reserved(key))
+        .map(|(key, value)| {
+            let text = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (key.clone(), text)
+        })
+        .collect()
+}
+
+/// pushgate's own string→string data, in a stable order (BTreeMap) for tests and logs.
+fn data_for(n: &Notification) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::new();
     let c = &n.content;
     let mut put = |key: &str, value: Option<String>| {
         if let Some(v) = value {
@@ -99,6 +132,7 @@ fn data_for(n: &Notification) -> std::collections::BTreeMap<String, String> {
     };
     put("account", c.account.clone());
     put("channel", c.channel.clone());
+    put("badge", n.badge.map(|b| b.to_string()));
     if n.kind == Kind::Clear {
         put("unread-messages", Some("0".to_owned()));
         return data;
@@ -118,7 +152,7 @@ fn data_for(n: &Notification) -> std::collections::BTreeMap<String, String> {
     data
 }
 
-fn data_bytes(data: &std::collections::BTreeMap<String, String>) -> usize {
+fn data_bytes(data: &BTreeMap<String, String>) -> usize {
     data.iter().map(|(k, v)| k.len() + v.len()).sum()
 }
 
@@ -164,8 +198,6 @@ mod tests {
 
     fn note(kind: Kind, priority: Priority, body: Option<&str>) -> Notification {
         Notification {
-            kind,
-            priority,
             content: Content {
                 account: Some("juliet@capulet.example".into()),
                 sender: Some("romeo@montague.example".into()),
@@ -174,9 +206,28 @@ mod tests {
                 nickname: None,
                 channel: None,
             },
-            encrypted: None,
-            collapse_key: None,
+            ..Notification::new(kind, priority)
         }
+    }
+
+    /// An alert with app data `data` (a JSON object) and `badge`.
+    fn with_data(body: Option<&str>, data: Value, badge: Option<u32>) -> Notification {
+        let Value::Object(data) = data else {
+            panic!("app data must be an object: {data}")
+        };
+        Notification {
+            data,
+            badge,
+            ..note(Kind::Alert, Priority::High, body)
+        }
+    }
+
+    fn data_size(d: &Value) -> usize {
+        d.as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| k.len() + v.as_str().unwrap().len())
+            .sum()
     }
 
     fn data(p: &Planned) -> Value {
@@ -210,12 +261,7 @@ mod tests {
         };
         let planned = plan("t", &note(Kind::Alert, Priority::High, Some(&huge)), &s).unwrap();
         let d = data(&planned);
-        let total: usize = d
-            .as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| k.len() + v.as_str().unwrap().len())
-            .sum();
+        let total = data_size(&d);
         assert!(
             total <= MAX_DATA_BYTES && total > MAX_DATA_BYTES - 8,
             "{total}"
@@ -242,5 +288,84 @@ mod tests {
         });
         let err = plan("t", &n, &settings()).unwrap_err();
         assert!(err.contains("4096"), "{err}");
+    }
+
+    #[test]
+    fn app_data_is_the_base_with_values_as_strings() {
+        let n = with_data(
+            Some("hi"),
+            json!({
+                "room_id": "!r:hs",
+                "sender": "@alice:hs",
+                "unread_count": 2,
+                "prio": null,
+                "content": {"msgtype": "m.text"},
+            }),
+            Some(3),
+        );
+        let d = data(&plan("t", &n, &settings()).unwrap());
+        assert_eq!(
+            d,
+            json!({
+                "room_id": "!r:hs",
+                "sender": "@alice:hs",
+                "unread_count": "2",
+                "prio": "null",
+                "content": "{\"msgtype\":\"m.text\"}",
+                "account": "juliet@capulet.example",
+                "unread-messages": "2",
+                "body": "hi",
+                "badge": "3",
+            })
+        );
+    }
+
+    #[test]
+    fn app_badge_wins_and_reserved_keys_are_dropped() {
+        let n = with_data(
+            None,
+            json!({
+                "badge": "9+",
+                "from": "x",
+                "message_type": "x",
+                "collapse_key": "x",
+                "google.c.a.e": "1",
+                "gcm.notification.title": "x",
+                "googled": "kept",
+            }),
+            Some(3),
+        );
+        let d = data(&plan("t", &n, &settings()).unwrap());
+        let keys: Vec<&str> = d.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            ["account", "badge", "googled", "sender", "unread-messages"]
+        );
+        assert_eq!(d["badge"], "9+");
+    }
+
+    #[test]
+    fn only_pushgates_body_is_cut_around_large_app_data() {
+        let s = MappingSettings {
+            max_body_chars: 100_000,
+            ..settings()
+        };
+        let filler = "x".repeat(3000);
+        let n = with_data(Some(&"é".repeat(2000)), json!({"filler": filler}), None);
+        let d = data(&plan("t", &n, &s).unwrap());
+        let total = data_size(&d);
+        assert!(
+            total <= MAX_DATA_BYTES && total > MAX_DATA_BYTES - 8,
+            "{total}"
+        );
+        assert_eq!(d["filler"], filler.as_str());
+        assert!(d["body"].as_str().unwrap().ends_with('…'));
+
+        // The app's own body is the app's: too large is refused, not cut.
+        let n = with_data(Some("hi"), json!({"body": "é".repeat(2100)}), None);
+        let err = plan("t", &n, &s).unwrap_err();
+        assert!(err.contains("4096"), "{err}");
+        let n = with_data(None, json!({"filler": "x".repeat(MAX_DATA_BYTES)}), None);
+        assert!(plan("t", &n, &s).unwrap_err().contains("4096"));
     }
 }

@@ -1,7 +1,12 @@
 //! What goes to the device: the JSON body (the end-to-end encrypted payload untouched, or the
 //! summary with its body cut to fit one push message) and the RFC 8030 `Topic` and `Urgency`.
+//!
+//! The notification's app data is the base of the body and pushgate's keys (and `badge`) are
+//! added only where it lacks them.
 
 use serde::Serialize;
+use serde::ser::{SerializeMap, Serializer};
+use serde_json::{Map, Value};
 
 use crate::{Kind, Notification};
 
@@ -26,29 +31,37 @@ pub(super) fn urgency(n: &Notification) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
-struct PlainPayload<'a> {
-    kind: &'static str,
-    priority: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    account: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sender: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<String>,
-    #[serde(rename = "message-count", skip_serializing_if = "Option::is_none")]
-    message_count: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    nickname: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    channel: Option<&'a str>,
+/// The body as it is written: pushgate's keys first, in the order they have always had (so a
+/// notification without app data is written byte for byte as before), each only where the app
+/// data lacks it, then the app data.
+struct Merged<'a> {
+    ours: Vec<(&'static str, Value)>,
+    data: &'a Map<String, Value>,
 }
 
-#[derive(Serialize)]
-struct EncryptedPayload<'a> {
-    encrypted: &'a str,
-    iv: &'a str,
-    kind: &'static str,
+impl Serialize for Merged<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in &self.ours {
+            if !self.data.contains_key(*key) {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        for (key, value) in self.data {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
+}
+
+/// `entries` without those whose value is missing.
+fn present(
+    entries: impl IntoIterator<Item = (&'static str, Option<Value>)>,
+) -> Vec<(&'static str, Value)> {
+    entries
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value?)))
+        .collect()
 }
 
 /// Cuts `text` to `max_chars` characters plus "…" if it is longer.
@@ -61,19 +74,25 @@ fn cut_chars(text: &str, max_chars: usize) -> String {
 
 /// The JSON that goes to the device: the end-to-end encrypted payload untouched, or the summary
 /// with its body cut to `max_body_chars` and, if need be, further until it fits
-/// [`MAX_PLAINTEXT_BYTES`].
+/// [`MAX_PLAINTEXT_BYTES`]. The app data is never cut: if it does not fit, the push is refused.
 pub(super) fn build_payload(n: &Notification, max_body_chars: usize) -> Result<Vec<u8>, String> {
     let too_large = |len: usize| {
         format!(
             "payload is {len} bytes, more than the {MAX_PLAINTEXT_BYTES} a push message can carry"
         )
     };
+    let text = |s: &Option<String>| s.as_deref().map(Value::from);
+    let badge = n.badge.map(Value::from);
 
     if let Some(enc) = &n.encrypted {
-        let json = encode(&EncryptedPayload {
-            encrypted: &enc.payload,
-            iv: &enc.iv,
-            kind: n.kind.label(),
+        let json = encode(&Merged {
+            ours: present([
+                ("encrypted", Some(enc.payload.as_str().into())),
+                ("iv", Some(enc.iv.as_str().into())),
+                ("kind", Some(n.kind.label().into())),
+                ("badge", badge),
+            ]),
+            data: &n.data,
         })?;
         return if json.len() <= MAX_PLAINTEXT_BYTES {
             Ok(json)
@@ -83,23 +102,35 @@ pub(super) fn build_payload(n: &Notification, max_body_chars: usize) -> Result<V
     }
 
     let c = &n.content;
-    let mut payload = PlainPayload {
-        kind: n.kind.label(),
-        priority: n.priority.label(),
-        account: c.account.as_deref(),
-        sender: c.sender.as_deref(),
-        body: c.body.as_deref().map(|b| cut_chars(b, max_body_chars)),
-        message_count: c.message_count,
-        nickname: c.nickname.as_deref(),
-        channel: c.channel.as_deref(),
+    let build = |body: Option<&str>| {
+        encode(&Merged {
+            ours: present([
+                ("kind", Some(n.kind.label().into())),
+                ("priority", Some(n.priority.label().into())),
+                ("account", text(&c.account)),
+                ("sender", text(&c.sender)),
+                ("body", body.map(Value::from)),
+                ("message-count", c.message_count.map(Value::from)),
+                ("nickname", text(&c.nickname)),
+                ("channel", text(&c.channel)),
+                ("badge", badge.clone()),
+            ]),
+            data: &n.data,
+        })
     };
+    // An app body replaces pushgate's, so only pushgate's is there to cut.
+    let mut body = c
+        .body
+        .as_deref()
+        .filter(|_| !n.data.contains_key("body"))
+        .map(|b| cut_chars(b, max_body_chars));
     loop {
-        let json = encode(&payload)?;
+        let json = build(body.as_deref())?;
         if json.len() <= MAX_PLAINTEXT_BYTES {
             return Ok(json);
         }
         let excess = json.len() - MAX_PLAINTEXT_BYTES;
-        let Some(body) = payload.body.as_mut() else {
+        let Some(body) = body.as_mut() else {
             return Err(too_large(json.len()));
         };
         // Room left for the body inside its JSON string, then the longest prefix (in escaped
@@ -148,8 +179,6 @@ mod tests {
 
     fn note(body: Option<String>, encrypted: Option<Encrypted>) -> Notification {
         Notification {
-            kind: Kind::Alert,
-            priority: Priority::High,
             content: Content {
                 account: Some("user@example.org".into()),
                 sender: Some("friend@example.org".into()),
@@ -159,8 +188,20 @@ mod tests {
                 channel: None,
             },
             encrypted,
-            collapse_key: None,
+            ..Notification::new(Kind::Alert, Priority::High)
         }
+    }
+
+    /// `n` with app data `data` (a JSON object) and `badge`.
+    fn with_data(n: Notification, data: Value, badge: Option<u32>) -> Notification {
+        let Value::Object(data) = data else {
+            panic!("app data must be an object: {data}")
+        };
+        Notification { data, badge, ..n }
+    }
+
+    fn json(bytes: &[u8]) -> Value {
+        serde_json::from_slice(bytes).unwrap()
     }
 
     #[test]
@@ -185,6 +226,93 @@ mod tests {
             iv: "iv".into(),
         };
         let err = build_payload(&note(None, Some(huge)), 500).unwrap_err();
+        assert!(err.contains("more than"), "{err}");
+    }
+
+    #[test]
+    fn without_app_data_the_body_is_written_as_before() {
+        let json = build_payload(&note(Some("hi \"you\"".into()), None), 500).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"kind":"alert","priority":"high","account":"user@example.org","sender":"friend@example.org","body":"hi \"you\"","message-count":3}"#
+        );
+        let enc = Encrypted {
+            payload: "Y2lwaGVy".into(),
+            iv: "aXY=".into(),
+        };
+        let json = build_payload(&note(None, Some(enc)), 500).unwrap();
+        assert_eq!(
+            String::from_utf8(json).unwrap(),
+            r#"{"encrypted":"Y2lwaGVy","iv":"aXY=","kind":"alert"}"#
+        );
+    }
+
+    #[test]
+    fn app_data_is_the_base_and_wins() {
+        let n = with_data(
+            note(Some("hi".into()), None),
+            serde_json::json!({"room_id": "!r:hs", "sender": "@alice:hs", "counts": {"unread": 2}}),
+            Some(4),
+        );
+        assert_eq!(
+            json(&build_payload(&n, 500).unwrap()),
+            serde_json::json!({
+                "kind": "alert",
+                "priority": "high",
+                "account": "user@example.org",
+                "sender": "@alice:hs",
+                "body": "hi",
+                "message-count": 3,
+                "badge": 4,
+                "room_id": "!r:hs",
+                "counts": {"unread": 2},
+            })
+        );
+        let n = with_data(
+            n,
+            serde_json::json!({"badge": "9+", "kind": "call"}),
+            Some(4),
+        );
+        let v = json(&build_payload(&n, 500).unwrap());
+        assert_eq!((&v["badge"], &v["kind"]), (&"9+".into(), &"call".into()));
+
+        let enc = Encrypted {
+            payload: "Y2lwaGVy".into(),
+            iv: "aXY=".into(),
+        };
+        let n = with_data(
+            note(None, Some(enc)),
+            serde_json::json!({"event_id": "$e"}),
+            Some(1),
+        );
+        assert_eq!(
+            json(&build_payload(&n, 500).unwrap()),
+            serde_json::json!({"encrypted": "Y2lwaGVy", "iv": "aXY=", "kind": "alert", "badge": 1, "event_id": "$e"})
+        );
+    }
+
+    #[test]
+    fn only_pushgates_body_is_cut_around_large_app_data() {
+        let filler = "x".repeat(3000);
+        let n = with_data(
+            note(Some("é".repeat(2000)), None),
+            serde_json::json!({"filler": filler}),
+            None,
+        );
+        let bytes = build_payload(&n, 100_000).unwrap();
+        assert!(bytes.len() <= MAX_PLAINTEXT_BYTES);
+        assert!(bytes.len() > MAX_PLAINTEXT_BYTES - 10, "{}", bytes.len());
+        let v = json(&bytes);
+        assert_eq!(v["filler"], filler.as_str());
+        assert!(v["body"].as_str().unwrap().ends_with("é…"));
+
+        // The app's own body is the app's: too large is refused, not cut.
+        let n = with_data(
+            note(Some("hi".into()), None),
+            serde_json::json!({"body": "é".repeat(2100)}),
+            None,
+        );
+        let err = build_payload(&n, 100_000).unwrap_err();
         assert!(err.contains("more than"), "{err}");
     }
 }

@@ -172,8 +172,6 @@ impl PublishRequest {
             (Kind::Background, Priority::Low)
         };
         Notification {
-            kind,
-            priority,
             content: Content {
                 account: Some(account.to_owned()),
                 sender: s.sender.clone(),
@@ -183,7 +181,7 @@ impl PublishRequest {
                 channel: None,
             },
             encrypted: self.encrypted.clone(),
-            collapse_key: None,
+            ..Notification::new(kind, priority)
         }
     }
 }
