@@ -64,6 +64,68 @@ async fn a_message_is_pushed_and_nothing_rejected() {
     assert_eq!(endpoint.accepted_for("d1"), 1);
 }
 
+/// The app gets the content, and the event's room, id and counts on top of the pusher's
+/// `default_payload`; a `default_payload` that is no object gets the pushkey rejected.
+#[tokio::test]
+async fn the_app_gets_its_default_payload_and_the_event() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    let mut with_payload = device(APP, &endpoint.url("d1"));
+    with_payload["data"] = json!({"default_payload": {"app": "x", "room_id": "forged"}});
+    let mut bad = device(APP, &endpoint.url("d2"));
+    bad["data"] = json!({"default_payload": ["not", "an", "object"]});
+    let bad_key = bad["pushkey"].clone();
+    let (status, answer) = notify(&s, &message(vec![with_payload, bad])).await;
+    assert_eq!(
+        (status, answer),
+        (StatusCode::OK, json!({"rejected": [bad_key]}))
+    );
+    let bodies = endpoint.bodies_for("d1");
+    assert_eq!(bodies.len(), 1);
+    let got: Value = serde_json::from_slice(&bodies[0]).unwrap();
+    assert_eq!(got["app"], "x");
+    assert_eq!(got["room_id"], "!room:example.org", "{got}");
+    assert_eq!(got["event_id"], "$event");
+    assert_eq!(got["unread_count"], 2);
+    assert_eq!(got["badge"], 2);
+    assert_eq!(got["body"], "noon?");
+    assert_eq!(got["kind"], "alert");
+}
+
+/// A homeserver that missed our answer sends the event again: it is not pushed twice. A
+/// pushkey found dead is rejected again the next time, without a push.
+#[tokio::test]
+async fn a_repeated_event_is_pushed_once_and_a_dead_pushkey_stays_rejected() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    let key = endpoint.url("d1");
+    for _ in 0..2 {
+        assert_eq!(
+            notify(&s, &message(vec![device(APP, &key)])).await,
+            (StatusCode::OK, json!({"rejected": []}))
+        );
+    }
+    assert_eq!(endpoint.received(), 1);
+
+    endpoint.answer_with(410);
+    let mut next = message(vec![device(APP, &key)]);
+    next["notification"]["event_id"] = json!("$next");
+    assert_eq!(
+        notify(&s, &next).await,
+        (StatusCode::OK, json!({"rejected": [key.clone()]}))
+    );
+    next["notification"]["event_id"] = json!("$after");
+    assert_eq!(
+        notify(&s, &next).await,
+        (StatusCode::OK, json!({"rejected": [key]}))
+    );
+    assert_eq!(
+        endpoint.received(),
+        2,
+        "the dead pushkey was not tried again"
+    );
+}
+
 #[tokio::test]
 async fn a_dead_token_is_rejected_and_only_that_one() {
     let s = server("").await;

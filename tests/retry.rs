@@ -151,14 +151,11 @@ async fn a_device_named_in_the_request_is_queued_and_retried_too(url: String) {
         webpush_keys: None,
     };
     let notification = Notification {
-        kind: Kind::Alert,
-        priority: Priority::High,
         content: Content {
             body: Some("from a homeserver".into()),
             ..Content::default()
         },
-        encrypted: None,
-        collapse_key: None,
+        ..Notification::new(Kind::Alert, Priority::High)
     };
     endpoint.answer_with(503);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -23,9 +23,12 @@ pub struct Recent {
 
 #[derive(Default)]
 struct Inner {
-    at: HashMap<Key, Instant>,
-    /// Insertion order, for forgetting the oldest; may hold keys refreshed since.
-    order: VecDeque<(Key, Instant)>,
+    /// When each key was last remembered, and that remembering's number.
+    at: HashMap<Key, (Instant, u64)>,
+    /// Rememberings in order, for forgetting the oldest; a key remembered again since has a
+    /// newer number in `at`.
+    order: VecDeque<(Key, u64)>,
+    count: u64,
 }
 
 /// The key of `parts`, each length-prefixed so that no two lists share a key.
@@ -58,14 +61,16 @@ impl Recent {
     fn remember_at(&self, parts: &[&str], now: Instant) {
         let k = key(parts);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.at.insert(k, now);
-        inner.order.push_back((k, now));
+        inner.count += 1;
+        let n = inner.count;
+        inner.at.insert(k, (now, n));
+        inner.order.push_back((k, n));
         while inner.at.len() > self.capacity || inner.order.len() > 2 * self.capacity.max(1) {
-            let Some((old, at)) = inner.order.pop_front() else {
+            let Some((old, n)) = inner.order.pop_front() else {
                 break;
             };
             // Only forget it if it was not remembered again since.
-            if inner.at.get(&old) == Some(&at) {
+            if inner.at.get(&old).is_some_and(|(_, last)| *last == n) {
                 inner.at.remove(&old);
             }
         }
@@ -76,7 +81,7 @@ impl Recent {
         inner
             .at
             .get(&key(parts))
-            .is_some_and(|at| now.saturating_duration_since(*at) < self.ttl)
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < self.ttl)
     }
 }
 

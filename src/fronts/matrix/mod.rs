@@ -9,7 +9,7 @@
 //! The answer (spec, and what Synapse does with it, ../shared/reference/other-fronts.md §4):
 //! - 200 `{"rejected": [...]}`: the pushkeys Synapse must delete (a dead token, now or found by
 //!   a retry within the last day, an app id no configured app matches, a pushkey that cannot be
-//!   a token of the app's provider). An event already pushed to a pushkey in the last two
+//!   a token of the app's provider, a `default_payload` that is not an object). An event already pushed to a pushkey in the last two
 //!   minutes is not pushed again (a homeserver that missed our answer sends it again). A device
 //!   whose delivery failed for now but is in the retry queue counts as accepted: Synapse holds
 //!   every later push for a pusher behind a failing one and retries it for up to an hour, so
@@ -159,6 +159,13 @@ impl Matrix {
             tracing::info!("event already pushed to this pushkey: not again");
             return Verdict::Duplicate;
         }
+        let Ok(data) = body.app_data(device) else {
+            tracing::info!("the pusher's default_payload is not an object: pushkey rejected");
+            return Verdict::Rejected("bad_default_payload");
+        };
+        let mut notification = notification.clone();
+        notification.data = data;
+        notification.badge = body.badge().filter(|_| app.send_badge_counts);
         let target = Device {
             provider: app.provider.clone(),
             token,
@@ -166,10 +173,9 @@ impl Matrix {
             webpush_keys: None,
         };
         let span = tracing::info_span!("deliver", provider = %app.provider);
-        let outcome =
-            delivery::deliver(core, Target::Named(&target), notification.clone(), deadline)
-                .instrument(span)
-                .await;
+        let outcome = delivery::deliver(core, Target::Named(&target), notification, deadline)
+            .instrument(span)
+            .await;
         match outcome {
             Ok(Outcome::Delivered | Outcome::Coalesced | Outcome::Queued) => {
                 if !event.is_empty() {

@@ -64,6 +64,10 @@ pub struct Device {
     pub tweaks: Option<serde_json::Map<String, Value>>,
 }
 
+/// A pusher's `default_payload` that is not a JSON object.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotAnObject;
+
 /// Why a body is refused, as the Matrix error code and a reason that quotes nothing of it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Malformed {
@@ -126,8 +130,6 @@ impl Body {
             .and_then(Value::as_str)
             .map(|b| cut(&b.to_owned()));
         Some(Notification {
-            kind,
-            priority,
             content: Content {
                 account: None,
                 sender: self
@@ -140,10 +142,41 @@ impl Body {
                 nickname: None,
                 channel: self.room_name.as_ref().map(cut),
             },
-            encrypted: None,
-            // One room's notifications replace each other where the provider can do that.
-            collapse_key: None,
+            ..Notification::new(kind, priority)
         })
+    }
+
+    /// What the app gets besides the content: the event's room and id and the counts (as
+    /// Sygnal sends them, so apps written for it find them), on top of the pusher's
+    /// `default_payload`, whose keys it overrides: they are facts about this event. `Err` when
+    /// `default_payload` is there but not an object (the pushkey is then rejected, as in
+    /// Sygnal).
+    pub fn app_data(&self, device: &Device) -> Result<serde_json::Map<String, Value>, NotAnObject> {
+        let mut data = match device.data.as_ref().and_then(|d| d.get("default_payload")) {
+            Some(Value::Object(base)) => base.clone(),
+            Some(_) => return Err(NotAnObject),
+            None => serde_json::Map::new(),
+        };
+        let mut put = |key: &str, value: Option<Value>| {
+            if let Some(v) = value {
+                data.insert(key.to_owned(), v);
+            }
+        };
+        put("room_id", self.room_id.clone().map(Value::from));
+        put("event_id", self.event_id.clone().map(Value::from));
+        let counts = self.counts.unwrap_or_default();
+        put("unread_count", counts.unread.map(Value::from));
+        put("missed_calls", counts.missed_calls.map(Value::from));
+        Ok(data)
+    }
+
+    /// The app icon badge: unread messages and missed calls.
+    pub fn badge(&self) -> Option<u32> {
+        let counts = self.counts?;
+        match (counts.unread, counts.missed_calls) {
+            (None, None) => None,
+            (u, m) => Some(u.unwrap_or(0).saturating_add(m.unwrap_or(0))),
+        }
     }
 }
 
@@ -223,6 +256,26 @@ mod tests {
         .unwrap();
         let n = r.notification.notification().unwrap();
         assert_eq!((n.kind, n.priority), (Kind::Voip, Priority::Low));
+    }
+
+    #[test]
+    fn the_app_gets_room_event_and_counts_over_its_default_payload() {
+        let r = parse(
+            br#"{"notification":{"event_id":"$e","room_id":"!r","counts":{"unread":2,"missed_calls":1},
+                "devices":[{"app_id":"a","pushkey":"k","data":{"default_payload":
+                    {"aps":{"mutable-content":1},"room_id":"forged","extra":true}}},
+                  {"app_id":"a","pushkey":"k2","data":{"default_payload":"not an object"}}]}}"#,
+        )
+        .unwrap();
+        let n = &r.notification;
+        let data = n.app_data(&n.devices[0]).unwrap();
+        assert_eq!(
+            Value::Object(data),
+            serde_json::json!({"aps": {"mutable-content": 1}, "room_id": "!r", "event_id": "$e",
+                               "unread_count": 2, "missed_calls": 1, "extra": true})
+        );
+        assert!(n.app_data(&n.devices[1]).is_err());
+        assert_eq!(n.badge(), Some(3));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! https://www.rfc-editor.org/rfc/rfc8030): an HTTP server on 127.0.0.1 that counts the pushes
 //! it gets and answers each with the status the test sets, optionally only once the test
 //! releases it, so a test can act while a delivery is in flight (a token declared dead while
-//! the device re-registers). It also counts, per device, the pushes it accepted, and can ask
+//! the device re-registers). It also keeps, per device, the pushes it accepted, and can ask
 //! for a Retry-After, for the retry queue's tests.
 
 use std::collections::HashMap;
@@ -19,8 +19,8 @@ struct Shared {
     retry_after: AtomicU64,
     hold: AtomicBool,
     received: AtomicUsize,
-    /// Pushes answered 2xx, by the last segment of the path (the device).
-    accepted: Mutex<HashMap<String, usize>>,
+    /// Bodies of the pushes answered 2xx, by the last segment of the path (the device).
+    accepted: Mutex<HashMap<String, Vec<Vec<u8>>>>,
     arrived: Notify,
     release: Notify,
 }
@@ -34,6 +34,7 @@ pub struct PushEndpoint {
 async fn answer(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     uri: Uri,
+    body: axum::body::Bytes,
 ) -> (StatusCode, HeaderMap) {
     shared.received.fetch_add(1, Ordering::SeqCst);
     // Either wakes a waiting test or leaves a permit for its next wait.
@@ -46,12 +47,13 @@ async fn answer(
     let mut headers = HeaderMap::new();
     if status.is_success() {
         let device = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
-        *shared
+        shared
             .accepted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(device)
-            .or_default() += 1;
+            .or_default()
+            .push(body.to_vec());
     } else {
         let after = shared.retry_after.load(Ordering::SeqCst);
         if after > 0 {
@@ -97,13 +99,19 @@ impl PushEndpoint {
 
     /// Pushes to `device` (the name given to [`PushEndpoint::url`]) answered 2xx.
     pub fn accepted_for(&self, device: &str) -> usize {
+        self.bodies_for(device).len()
+    }
+
+    /// The bodies of the pushes to `device` answered 2xx, oldest first (encrypted unless the
+    /// registration has no WebPush keys).
+    pub fn bodies_for(&self, device: &str) -> Vec<Vec<u8>> {
         self.shared
             .accepted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(device)
-            .copied()
-            .unwrap_or(0)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Pushes wait for [`PushEndpoint::release`] before they are answered.
