@@ -328,6 +328,15 @@ class Synapse(ServerProcess):
         """A user no other test has: `prefix` plus a counter and random suffix."""
         return self.register(f"{prefix}{next(self._users)}_{secrets.token_hex(3)}")
 
+    def pair(self, room_name: str) -> tuple[MatrixClient, MatrixClient, str]:
+        """alice and bob, new users, in a two-member room of their own (Synapse's one-to-one
+        rule: a message notifies with sound 'default')."""
+        alice, bob = self.new_user("alice"), self.new_user("bob")
+        room = alice.create_room(name=room_name)
+        alice.invite(room, bob)
+        bob.join(room)
+        return alice, bob, room
+
 
 if __name__ == "__main__":
     hs = Synapse().start()

@@ -26,13 +26,7 @@ ROOM_NAME = "pushgate e2e"
 
 
 def pair(hs: Synapse) -> tuple[MatrixClient, MatrixClient, str]:
-    """alice and bob, new users, in a two-member room of their own (Synapse's one-to-one rule:
-    a message notifies with sound 'default')."""
-    alice, bob = hs.new_user("alice"), hs.new_user("bob")
-    room = alice.create_room(name=ROOM_NAME)
-    alice.invite(room, bob)
-    bob.join(room)
-    return alice, bob, room
+    return hs.pair(ROOM_NAME)
 
 
 def test_message_and_call_invite_reach_the_gateway(synapse, recorder):
