@@ -286,3 +286,54 @@ async fn discovery_and_unknown_paths_answer_as_matrix_does() {
         "M_UNRECOGNIZED"
     );
 }
+
+/// An APNs app as Matrix apps send it: the pushkey is the base64 of the token, which goes to
+/// APNs as hex; the badge is unread plus missed calls; `prio: low` is APNs priority 5.
+#[tokio::test]
+async fn an_apns_app_gets_hex_tokens_its_badge_and_priority() {
+    use base64::Engine;
+    use pushgate_test_support::apns::{MockApns, Options};
+    use pushgate_test_support::pki::Pki;
+
+    let pki = Pki::new();
+    let apns = MockApns::start(&pki, Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let key = dir.path().join("AuthKey.p8");
+    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
+    let s = server(&format!(
+        "[providers.apns]\nkind = \"apns\"\ntopic = \"org.example.matrix\"\n\
+         environment = \"production\"\nbase_url = \"{}\"\nca_file = \"{}\"\nkey_file = \"{}\"\n\
+         key_id = \"KEY1234567\"\nteam_id = \"TEAM765432\"\n\
+         [matrix.apps.\"org.example.ios\"]\nprovider = \"apns\"\npushkey = \"base64\"\n",
+        apns.base_url(),
+        ca.display(),
+        key.display()
+    ))
+    .await;
+    let pushkey = base64::engine::general_purpose::STANDARD.encode([0xab_u8; 32]);
+    let mut body = message(vec![device("org.example.ios", &pushkey)]);
+    body["notification"]["counts"] = json!({"unread": 2, "missed_calls": 1});
+    assert_eq!(
+        notify(&s, &body).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    let r = apns.only_request();
+    assert_eq!(r.device_token(), "ab".repeat(32));
+    assert_eq!(r.header("apns-push-type"), Some("alert"));
+    assert_eq!(r.header("apns-priority"), Some("10"));
+    let payload: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(payload["aps"]["badge"], 3, "{payload}");
+    assert_eq!(payload["room_id"], "!room:example.org", "{payload}");
+    assert_eq!(payload["event_id"], "$event", "{payload}");
+
+    body["notification"]["prio"] = json!("low");
+    body["notification"]["event_id"] = json!("$low");
+    assert_eq!(
+        notify(&s, &body).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    let low = apns.requests().pop().unwrap();
+    assert_eq!(low.header("apns-priority"), Some("5"));
+}

@@ -524,7 +524,7 @@ impl Apns {
             .timeout(timeout)
             .header("apns-topic", topic)
             .header("apns-push-type", push.push_type.header())
-            .header("apns-priority", push.push_type.priority())
+            .header("apns-priority", push.push_type.priority(push.priority))
             .header("apns-expiration", expiration)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(push.body.clone());

@@ -12,7 +12,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::{Device, DeviceToken, Kind, Notification};
+use crate::{Device, DeviceToken, Kind, Notification, Priority};
 
 /// APNs refuses larger payloads (413 `PayloadTooLarge`).
 pub(crate) const MAX_PAYLOAD_BYTES: usize = 4096;
@@ -42,11 +42,14 @@ impl PushType {
         }
     }
 
-    /// `apns-priority`: immediate for alerts and calls; background pushes must use 5.
-    pub(crate) fn priority(self) -> &'static str {
-        match self {
-            PushType::Alert | PushType::Voip => "10",
-            PushType::Background => "5",
+    /// `apns-priority`: immediate for calls, and for alerts unless the notification is low
+    /// priority (then 5: delivered when the device is awake anyway, to save its battery);
+    /// background pushes must use 5.
+    pub(crate) fn priority(self, priority: Priority) -> &'static str {
+        match (self, priority) {
+            (PushType::Voip, _) => "10",
+            (PushType::Alert, Priority::Normal | Priority::High) => "10",
+            (PushType::Alert, Priority::Low) | (PushType::Background, _) => "5",
         }
     }
 }
@@ -64,6 +67,8 @@ pub(crate) struct MappingSettings {
 pub(crate) struct Planned<'a> {
     pub token: &'a DeviceToken,
     pub push_type: PushType,
+    /// The notification's priority, for `apns-priority`.
+    pub priority: Priority,
     /// `apns-expiration` relative to now; 0 means "now or never" (the header is then `0`).
     pub expiration_secs: u64,
     /// `apns-collapse-id` asked for by the notification (the app's configured one otherwise).
@@ -96,6 +101,7 @@ pub(crate) fn plan<'a>(
             let body = encode(&merged(n, payload))?;
             check_size(&body, MAX_VOIP_PAYLOAD_BYTES)?;
             Ok(Planned {
+                priority: n.priority,
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: voip_token,
                 push_type: PushType::Voip,
@@ -111,6 +117,7 @@ pub(crate) fn plan<'a>(
             };
             let body = alert_payload(n, default_body, settings.max_body_chars)?;
             Ok(Planned {
+                priority: n.priority,
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: &device.token,
                 push_type: PushType::Alert,
@@ -142,6 +149,7 @@ pub(crate) fn plan<'a>(
             let body = encode(&merged(n, payload))?;
             check_size(&body, MAX_PAYLOAD_BYTES)?;
             Ok(Planned {
+                priority: n.priority,
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: &device.token,
                 push_type: PushType::Background,
@@ -303,7 +311,7 @@ fn check_size(body: &[u8], limit: usize) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Content, Encrypted, Priority, ProviderId};
+    use crate::{Content, Encrypted, ProviderId};
 
     fn settings() -> MappingSettings {
         MappingSettings {
@@ -348,6 +356,14 @@ mod tests {
 
     fn json(body: &[u8]) -> Value {
         serde_json::from_slice(body).unwrap()
+    }
+
+    #[test]
+    fn low_priority_alerts_go_at_priority_5_and_calls_always_at_10() {
+        assert_eq!(PushType::Alert.priority(Priority::High), "10");
+        assert_eq!(PushType::Alert.priority(Priority::Low), "5");
+        assert_eq!(PushType::Voip.priority(Priority::Low), "10");
+        assert_eq!(PushType::Background.priority(Priority::High), "5");
     }
 
     #[test]
