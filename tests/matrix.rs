@@ -287,11 +287,15 @@ async fn discovery_and_unknown_paths_answer_as_matrix_does() {
     );
 }
 
-/// An APNs app as Matrix apps send it: the pushkey is the base64 of the token, which goes to
-/// APNs as hex; the badge is unread plus missed calls; `prio: low` is APNs priority 5.
-#[tokio::test]
-async fn an_apns_app_gets_hex_tokens_its_badge_and_priority() {
-    use base64::Engine;
+/// pushgate with an APNs provider on a local HTTP/2 APNs, and `apps` (Matrix app sections
+/// naming provider `apns`); the temporary directory holds the CA and key files.
+async fn with_apns(
+    apps: &str,
+) -> (
+    HttpServer,
+    pushgate_test_support::apns::MockApns,
+    tempfile::TempDir,
+) {
     use pushgate_test_support::apns::{MockApns, Options};
     use pushgate_test_support::pki::Pki;
 
@@ -305,14 +309,28 @@ async fn an_apns_app_gets_hex_tokens_its_badge_and_priority() {
     let s = server(&format!(
         "[providers.apns]\nkind = \"apns\"\ntopic = \"org.example.matrix\"\n\
          environment = \"production\"\nbase_url = \"{}\"\nca_file = \"{}\"\nkey_file = \"{}\"\n\
-         key_id = \"KEY1234567\"\nteam_id = \"TEAM765432\"\n\
-         [matrix.apps.\"org.example.ios\"]\nprovider = \"apns\"\npushkey = \"base64\"\n",
+         key_id = \"KEY1234567\"\nteam_id = \"TEAM765432\"\n{apps}",
         apns.base_url(),
         ca.display(),
         key.display()
     ))
     .await;
-    let pushkey = base64::engine::general_purpose::STANDARD.encode([0xab_u8; 32]);
+    (s, apns, dir)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// An APNs app as Matrix apps send it: the pushkey is the base64 of the token, which goes to
+/// APNs as hex; the badge is unread plus missed calls; `prio: low` is APNs priority 5.
+#[tokio::test]
+async fn an_apns_app_gets_hex_tokens_its_badge_and_priority() {
+    let (s, apns, _dir) =
+        with_apns("[matrix.apps.\"org.example.ios\"]\nprovider = \"apns\"\npushkey = \"base64\"\n")
+            .await;
+    let pushkey = base64(&[0xab_u8; 32]);
     let mut body = message(vec![device("org.example.ios", &pushkey)]);
     body["notification"]["counts"] = json!({"unread": 2, "missed_calls": 1});
     assert_eq!(
@@ -336,4 +354,36 @@ async fn an_apns_app_gets_hex_tokens_its_badge_and_priority() {
     );
     let low = apns.requests().pop().unwrap();
     assert_eq!(low.header("apns-priority"), Some("5"));
+}
+
+/// An app whose pushers carry PushKit tokens (`voip = true`) gets call invites as VoIP pushes
+/// and nothing else.
+#[tokio::test]
+async fn a_voip_app_gets_calls_only_as_voip_pushes() {
+    let (s, apns, _dir) = with_apns(
+        "[matrix.apps.\"org.example.ios.voip\"]\nprovider = \"apns\"\npushkey = \"base64\"\n\
+         voip = true\n",
+    )
+    .await;
+    let pushkey = base64(&[0xcd_u8; 32]);
+    let devices = vec![device("org.example.ios.voip", &pushkey)];
+    assert_eq!(
+        notify(&s, &message(devices.clone())).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    assert!(
+        apns.requests().is_empty(),
+        "a message is not for a PushKit token"
+    );
+    let mut call = message(devices);
+    call["notification"]["type"] = json!("m.call.invite");
+    call["notification"]["event_id"] = json!("$call");
+    assert_eq!(
+        notify(&s, &call).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    let r = apns.only_request();
+    assert_eq!(r.device_token(), "cd".repeat(32));
+    assert_eq!(r.header("apns-push-type"), Some("voip"));
+    assert_eq!(r.header("apns-topic"), Some("org.example.matrix.voip"));
 }

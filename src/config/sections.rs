@@ -512,6 +512,10 @@ pub struct MatrixAppConfig {
     /// Whether the unread count becomes the app's badge.
     #[serde(default = "yes")]
     pub send_badge_counts: bool,
+    /// The app's pushers carry PushKit (VoIP) tokens: calls go as APNs VoIP pushes, and nothing
+    /// else is sent to them (iOS ends an app that gets a VoIP push without reporting a call).
+    #[serde(default)]
+    pub voip: bool,
 }
 
 /// How a Matrix pushkey is written.

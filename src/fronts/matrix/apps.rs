@@ -16,6 +16,8 @@ pub struct App {
     pub provider: ProviderId,
     pushkey: PushkeyEncoding,
     pub send_badge_counts: bool,
+    /// Pushkeys are PushKit tokens: calls only.
+    pub voip: bool,
 }
 
 impl App {
@@ -57,6 +59,7 @@ impl Apps {
                 provider: ProviderId::new(c.provider.clone()),
                 pushkey: c.pushkey,
                 send_badge_counts: c.send_badge_counts,
+                voip: c.voip,
             };
             if id.contains('*') {
                 apps.globs.push((id.clone(), app));
@@ -120,6 +123,7 @@ mod tests {
                     provider: format!("p{i}"),
                     pushkey: PushkeyEncoding::AsIs,
                     send_badge_counts: true,
+                    voip: false,
                 },
             );
         }
@@ -153,6 +157,7 @@ mod tests {
             provider: ProviderId::new("apns"),
             pushkey: PushkeyEncoding::Base64,
             send_badge_counts: true,
+            voip: false,
         };
         assert_eq!(app.token("3q2+7w==").unwrap().as_str(), "deadbeef");
         assert_eq!(app.token("3q2+7w").unwrap().as_str(), "deadbeef");

@@ -25,7 +25,7 @@ pub mod notify;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate_providers::{Device, Notification};
+use pushgate_providers::{Device, Kind, Notification};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -115,7 +115,7 @@ impl Matrix {
                 .with_label_values(&[verdict.label()])
                 .inc();
             match verdict {
-                Verdict::Pushed | Verdict::Duplicate => {}
+                Verdict::Pushed | Verdict::Duplicate | Verdict::NotForThisApp => {}
                 Verdict::Rejected(_) => rejected.push(device.pushkey.clone()),
                 Verdict::Failed => undelivered += 1,
             }
@@ -159,6 +159,10 @@ impl Matrix {
             tracing::info!("event already pushed to this pushkey: not again");
             return Verdict::Duplicate;
         }
+        if app.voip && notification.kind != Kind::Voip {
+            // A PushKit token takes calls only; the app's other pusher gets the rest.
+            return Verdict::NotForThisApp;
+        }
         let Ok(data) = body.app_data(device) else {
             tracing::info!("the pusher's default_payload is not an object: pushkey rejected");
             return Verdict::Rejected("bad_default_payload");
@@ -168,8 +172,9 @@ impl Matrix {
         notification.badge = body.badge().filter(|_| app.send_badge_counts);
         let target = Device {
             provider: app.provider.clone(),
+            // The provider sends calls to the second token as VoIP pushes.
+            second_token: app.voip.then(|| token.clone()),
             token,
-            second_token: None,
             webpush_keys: None,
         };
         let span = tracing::info_span!("deliver", provider = %app.provider);
@@ -195,6 +200,8 @@ enum Verdict {
     Pushed,
     /// This event went to this pushkey moments ago.
     Duplicate,
+    /// Not a call, and the pushkey takes calls only.
+    NotForThisApp,
     /// Listed in `rejected`, for the reason given.
     Rejected(&'static str),
     /// Neither delivered nor queued: the request gets a 502.
@@ -206,6 +213,7 @@ impl Verdict {
         match self {
             Verdict::Pushed => "pushed",
             Verdict::Duplicate => "duplicate",
+            Verdict::NotForThisApp => "not_for_app",
             Verdict::Rejected(why) => why,
             Verdict::Failed => "failed",
         }
