@@ -387,3 +387,59 @@ async fn a_voip_app_gets_calls_only_as_voip_pushes() {
     assert_eq!(r.header("apns-push-type"), Some("voip"));
     assert_eq!(r.header("apns-topic"), Some("org.example.matrix.voip"));
 }
+
+/// An FCM app: the pushkey is the registration token; the app gets the room, event and counts
+/// as data strings, and `prio: low` is Android priority normal.
+#[tokio::test]
+async fn an_fcm_app_gets_data_strings_and_priority() {
+    use pushgate_test_support::fcm::{AssertionCheck, MockFcm};
+    use pushgate_test_support::fixtures::{RsaKey, fcm_token};
+    use pushgate_test_support::pki::Pki;
+
+    const PROJECT: &str = "pushgate-test-1234";
+    const EMAIL: &str = "pushgate@pushgate-test-1234.iam.gserviceaccount.com";
+    let key = RsaKey::generate().unwrap();
+    let pki = Pki::new();
+    let fcm = MockFcm::start(
+        &pki,
+        PROJECT,
+        AssertionCheck {
+            public_key_der: key.public_der.clone(),
+            kid: "k1".to_owned(),
+            iss: EMAIL.to_owned(),
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let sa = dir.path().join("service-account.json");
+    let account = json!({
+        "type": "service_account", "project_id": PROJECT, "private_key_id": "k1",
+        "private_key": key.pem, "client_email": EMAIL, "token_uri": fcm.token_uri(),
+    });
+    std::fs::write(&sa, account.to_string()).unwrap();
+    let s = server(&format!(
+        "[providers.fcm]\nkind = \"fcm\"\nservice_account_file = \"{}\"\nbase_url = \"{}\"\n\
+         ca_file = \"{}\"\n[matrix.apps.\"org.example.android\"]\nprovider = \"fcm\"\n",
+        sa.display(),
+        fcm.base_url(),
+        ca.display()
+    ))
+    .await;
+    let token = fcm_token("matrix", 140);
+    let mut body = message(vec![device("org.example.android", &token)]);
+    body["notification"]["prio"] = json!("low");
+    assert_eq!(
+        notify(&s, &body).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    let sent = fcm.only_send();
+    assert_eq!(sent.device_token(), token);
+    let m: Value = serde_json::from_slice(&sent.body).unwrap();
+    let data = &m["message"]["data"];
+    assert_eq!(data["room_id"], "!room:example.org", "{m}");
+    assert_eq!(data["event_id"], "$event", "{m}");
+    assert_eq!(data["unread_count"], "2", "{m}");
+    assert_eq!(m["message"]["android"]["priority"], "normal", "{m}");
+}

@@ -90,11 +90,13 @@ pub(crate) fn plan(
 }
 
 /// High wakes the device from Doze at once; Android demotes apps whose high-priority messages
-/// never lead to a visible notification, so only what the user should see now is high.
+/// never lead to a visible notification, so only what the user should see now is high: calls,
+/// alerts unless their sender marked them low priority, and what is marked high.
 fn priority(n: &Notification) -> &'static str {
     match (n.kind, n.priority) {
-        (Kind::Alert | Kind::Voip, _) | (_, Priority::High) => "high",
-        _ => "normal",
+        (Kind::Voip, _) | (_, Priority::High) => "high",
+        (Kind::Alert, Priority::Normal) => "high",
+        (Kind::Alert, Priority::Low) | (Kind::Background | Kind::Clear, _) => "normal",
     }
 }
 
@@ -238,7 +240,9 @@ mod tests {
     fn priorities() {
         let s = settings();
         let p = |k, pr| plan("t", &note(k, pr, None), &s).unwrap().priority;
-        assert_eq!(p(Kind::Alert, Priority::Low), "high");
+        assert_eq!(p(Kind::Alert, Priority::Normal), "high");
+        // A Matrix homeserver's `prio: low`: shown when the device wakes anyway.
+        assert_eq!(p(Kind::Alert, Priority::Low), "normal");
         assert_eq!(p(Kind::Voip, Priority::Normal), "high");
         assert_eq!(p(Kind::Background, Priority::High), "high");
         assert_eq!(p(Kind::Background, Priority::Normal), "normal");
