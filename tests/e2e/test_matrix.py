@@ -1,7 +1,9 @@
 """The Matrix push gateway front end to end: a real Synapse (synapse_proc.py) whose users set
-pushers pointing at pushgate's `/_matrix/push/v1/notify`, pushgate's Matrix front and WebPush
-provider, and the local WebPush endpoint as the phone's push service (a UnifiedPush-style app:
-the pushkey is the endpoint URL, the body plaintext JSON).
+pushers pointing at pushgate's `/_matrix/push/v1/notify`, pushgate's Matrix front, and two apps:
+a UnifiedPush-style one on the WebPush provider (the local WebPush endpoint is the phone's push
+service; the pushkey is the endpoint URL, the body plaintext JSON), and an iOS one on the APNs
+provider (the local HTTP/2 APNs with token auth; the pushkey is the base64 of the device token,
+as Matrix apps send it), with a second iOS app for PushKit (VoIP) pushers.
 
 Checked: a message and a call reach the phone with what the app needs; a dead endpoint makes
 Synapse delete the pusher; a push service outage loses nothing and holds nothing back (pushgate
@@ -9,23 +11,68 @@ answers 200 once the notification is queued, so Synapse never enters its per-pus
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import secrets
+import shutil
+import tempfile
+
 import pytest
 
-from conftest import diagnostics, running_stack
+from apns_server import ApnsServer
+from conftest import _LIVE, diagnostics, running_stack
+from pki import CA, new_p8
 from procs import free_port
+from pushgate_proc import toml_str
 from synapse_proc import PUSH_FAILED_LINE
 
 APP = "org.pushgate.e2e.unifiedpush"
+IOS_APP = "org.pushgate.e2e.ios"
+VOIP_APP = "org.pushgate.e2e.ios.voip"
+TOPIC = "org.pushgate.e2e"
 ROOM = "pushgate matrix e2e"
 
 
 @pytest.fixture(scope="module")
-def gateway():
-    """pushgate with its HTTP listener and one Matrix app on the WebPush provider; yields the
-    WebPush endpoint and the notify URL."""
+def apns():
+    """A local APNs (HTTP/2 over TLS, a test CA) accepting provider tokens of one .p8 key;
+    yields it, the CA file and the key file."""
+    d = tempfile.mkdtemp(prefix="pushgate-e2e-matrix-apns-")
+    ca = CA("pushgate e2e Matrix APNs CA")
+    ca_file = ca.write(os.path.join(d, "ca.pem"))
+    server = ca.issue("localhost", server=True, dns=("localhost",), ips=("127.0.0.1",), days=7)
+    p8 = new_p8("MATRIXKEY1", "MATRIXTEAM")
+    p8_file = p8.write(os.path.join(d, "AuthKey.p8"))
+    mock = ApnsServer(server.cert_pem, server.key_pem,
+                      token_keys={"MATRIXKEY1": (p8.public_key, "MATRIXTEAM")},
+                      name="apns-mock[matrix]")
+    mock.start()
+    _LIVE.append(mock)
+    try:
+        yield mock, ca_file, p8_file
+    finally:
+        mock.stop()
+        _LIVE.remove(mock)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def gateway(apns):
+    """pushgate with its HTTP listener and the three Matrix apps; yields the WebPush endpoint
+    and the notify URL."""
+    mock, ca_file, p8_file = apns
     port = free_port()
-    toml = (f'[http]\nlisten = "127.0.0.1:{port}"\n'
-            f'[matrix.apps."{APP}"]\nprovider = "webpush"\n')
+    toml = "\n".join([
+        f'[http]\nlisten = "127.0.0.1:{port}"',
+        "[providers.apns]", 'kind = "apns"', f"topic = {toml_str(TOPIC)}",
+        'environment = "sandbox"', f"base_url = {toml_str(mock.base_url)}",
+        f"ca_file = {toml_str(ca_file)}", f"key_file = {toml_str(p8_file)}",
+        'key_id = "MATRIXKEY1"', 'team_id = "MATRIXTEAM"',
+        f'[matrix.apps."{APP}"]', 'provider = "webpush"',
+        f'[matrix.apps."{IOS_APP}"]', 'provider = "apns"', 'pushkey = "base64"',
+        f'[matrix.apps."{VOIP_APP}"]', 'provider = "apns"', 'pushkey = "base64"', "voip = true",
+    ]) + "\n"
     with running_stack("matrix", pushgate_toml=toml) as (_, endpoint):
         yield endpoint, f"http://127.0.0.1:{port}/_matrix/push/v1/notify"
 
@@ -85,3 +132,33 @@ def test_an_outage_loses_nothing_and_holds_nothing_back(synapse, gateway):
     failed = synapse.log.find_all(PUSH_FAILED_LINE, since)
     assert failed == [], [m.string for m in failed]
     assert alice.pushkeys() == {dev.url}, "the pusher stays"
+
+
+def test_an_ios_app_gets_its_alert_and_its_pushkit_pusher_the_call(synapse, gateway, apns):
+    """Matrix iOS apps send the APNs token base64-encoded: it reaches APNs as hex, with the
+    badge, room and event; a call invite goes to the app's PushKit pusher as a VoIP push, and
+    a message does not."""
+    mock, _, _ = apns
+    _, url = gateway
+    alice, bob, room = synapse.pair(ROOM)
+    token, voip_token = secrets.token_hex(32), secrets.token_hex(32)
+    alice.set_pusher(url, app_id=IOS_APP,
+                     pushkey=base64.b64encode(bytes.fromhex(token)).decode(),
+                     default_payload={"aps": {"mutable-content": 1}})
+    alice.set_pusher(url, app_id=VOIP_APP,
+                     pushkey=base64.b64encode(bytes.fromhex(voip_token)).decode(), append=True)
+    event = bob.send_text(room, "hello iPhone")
+    r = mock.wait_saying(token, "hello iPhone", diagnostics=diagnostics)
+    assert r.headers.get("apns-push-type") == "alert", r.summary()
+    assert r.headers.get("apns-priority") == "10", r.summary()
+    assert r.headers.get("apns-topic") == TOPIC, r.summary()
+    p = json.loads(r.body)
+    assert p["aps"]["badge"] == 1 and p["aps"]["mutable-content"] == 1, r.summary()
+    assert p["room_id"] == room and p["event_id"] == event, r.summary()
+
+    call = bob.send_call_invite(room)
+    (v,) = mock.wait_for(voip_token, 1, diagnostics=diagnostics)
+    assert v.headers.get("apns-push-type") == "voip", v.summary()
+    assert v.headers.get("apns-topic") == TOPIC + ".voip", v.summary()
+    assert json.loads(v.body)["event_id"] == call, v.summary()
+    assert len(mock.requests_for(voip_token)) == 1, "the message went to the PushKit token"
