@@ -443,3 +443,32 @@ async fn an_fcm_app_gets_data_strings_and_priority() {
     assert_eq!(data["unread_count"], "2", "{m}");
     assert_eq!(m["message"]["android"]["priority"], "normal", "{m}");
 }
+
+/// The pushkey comes from whoever sends the request: one that is no valid token of the app's
+/// provider (a path for an APNs app, an address the endpoint policy refuses for a WebPush app)
+/// is rejected, and nothing is sent anywhere.
+#[tokio::test]
+async fn hostile_pushkeys_are_rejected_without_a_request() {
+    let (s, apns, _dir) = with_apns(
+        "[matrix.apps.\"org.example.ios\"]\nprovider = \"apns\"\n\
+         [matrix.apps.\"org.example.web\"]\nprovider = \"strict\"\n\
+         [providers.strict]\nkind = \"webpush\"\n",
+    )
+    .await;
+    let keys = [
+        ("org.example.ios", "../../3/device/other"),
+        ("org.example.ios", "not hex at all"),
+        ("org.example.web", "http://127.0.0.1:9/internal"),
+        (
+            "org.example.web",
+            "https://169.254.169.254/latest/meta-data",
+        ),
+        ("org.example.web", "file:///etc/passwd"),
+    ];
+    let devices = keys.iter().map(|(app, key)| device(app, key)).collect();
+    let (status, answer) = notify(&s, &message(devices)).await;
+    assert_eq!(status, StatusCode::OK);
+    let rejected: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
+    assert_eq!(answer, json!({ "rejected": rejected }));
+    assert!(apns.requests().is_empty());
+}

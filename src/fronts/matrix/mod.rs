@@ -177,6 +177,15 @@ impl Matrix {
             token,
             webpush_keys: None,
         };
+        // What a registration is checked for (an APNs token is hex, a WebPush endpoint a URL
+        // the endpoint policy allows), checked here for every request: the pushkey comes from
+        // whoever sends the request.
+        if let Some((_, provider)) = core.providers.get(app.provider.as_str())
+            && provider.validate(&target).is_err()
+        {
+            tracing::info!("the pushkey is no valid token for the app's provider: rejected");
+            return Verdict::Rejected("bad_pushkey");
+        }
         let span = tracing::info_span!("deliver", provider = %app.provider);
         let outcome = delivery::deliver(core, Target::Named(&target), notification, deadline)
             .instrument(span)
