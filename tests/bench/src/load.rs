@@ -33,6 +33,60 @@ pub(crate) struct Report {
     pub(crate) rss_hwm_kb_after: u64,
     pub(crate) rss_kb_after: u64,
     pub(crate) timed_out: bool,
+    /// Matrix front: requests answered 200 whose push never reached the sink (queued for a
+    /// retry instead of delivered).
+    pub(crate) ok_not_delivered: Option<u64>,
+}
+
+/// pushgate's CPU and peak RSS and the bench's own CPU, read when a run's load starts.
+pub(crate) struct Usage {
+    clk_tck: f64,
+    cpu: u64,
+    own_cpu: u64,
+    rss_hwm_kb: u64,
+}
+
+impl Usage {
+    pub(crate) fn start(pid: u32) -> Result<Self, BoxError> {
+        Ok(Usage {
+            clk_tck: clock_ticks(),
+            cpu: cpu_ticks(pid)?,
+            own_cpu: cpu_ticks(std::process::id())?,
+            rss_hwm_kb: status_kb(pid, "VmHWM")?,
+        })
+    }
+
+    /// The run's report, with the readings since `start`.
+    pub(crate) fn finish(
+        self,
+        pid: u32,
+        times: &Times,
+        replies: BTreeMap<String, u64>,
+        first_sent: u64,
+        last_reply: u64,
+        timed_out: bool,
+    ) -> Result<Report, BoxError> {
+        let cpu = cpu_ticks(pid)?;
+        let own_cpu = cpu_ticks(std::process::id())?;
+        let sent = times
+            .sent
+            .iter()
+            .filter(|t| t.load(Ordering::Relaxed) != 0)
+            .count() as u64;
+        Ok(Report {
+            sent,
+            replies,
+            first_sent,
+            last_reply,
+            cpu_secs: cpu.saturating_sub(self.cpu) as f64 / self.clk_tck,
+            bench_cpu_secs: own_cpu.saturating_sub(self.own_cpu) as f64 / self.clk_tck,
+            rss_hwm_kb_before: self.rss_hwm_kb,
+            rss_hwm_kb_after: status_kb(pid, "VmHWM")?,
+            rss_kb_after: status_kb(pid, "VmRSS")?,
+            timed_out,
+            ok_not_delivered: None,
+        })
+    }
 }
 
 pub(crate) async fn drive(
@@ -67,10 +121,7 @@ pub(crate) async fn drive(
     .map_err(|_| "no answer to the warm-up ping")??;
     buf.clear();
 
-    let clk_tck = clock_ticks();
-    let cpu_before = cpu_ticks(pid)?;
-    let own_cpu_before = cpu_ticks(std::process::id())?;
-    let rss_hwm_kb_before = status_kb(pid, "VmHWM")?;
+    let usage = Usage::start(pid)?;
 
     // Rate mode sends on the clock and never waits for replies.
     let windowed = args.mode != Mode::Rate;
@@ -176,27 +227,8 @@ pub(crate) async fn drive(
     }
     let replies = kinds.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let last_reply = last_reply.load(Ordering::Relaxed);
-    let cpu_after = cpu_ticks(pid)?;
-    let own_cpu_after = cpu_ticks(std::process::id())?;
-    let rss_hwm_kb_after = status_kb(pid, "VmHWM")?;
-    let rss_kb_after = status_kb(pid, "VmRSS")?;
+    let report = usage.finish(pid, &times, replies, first_sent, last_reply, timed_out);
     // Bounded: a stalled pushgate leaves our send buffer full.
     let _ = timeout(Duration::from_secs(1), wr.write_all(b"</stream:stream>")).await;
-    let sent = times
-        .sent
-        .iter()
-        .filter(|t| t.load(Ordering::Relaxed) != 0)
-        .count() as u64;
-    Ok(Report {
-        sent,
-        replies,
-        first_sent,
-        last_reply,
-        cpu_secs: (cpu_after.saturating_sub(cpu_before)) as f64 / clk_tck,
-        bench_cpu_secs: (own_cpu_after.saturating_sub(own_cpu_before)) as f64 / clk_tck,
-        rss_hwm_kb_before,
-        rss_hwm_kb_after,
-        rss_kb_after,
-        timed_out,
-    })
+    report
 }

@@ -5,12 +5,14 @@
 //! seeded directly in the store, each pointing at a local provider sink (WebPush over plain
 //! HTTP/1.1, or APNs / FCM over HTTP/2 + TLS), or sends XEP-0050 `register-device` commands. It
 //! measures request → reply and publish → provider-request latency, replies by kind, and the
-//! child's CPU time and peak RSS. Loopback only; bounded in count and time; kills pushgate at the
+//! child's CPU time and peak RSS. With `--front matrix` the load is a homeserver's instead:
+//! Matrix push gateway notify requests over keep-alive HTTP/1.1 (matrix.rs), no registrations. Loopback only; bounded in count and time; kills pushgate at the
 //! end. Not part of the test suite.
 
 mod apns_sink;
 mod fcm_sink;
 mod load;
+mod matrix;
 mod report;
 mod seed;
 mod tls_sink;
@@ -44,6 +46,8 @@ pub(crate) const MARK: &str = "bench-";
 /// Bounds on one run: requests (each costs three timestamps), devices, and the window.
 const MAX_TOTAL: usize = 10_000_000;
 const MAX_WINDOW: usize = 100_000;
+/// Below pushgate's default `[http] max_connections` (512).
+const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Mode {
@@ -54,6 +58,15 @@ pub(crate) enum Mode {
     /// `register-device` commands (Tigase dialect, single stage) from distinct users, as fast
     /// as replies come back with at most `--window` outstanding; no provider deliveries.
     Register,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum Front {
+    /// XEP-0357 publishes (or register-device commands) over the XEP-0114 component stream.
+    Xmpp,
+    /// Matrix push gateway notify requests, one device each, over keep-alive HTTP/1.1
+    /// (`--mode fast` or `rate`; `--devices` pushkeys in rotation, not seeded).
+    Matrix,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,7 +112,11 @@ pub(crate) struct Args {
     /// The pushgate binary to start (overrides --debug).
     #[arg(long)]
     pub(crate) binary: Option<PathBuf>,
-    /// Registered devices (seeded through Store::insert_batch before pushgate starts).
+    /// Which of pushgate's fronts the load goes to.
+    #[arg(long, value_enum, default_value = "xmpp")]
+    pub(crate) front: Front,
+    /// Registered devices (seeded through Store::insert_batch before pushgate starts); with
+    /// `--front matrix`, the pushkeys the requests rotate over.
     #[arg(long, default_value_t = 1000)]
     pub(crate) devices: usize,
     /// Which provider the devices use, and so which local sink receives the pushes.
@@ -116,6 +133,10 @@ pub(crate) struct Args {
     /// Fast and register modes: most requests outstanding at once.
     #[arg(long, default_value_t = 256)]
     pub(crate) window: usize,
+    /// `--front matrix`: keep-alive HTTP/1.1 connections, one request outstanding on each (so
+    /// also the bound on outstanding requests in fast mode).
+    #[arg(long, default_value_t = 8)]
+    pub(crate) connections: usize,
     /// Rate mode: publishes per second.
     #[arg(long, default_value_t = 2_000)]
     pub(crate) rate: u64,
@@ -209,12 +230,20 @@ async fn run(args: Args) -> Result<(), BoxError> {
         Mode::Rate => args.rate.saturating_mul(args.duration_secs),
     };
     let total = usize::try_from(total).unwrap_or(usize::MAX);
-    if total == 0 || args.devices == 0 || args.window == 0 {
-        return Err("count/rate/duration, devices and window must be positive".into());
+    if total == 0 || args.devices == 0 || args.window == 0 || args.connections == 0 {
+        return Err("count/rate/duration, devices, window and connections must be positive".into());
     }
-    if total > MAX_TOTAL || args.devices > MAX_TOTAL || args.window > MAX_WINDOW {
+    if args.front == Front::Matrix && args.mode == Mode::Register {
+        return Err("--front matrix takes --mode fast or rate".into());
+    }
+    if total > MAX_TOTAL
+        || args.devices > MAX_TOTAL
+        || args.window > MAX_WINDOW
+        || args.connections > MAX_CONNECTIONS
+    {
         return Err(format!(
-            "at most {MAX_TOTAL} requests and devices, and a window of {MAX_WINDOW}, per run"
+            "at most {MAX_TOTAL} requests and devices, a window of {MAX_WINDOW} and \
+             {MAX_CONNECTIONS} connections, per run"
         )
         .into());
     }
@@ -233,23 +262,36 @@ async fn run(args: Args) -> Result<(), BoxError> {
         ProviderKind::Fcm => Box::new(FcmSink::start(&dir.0, times.clone()).await?),
     };
 
-    // Seed the registrations before pushgate starts.
-    let db_url = match &args.postgres {
-        Some(u) => u.clone(),
-        None => Store::sqlite_url_in(&dir.0)?,
+    // Seed the registrations before pushgate starts; Matrix pushers live in the homeserver.
+    let (nodes, seed_rate, pushkeys, http) = match args.front {
+        Front::Xmpp => {
+            let db_url = match &args.postgres {
+                Some(u) => u.clone(),
+                None => Store::sqlite_url_in(&dir.0)?,
+            };
+            let seeded = seed::seed(&db_url, args.devices, sink.as_ref()).await?;
+            let seed_rate = seeded.rate();
+            eprintln!(
+                "seeded {} {} registrations in {:.1} s ({seed_rate:.0}/s, Store::insert_batch, \
+                 {} a call; bench CPU {:.1} s)",
+                seeded.nodes.len(),
+                sink.provider_id(),
+                seeded.secs,
+                seed::BATCH,
+                seeded.cpu_secs,
+            );
+            (seeded.nodes, seed_rate, Vec::new(), None)
+        }
+        Front::Matrix => {
+            // A free loopback port for pushgate's HTTP listener.
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            let pushkeys = matrix::pushkeys(args.provider, sink.as_ref(), args.devices)?;
+            (Vec::new(), 0.0, pushkeys, Some(listen))
+        }
     };
-    let seeded = seed::seed(&db_url, args.devices, sink.as_ref()).await?;
-    let seed_rate = seeded.rate();
-    eprintln!(
-        "seeded {} {} registrations in {:.1} s ({seed_rate:.0}/s, Store::insert_batch, {} a call; \
-         bench CPU {:.1} s)",
-        seeded.nodes.len(),
-        sink.provider_id(),
-        seeded.secs,
-        seed::BATCH,
-        seeded.cpu_secs,
-    );
-    let nodes = seeded.nodes;
+    let front_toml = http
+        .map(|listen| matrix::config_toml(listen, args.provider, sink.provider_id()))
+        .unwrap_or_default();
 
     // Our side of XEP-0114, then pushgate.
     let xmpp = TcpListener::bind("127.0.0.1:0").await?;
@@ -265,7 +307,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             "[component]\njid = \"{COMPONENT}\"\nsecret = \"{SECRET}\"\nserver = \"{}\"\n\
              idle_ping_secs = 3600\npublish_timeout_secs = 10\n\
              [storage]\n{storage}\n\
-             [registration]\nrate_per_domain_per_minute = 0\n{}",
+             [registration]\nrate_per_domain_per_minute = 0\n{}{front_toml}",
             xmpp.local_addr()?,
             sink.provider_toml(),
         ),
@@ -290,6 +332,12 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let socket = timeout(Duration::from_secs(30), handshake(&xmpp))
             .await
             .map_err(|_| "pushgate did not connect and authenticate within 30 s")??;
+        if let Some(listen) = http {
+            // The component stream stays up, idle, as beside a real homeserver.
+            let report = matrix::drive(&args, listen, pid, &pushkeys, times.clone(), total).await;
+            drop(socket);
+            return report;
+        }
         let provider = sink.provider_id();
         // Register mode: user i registers device `devices + i`, a token no seeded row has.
         let stanza = |seq: usize| match args.mode {

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::load::Report;
-use crate::{Args, BoxError, Mode, ProviderSink, Times};
+use crate::{Args, BoxError, Front, Mode, ProviderSink, Times, matrix};
 
 pub(crate) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
@@ -78,9 +78,10 @@ pub(crate) fn print_report(
     }
     let replied: u64 = r.replies.values().sum();
     // What a successful reply is called, and what the requests are.
-    let (success, noun) = match args.mode {
-        Mode::Register => ("completed", "commands"),
-        Mode::Fast | Mode::Rate => ("result", "publishes"),
+    let (success, noun) = match (args.front, args.mode) {
+        (Front::Matrix, _) => (matrix::OK, "notify requests"),
+        (Front::Xmpp, Mode::Register) => ("completed", "commands"),
+        (Front::Xmpp, Mode::Fast | Mode::Rate) => ("result", "publishes"),
     };
     let results = r.replies.get(success).copied().unwrap_or(0);
     let elapsed = r.last_reply.saturating_sub(r.first_sent) as f64 / 1e9;
@@ -113,16 +114,25 @@ pub(crate) fn print_report(
     } else {
         "release"
     };
-    let mode = match args.mode {
-        Mode::Fast => format!("fast(window {})", args.window),
-        Mode::Rate => format!("rate({}/s x {} s)", args.rate, args.duration_secs),
-        Mode::Register => format!("register(window {})", args.window),
+    let mode = match (args.front, args.mode) {
+        (Front::Matrix, Mode::Fast) => format!("fast({} connections)", args.connections),
+        (_, Mode::Fast) => format!("fast(window {})", args.window),
+        (Front::Matrix, Mode::Rate) => format!(
+            "rate({}/s x {} s, {} connections)",
+            args.rate, args.duration_secs, args.connections
+        ),
+        (_, Mode::Rate) => format!("rate({}/s x {} s)", args.rate, args.duration_secs),
+        (_, Mode::Register) => format!("register(window {})", args.window),
     };
-    let provider = sink.provider_id();
-    println!(
-        "pushgate-bench: {profile} build, {db}, {provider}, {} devices (seeded at {seed_rate:.0}/s), {mode}",
-        args.devices
-    );
+    let provider = match args.front {
+        Front::Matrix => format!("matrix-{}", sink.provider_id()),
+        Front::Xmpp => sink.provider_id().to_owned(),
+    };
+    let devices = match args.front {
+        Front::Matrix => format!("{} pushkeys in rotation", args.devices),
+        Front::Xmpp => format!("{} devices (seeded at {seed_rate:.0}/s)", args.devices),
+    };
+    println!("pushgate-bench: {profile} build, {db}, {provider}, {devices}, {mode}");
     println!(
         "  {noun} sent {}, replies {replied} {:?}{}",
         r.sent,
@@ -136,11 +146,21 @@ pub(crate) fn print_report(
         sink.refused(),
         if note.is_empty() { "" } else { "; " },
     );
+    if let Some(lost) = r.ok_not_delivered {
+        println!(
+            "  answered 200 but not at the sink (queued for a retry): {lost}; sink requests {} for {results} answered 200",
+            sink.requests()
+        );
+    }
     println!(
         "  throughput: {per_sec:.0} {noun}/s over {elapsed:.2} s (first request to last reply)"
     );
     println!("  request -> reply     ms: p50 {r50}  p99 {r99}  max {rmax}");
-    println!("  publish -> provider  ms: p50 {d50}  p99 {d99}  max {dmax}");
+    let (request, load_side) = match args.front {
+        Front::Matrix => ("notify ", "HTTP client"),
+        Front::Xmpp => ("publish", "XMPP side"),
+    };
+    println!("  {request} -> provider  ms: p50 {d50}  p99 {d99}  max {dmax}");
     println!(
         "  pushgate CPU: {:.2} s ({cpu_per_k:.3} s per 1,000 {noun}); VmHWM {} -> {} MB; VmRSS after {} MB",
         r.cpu_secs,
@@ -149,7 +169,7 @@ pub(crate) fn print_report(
         r.rss_kb_after / 1024
     );
     println!(
-        "  bench CPU (XMPP side + sink): {:.2} s ({:.3} s per 1,000 {noun})",
+        "  bench CPU ({load_side} + sink): {:.2} s ({:.3} s per 1,000 {noun})",
         r.bench_cpu_secs,
         if replied > 0 {
             r.bench_cpu_secs / replied as f64 * 1000.0
@@ -158,8 +178,9 @@ pub(crate) fn print_report(
         }
     );
     // Every request answered with success, and (publishes) every push delivered and matched.
-    let complete =
-        results as usize == total && (args.mode == Mode::Register || delivered_n == total);
+    let complete = results as usize == total
+        && (args.mode == Mode::Register || delivered_n == total)
+        && r.ok_not_delivered.unwrap_or(0) == 0;
     let status = match (r.timed_out, complete) {
         (true, _) => "TIMEOUT",
         (false, true) => "ok",
