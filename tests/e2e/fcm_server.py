@@ -27,17 +27,21 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 import urllib.parse
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from apns_server import ApnsServer, signing_input, split_jwt
+from pki import CA, key_pem
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -255,3 +259,38 @@ class FcmServer(ApnsServer):
         if reply is not None:
             return reply
         return 200, {"name": f"projects/{req.project}/messages/{next(self._names)}"}
+
+
+# --- a test PKI and service account ------------------------------------------------------------
+PROJECT_ID = "pushgate-e2e"
+CLIENT_EMAIL = "pushgate-e2e@pushgate-e2e.iam.gserviceaccount.com"
+PRIVATE_KEY_ID = "e2e" + secrets.token_hex(8)
+
+
+class FcmPki:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="pushgate-e2e-fcm-")
+        self.ca = CA("pushgate e2e FCM test CA")
+        self.ca_file = self.ca.write(os.path.join(self.dir, "ca.pem"))
+        self.server = self.ca.issue("localhost", server=True, dns=("localhost",),
+                                    ips=("127.0.0.1",), days=7)
+        self.sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.sa_file = os.path.join(self.dir, "sa.json")
+
+    def write_service_account(self, token_uri: str) -> str:
+        doc = {
+            "type": "service_account",
+            "project_id": PROJECT_ID,
+            "private_key_id": PRIVATE_KEY_ID,
+            "private_key": key_pem(self.sa_key).decode("ascii"),
+            "client_email": CLIENT_EMAIL,
+            "client_id": "1234567890",
+            "token_uri": token_uri,
+        }
+        with open(self.sa_file, "w") as f:
+            json.dump(doc, f, indent=2)
+        return self.sa_file
+
+    def cleanup(self):
+        if not os.environ.get("PUSHGATE_E2E_KEEP"):
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -18,11 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import secrets
-import shutil
-import tempfile
 import time
 
 import pytest
@@ -30,15 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from clients import expect_error, submit_form
 from conftest import _LIVE, DOMAIN, PUSH_JID, diagnostics, running_stack
-from fcm_server import GRANT_TYPE, SCOPE, FcmRequest, FcmServer, unregistered_error
-from pki import CA, key_pem
+from fcm_server import (CLIENT_EMAIL, GRANT_TYPE, PRIVATE_KEY_ID, PROJECT_ID, SCOPE, FcmPki,
+                        FcmRequest, FcmServer, unregistered_error)
 from prosody import DISABLED_LINE, ERROR_LINE
 from pushgate_proc import toml_str
 
 PROVIDER = "fcm"
-PROJECT_ID = "pushgate-e2e"
-CLIENT_EMAIL = "pushgate-e2e@pushgate-e2e.iam.gserviceaccount.com"
-PRIVATE_KEY_ID = "e2e" + secrets.token_hex(8)
 ROOM = "room@conference.localhost"
 CONTENT_KEYS = {"sender", "body", "nickname", "encrypted", "iv"}
 QUIET = 1.0  # how long we watch for an unexpected extra send
@@ -58,35 +52,6 @@ def p2_hash(account: str, device_id: str) -> str:
 
 
 # --- fixtures --------------------------------------------------------------------------------
-class FcmPki:
-    def __init__(self):
-        self.dir = tempfile.mkdtemp(prefix="pushgate-e2e-fcm-")
-        self.ca = CA("pushgate e2e FCM test CA")
-        self.ca_file = self.ca.write(os.path.join(self.dir, "ca.pem"))
-        self.server = self.ca.issue("localhost", server=True, dns=("localhost",),
-                                    ips=("127.0.0.1",), days=7)
-        self.sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.sa_file = os.path.join(self.dir, "sa.json")
-
-    def write_service_account(self, token_uri: str) -> str:
-        doc = {
-            "type": "service_account",
-            "project_id": PROJECT_ID,
-            "private_key_id": PRIVATE_KEY_ID,
-            "private_key": key_pem(self.sa_key).decode("ascii"),
-            "client_email": CLIENT_EMAIL,
-            "client_id": "1234567890",
-            "token_uri": token_uri,
-        }
-        with open(self.sa_file, "w") as f:
-            json.dump(doc, f, indent=2)
-        return self.sa_file
-
-    def cleanup(self):
-        if not os.environ.get("PUSHGATE_E2E_KEEP"):
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def pki():
     p = FcmPki()

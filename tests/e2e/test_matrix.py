@@ -3,7 +3,8 @@ pushers pointing at pushgate's `/_matrix/push/v1/notify`, pushgate's Matrix fron
 a UnifiedPush-style one on the WebPush provider (the local WebPush endpoint is the phone's push
 service; the pushkey is the endpoint URL, the body plaintext JSON), and an iOS one on the APNs
 provider (the local HTTP/2 APNs with token auth; the pushkey is the base64 of the device token,
-as Matrix apps send it), with a second iOS app for PushKit (VoIP) pushers.
+as Matrix apps send it), with a second iOS app for PushKit (VoIP) pushers, and an Android one
+on the FCM v1 provider (the local FCM with its OAuth token endpoint).
 
 Checked: a message and a call reach the phone with what the app needs; a dead endpoint makes
 Synapse delete the pusher; a push service outage loses nothing and holds nothing back (pushgate
@@ -22,6 +23,7 @@ import pytest
 
 from apns_server import ApnsServer
 from conftest import _LIVE, diagnostics, running_stack
+from fcm_server import CLIENT_EMAIL, PRIVATE_KEY_ID, PROJECT_ID, FcmPki, FcmServer
 from pki import CA, new_p8
 from procs import free_port
 from pushgate_proc import toml_str
@@ -30,6 +32,7 @@ from synapse_proc import PUSH_FAILED_LINE
 APP = "org.pushgate.e2e.unifiedpush"
 IOS_APP = "org.pushgate.e2e.ios"
 VOIP_APP = "org.pushgate.e2e.ios.voip"
+ANDROID_APP = "org.pushgate.e2e.android"
 TOPIC = "org.pushgate.e2e"
 ROOM = "pushgate matrix e2e"
 
@@ -58,10 +61,29 @@ def apns():
 
 
 @pytest.fixture(scope="module")
-def gateway(apns):
-    """pushgate with its HTTP listener and the three Matrix apps; yields the WebPush endpoint
+def fcm():
+    """A local FCM v1 with its OAuth token endpoint; yields it and the service account and CA
+    files pushgate needs."""
+    pki = FcmPki()
+    srv = FcmServer(pki.server.cert_pem, pki.server.key_pem,
+                    accounts={CLIENT_EMAIL: (pki.sa_key.public_key(), PRIVATE_KEY_ID)},
+                    project_id=PROJECT_ID, name="fcm-mock[matrix]")
+    srv.start()
+    _LIVE.append(srv)
+    try:
+        yield srv, pki.write_service_account(srv.token_uri), pki.ca_file
+    finally:
+        srv.stop()
+        _LIVE.remove(srv)
+        pki.cleanup()
+
+
+@pytest.fixture(scope="module")
+def gateway(apns, fcm):
+    """pushgate with its HTTP listener and the four Matrix apps; yields the WebPush endpoint
     and the notify URL."""
     mock, ca_file, p8_file = apns
+    fcm_mock, service_account, fcm_ca = fcm
     port = free_port()
     toml = "\n".join([
         f'[http]\nlisten = "127.0.0.1:{port}"',
@@ -72,6 +94,9 @@ def gateway(apns):
         f'[matrix.apps."{APP}"]', 'provider = "webpush"',
         f'[matrix.apps."{IOS_APP}"]', 'provider = "apns"', 'pushkey = "base64"',
         f'[matrix.apps."{VOIP_APP}"]', 'provider = "apns"', 'pushkey = "base64"', "voip = true",
+        "[providers.fcm]", 'kind = "fcm"', f"service_account_file = {toml_str(service_account)}",
+        f"base_url = {toml_str(fcm_mock.base_url)}", f"ca_file = {toml_str(fcm_ca)}",
+        f'[matrix.apps."{ANDROID_APP}"]', 'provider = "fcm"',
     ]) + "\n"
     with running_stack("matrix", pushgate_toml=toml) as (_, endpoint):
         yield endpoint, f"http://127.0.0.1:{port}/_matrix/push/v1/notify"
@@ -162,3 +187,23 @@ def test_an_ios_app_gets_its_alert_and_its_pushkit_pusher_the_call(synapse, gate
     assert v.headers.get("apns-topic") == TOPIC + ".voip", v.summary()
     assert json.loads(v.body)["event_id"] == call, v.summary()
     assert len(mock.requests_for(voip_token)) == 1, "the message went to the PushKit token"
+
+
+def test_an_android_app_gets_the_event_as_fcm_data(synapse, gateway, fcm):
+    """An FCM app: the pushkey is the registration token; the app gets the content, room, event
+    and counts as data strings, at Android priority high."""
+    mock, _, _ = fcm
+    _, url = gateway
+    alice, bob, room = synapse.pair(ROOM)
+    token = secrets.token_urlsafe(113)[:150]
+    alice.set_pusher(url, app_id=ANDROID_APP, pushkey=token)
+    event = bob.send_text(room, "hello Android")
+    (r,) = mock.wait_for(token, 1, diagnostics=diagnostics)
+    m = r.message
+    assert r.auth_error is None, r.summary()
+    assert m["token"] == token and m["android"]["priority"] == "high", r.summary()
+    data = m["data"]
+    assert all(isinstance(v, str) for v in data.values()), r.summary()
+    assert data["body"] == "hello Android", r.summary()
+    assert data["room_id"] == room and data["event_id"] == event, r.summary()
+    assert data["unread_count"] == "1", r.summary()
