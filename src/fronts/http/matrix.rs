@@ -6,10 +6,9 @@ use axum::body::Body as RawBody;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::Value;
 
-use super::HttpState;
+use super::{BodyError, HttpState, read_body};
 use crate::fronts::matrix::{self, Answer};
 
 pub const NOTIFY_ROUTE: &str = "/_matrix/push/v1/notify";
@@ -23,21 +22,16 @@ fn respond((status, body): Answer) -> Response {
 
 pub async fn notify(State(state): State<HttpState>, body: RawBody) -> Response {
     let deadline = tokio::time::Instant::now() + matrix::ANSWER_WITHIN;
-    let limit = Limited::new(body, matrix::notify::MAX_BODY_BYTES);
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(state.config.body_timeout_secs),
-        limit.collect(),
-    )
-    .await;
-    let bytes = match read {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+    let timeout = std::time::Duration::from_secs(state.config.body_timeout_secs);
+    let bytes = match read_body(body, matrix::notify::MAX_BODY_BYTES, timeout).await {
+        Ok(bytes) => bytes,
+        Err(BodyError::TooLarge) => {
             return respond((
                 413,
                 serde_json::json!({"errcode": "M_TOO_LARGE", "error": "request body too large"}),
             ));
         }
-        Ok(Err(_)) | Err(_) => {
+        Err(BodyError::Unreadable | BodyError::TimedOut) => {
             return respond((
                 400,
                 serde_json::json!({"errcode": "M_BAD_JSON", "error": "cannot read the request body"}),

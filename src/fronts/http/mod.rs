@@ -103,6 +103,36 @@ impl HttpState {
     }
 }
 
+/// Why a request body could not be read.
+pub(crate) enum BodyError {
+    TooLarge,
+    Unreadable,
+    TimedOut,
+}
+
+/// The whole body, at most `limit` bytes, within `timeout` of the head: a client that trickles
+/// its body holds a connection and a handler for no longer than that. Each route answers the
+/// error in its own API's form.
+pub(crate) async fn read_body(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<axum::body::Bytes, BodyError> {
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => {
+            tracing::debug!("cannot read request body: {e}");
+            Err(BodyError::Unreadable)
+        }
+        Err(_) => {
+            tracing::debug!("request body not complete within {} s", timeout.as_secs());
+            Err(BodyError::TimedOut)
+        }
+    }
+}
+
 /// `{"result":"failure","reason":…}` with `status`.
 pub(crate) fn failure(status: StatusCode, reason: &str) -> Response {
     (status, Json(json!({"result": "failure", "reason": reason}))).into_response()

@@ -20,15 +20,14 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::body::{Body as RawBody, Bytes};
+use axum::body::Body as RawBody;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{HttpState, failure};
+use super::{BodyError, HttpState, failure, read_body};
 use crate::core::limits::{self, MAX_JID_BYTES, MAX_PROVIDER_ID_BYTES, MAX_TOKEN_BYTES};
 use crate::core::registry;
 use crate::error::Fault;
@@ -108,7 +107,7 @@ pub async fn unregister(
     .await
     {
         Ok(b) => b,
-        Err(answer) => return answer,
+        Err(e) => return body_failure(e),
     };
     if BareJid::new(&component).ok().as_ref() != Some(&state.component_jid) {
         return not_found();
@@ -133,27 +132,18 @@ pub async fn unregister(
     }
 }
 
-/// The whole body, at most `limit` bytes, within `timeout` of the head: a client that trickles
-/// its body holds a connection and a handler for no longer than that.
-async fn read_body(body: RawBody, limit: usize, timeout: Duration) -> Result<Bytes, Response> {
-    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(failure(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request body too large",
-        )),
-        Ok(Err(e)) => {
-            tracing::debug!("cannot read request body: {e}");
-            Err(failure(StatusCode::BAD_REQUEST, "cannot read request body"))
-        }
-        Err(_) => {
-            tracing::debug!("request body not complete within {} s", timeout.as_secs());
+/// The answer to a body [`read_body`] could not read, in this API's `failure` form.
+fn body_failure(e: BodyError) -> Response {
+    match e {
+        BodyError::TooLarge => failure(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        BodyError::Unreadable => failure(StatusCode::BAD_REQUEST, "cannot read request body"),
+        BodyError::TimedOut => {
             let mut answer = failure(StatusCode::REQUEST_TIMEOUT, "request body timeout");
             // The rest of the body may never come: do not wait for it to reuse the connection.
             answer
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(answer)
+            answer
         }
     }
 }
