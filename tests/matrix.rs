@@ -65,7 +65,8 @@ async fn a_message_is_pushed_and_nothing_rejected() {
 }
 
 /// The app gets the content, and the event's room, id and counts on top of the pusher's
-/// `default_payload`; a `default_payload` that is no object gets the pushkey rejected.
+/// `default_payload`; a `default_payload` that is no object, or too large for any provider,
+/// gets the pushkey rejected.
 #[tokio::test]
 async fn the_app_gets_its_default_payload_and_the_event() {
     let s = server("").await;
@@ -75,11 +76,16 @@ async fn the_app_gets_its_default_payload_and_the_event() {
     let mut bad = device(APP, &endpoint.url("d2"));
     bad["data"] = json!({"default_payload": ["not", "an", "object"]});
     let bad_key = bad["pushkey"].clone();
-    let (status, answer) = notify(&s, &message(vec![with_payload, bad])).await;
+    // Larger than any provider carries: it could never be sent, so it is not queued either.
+    let mut huge = device(APP, &endpoint.url("d3"));
+    huge["data"] = json!({"default_payload": {"pad": "x".repeat(5000)}});
+    let huge_key = huge["pushkey"].clone();
+    let (status, answer) = notify(&s, &message(vec![with_payload, bad, huge])).await;
     assert_eq!(
         (status, answer),
-        (StatusCode::OK, json!({"rejected": [bad_key]}))
+        (StatusCode::OK, json!({"rejected": [bad_key, huge_key]}))
     );
+    assert_eq!(s.gw.core.store.queue_depth().await.unwrap().rows, 0);
     let bodies = endpoint.bodies_for("d1");
     assert_eq!(bodies.len(), 1);
     let got: Value = serde_json::from_slice(&bodies[0]).unwrap();

@@ -9,7 +9,8 @@
 //! The answer (spec, and what Synapse does with it, ../shared/reference/other-fronts.md §4):
 //! - 200 `{"rejected": [...]}`: the pushkeys Synapse must delete (a dead token, now or found by
 //!   a retry within the last day, an app id no configured app matches, a pushkey that cannot be
-//!   a token of the app's provider, a `default_payload` that is not an object). An event already pushed to a pushkey in the last two
+//!   a token of the app's provider, a `default_payload` that is not an object or is larger than
+//!   any provider's payload). An event already pushed to a pushkey in the last two
 //!   minutes is not pushed again (a homeserver that missed our answer sends it again). A device
 //!   whose delivery failed for now but is in the retry queue counts as accepted: Synapse holds
 //!   every later push for a pusher behind a failing one and retries it for up to an hour, so
@@ -163,9 +164,15 @@ impl Matrix {
             // A PushKit token takes calls only; the app's other pusher gets the rest.
             return Verdict::NotForThisApp;
         }
-        let Ok(data) = body.app_data(device) else {
-            tracing::info!("the pusher's default_payload is not an object: pushkey rejected");
-            return Verdict::Rejected("bad_default_payload");
+        let data = match body.app_data(device) {
+            Ok(data) => data,
+            Err(bad) => {
+                tracing::info!(
+                    ?bad,
+                    "the pusher's default_payload cannot be sent: pushkey rejected"
+                );
+                return Verdict::Rejected("bad_default_payload");
+            }
         };
         let mut notification = notification.clone();
         notification.data = data;

@@ -64,9 +64,16 @@ pub struct Device {
     pub tweaks: Option<serde_json::Map<String, Value>>,
 }
 
-/// A pusher's `default_payload` that is not a JSON object.
+/// A pusher's `default_payload` that cannot be sent: not a JSON object, or larger than any
+/// provider's payload (a push that can never go out must not wait in the retry queue either).
 #[derive(Debug, PartialEq, Eq)]
-pub struct NotAnObject;
+pub enum BadDefaultPayload {
+    NotAnObject,
+    TooLarge,
+}
+
+/// No provider carries a payload over 4096 bytes (APNs, FCM data, a WebPush record).
+pub const MAX_DEFAULT_PAYLOAD_BYTES: usize = 4096;
 
 /// Why a body is refused, as the Matrix error code and a reason that quotes nothing of it.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,29 +82,10 @@ pub struct Malformed {
     pub error: String,
 }
 
-/// Parses a request body.
+/// Parses a request body: straight into the types, which is all a well-formed request costs;
+/// only a refused one is looked at again, to say what is wrong with it.
 pub fn parse(body: &[u8]) -> Result<Request, Malformed> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| Malformed {
-        errcode: "M_NOT_JSON",
-        error: "the body is not JSON".into(),
-    })?;
-    let Some(notification) = value.get("notification") else {
-        return Err(Malformed {
-            errcode: "M_MISSING_PARAM",
-            error: "'notification' is missing".into(),
-        });
-    };
-    if notification.get("devices").is_none() {
-        return Err(Malformed {
-            errcode: "M_MISSING_PARAM",
-            error: "'notification.devices' is missing".into(),
-        });
-    }
-    // serde's own message would quote the offending value.
-    let request: Request = serde_json::from_value(value).map_err(|_| Malformed {
-        errcode: "M_BAD_JSON",
-        error: "a member of 'notification' has the wrong type or value".into(),
-    })?;
+    let request: Request = serde_json::from_slice(body).map_err(|_| malformed(body))?;
     if request.notification.devices.len() > MAX_DEVICES {
         return Err(Malformed {
             errcode: "M_BAD_JSON",
@@ -105,6 +93,36 @@ pub fn parse(body: &[u8]) -> Result<Request, Malformed> {
         });
     }
     Ok(request)
+}
+
+/// What is wrong with a body that does not parse into a [`Request`].
+fn malformed(body: &[u8]) -> Malformed {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(_) => {
+            return Malformed {
+                errcode: "M_NOT_JSON",
+                error: "the body is not JSON".into(),
+            };
+        }
+    };
+    let Some(notification) = value.get("notification") else {
+        return Malformed {
+            errcode: "M_MISSING_PARAM",
+            error: "'notification' is missing".into(),
+        };
+    };
+    if notification.get("devices").is_none() {
+        return Malformed {
+            errcode: "M_MISSING_PARAM",
+            error: "'notification.devices' is missing".into(),
+        };
+    }
+    // serde's own message would quote the offending value.
+    Malformed {
+        errcode: "M_BAD_JSON",
+        error: "a member of 'notification' has the wrong type or value".into(),
+    }
 }
 
 impl Body {
@@ -150,11 +168,20 @@ impl Body {
     /// Sygnal sends them, so apps written for it find them), on top of the pusher's
     /// `default_payload`, whose keys it overrides: they are facts about this event. `Err` when
     /// `default_payload` is there but not an object (the pushkey is then rejected, as in
-    /// Sygnal).
-    pub fn app_data(&self, device: &Device) -> Result<serde_json::Map<String, Value>, NotAnObject> {
+    /// Sygnal) or too large for any provider.
+    pub fn app_data(
+        &self,
+        device: &Device,
+    ) -> Result<serde_json::Map<String, Value>, BadDefaultPayload> {
         let mut data = match device.data.as_ref().and_then(|d| d.get("default_payload")) {
-            Some(Value::Object(base)) => base.clone(),
-            Some(_) => return Err(NotAnObject),
+            Some(Value::Object(base)) => {
+                let size = serde_json::to_vec(base).map_or(usize::MAX, |b| b.len());
+                if size > MAX_DEFAULT_PAYLOAD_BYTES {
+                    return Err(BadDefaultPayload::TooLarge);
+                }
+                base.clone()
+            }
+            Some(_) => return Err(BadDefaultPayload::NotAnObject),
             None => serde_json::Map::new(),
         };
         let mut put = |key: &str, value: Option<Value>| {
@@ -274,8 +301,23 @@ mod tests {
             serde_json::json!({"aps": {"mutable-content": 1}, "room_id": "!r", "event_id": "$e",
                                "unread_count": 2, "missed_calls": 1, "extra": true})
         );
-        assert!(n.app_data(&n.devices[1]).is_err());
+        assert_eq!(
+            n.app_data(&n.devices[1]),
+            Err(BadDefaultPayload::NotAnObject)
+        );
         assert_eq!(n.badge(), Some(3));
+    }
+
+    #[test]
+    fn a_default_payload_no_provider_can_carry_is_refused() {
+        let pad = "x".repeat(MAX_DEFAULT_PAYLOAD_BYTES);
+        let body = format!(
+            r#"{{"notification":{{"event_id":"$e","devices":[{{"app_id":"a","pushkey":"k",
+                "data":{{"default_payload":{{"pad":"{pad}"}}}}}}]}}}}"#
+        );
+        let r = parse(body.as_bytes()).unwrap();
+        let n = &r.notification;
+        assert_eq!(n.app_data(&n.devices[0]), Err(BadDefaultPayload::TooLarge));
     }
 
     #[test]
