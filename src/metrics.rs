@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Notifications queued for retry after a failed delivery, by kind.
     pub retry_queued: IntCounterVec,
     /// Failed deliveries not queued (answered `wait`), by reason (`device_full`, `queue_full`,
-    /// `store`, `expired`).
+    /// `store`, `expired`, `too_large`).
     pub retry_refused: IntCounterVec,
     /// Retry attempts by provider id and outcome (`delivered`, `transient`, `dead_token`, …).
     pub retry_attempts: IntCounterVec,

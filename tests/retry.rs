@@ -407,3 +407,27 @@ async fn a_database_that_cannot_queue_gets_wait_by_the_deadline() {
     other.execute_unprepared("ROLLBACK").await.unwrap();
     assert_eq!(queued(&gw).await, 0);
 }
+
+/// What a server sends is queued no larger than what a provider can deliver: a text is kept to
+/// its first 4096 characters (providers cut from the end to fit 4096 bytes anyway).
+#[tokio::test]
+async fn a_huge_message_is_queued_cut_to_what_can_be_delivered() {
+    let gw = common::TestGateway::sqlite(CONFIG).await;
+    let endpoint = common::PushEndpoint::start().await;
+    let node = device(&gw, "alice", endpoint.url("d1")).await;
+    endpoint.answer_with(503);
+    let body = "é".repeat(100_000);
+    assert!(common::is_result(&message(&gw, &node, &body).await));
+
+    let now = chrono::Utc::now().timestamp_millis();
+    let rows = gw
+        .core
+        .store
+        .claim_due(now + 3_600_000, now + 7_200_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let stored: pushgate_providers::Notification =
+        serde_json::from_str(&rows[0].notification).unwrap();
+    assert_eq!(stored.content.body.as_deref(), Some(&body[..4096 * 2]));
+}

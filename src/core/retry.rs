@@ -87,6 +87,33 @@ impl RetryQueue {
     }
 }
 
+/// No provider carries a payload over 4096 bytes, so no text longer than 4096 characters is
+/// ever delivered whole: providers cut from the end. The queue keeps no more than that of each
+/// text (what is delivered is the same), and no row larger than `MAX_QUEUED_BYTES` (an opaque
+/// encrypted payload cannot be cut): the rows of a full queue stay small whatever a server or
+/// homeserver sends.
+const MAX_TEXT_CHARS: usize = 4096;
+const MAX_QUEUED_BYTES: usize = 16 * 1024;
+
+/// `n` with its texts cut to what a provider can deliver.
+fn kept(n: &Notification) -> Notification {
+    let cut = |t: &Option<String>| {
+        t.as_ref()
+            .map(|t| t.chars().take(MAX_TEXT_CHARS).collect::<String>())
+    };
+    let c = &n.content;
+    let mut kept = n.clone();
+    kept.content = pushgate_providers::Content {
+        account: cut(&c.account),
+        sender: cut(&c.sender),
+        body: cut(&c.body),
+        message_count: c.message_count,
+        nickname: cut(&c.nickname),
+        channel: cut(&c.channel),
+    };
+    kept
+}
+
 /// Milliseconds since the Unix epoch: the queue's clock, shared by every instance.
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -128,13 +155,16 @@ pub async fn enqueue(
         // The provider asks for longer than the notification is worth: the server may retry.
         return refuse("expired");
     }
-    let serialized = match serde_json::to_string(notification) {
+    let serialized = match serde_json::to_string(&kept(notification)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("cannot serialise a notification for the retry queue: {e}");
             return refuse("store");
         }
     };
+    if serialized.len() > MAX_QUEUED_BYTES {
+        return refuse("too_large");
+    }
     let new = NewQueued {
         target: match target {
             Target::Registered(reg) => QueuedFor::Registration(reg.id),
