@@ -293,14 +293,12 @@ async fn discovery_and_unknown_paths_answer_as_matrix_does() {
     );
 }
 
-/// pushgate with an APNs provider on a local HTTP/2 APNs, and `apps` (Matrix app sections
-/// naming provider `apns`); the temporary directory holds the CA and key files.
-async fn with_apns(
-    apps: &str,
-) -> (
-    HttpServer,
+/// A local HTTP/2 APNs and the `[providers.apns]` section for it; the temporary directory
+/// holds the CA and key files.
+async fn apns_sink() -> (
     pushgate_test_support::apns::MockApns,
     tempfile::TempDir,
+    String,
 ) {
     use pushgate_test_support::apns::{MockApns, Options};
     use pushgate_test_support::pki::Pki;
@@ -312,16 +310,75 @@ async fn with_apns(
     std::fs::write(&ca, &pki.ca_pem).unwrap();
     let key = dir.path().join("AuthKey.p8");
     std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
-    let s = server(&format!(
+    let section = format!(
         "[providers.apns]\nkind = \"apns\"\ntopic = \"org.example.matrix\"\n\
          environment = \"production\"\nbase_url = \"{}\"\nca_file = \"{}\"\nkey_file = \"{}\"\n\
-         key_id = \"KEY1234567\"\nteam_id = \"TEAM765432\"\n{apps}",
+         key_id = \"KEY1234567\"\nteam_id = \"TEAM765432\"\n",
         apns.base_url(),
         ca.display(),
         key.display()
-    ))
-    .await;
+    );
+    (apns, dir, section)
+}
+
+/// pushgate with an APNs provider on a local HTTP/2 APNs, and `apps` (Matrix app sections
+/// naming provider `apns`).
+async fn with_apns(
+    apps: &str,
+) -> (
+    HttpServer,
+    pushgate_test_support::apns::MockApns,
+    tempfile::TempDir,
+) {
+    let (apns, dir, section) = apns_sink().await;
+    let s = server(&format!("{section}{apps}")).await;
     (s, apns, dir)
+}
+
+/// A local FCM v1 with its OAuth token endpoint, and the `[providers.fcm]` section for it
+/// (with `options` added).
+async fn fcm_sink(
+    options: &str,
+) -> (
+    pushgate_test_support::fcm::MockFcm,
+    tempfile::TempDir,
+    String,
+) {
+    use pushgate_test_support::fcm::{AssertionCheck, MockFcm};
+    use pushgate_test_support::fixtures::RsaKey;
+    use pushgate_test_support::pki::Pki;
+
+    const PROJECT: &str = "pushgate-test-1234";
+    const EMAIL: &str = "pushgate@pushgate-test-1234.iam.gserviceaccount.com";
+    let key = RsaKey::generate().unwrap();
+    let pki = Pki::new();
+    let fcm = MockFcm::start(
+        &pki,
+        PROJECT,
+        AssertionCheck {
+            public_key_der: key.public_der.clone(),
+            kid: "k1".to_owned(),
+            iss: EMAIL.to_owned(),
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let sa = dir.path().join("service-account.json");
+    let account = json!({
+        "type": "service_account", "project_id": PROJECT, "private_key_id": "k1",
+        "private_key": key.pem, "client_email": EMAIL, "token_uri": fcm.token_uri(),
+    });
+    std::fs::write(&sa, account.to_string()).unwrap();
+    let section = format!(
+        "[providers.fcm]\nkind = \"fcm\"\nservice_account_file = \"{}\"\nbase_url = \"{}\"\n\
+         ca_file = \"{}\"\n{options}",
+        sa.display(),
+        fcm.base_url(),
+        ca.display()
+    );
+    (fcm, dir, section)
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -398,39 +455,13 @@ async fn a_voip_app_gets_calls_only_as_voip_pushes() {
 /// as data strings, and `prio: low` is Android priority normal.
 #[tokio::test]
 async fn an_fcm_app_gets_data_strings_and_priority() {
-    use pushgate_test_support::fcm::{AssertionCheck, MockFcm};
-    use pushgate_test_support::fixtures::{RsaKey, fcm_token};
-    use pushgate_test_support::pki::Pki;
+    use pushgate_test_support::fixtures::fcm_token;
 
-    const PROJECT: &str = "pushgate-test-1234";
-    const EMAIL: &str = "pushgate@pushgate-test-1234.iam.gserviceaccount.com";
-    let key = RsaKey::generate().unwrap();
-    let pki = Pki::new();
-    let fcm = MockFcm::start(
-        &pki,
-        PROJECT,
-        AssertionCheck {
-            public_key_der: key.public_der.clone(),
-            kid: "k1".to_owned(),
-            iss: EMAIL.to_owned(),
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let sa = dir.path().join("service-account.json");
-    let account = json!({
-        "type": "service_account", "project_id": PROJECT, "private_key_id": "k1",
-        "private_key": key.pem, "client_email": EMAIL, "token_uri": fcm.token_uri(),
-    });
-    std::fs::write(&sa, account.to_string()).unwrap();
+    let (fcm, _dir, section) =
+        fcm_sink("message_options = { android = { restricted_package_name = \"org.example\" } }\n")
+            .await;
     let s = server(&format!(
-        "[providers.fcm]\nkind = \"fcm\"\nservice_account_file = \"{}\"\nbase_url = \"{}\"\n\
-         ca_file = \"{}\"\n[matrix.apps.\"org.example.android\"]\nprovider = \"fcm\"\n",
-        sa.display(),
-        fcm.base_url(),
-        ca.display()
+        "{section}[matrix.apps.\"org.example.android\"]\nprovider = \"fcm\"\n"
     ))
     .await;
     let token = fcm_token("matrix", 140);
@@ -448,6 +479,10 @@ async fn an_fcm_app_gets_data_strings_and_priority() {
     assert_eq!(data["event_id"], "$event", "{m}");
     assert_eq!(data["unread_count"], "2", "{m}");
     assert_eq!(m["message"]["android"]["priority"], "normal", "{m}");
+    assert_eq!(
+        m["message"]["android"]["restricted_package_name"], "org.example",
+        "the provider's message_options: {m}"
+    );
 }
 
 /// The pushkey comes from whoever sends the request: one that is no valid token of the app's
@@ -477,4 +512,153 @@ async fn hostile_pushkeys_are_rejected_without_a_request() {
     let rejected: Vec<&str> = keys.iter().map(|(_, k)| *k).collect();
     assert_eq!(answer, json!({ "rejected": rejected }));
     assert!(apns.requests().is_empty());
+}
+
+/// WebPush `Urgency` (RFC 8030 §5.3): a message (`prio: high`, the default) is normal, `prio:
+/// low` low, and only a call high.
+#[tokio::test]
+async fn webpush_urgency_is_normal_for_messages_low_for_low_and_high_for_calls() {
+    let s = server("").await;
+    let endpoint = PushEndpoint::start().await;
+    let devices = || vec![device(APP, &endpoint.url("d1"))];
+    let mut low = message(devices());
+    low["notification"]["prio"] = json!("low");
+    low["notification"]["event_id"] = json!("$low");
+    let mut call = message(devices());
+    call["notification"]["type"] = json!("m.call.invite");
+    call["notification"]["event_id"] = json!("$call");
+    for body in [message(devices()), low, call] {
+        assert_eq!(
+            notify(&s, &body).await,
+            (StatusCode::OK, json!({"rejected": []}))
+        );
+    }
+    assert_eq!(endpoint.urgencies_for("d1"), ["normal", "low", "high"]);
+}
+
+/// The UnifiedPush Matrix gateway rule: an endpoint that answers 401–404 (or 410) to the plain
+/// POST takes no more pushes, and its pushkey is rejected.
+#[tokio::test]
+async fn a_unifiedpush_endpoint_refusing_with_401_to_404_is_rejected() {
+    let s = server("").await;
+    for status in [401, 403, 404] {
+        let endpoint = PushEndpoint::start().await;
+        endpoint.answer_with(status);
+        let key = endpoint.url("d1");
+        assert_eq!(
+            notify(&s, &message(vec![device(APP, &key)])).await,
+            (StatusCode::OK, json!({"rejected": [key]})),
+            "{status}"
+        );
+        assert_eq!(endpoint.received(), 1, "{status}");
+    }
+    assert_eq!(s.gw.core.store.queue_depth().await.unwrap().rows, 0);
+}
+
+/// An app with `call_tweaks`: an event whose tweaks ring (a group call, a call not typed
+/// `m.call.invite`) is a call for it, a VoIP push to its PushKit token; other events are not.
+/// The app's configured `default_payload` is under every push.
+#[tokio::test]
+async fn call_tweaks_make_a_ringing_event_a_call_with_the_apps_payload() {
+    let (s, apns, _dir) = with_apns(
+        "[matrix.apps.\"org.example.ios.voip\"]\nprovider = \"apns\"\npushkey = \"base64\"\n\
+         voip = true\ncall_tweaks = { sound = \"ring\" }\n\
+         default_payload = { app = \"configured\", event_id = \"forged\" }\n",
+    )
+    .await;
+    let pushkey = base64(&[0xee_u8; 32]);
+    let mut ringing = device("org.example.ios.voip", &pushkey);
+    ringing["tweaks"] = json!({"sound": "ring"});
+    let mut plain = device("org.example.ios.voip", &pushkey);
+    plain["tweaks"] = json!({"sound": "default"});
+    let mut body = message(vec![plain]);
+    body["notification"]["type"] = json!("org.matrix.msc4075.call.notify");
+    assert_eq!(
+        notify(&s, &body).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    assert!(apns.requests().is_empty(), "no ring tweak: not a call");
+    body["notification"]["devices"] = json!([ringing]);
+    body["notification"]["event_id"] = json!("$ring");
+    assert_eq!(
+        notify(&s, &body).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    let r = apns.only_request();
+    assert_eq!(r.header("apns-push-type"), Some("voip"));
+    let payload: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(payload["app"], "configured", "{payload}");
+    assert_eq!(payload["event_id"], "$ring", "{payload}");
+}
+
+/// Whatever a homeserver may send within the spec fits every provider: the largest app data,
+/// ids at the spec's limit and names and a body made of the characters JSON writes longest
+/// are delivered, to APNs (alert and badge-only), FCM and a UnifiedPush endpoint, never a 502
+/// the homeserver would retry for a day.
+#[tokio::test]
+async fn the_largest_request_within_the_limits_fits_every_provider() {
+    use pushgate_test_support::fixtures::fcm_token;
+
+    let (apns, _apns_dir, apns_section) = apns_sink().await;
+    let (fcm, _fcm_dir, fcm_section) = fcm_sink("").await;
+    let half = pushgate::fronts::matrix::notify::MAX_DEFAULT_PAYLOAD_BYTES / 2 - 16;
+    let s = server(&format!(
+        "{apns_section}{fcm_section}\
+         [matrix.apps.\"org.example.ios\"]\nprovider = \"apns\"\n\
+         default_payload = {{ app = \"{}\" }}\n\
+         [matrix.apps.\"org.example.android\"]\nprovider = \"fcm\"\n\
+         default_payload = {{ app = \"{}\" }}\n\
+         [matrix.apps.\"org.example.web\"]\nprovider = \"webpush\"\n\
+         default_payload = {{ app = \"{}\" }}\n",
+        "a".repeat(half),
+        "a".repeat(half),
+        "a".repeat(half)
+    ))
+    .await;
+    let endpoint = PushEndpoint::start().await;
+    let apns_token = "ab".repeat(32);
+    let fcm_token = fcm_token("matrix", 140);
+    let pusher = json!({"default_payload": {"pusher": {"nested": "p".repeat(half - 30)}}});
+    let devices: Vec<Value> = [
+        ("org.example.ios", apns_token.clone()),
+        ("org.example.android", fcm_token.clone()),
+        ("org.example.web", endpoint.url("d1")),
+    ]
+    .into_iter()
+    .map(|(app, key)| {
+        let mut d = device(app, &key);
+        d["data"] = pusher.clone();
+        d
+    })
+    .collect();
+    let name = "\"\u{1}😀".repeat(400);
+    let body = json!({"notification": {
+        "event_id": format!("${}", "e".repeat(254)),
+        "room_id": format!("!{}", "r".repeat(254)),
+        "type": "m.room.message",
+        "sender": format!("@{}", "s".repeat(254)),
+        "sender_display_name": name, "room_name": name,
+        "content": {"msgtype": "m.text", "body": "\"\u{1}😀".repeat(2000)},
+        "counts": {"unread": u32::MAX, "missed_calls": u32::MAX},
+        "devices": devices,
+    }});
+    assert_eq!(
+        notify(&s, &body).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    let mut badge_only = body.clone();
+    for member in ["event_id", "type", "content", "sender_display_name"] {
+        badge_only["notification"]
+            .as_object_mut()
+            .unwrap()
+            .remove(member);
+    }
+    assert_eq!(
+        notify(&s, &badge_only).await,
+        (StatusCode::OK, json!({"rejected": []}))
+    );
+    assert_eq!(apns.requests_for(&apns_token).len(), 2);
+    assert_eq!(fcm.sends().len(), 2);
+    assert_eq!(endpoint.accepted_for("d1"), 2);
+    assert_eq!(s.gw.core.store.queue_depth().await.unwrap().rows, 0);
 }

@@ -43,5 +43,7 @@ pub fn responses(data: &[u8]) {
     let _ = fcm::oauth::token_answer(body);
     let _ = fcm::oauth::oauth_error(body);
 
-    let _ = webpush::classify_status(status, retry_after, &webpush::excerpt_of(body));
+    for form in [webpush::Form::Encrypted, webpush::Form::Plain] {
+        let _ = webpush::classify_status(status, form, retry_after, &webpush::excerpt_of(body));
+    }
 }

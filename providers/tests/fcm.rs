@@ -1024,6 +1024,16 @@ fn config_section_parses_with_defaults_builds_and_names_bad_keys() {
         ..base()
     });
     assert_eq!(err.key, format!("{KEY}.ca_file"));
+    let options: toml::Table = toml::from_str("android = { ttl = \"5s\" }").unwrap();
+    let err = build(FcmConfig {
+        message_options: serde_json::to_value(options)
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .clone(),
+        ..base()
+    });
+    assert_eq!(err.key, format!("{KEY}.message_options.android.ttl"));
 }
 
 /// The commented example in etc/pushgate.toml names every key and, uncommented, parses.
@@ -1046,6 +1056,7 @@ fn shipped_example_section_is_complete_and_parses() {
             "ttl_secs",
             "max_body_chars",
             "request_timeout_secs",
+            "message_options",
         ],
     );
 }

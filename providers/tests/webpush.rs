@@ -501,6 +501,34 @@ async fn client_errors_are_our_fault_with_the_services_reason() {
     }
 }
 
+/// A plain push (a UnifiedPush endpoint taking the JSON as it is, as for a Matrix pushkey) has
+/// no VAPID key of ours to blame: 401–404 mean the endpoint takes no more, as 410 does.
+#[tokio::test]
+async fn a_plain_endpoint_refusing_with_401_to_404_is_dead() {
+    let push = provider(&local_config(None));
+    for (status, dead) in [
+        (401, true),
+        (402, true),
+        (403, true),
+        (404, true),
+        (413, false),
+    ] {
+        let endpoint = Endpoint::start(Behaviour::status(status)).await;
+        let verdict = push
+            .send(
+                &device(&endpoint.url("/up/abc"), None),
+                &alert(Priority::High, "x"),
+            )
+            .await;
+        assert_eq!(
+            matches!(verdict, Verdict::DeadToken { .. }),
+            dead,
+            "{status}: {verdict:?}"
+        );
+        assert_eq!(endpoint.requests().len(), 1, "{status}");
+    }
+}
+
 #[tokio::test]
 async fn names_resolving_only_to_private_addresses_are_refused_and_dead() {
     let endpoint = Endpoint::start(Behaviour::status(201)).await;

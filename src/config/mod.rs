@@ -25,8 +25,9 @@ mod sections;
 mod tests;
 
 pub use sections::{
-    AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, MatrixAppConfig, MatrixConfig,
-    PushkeyEncoding, RegistrationConfig, RetryConfig, StorageConfig, WhenReplaced,
+    AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, MAX_DEFAULT_PAYLOAD_BYTES,
+    MatrixAppConfig, MatrixConfig, PushkeyEncoding, RegistrationConfig, RetryConfig, StorageConfig,
+    WhenReplaced,
 };
 
 #[derive(Debug, thiserror::Error)]

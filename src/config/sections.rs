@@ -490,6 +490,11 @@ impl RetryConfig {
     }
 }
 
+/// The most Matrix app data (the app's and the pusher's `default_payload`, as JSON) a push may carry:
+/// with pushgate's part at its largest it still fits the smallest provider payload (a WebPush
+/// record's 3993 bytes of plaintext; APNs and FCM take 4096).
+pub const MAX_DEFAULT_PAYLOAD_BYTES: usize = 2048;
+
 /// `[matrix]`: the Matrix push gateway front (`fronts/matrix`), served on the HTTP listener.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -516,6 +521,14 @@ pub struct MatrixAppConfig {
     /// else is sent to them (iOS ends an app that gets a VoIP push without reporting a call).
     #[serde(default)]
     pub voip: bool,
+    /// App data merged into every push of the app, under the pusher's own `default_payload`.
+    #[serde(default)]
+    pub default_payload: serde_json::Map<String, serde_json::Value>,
+    /// Tweaks that make an event a call for this app, e.g. `{ sound = "ring" }` (what the
+    /// homeserver's call rules set, also for group calls and calls not typed
+    /// `m.call.invite`). Empty: only `m.call.invite` is a call.
+    #[serde(default)]
+    pub call_tweaks: serde_json::Map<String, serde_json::Value>,
 }
 
 /// How a Matrix pushkey is written.
@@ -547,6 +560,13 @@ impl MatrixConfig {
                 return Err(ConfigError::invalid(
                     format!("matrix.apps.{app_id}.provider"),
                     format!("no [providers.{}] section", app.provider),
+                ));
+            }
+            let max = MAX_DEFAULT_PAYLOAD_BYTES;
+            if serde_json::to_vec(&app.default_payload).map_or(usize::MAX, |b| b.len()) > max {
+                return Err(ConfigError::invalid(
+                    format!("matrix.apps.{app_id}.default_payload"),
+                    format!("at most {max} bytes as JSON"),
                 ));
             }
         }

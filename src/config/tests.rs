@@ -368,4 +368,21 @@ fn matrix_apps_name_configured_providers() {
     ))
     .unwrap_err();
     assert!(e.to_string().contains("pushkey"), "{e}");
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}{webpush}[matrix.apps.\"x\"]\nprovider = \"up\"\n\
+         call_tweaks = {{ sound = \"ring\" }}\ndefault_payload = {{ aps = {{ \"mutable-content\" = 1 }} }}\n"
+    ))
+    .unwrap();
+    let app = &c.matrix.apps["x"];
+    assert_eq!(app.call_tweaks["sound"], "ring");
+    assert_eq!(app.default_payload["aps"]["mutable-content"], 1);
+    let e = Config::from_toml_str(&format!(
+        "{MINIMAL}{webpush}[matrix.apps.\"x\"]\nprovider = \"up\"\ndefault_payload = {{ pad = \"{}\" }}\n",
+        "x".repeat(3000)
+    ))
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("matrix.apps.x.default_payload"),
+        "{e}"
+    );
 }

@@ -118,16 +118,18 @@ def test_a_message_and_a_call_reach_the_phone(synapse, gateway):
     d = endpoint.wait_for_body(dev, "hello through pushgate", timeout=30, diagnostics=diagnostics)
     p = d.payload
     assert d.status == 201 and d.vapid_error is None, d.summary()
-    assert p["kind"] == "alert" and p["priority"] == "high", d.summary()
+    # A message is normal urgency (RFC 8030 §5.3), a call high.
+    assert p["kind"] == "alert" and p["priority"] == "normal", d.summary()
     assert p["room_id"] == room and p["event_id"] == event, d.summary()
     assert p["sender"] == bob.localpart, d.summary()
     assert p["unread_count"] == 1 and p["badge"] == 1, d.summary()
-    assert d.headers.get("urgency") == "high", d.summary()
+    assert d.headers.get("urgency") == "normal", d.summary()
 
     call = bob.send_call_invite(room)
     got = endpoint.wait_for(dev, count=2, timeout=30, diagnostics=diagnostics)
     calls = [x for x in got if isinstance(x.payload, dict) and x.payload.get("event_id") == call]
     assert calls and calls[0].payload["kind"] == "voip", [x.summary() for x in got]
+    assert calls[0].headers.get("urgency") == "high", calls[0].summary()
 
 
 def test_a_dead_endpoint_makes_synapse_delete_the_pusher(synapse, gateway):

@@ -28,6 +28,46 @@ const ELLIPSIS: &str = "…";
 pub(crate) struct MappingSettings {
     pub max_body_chars: usize,
     pub ttl_secs: u64,
+    /// The operator's members under every message (`message_options`).
+    pub options: Map<String, Value>,
+}
+
+/// The members of a message pushgate sets itself, as paths.
+const OURS: &[&[&str]] = &[
+    &["token"],
+    &["topic"],
+    &["condition"],
+    &["data"],
+    &["android", "priority"],
+    &["android", "ttl"],
+    &["android", "collapse_key"],
+];
+
+/// `Err(dotted path)` of the first member of `options` that pushgate sets itself.
+pub(crate) fn check_options(options: &Map<String, Value>) -> Result<(), String> {
+    for path in OURS {
+        let mut at = options;
+        for (i, member) in path.iter().enumerate() {
+            match at.get(*member) {
+                Some(_) if i + 1 == path.len() => return Err(path.join(".")),
+                Some(Value::Object(inner)) => at = inner,
+                _ => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ours` merged over `base`: objects member by member, anything else replaced.
+fn merge(base: &mut Map<String, Value>, ours: Map<String, Value>) {
+    for (key, value) in ours {
+        match (base.get_mut(&key), value) {
+            (Some(Value::Object(b)), Value::Object(o)) => merge(b, o),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 /// One message, ready for the transport.
@@ -76,13 +116,12 @@ pub(crate) fn plan(
     if let Some(key) = &n.collapse_key {
         android["collapse_key"] = Value::String(key.clone());
     }
-    let message = json!({
-        "message": {
-            "token": token,
-            "data": data,
-            "android": android,
-        }
-    });
+    let mut message = settings.options.clone();
+    let ours = json!({ "token": token, "data": data, "android": android });
+    if let Value::Object(ours) = ours {
+        merge(&mut message, ours);
+    }
+    let message = json!({ "message": message });
     Ok(Planned {
         priority,
         body: message.to_string().into_bytes(),
@@ -195,7 +234,45 @@ mod tests {
         MappingSettings {
             max_body_chars: 500,
             ttl_secs: 86_400,
+            options: Map::new(),
         }
+    }
+
+    #[test]
+    fn message_options_are_merged_under_the_message() {
+        let options = json!({
+            "android": {"restricted_package_name": "org.example", "notification": {"tag": "t"}},
+            "fcm_options": {"analytics_label": "matrix"},
+        });
+        let s = MappingSettings {
+            options: options.as_object().unwrap().clone(),
+            ..settings()
+        };
+        let planned = plan("t", &note(Kind::Alert, Priority::High, Some("hi")), &s).unwrap();
+        let m: Value = serde_json::from_slice(&planned.body).unwrap();
+        let m = &m["message"];
+        assert_eq!(m["token"], "t");
+        assert_eq!(m["android"]["priority"], "high");
+        assert_eq!(m["android"]["restricted_package_name"], "org.example");
+        assert_eq!(m["android"]["notification"]["tag"], "t");
+        assert_eq!(m["fcm_options"]["analytics_label"], "matrix");
+        assert_eq!(m["data"]["body"], "hi");
+    }
+
+    #[test]
+    fn message_options_may_not_set_what_pushgate_sets() {
+        let check = |v: Value| check_options(v.as_object().unwrap());
+        assert_eq!(check(json!({"token": "x"})), Err("token".to_owned()));
+        assert_eq!(check(json!({"data": {}})), Err("data".to_owned()));
+        assert_eq!(
+            check(json!({"android": {"priority": "normal"}})),
+            Err("android.priority".to_owned())
+        );
+        assert_eq!(check(json!({"android": {"direct_boot_ok": true}})), Ok(()));
+        assert_eq!(
+            check(json!({"android": "x", "apns": {"headers": {}}})),
+            Ok(())
+        );
     }
 
     fn note(kind: Kind, priority: Priority, body: Option<&str>) -> Notification {

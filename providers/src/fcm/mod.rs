@@ -81,6 +81,12 @@ pub struct FcmConfig {
     /// Bound on one delivery, access token included.
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
+    /// Members merged into every message (Sygnal's `fcm_options`), e.g.
+    /// `{ android = { restricted_package_name = "org.example" } }` or an `apns` or `webpush`
+    /// block; objects merge member by member. What pushgate sets itself (`token`, `data`,
+    /// `android.priority`, `android.ttl`, `android.collapse_key`) cannot be set here.
+    #[serde(default)]
+    pub message_options: serde_json::Map<String, serde_json::Value>,
 }
 
 mod defaults {
@@ -108,6 +114,7 @@ impl FcmConfig {
             ttl_secs: defaults::ttl_secs(),
             max_body_chars: defaults::max_body_chars(),
             request_timeout_secs: defaults::request_timeout_secs(),
+            message_options: serde_json::Map::new(),
         }
     }
 
@@ -154,6 +161,12 @@ impl Fcm {
     pub fn new(key: &str, config: &FcmConfig) -> Result<Self, ConfigError> {
         let err = |field: &str, message: String| ConfigError::in_section(key, field, message);
         config.check_ranges(key)?;
+        message::check_options(&config.message_options).map_err(|member| {
+            err(
+                &format!("message_options.{member}"),
+                "pushgate sets this member itself".to_owned(),
+            )
+        })?;
         let account = ServiceAccount::load(&config.service_account_file)
             .map_err(|e| err("service_account_file", e.to_string()))?;
         let url = url::Url::parse(&config.base_url)
@@ -195,6 +208,7 @@ impl Fcm {
             mapping: MappingSettings {
                 max_body_chars: config.max_body_chars,
                 ttl_secs: config.ttl_secs,
+                options: config.message_options.clone(),
             },
             holds: Holds::new(
                 "FCM",

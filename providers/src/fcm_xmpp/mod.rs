@@ -227,6 +227,7 @@ impl FcmXmpp {
             mapping: MappingSettings {
                 max_body_chars: config.max_body_chars,
                 ttl_secs: config.ttl_secs,
+                options: serde_json::Map::new(),
             },
             ttl_secs: config.ttl_secs,
             pool: tokio::sync::Mutex::new(Vec::new()),

@@ -38,9 +38,21 @@ const MAX_RESPONSE_EXCERPT_CHARS: usize = 200;
 /// How much of a response body is read at all (so the connection can be reused).
 const MAX_RESPONSE_READ_BYTES: usize = 8 * 1024;
 
+/// How a push goes to its endpoint: RFC 8291-encrypted to a subscription's keys, or as plain
+/// JSON to a UnifiedPush endpoint that takes it as it is (a Matrix gateway pushkey).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Form {
+    Encrypted,
+    Plain,
+}
+
 /// Sends one request and maps what comes of it onto a verdict; `timeout` is the request's bound,
 /// for the reason.
-pub(super) async fn send(request: reqwest::RequestBuilder, timeout: Duration) -> Verdict {
+pub(super) async fn send(
+    request: reqwest::RequestBuilder,
+    form: Form,
+    timeout: Duration,
+) -> Verdict {
     match request.send().await {
         Ok(response) => {
             let status = response.status();
@@ -48,15 +60,21 @@ pub(super) async fn send(request: reqwest::RequestBuilder, timeout: Duration) ->
             let retry_after = crate::transport::retry_after(response.headers());
             let excerpt =
                 excerpt_of(&crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await);
-            classify_status(status, retry_after, &excerpt)
+            classify_status(status, form, retry_after, &excerpt)
         }
         Err(e) => classify_error(e, timeout),
     }
 }
 
 /// Maps a push service's answer onto a verdict (RFC 8030, UnifiedPush SERV_1.2.0).
+///
+/// 401 and 403 to an encrypted push are about pushgate's VAPID key, which every subscription
+/// shares: the device is not to blame. To a plain push there is no key to blame: a UnifiedPush
+/// endpoint that answers 401–404 takes no more pushes (the UnifiedPush Matrix gateway rule,
+/// common-proxies), and the device goes as with a 410.
 pub(crate) fn classify_status(
     status: StatusCode,
+    form: Form,
     retry_after: Option<Duration>,
     excerpt: &str,
 ) -> Verdict {
@@ -70,6 +88,9 @@ pub(crate) fn classify_status(
         200..=299 => Verdict::Sent,
         404 | 410 => Verdict::DeadToken {
             reason: format!("push service answered {code}: subscription is gone"),
+        },
+        401..=403 if form == Form::Plain => Verdict::DeadToken {
+            reason: format!("the UnifiedPush endpoint answered {code}: it takes no more pushes"),
         },
         429 => Verdict::Transient {
             retry_after,

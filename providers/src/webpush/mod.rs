@@ -28,7 +28,7 @@ mod vapid;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-pub(crate) use client::{classify_status, excerpt_of};
+pub(crate) use client::{Form, classify_status, excerpt_of};
 pub use config::WebPushConfig;
 pub use payload::MAX_PLAINTEXT_BYTES;
 pub use policy::{MAX_ENDPOINT_BYTES, is_public_ip};
@@ -190,6 +190,11 @@ impl WebPush {
             request = request.header("topic", topic);
         }
 
+        let form = if device.webpush_keys.is_some() {
+            Form::Encrypted
+        } else {
+            Form::Plain
+        };
         request = match &device.webpush_keys {
             Some(keys) => {
                 let keys = match decode_keys(keys) {
@@ -226,7 +231,7 @@ impl WebPush {
             }
         }
 
-        client::send(request, self.request_timeout).await
+        client::send(request, form, self.request_timeout).await
     }
 }
 

@@ -18,6 +18,10 @@ pub struct App {
     pub send_badge_counts: bool,
     /// Pushkeys are PushKit tokens: calls only.
     pub voip: bool,
+    /// The base of every push's app data.
+    pub default_payload: serde_json::Map<String, serde_json::Value>,
+    /// Tweaks that make an event a call.
+    pub call_tweaks: serde_json::Map<String, serde_json::Value>,
 }
 
 impl App {
@@ -60,6 +64,8 @@ impl Apps {
                 pushkey: c.pushkey,
                 send_badge_counts: c.send_badge_counts,
                 voip: c.voip,
+                default_payload: c.default_payload.clone(),
+                call_tweaks: c.call_tweaks.clone(),
             };
             if id.contains('*') {
                 apps.globs.push((id.clone(), app));
@@ -124,6 +130,8 @@ mod tests {
                     pushkey: PushkeyEncoding::AsIs,
                     send_badge_counts: true,
                     voip: false,
+                    default_payload: Default::default(),
+                    call_tweaks: Default::default(),
                 },
             );
         }
@@ -158,6 +166,8 @@ mod tests {
             pushkey: PushkeyEncoding::Base64,
             send_badge_counts: true,
             voip: false,
+            default_payload: Default::default(),
+            call_tweaks: Default::default(),
         };
         assert_eq!(app.token("3q2+7w==").unwrap().as_str(), "deadbeef");
         assert_eq!(app.token("3q2+7w").unwrap().as_str(), "deadbeef");

@@ -16,7 +16,10 @@
 //!   every later push for a pusher behind a failing one and retries it for up to an hour, so
 //!   pushgate answers 200 and owns the retry.
 //! - 502 `{"errcode": "M_UNKNOWN", ...}` when a device's notification could neither be delivered
-//!   nor queued (queue full, database away, our own fault): never 200 with a silent drop.
+//!   nor queued (queue full, database away) or the provider refuses pushgate itself (its
+//!   credentials or VAPID key): never 200 with a silent drop, and the homeserver keeps the
+//!   notification until the operator has fixed what is wrong. A push that cannot be built is
+//!   not among these: `notify.rs` bounds every request to what every provider carries.
 //! - 400 with `M_NOT_JSON`, `M_MISSING_PARAM` or `M_BAD_JSON` for a malformed body; the HTTP
 //!   front adds 413 for bodies over 512 KiB and `M_UNRECOGNIZED` for unknown paths and methods.
 
@@ -160,11 +163,15 @@ impl Matrix {
             tracing::info!("event already pushed to this pushkey: not again");
             return Verdict::Duplicate;
         }
+        let mut notification = notification.clone();
+        if notification.kind == Kind::Alert && device.has_tweaks(&app.call_tweaks) {
+            notification.kind = Kind::Voip;
+        }
         if app.voip && notification.kind != Kind::Voip {
             // A PushKit token takes calls only; the app's other pusher gets the rest.
             return Verdict::NotForThisApp;
         }
-        let data = match body.app_data(device) {
+        let data = match body.app_data(device, &app.default_payload) {
             Ok(data) => data,
             Err(bad) => {
                 tracing::info!(
@@ -174,7 +181,6 @@ impl Matrix {
                 return Verdict::Rejected("bad_default_payload");
             }
         };
-        let mut notification = notification.clone();
         notification.data = data;
         notification.badge = body.badge().filter(|_| app.send_badge_counts);
         let target = Device {

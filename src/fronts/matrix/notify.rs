@@ -3,10 +3,19 @@
 //! fixed type), and the notification the core delivers.
 //!
 //! What each field means for the push (spec, and Sygnal's behaviour where the spec is silent):
-//! `type` `m.call.invite` is a call; no `event_id` means a badge-only update (counts, no
-//! event): a wake-up, or "clear" when nothing is unread; `prio: low` is a low-priority push;
-//! the sender's display name (else its user id), the message body and the room name are the
-//! content an app may show.
+//! `type` `m.call.invite` is a call (and, for an app configured with `call_tweaks`, an event
+//! whose tweaks say it rings); no `event_id` means a badge-only update (counts, no event): a
+//! wake-up, or "clear" when nothing is unread; `prio: low` is a low-priority push and `high`
+//! (the default) a normal one: a message, which wakes the device (APNs 10, FCM high) but is not
+//! a call (WebPush `Urgency: normal`, RFC 8030 §5.3); the sender's display name (else its user
+//! id), the message body and the room name are the content an app may show.
+//!
+//! Sizes: what pushgate adds to the app's data is bounded as written in JSON (ids at the spec's
+//! 255 bytes and without characters JSON escapes, names cut to 256 bytes counting escapes, the
+//! body cut by the providers to what is left), and the app's data to
+//! [`MAX_DEFAULT_PAYLOAD_BYTES`], so every accepted request fits every provider's payload. A
+//! push that can never be built would be a 502, and the homeserver would hold every later push
+//! for that pusher behind it for a day: a display name full of quotes must not do that.
 
 use pushgate_providers::{Content, Kind, Notification, Priority};
 use serde::Deserialize;
@@ -16,9 +25,12 @@ use serde_json::Value;
 pub const MAX_BODY_BYTES: usize = 512 * 1024;
 /// Most devices in one request (Synapse sends one).
 pub const MAX_DEVICES: usize = 64;
-/// Longest string taken from the event into a push; longer ones are cut (providers cut further
-/// to fit their payload limits).
-const MAX_FIELD_CHARS: usize = 1024;
+/// Longest message body taken from the event into a push; providers cut it further to fit.
+const MAX_BODY_CHARS: usize = 1024;
+/// Longest sender or room name taken into a push, in bytes as written in JSON: a title.
+const MAX_NAME_BYTES: usize = 256;
+/// The Matrix spec's limit on room and event ids (appendices, "Identifier grammar").
+const MAX_ID_BYTES: usize = 255;
 
 #[derive(Debug, Deserialize)]
 pub struct Request {
@@ -72,8 +84,7 @@ pub enum BadDefaultPayload {
     TooLarge,
 }
 
-/// No provider carries a payload over 4096 bytes (APNs, FCM data, a WebPush record).
-pub const MAX_DEFAULT_PAYLOAD_BYTES: usize = 4096;
+pub use crate::config::MAX_DEFAULT_PAYLOAD_BYTES;
 
 /// Why a body is refused, as the Matrix error code and a reason that quotes nothing of it.
 #[derive(Debug, PartialEq, Eq)]
@@ -86,13 +97,29 @@ pub struct Malformed {
 /// only a refused one is looked at again, to say what is wrong with it.
 pub fn parse(body: &[u8]) -> Result<Request, Malformed> {
     let request: Request = serde_json::from_slice(body).map_err(|_| malformed(body))?;
-    if request.notification.devices.len() > MAX_DEVICES {
-        return Err(Malformed {
-            errcode: "M_BAD_JSON",
-            error: format!("more than {MAX_DEVICES} devices"),
-        });
+    let n = &request.notification;
+    if n.devices.len() > MAX_DEVICES {
+        return Err(bad_json(format!("more than {MAX_DEVICES} devices")));
+    }
+    for (name, id) in [("event_id", &n.event_id), ("room_id", &n.room_id)] {
+        let Some(id) = id else { continue };
+        if id.len() > MAX_ID_BYTES {
+            return Err(bad_json(format!(
+                "'{name}' is longer than {MAX_ID_BYTES} bytes"
+            )));
+        }
+        if id.chars().any(|c| json_bytes(c) != c.len_utf8()) {
+            return Err(bad_json(format!("'{name}' is no Matrix id")));
+        }
     }
     Ok(request)
+}
+
+fn bad_json(error: String) -> Malformed {
+    Malformed {
+        errcode: "M_BAD_JSON",
+        error,
+    }
 }
 
 /// What is wrong with a body that does not parse into a [`Request`].
@@ -119,10 +146,7 @@ fn malformed(body: &[u8]) -> Malformed {
         };
     }
     // serde's own message would quote the offending value.
-    Malformed {
-        errcode: "M_BAD_JSON",
-        error: "a member of 'notification' has the wrong type or value".into(),
-    }
+    bad_json("a member of 'notification' has the wrong type or value".into())
 }
 
 impl Body {
@@ -138,15 +162,15 @@ impl Body {
         };
         let priority = match self.prio {
             Some(Prio::Low) => Priority::Low,
-            Some(Prio::High) | None => Priority::High,
+            Some(Prio::High) | None => Priority::Normal,
         };
-        let cut = |s: &String| s.chars().take(MAX_FIELD_CHARS).collect::<String>();
+        let name = |s: &String| cut_json(s, MAX_NAME_BYTES);
         let body = self
             .content
             .as_ref()
             .and_then(|c| c.get("body"))
             .and_then(Value::as_str)
-            .map(|b| cut(&b.to_owned()));
+            .map(|b| b.chars().take(MAX_BODY_CHARS).collect());
         Some(Notification {
             content: Content {
                 account: None,
@@ -154,11 +178,11 @@ impl Body {
                     .sender_display_name
                     .as_ref()
                     .or(self.sender.as_ref())
-                    .map(cut),
+                    .map(name),
                 body,
                 message_count: self.counts.and_then(|c| c.unread),
                 nickname: None,
-                channel: self.room_name.as_ref().map(cut),
+                channel: self.room_name.as_ref().map(name),
             },
             ..Notification::new(kind, priority)
         })
@@ -166,24 +190,27 @@ impl Body {
 
     /// What the app gets besides the content: the event's room and id and the counts (as
     /// Sygnal sends them, so apps written for it find them), on top of the pusher's
-    /// `default_payload`, whose keys it overrides: they are facts about this event. `Err` when
-    /// `default_payload` is there but not an object (the pushkey is then rejected, as in
-    /// Sygnal) or too large for any provider.
+    /// `default_payload`, on top of the app's configured one (`app`): each overrides the keys of
+    /// the one below, the event's facts last. `Err` when the pusher's `default_payload` is there
+    /// but not an object (the pushkey is then rejected, as in Sygnal) or the two together are
+    /// larger than [`MAX_DEFAULT_PAYLOAD_BYTES`].
     pub fn app_data(
         &self,
         device: &Device,
+        app: &serde_json::Map<String, Value>,
     ) -> Result<serde_json::Map<String, Value>, BadDefaultPayload> {
-        let mut data = match device.data.as_ref().and_then(|d| d.get("default_payload")) {
-            Some(Value::Object(base)) => {
-                let size = serde_json::to_vec(base).map_or(usize::MAX, |b| b.len());
-                if size > MAX_DEFAULT_PAYLOAD_BYTES {
-                    return Err(BadDefaultPayload::TooLarge);
-                }
-                base.clone()
+        let mut data = app.clone();
+        match device.data.as_ref().and_then(|d| d.get("default_payload")) {
+            Some(Value::Object(pusher)) => {
+                data.extend(pusher.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
             Some(_) => return Err(BadDefaultPayload::NotAnObject),
-            None => serde_json::Map::new(),
-        };
+            None => {}
+        }
+        let size = serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len());
+        if size > MAX_DEFAULT_PAYLOAD_BYTES {
+            return Err(BadDefaultPayload::TooLarge);
+        }
         let mut put = |key: &str, value: Option<Value>| {
             if let Some(v) = value {
                 data.insert(key.to_owned(), v);
@@ -204,6 +231,37 @@ impl Body {
             (None, None) => None,
             (u, m) => Some(u.unwrap_or(0).saturating_add(m.unwrap_or(0))),
         }
+    }
+}
+
+/// The bytes `c` takes in a JSON string.
+fn json_bytes(c: char) -> usize {
+    match c {
+        '"' | '\\' => 2,
+        c if u32::from(c) < 0x20 => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// The longest start of `s` that takes at most `max` bytes in a JSON string.
+fn cut_json(s: &str, max: usize) -> String {
+    let mut used = 0;
+    s.chars()
+        .take_while(|&c| {
+            used += json_bytes(c);
+            used <= max
+        })
+        .collect()
+}
+
+impl Device {
+    /// Whether the pusher's tweaks have every one of `wanted` (none wanted: never).
+    pub fn has_tweaks(&self, wanted: &serde_json::Map<String, Value>) -> bool {
+        !wanted.is_empty()
+            && self
+                .tweaks
+                .as_ref()
+                .is_some_and(|t| wanted.iter().all(|(k, v)| t.get(k) == Some(v)))
     }
 }
 
@@ -235,11 +293,11 @@ mod tests {
     }"##;
 
     #[test]
-    fn the_spec_example_is_a_high_priority_alert() {
+    fn the_spec_example_is_a_normal_priority_alert() {
         let r = parse(SPEC_EXAMPLE.as_bytes()).unwrap();
         let n = r.notification.notification().unwrap();
         assert_eq!(n.kind, Kind::Alert);
-        assert_eq!(n.priority, Priority::High);
+        assert_eq!(n.priority, Priority::Normal, "a message, not a call");
         assert_eq!(n.content.sender.as_deref(), Some("Major Tom"));
         assert_eq!(
             n.content.body.as_deref(),
@@ -295,14 +353,16 @@ mod tests {
         )
         .unwrap();
         let n = &r.notification;
-        let data = n.app_data(&n.devices[0]).unwrap();
+        let app = serde_json::json!({"extra": false, "app": 1});
+        let app = app.as_object().unwrap();
+        let data = n.app_data(&n.devices[0], app).unwrap();
         assert_eq!(
             Value::Object(data),
             serde_json::json!({"aps": {"mutable-content": 1}, "room_id": "!r", "event_id": "$e",
-                               "unread_count": 2, "missed_calls": 1, "extra": true})
+                               "unread_count": 2, "missed_calls": 1, "extra": true, "app": 1})
         );
         assert_eq!(
-            n.app_data(&n.devices[1]),
+            n.app_data(&n.devices[1], app),
             Err(BadDefaultPayload::NotAnObject)
         );
         assert_eq!(n.badge(), Some(3));
@@ -317,7 +377,70 @@ mod tests {
         );
         let r = parse(body.as_bytes()).unwrap();
         let n = &r.notification;
-        assert_eq!(n.app_data(&n.devices[0]), Err(BadDefaultPayload::TooLarge));
+        let none = serde_json::Map::new();
+        assert_eq!(
+            n.app_data(&n.devices[0], &none),
+            Err(BadDefaultPayload::TooLarge)
+        );
+        let half = "x".repeat(MAX_DEFAULT_PAYLOAD_BYTES / 2);
+        let app = serde_json::json!({ "app": half });
+        let pusher = format!(
+            r#"{{"notification":{{"devices":[{{"app_id":"a","pushkey":"k",
+                "data":{{"default_payload":{{"pusher":"{half}"}}}}}}]}}}}"#
+        );
+        let r = parse(pusher.as_bytes()).unwrap();
+        let n = &r.notification;
+        assert_eq!(
+            n.app_data(&n.devices[0], app.as_object().unwrap()),
+            Err(BadDefaultPayload::TooLarge),
+            "the app's and the pusher's payloads count together"
+        );
+    }
+
+    #[test]
+    fn names_are_cut_at_a_character_and_ids_longer_than_the_spec_refused() {
+        let long = "é".repeat(300);
+        let quotes = r#"\""#.repeat(300);
+        let body = format!(
+            r#"{{"notification":{{"event_id":"$e","sender_display_name":"{long}",
+                "room_name":"{quotes}","devices":[]}}}}"#
+        );
+        let n = parse(body.as_bytes())
+            .unwrap()
+            .notification
+            .notification()
+            .unwrap();
+        assert_eq!(n.content.sender.as_deref(), Some("é".repeat(128).as_str()));
+        assert_eq!(
+            n.content.channel.as_deref(),
+            Some("\"".repeat(128).as_str())
+        );
+        for member in ["event_id", "room_id"] {
+            for id in ["x".repeat(MAX_ID_BYTES + 1), r"$a\u0001b".to_owned()] {
+                let body = format!(r#"{{"notification":{{"{member}":"{id}","devices":[]}}}}"#);
+                assert_eq!(parse(body.as_bytes()).unwrap_err().errcode, "M_BAD_JSON");
+            }
+        }
+    }
+
+    #[test]
+    fn a_pusher_rings_when_it_has_every_wanted_tweak() {
+        let r = parse(
+            br#"{"notification":{"devices":[{"app_id":"a","pushkey":"k",
+                "tweaks":{"sound":"ring","highlight":false}},{"app_id":"a","pushkey":"k2",
+                "tweaks":{"sound":"default"}},{"app_id":"a","pushkey":"k3"}]}}"#,
+        )
+        .unwrap();
+        let wanted = serde_json::json!({"sound": "ring"});
+        let wanted = wanted.as_object().unwrap();
+        let rings: Vec<bool> = r
+            .notification
+            .devices
+            .iter()
+            .map(|d| d.has_tweaks(wanted))
+            .collect();
+        assert_eq!(rings, [true, false, false]);
+        assert!(!r.notification.devices[0].has_tweaks(&serde_json::Map::new()));
     }
 
     #[test]

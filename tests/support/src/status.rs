@@ -19,11 +19,15 @@ struct Shared {
     retry_after: AtomicU64,
     hold: AtomicBool,
     received: AtomicUsize,
-    /// Bodies of the pushes answered 2xx, by the last segment of the path (the device).
-    accepted: Mutex<HashMap<String, Vec<Vec<u8>>>>,
+    /// `Urgency` and body of the pushes answered 2xx, by the last segment of the path (the
+    /// device).
+    accepted: Mutex<HashMap<String, Vec<Accepted>>>,
     arrived: Notify,
     release: Notify,
 }
+
+/// One accepted push: its `Urgency` header (empty if none) and body.
+type Accepted = (String, Vec<u8>);
 
 /// The running endpoint; it stops with the test's runtime.
 pub struct PushEndpoint {
@@ -34,6 +38,7 @@ pub struct PushEndpoint {
 async fn answer(
     axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
     uri: Uri,
+    request_headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, HeaderMap) {
     shared.received.fetch_add(1, Ordering::SeqCst);
@@ -47,13 +52,18 @@ async fn answer(
     let mut headers = HeaderMap::new();
     if status.is_success() {
         let device = uri.path().rsplit('/').next().unwrap_or_default().to_owned();
+        let urgency = request_headers
+            .get("urgency")
+            .and_then(|u| u.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         shared
             .accepted
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(device)
             .or_default()
-            .push(body.to_vec());
+            .push((urgency, body.to_vec()));
     } else {
         let after = shared.retry_after.load(Ordering::SeqCst);
         if after > 0 {
@@ -105,6 +115,16 @@ impl PushEndpoint {
     /// The bodies of the pushes to `device` answered 2xx, oldest first (encrypted unless the
     /// registration has no WebPush keys).
     pub fn bodies_for(&self, device: &str) -> Vec<Vec<u8>> {
+        self.accepted(device).into_iter().map(|(_, b)| b).collect()
+    }
+
+    /// The `Urgency` headers (empty when there was none) of the pushes to `device` answered
+    /// 2xx, oldest first.
+    pub fn urgencies_for(&self, device: &str) -> Vec<String> {
+        self.accepted(device).into_iter().map(|(u, _)| u).collect()
+    }
+
+    fn accepted(&self, device: &str) -> Vec<Accepted> {
         self.shared
             .accepted
             .lock()
