@@ -701,11 +701,14 @@ async fn concurrent_sends_use_at_most_pool_size_connections() {
             pool_size,
             ..s.token_config()
         }));
-        let sends = (0..30u8).map(|i| {
-            let apns = apns.clone();
-            tokio::spawn(async move { apns.send(&device(&token(i), None), &alert()).await })
-        });
-        for verdict in futures_join(sends).await {
+        // Spawned all at once (collected), so they race for the cold connections.
+        let sends: Vec<_> = (0..30u8)
+            .map(|i| {
+                let apns = apns.clone();
+                tokio::spawn(async move { apns.send(&device(&token(i), None), &alert()).await })
+            })
+            .collect();
+        for verdict in futures_join(sends.into_iter()).await {
             assert_eq!(verdict, Verdict::Sent);
         }
         assert_eq!(s.server.requests().len(), 30);
