@@ -139,6 +139,13 @@ fn out_of_descriptors(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Counts a failed request whose cause is EMFILE or ENFILE (see [`fd_exhausted_total`]).
+pub(crate) fn count_if_out_of_descriptors(err: &(dyn std::error::Error + 'static)) {
+    if out_of_descriptors(err) {
+        FD_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// A failure of the connection rather than of this request: another connection may work.
 pub(crate) fn is_connection_error(err: &reqwest::Error) -> bool {
     !err.is_timeout() && !err.is_builder() && (err.is_connect() || err.is_request())
@@ -153,9 +160,7 @@ pub(crate) fn classify_request_error(
     service: &str,
 ) -> Verdict {
     let err = err.without_url();
-    if out_of_descriptors(&err) {
-        FD_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
-    }
+    count_if_out_of_descriptors(&err);
     if err.is_timeout() {
         return Verdict::Transient {
             retry_after: None,

@@ -82,6 +82,11 @@ struct Setup {
 
 impl Setup {
     async fn token_auth() -> Self {
+        Self::token_auth_with(None).await
+    }
+
+    /// Token auth against a server that announces `max_streams` concurrent streams.
+    async fn token_auth_with(max_streams: Option<u32>) -> Self {
         let pki = Pki::new();
         let key = TokenKey::generate();
         let server = MockApns::start(
@@ -89,6 +94,7 @@ impl Setup {
             Options {
                 mtls: false,
                 jwt: Some(key.check.clone()),
+                max_streams,
             },
         )
         .await;
@@ -107,6 +113,7 @@ impl Setup {
             Options {
                 mtls: true,
                 jwt: None,
+                max_streams: None,
             },
         )
         .await;
@@ -694,11 +701,14 @@ async fn concurrent_sends_use_at_most_pool_size_connections() {
             pool_size,
             ..s.token_config()
         }));
-        let sends = (0..30u8).map(|i| {
-            let apns = apns.clone();
-            tokio::spawn(async move { apns.send(&device(&token(i), None), &alert()).await })
-        });
-        for verdict in futures_join(sends).await {
+        // Spawned all at once (collected), so they race for the cold connections.
+        let sends: Vec<_> = (0..30u8)
+            .map(|i| {
+                let apns = apns.clone();
+                tokio::spawn(async move { apns.send(&device(&token(i), None), &alert()).await })
+            })
+            .collect();
+        for verdict in futures_join(sends.into_iter()).await {
             assert_eq!(verdict, Verdict::Sent);
         }
         assert_eq!(s.server.requests().len(), 30);
@@ -754,6 +764,165 @@ async fn connection_dropped_mid_request_is_retried_on_a_new_connection() {
         Verdict::Sent
     );
     assert_eq!(s.server.connections(), 3);
+}
+
+#[tokio::test]
+async fn goaway_between_pushes_costs_no_push() {
+    let s = Setup::token_auth().await;
+    let apns = s.provider(&ApnsConfig {
+        pool_size: 1,
+        ..s.token_config()
+    });
+    assert_eq!(
+        apns.send(&device(&token(73), None), &alert()).await,
+        Verdict::Sent
+    );
+    s.server.go_away();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Scripted to fail a second try: the push must go out once, on a new connection.
+    s.server.script(
+        &token(74),
+        vec![Reply::ok(), Reply::reason(400, "BadDeviceToken")],
+    );
+    assert_eq!(
+        apns.send(&device(&token(74), None), &alert()).await,
+        Verdict::Sent
+    );
+    assert_eq!(s.server.requests_for(&token(74)).len(), 1);
+    assert_eq!(s.server.connections(), 2);
+}
+
+#[tokio::test]
+async fn goaway_while_a_push_is_in_flight_lets_it_finish() {
+    let s = Setup::token_auth().await;
+    let apns = Arc::new(s.provider(&ApnsConfig {
+        pool_size: 1,
+        ..s.token_config()
+    }));
+    assert_eq!(
+        apns.send(&device(&token(75), None), &alert()).await,
+        Verdict::Sent
+    );
+    s.server
+        .script(&token(76), vec![Reply::Slow(Duration::from_millis(300))]);
+    let slow = {
+        let apns = apns.clone();
+        tokio::spawn(async move { apns.send(&device(&token(76), None), &alert()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.server.go_away();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        apns.send(&device(&token(77), None), &alert()).await,
+        Verdict::Sent,
+        "a push after GOAWAY goes out on a new connection"
+    );
+    assert_eq!(
+        slow.await.unwrap(),
+        Verdict::Sent,
+        "the stream in flight is answered"
+    );
+    assert_eq!(s.server.requests_for(&token(76)).len(), 1);
+    assert_eq!(s.server.requests_for(&token(77)).len(), 1);
+    assert_eq!(s.server.connections(), 2);
+}
+
+#[tokio::test]
+async fn the_servers_concurrent_stream_limit_is_respected() {
+    let s = Setup::token_auth_with(Some(2)).await;
+    let apns = Arc::new(s.provider(&ApnsConfig {
+        pool_size: 1,
+        ..s.token_config()
+    }));
+    // Connected, so the server's SETTINGS are known.
+    assert_eq!(
+        apns.send(&device(&token(90), None), &alert()).await,
+        Verdict::Sent
+    );
+    let started = std::time::Instant::now();
+    let sends: Vec<_> = (0..6u8)
+        .map(|i| {
+            s.server.script(
+                &token(91 + i),
+                vec![Reply::Slow(Duration::from_millis(200))],
+            );
+            let apns = apns.clone();
+            tokio::spawn(async move { apns.send(&device(&token(91 + i), None), &alert()).await })
+        })
+        .collect();
+    for verdict in futures_join(sends.into_iter()).await {
+        assert_eq!(verdict, Verdict::Sent);
+    }
+    assert_eq!(
+        s.server.max_in_flight(),
+        2,
+        "never more than the server allows"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(550),
+        "six 200 ms answers two at a time: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.server.requests().len(), 7, "none refused and sent again");
+    assert_eq!(s.server.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_server_that_stalls_the_handshake_is_bounded_by_the_request_timeout() {
+    let s = Setup::token_auth().await;
+    // Accepts TCP connections and never says a word.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            held.push(tcp);
+        }
+    });
+    let apns = s.provider(&ApnsConfig {
+        base_url: Some(format!("https://{addr}")),
+        request_timeout_secs: 1,
+        ..s.token_config()
+    });
+    let started = std::time::Instant::now();
+    match apns.send(&device(&token(78), None), &alert()).await {
+        Verdict::Transient { reason, .. } => assert!(reason.contains("no answer"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(3));
+    accepted.abort();
+}
+
+#[tokio::test]
+async fn a_huge_error_body_is_read_only_up_to_the_cap() {
+    let s = Setup::token_auth().await;
+    let apns = s.provider(&ApnsConfig {
+        pool_size: 1,
+        ..s.token_config()
+    });
+    // 4 MiB: more than the connection's flow-control window, so unless the rest is given back
+    // or the stream reset, the connection would stall.
+    let huge = Reply::Answer {
+        status: 400,
+        body: "x".repeat(4 << 20),
+        headers: Vec::new(),
+    };
+    match verdict_for(&s, &apns, 79, huge).await {
+        Verdict::OurFault { reason } => assert!(reason.len() < 300, "{}", reason.len()),
+        other => panic!("{other:?}"),
+    }
+    for i in 0..3u8 {
+        assert_eq!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                apns.send(&device(&token(100 + i), None), &alert())
+            )
+            .await
+            .unwrap(),
+            Verdict::Sent
+        );
+    }
+    assert_eq!(s.server.connections(), 1, "the connection stays usable");
 }
 
 // --- certificate auth ---------------------------------------------------------------------------

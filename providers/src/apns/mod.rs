@@ -4,11 +4,12 @@
 //! The provider API: <https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns>.
 //!
 //! Why it looks the way it does:
-//! * Its own client on reqwest rather than the a2 crate: the base URL and an extra CA must be
-//!   configurable (tests run against a local HTTP/2 server; private relays exist), while a2
-//!   hard-codes Apple's hosts and trusts only the webpki roots; unknown APNs reasons must survive
-//!   as strings (a2's reason enum drops them); and idle connections need HTTP/2 PINGs (a2 sends
-//!   none).
+//! * Its own client rather than the a2 crate: the base URL and an extra CA must be configurable
+//!   (tests run against a local HTTP/2 server; private relays exist), while a2 hard-codes
+//!   Apple's hosts and trusts only the webpki roots; unknown APNs reasons must survive as strings
+//!   (a2's reason enum drops them); and idle connections need HTTP/2 PINGs (a2 sends none). The
+//!   connections are h2conn.rs's, on the `h2` crate directly rather than reqwest, which cost
+//!   more CPU per push than the rest of the send path (docs/performance.md).
 //! * Credentials may arrive after start (admin upload), so they live behind a lock and are
 //!   swapped whole with their connection pool; in-flight deliveries finish on the old pool.
 //! * Verdicts follow the HTTP status first and the `reason` second, so a reason Apple adds later
@@ -26,7 +27,7 @@
 //!   for every device. The publishing server's retry is the backoff.
 
 mod auth;
-mod client;
+mod h2conn;
 mod jwt;
 mod payload;
 
@@ -35,14 +36,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::StatusCode;
+use bytes::Bytes;
+use http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, USER_AGENT,
+};
+use http::{Method, StatusCode};
 use serde::Deserialize;
 
 pub use auth::{CredentialError, CredentialInfo, Credentials};
 
 use crate::transport::{Answered, Backoff, Hold, Holds};
 use crate::{ConfigError, Device, Notification, Provider, RegistrationError, Verdict};
-use client::{ClientSettings, Pool};
+use h2conn::{Pool, SendError, Settings};
 use jwt::TokenSigner;
 use payload::{MappingSettings, Planned, PushType};
 
@@ -219,13 +224,16 @@ pub struct Apns {
     /// The configuration section's dotted path, for logs.
     key: String,
     topic: String,
-    voip_topic: String,
     environment: Environment,
     base_url: String,
-    client_settings: ClientSettings,
+    connection_settings: Settings,
+    /// `apns-topic` for ordinary pushes and for VoIP pushes, and `apns-collapse-id` from the
+    /// configuration: built once.
+    topic_header: HeaderValue,
+    voip_topic_header: HeaderValue,
+    collapse_id_header: Option<HeaderValue>,
     pool_size: usize,
     request_timeout: Duration,
-    collapse_id: Option<String>,
     mapping: MappingSettings,
     active: RwLock<Option<Arc<Active>>>,
     /// Devices APNs answered `TooManyRequests` for; the provider while APNs asks it to wait.
@@ -282,25 +290,40 @@ impl Apns {
                 ),
             ));
         }
-        let extra_roots = crate::transport::extra_roots(config.ca_file.as_deref())
-            .map_err(|e| err("ca_file", e.to_string()))?;
+        let extra_roots = match &config.ca_file {
+            Some(path) => {
+                crate::transport::load_ca_file(path).map_err(|e| err("ca_file", e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let header = |field: &str, value: &str| {
+            HeaderValue::from_str(value)
+                .map_err(|_| err(field, "must not contain control characters".to_owned()))
+        };
+        let topic_header = header("topic", &config.topic)?;
+        let voip_topic_header = header("topic", &format!("{}.voip", config.topic))?;
+        let collapse_id_header = match &config.collapse_id {
+            Some(id) => Some(header("collapse_id", id)?),
+            None => None,
+        };
         let request_timeout = Duration::from_secs(config.request_timeout_secs);
 
         let apns = Self {
             key: key.to_owned(),
             topic: config.topic.clone(),
-            voip_topic: format!("{}.voip", config.topic),
             environment: config.environment,
             base_url,
-            client_settings: ClientSettings {
+            connection_settings: Settings {
                 extra_roots,
                 connect_timeout: request_timeout,
                 ping_interval: (config.ping_interval_secs > 0)
                     .then(|| Duration::from_secs(config.ping_interval_secs)),
             },
+            topic_header,
+            voip_topic_header,
+            collapse_id_header,
             pool_size: config.pool_size,
             request_timeout,
-            collapse_id: config.collapse_id.clone(),
             mapping: MappingSettings {
                 max_body_chars: config.max_body_chars,
                 expiration_secs: config.expiration_secs,
@@ -347,8 +370,13 @@ impl Apns {
             Credentials::Certificate { .. } => None,
         };
         let identity = credentials.identity_pem();
-        let pool = Pool::build(self.pool_size, &self.client_settings, identity.as_deref())
-            .map_err(CredentialError::Unreadable)?;
+        let pool = Pool::build(
+            self.pool_size,
+            &self.base_url,
+            &self.connection_settings,
+            identity.as_deref(),
+        )
+        .map_err(|e| CredentialError::Unreadable(e.to_string()))?;
         let active = Arc::new(Active {
             info: info.clone(),
             pool,
@@ -397,6 +425,14 @@ impl Apns {
             },
             None => None,
         };
+        let uri = match active
+            .pool
+            .uri(&format!("/3/device/{}", push.token.as_str()))
+        {
+            Ok(uri) => uri,
+            Err(e) => return cannot_build(&e),
+        };
+        let body = Bytes::from(push.body.clone());
         let mut slot = active.pool.next_slot();
         let mut may_reconnect = true;
         let mut may_renew = true;
@@ -404,46 +440,35 @@ impl Apns {
         // Retries share the one bound, so a delivery never takes longer than request_timeout.
         let deadline = crate::transport::deadline_after(self.request_timeout);
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Verdict::Transient {
-                    retry_after: None,
-                    reason: format!(
-                        "no answer from APNs within {} s",
-                        self.request_timeout.as_secs()
-                    ),
-                };
+            if deadline.saturating_duration_since(Instant::now()).is_zero() {
+                return self.no_answer();
             }
-            let request = self.request(active.pool.client(slot), push, jwt.as_deref(), left);
-            let response = match request.send().await {
-                Ok(r) => r,
-                Err(e) if may_reconnect && crate::transport::is_connection_error(&e) => {
-                    tracing::debug!(error = %e.without_url(), "APNs connection failed; retrying on the next connection");
+            let head = match self.request(uri.clone(), push, jwt.as_deref(), body.len()) {
+                Ok(head) => head,
+                Err(verdict) => return verdict,
+            };
+            let answer = match active
+                .pool
+                .send(slot, head, body.clone(), deadline, MAX_RESPONSE_READ_BYTES)
+                .await
+            {
+                Ok(a) => a,
+                Err(e) if may_reconnect && e.is_connection_error() => {
+                    tracing::debug!(error = %crate::transport::error_chain(&e), "APNs connection failed; retrying on the next connection");
                     may_reconnect = false;
                     slot += 1;
                     continue;
                 }
-                Err(e) => {
-                    return crate::transport::classify_request_error(
-                        e,
-                        self.request_timeout,
-                        "APNs",
-                    );
-                }
+                Err(e) => return self.failed(&e),
             };
-            let status = response.status();
+            let status = answer.status;
             let span = tracing::Span::current();
             span.record("status", status.as_u16());
-            if let Some(id) = response
-                .headers()
-                .get("apns-id")
-                .and_then(|v| v.to_str().ok())
-            {
+            if let Some(id) = answer.headers.get("apns-id").and_then(|v| v.to_str().ok()) {
                 span.record("apns_id", id);
             }
-            let retry_after = crate::transport::retry_after(response.headers());
-            let reason =
-                reason_of(&crate::transport::read_capped(response, MAX_RESPONSE_READ_BYTES).await);
+            let retry_after = crate::transport::retry_after(&answer.headers);
+            let reason = reason_of(&answer.body);
             match classify(status, &reason, retry_after, self.environment) {
                 // Apple: 500 and 503 (ServiceUnavailable, Shutdown) are retried, on a new
                 // connection; once, within the same deadline, unless told to wait longer.
@@ -495,17 +520,45 @@ impl Apns {
         }
     }
 
+    fn no_answer(&self) -> Verdict {
+        Verdict::Transient {
+            retry_after: None,
+            reason: format!(
+                "no answer from APNs within {} s",
+                self.request_timeout.as_secs()
+            ),
+        }
+    }
+
+    /// The verdict on a request that got no answer. The messages never hold the request (its
+    /// path carries the device token, its headers the provider token).
+    fn failed(&self, err: &SendError) -> Verdict {
+        crate::transport::count_if_out_of_descriptors(err);
+        if err.is_timeout() {
+            return self.no_answer();
+        }
+        let what = match err {
+            SendError::Connect(_) => "cannot connect to",
+            _ => "request failed to",
+        };
+        Verdict::Transient {
+            retry_after: None,
+            reason: format!("{what} APNs: {}", crate::transport::error_chain(err)),
+        }
+    }
+
+    /// The request head for `push`; a header that cannot be built is pushgate's fault.
     fn request(
         &self,
-        client: &reqwest::Client,
+        uri: http::Uri,
         push: &Planned<'_>,
         jwt: Option<&str>,
-        timeout: Duration,
-    ) -> reqwest::RequestBuilder {
+        body_len: usize,
+    ) -> Result<http::Request<()>, Verdict> {
         let topic = if push.push_type == PushType::Voip {
-            &self.voip_topic
+            &self.voip_topic_header
         } else {
-            &self.topic
+            &self.topic_header
         };
         let expiration = match push.expiration_secs {
             0 => 0,
@@ -515,26 +568,52 @@ impl Apns {
                 .unwrap_or(0)
                 .saturating_add(secs),
         };
-        let mut request = client
-            .post(format!(
-                "{}/3/device/{}",
-                self.base_url,
-                push.token.as_str()
-            ))
-            .timeout(timeout)
-            .header("apns-topic", topic)
-            .header("apns-push-type", push.push_type.header())
-            .header("apns-priority", push.push_type.priority(push.priority))
-            .header("apns-expiration", expiration)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(push.body.clone());
-        if let Some(id) = push.collapse_id.as_deref().or(self.collapse_id.as_deref()) {
-            request = request.header("apns-collapse-id", id);
+        let mut request = http::Request::new(());
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.reserve(10);
+        headers.insert(APNS_TOPIC.clone(), topic.clone());
+        headers.insert(
+            APNS_PUSH_TYPE.clone(),
+            HeaderValue::from_static(push.push_type.header()),
+        );
+        headers.insert(
+            APNS_PRIORITY.clone(),
+            HeaderValue::from_static(push.push_type.priority(push.priority)),
+        );
+        headers.insert(APNS_EXPIRATION.clone(), HeaderValue::from(expiration));
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        let collapse_id = match push.collapse_id.as_deref() {
+            Some(id) => Some(HeaderValue::from_str(id).map_err(|e| cannot_build(&e))?),
+            None => self.collapse_id_header.clone(),
+        };
+        if let Some(id) = collapse_id {
+            headers.insert(APNS_COLLAPSE_ID.clone(), id);
         }
         if let Some(jwt) = jwt {
-            request = request.header(http::header::AUTHORIZATION, format!("bearer {jwt}"));
+            let value = HeaderValue::try_from(format!("bearer {jwt}"))
+                .map_err(|_| cannot_build(&"the provider token is not a header value"))?;
+            headers.insert(AUTHORIZATION, value);
         }
-        request
+        Ok(request)
+    }
+}
+
+static APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+static APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+static APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+static APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
+
+/// pushgate's user agent, as on its other HTTP requests.
+const USER_AGENT_VALUE: &str = concat!("pushgate/", env!("CARGO_PKG_VERSION"));
+
+fn cannot_build(err: &dyn fmt::Display) -> Verdict {
+    Verdict::OurFault {
+        reason: format!("cannot build the request to APNs: {err}"),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Options {
     pub mtls: bool,
     /// Require and verify a provider token.
     pub jwt: Option<JwtCheck>,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS the server announces (hyper's default without).
+    pub max_streams: Option<u32>,
 }
 
 /// One scripted answer.
@@ -50,6 +52,8 @@ pub enum Reply {
     DropConnection,
     /// Never answer.
     Hold,
+    /// Answer 200 after this long.
+    Slow(std::time::Duration),
 }
 
 impl Reply {
@@ -113,6 +117,10 @@ struct State {
     connections: AtomicUsize,
     answered: AtomicUsize,
     kills: Mutex<Vec<Arc<Notify>>>,
+    goaways: Mutex<Vec<Arc<Notify>>>,
+    /// Requests being answered now, and the most there ever were.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 /// The running server; stops when dropped.
@@ -140,6 +148,8 @@ impl MockApns {
             let connection = accepting.connections.fetch_add(1, Ordering::SeqCst) + 1;
             let kill = Arc::new(Notify::new());
             accepting.kills.lock().unwrap().push(kill.clone());
+            let goaway = Arc::new(Notify::new());
+            accepting.goaways.lock().unwrap().push(goaway.clone());
             let state = accepting.clone();
             let options = options.clone();
             move |tls| async move {
@@ -150,7 +160,8 @@ impl MockApns {
                     .and_then(|c| c.first())
                     .map(|c| c.to_vec());
                 let conn_kill = kill.clone();
-                let serving = serve::serve_h2(
+                let max_streams = options.max_streams;
+                let serving = serve::serve_h2_until(
                     tls,
                     move |req| {
                         handle(
@@ -162,7 +173,8 @@ impl MockApns {
                             conn_kill.clone(),
                         )
                     },
-                    None,
+                    max_streams,
+                    async move { goaway.notified().await },
                 );
                 tokio::select! {
                     _ = serving => {}
@@ -198,6 +210,19 @@ impl MockApns {
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {
         self.state.connections.load(Ordering::SeqCst)
+    }
+
+    /// Sends GOAWAY on every open connection and closes it once its requests are answered, as
+    /// an APNs node going out of service would.
+    pub fn go_away(&self) {
+        for goaway in self.state.goaways.lock().unwrap().drain(..) {
+            goaway.notify_one();
+        }
+    }
+
+    /// The most requests the server was answering at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Closes every open connection, as a restarting APNs node would.
@@ -239,12 +264,32 @@ async fn handle(
     };
     let token = recorded.device_token().to_owned();
     state.requests.push(recorded);
+    let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    let _answering = InFlight(&state.in_flight);
+    reply_to(&state, &token, jwt_error, kill).await
+}
 
+/// Counts a request out of `in_flight` when its answer is sent or given up.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn reply_to(
+    state: &State,
+    token: &str,
+    jwt_error: Option<String>,
+    kill: Arc<Notify>,
+) -> Answer {
     let id = state.answered.fetch_add(1, Ordering::SeqCst);
     let apns_id = format!("00000000-0000-4000-8000-{id:012x}");
     let reply = match jwt_error {
         Some(_) => Reply::reason(403, "InvalidProviderToken"),
-        None => state.scripts.next(&token).unwrap_or_else(Reply::ok),
+        None => state.scripts.next(token).unwrap_or_else(Reply::ok),
     };
     match reply {
         Reply::Answer {
@@ -260,6 +305,10 @@ async fn handle(
             std::future::pending().await
         }
         Reply::Hold => std::future::pending().await,
+        Reply::Slow(after) => {
+            tokio::time::sleep(after).await;
+            serve::answer(200, false, String::new(), vec![("apns-id", apns_id)])
+        }
     }
 }
 

@@ -62,6 +62,21 @@ where
     F: Fn(hyper::Request<Incoming>) -> Fut + Send + 'static,
     Fut: Future<Output = Answer> + Send + 'static,
 {
+    serve_h2_until(io, handle, max_streams, std::future::pending()).await
+}
+
+/// [`serve_h2`] that shuts the connection down gracefully (GOAWAY, then the streams in
+/// flight finish) once `shutdown` is ready.
+pub async fn serve_h2_until<I, F, Fut>(
+    io: I,
+    handle: F,
+    max_streams: Option<u32>,
+    shutdown: impl Future<Output = ()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::Request<Incoming>) -> Fut + Send + 'static,
+    Fut: Future<Output = Answer> + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
         let answer = handle(req);
         async move { Ok::<_, Infallible>(answer.await) }
@@ -72,9 +87,14 @@ where
     if let Some(n) = max_streams {
         builder.max_concurrent_streams(n);
     }
-    let _ = builder
-        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
-        .await;
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = shutdown => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// The request body, at most `limit` bytes; `None` if it is larger or the stream broke.
