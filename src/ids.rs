@@ -19,7 +19,7 @@ pub const MAX_PROVIDER_ID_BYTES: usize = 256;
 
 /// Random bytes from the OS. Failure means the OS cannot give us randomness, and minting a
 /// guessable credential instead is never acceptable.
-fn random_b64(bytes: usize) -> String {
+pub fn random_b64(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
     getrandom::fill(&mut buf).unwrap_or_else(|e| panic!("OS random number generator failed: {e}"));
     URL_SAFE_NO_PAD.encode(buf)

@@ -155,6 +155,18 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     let (component, outbox) = Component::with_core(&config, core.clone());
+    match pushgate::fronts::xmpp::unifiedpush::UnifiedPush::load(&config.unifiedpush, &core.store)
+        .await
+    {
+        Ok(Some(up)) => {
+            let _ = component.unifiedpush.set(up);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("cannot load the UnifiedPush key: {e}");
+            return ExitCode::from(1);
+        }
+    }
     if core.providers.is_empty() {
         tracing::warn!("no providers configured: every registration will be refused");
     }
@@ -184,13 +196,17 @@ async fn run(path: PathBuf) -> ExitCode {
         let (core, http_cfg, stop) = (core.clone(), config.http.clone(), stop_rx.clone());
         let matrix = pushgate::fronts::matrix::Matrix::new(&config.matrix);
         let component_jid = component.jid.clone();
+        let component = component.clone();
         let stop_all = stop_tx_http;
         async move {
             let result = pushgate::fronts::http::serve(
                 core,
                 component_jid,
                 http_cfg,
-                matrix,
+                pushgate::fronts::http::Fronts {
+                    matrix,
+                    component: Some(component),
+                },
                 shutdown_timeout,
                 connected_rx,
                 stop,

@@ -70,6 +70,11 @@ pub struct Metrics {
     pub matrix_devices: IntCounterVec,
     /// How long Matrix notify requests took to answer, by status code.
     pub matrix_notify_seconds: HistogramVec,
+    /// UnifiedPush endpoint registrations and unregistrations, by dialect and `action`.
+    pub unifiedpush_registrations: IntCounterVec,
+    /// App servers' UnifiedPush pushes, by dialect and outcome (`delivered`, `gone`,
+    /// `unavailable`).
+    pub unifiedpush_pushes: IntCounterVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -273,6 +278,18 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "pushgate_matrix_notify_seconds",
             matrix_notify_seconds,
+        ),
+        unifiedpush_registrations: counter_vec(
+            &r,
+            "pushgate_unifiedpush_registrations_total",
+            "UnifiedPush endpoint registrations and unregistrations, by dialect and action.",
+            &["dialect", "action"],
+        ),
+        unifiedpush_pushes: counter_vec(
+            &r,
+            "pushgate_unifiedpush_pushes_total",
+            "App servers' UnifiedPush pushes, by dialect and outcome.",
+            &["dialect", "outcome"],
         ),
         registry: r,
     }

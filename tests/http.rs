@@ -384,7 +384,7 @@ async fn serve_binds_listen_and_stops_on_shutdown() {
         gw.gw.core.clone(),
         gw.gw.jid.clone(),
         http,
-        pushgate::fronts::matrix::Matrix::default(),
+        http::Fronts::default(),
         Duration::from_secs(5),
         connected,
         shutdown,

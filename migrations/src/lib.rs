@@ -12,6 +12,7 @@ use sea_orm_migration::{MigrationTrait, MigratorTrait};
 mod m20261122_000001_registrations;
 mod m20261122_000002_provider_credentials;
 mod m20261206_000003_queued_notifications;
+mod m20261207_000004_unifiedpush;
 
 /// All of pushgate's migrations, oldest first.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000001_registrations::Migration),
             Box::new(m20261122_000002_provider_credentials::Migration),
             Box::new(m20261206_000003_queued_notifications::Migration),
+            Box::new(m20261207_000004_unifiedpush::Migration),
         ]
     }
 }

@@ -27,7 +27,7 @@ mod tests;
 pub use sections::{
     AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, MAX_DEFAULT_PAYLOAD_BYTES,
     MatrixAppConfig, MatrixConfig, PushkeyEncoding, RegistrationConfig, RetryConfig, StorageConfig,
-    WhenReplaced,
+    UnifiedPushConfig, WhenReplaced,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +105,8 @@ pub struct Config {
     pub retry: RetryConfig,
     #[serde(default)]
     pub matrix: MatrixConfig,
+    #[serde(default)]
+    pub unifiedpush: UnifiedPushConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -247,6 +249,7 @@ impl Config {
         self.registration.validate()?;
         self.retry.validate()?;
         self.matrix.validate(&self.providers)?;
+        self.unifiedpush.validate(&self.http)?;
         for (id, section) in &self.providers {
             if id.is_empty()
                 || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES

@@ -573,3 +573,97 @@ impl MatrixConfig {
         Ok(())
     }
 }
+
+/// `[unifiedpush]`: pushgate as the push provider for UnifiedPush distributors that live in an
+/// XMPP account (`fronts/xmpp/unifiedpush`), on the component and the HTTP listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnifiedPushConfig {
+    /// Off by default: with it on, every XMPP user reaching the component can get endpoints.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The public URL of pushgate's HTTP listener (behind its TLS proxy), e.g.
+    /// `https://up.example.org`: endpoints are `<endpoint_base_url>/up/<token>`.
+    #[serde(default)]
+    pub endpoint_base_url: Option<String>,
+    /// How long an endpoint lives without the distributor registering it again.
+    #[serde(default = "default_up_expiration_days")]
+    pub expiration_days: u32,
+    /// Endpoints one XMPP account may hold.
+    #[serde(default = "default_up_max_per_account")]
+    pub max_endpoints_per_account: u32,
+    /// How long a distributor has to answer a push (Conversations dialect) before the app
+    /// server is told to try again.
+    #[serde(default = "default_up_answer_timeout")]
+    pub answer_timeout_secs: u64,
+}
+
+fn default_up_expiration_days() -> u32 {
+    30
+}
+fn default_up_max_per_account() -> u32 {
+    100
+}
+fn default_up_answer_timeout() -> u64 {
+    10
+}
+
+impl Default for UnifiedPushConfig {
+    fn default() -> Self {
+        UnifiedPushConfig {
+            enabled: false,
+            endpoint_base_url: None,
+            expiration_days: default_up_expiration_days(),
+            max_endpoints_per_account: default_up_max_per_account(),
+            answer_timeout_secs: default_up_answer_timeout(),
+        }
+    }
+}
+
+impl UnifiedPushConfig {
+    pub(super) fn validate(&self, http: &HttpConfig) -> Result<(), ConfigError> {
+        in_range("unifiedpush.expiration_days", self.expiration_days, 1..=365)?;
+        in_range(
+            "unifiedpush.max_endpoints_per_account",
+            self.max_endpoints_per_account,
+            1..=10_000,
+        )?;
+        in_range(
+            "unifiedpush.answer_timeout_secs",
+            self.answer_timeout_secs,
+            1..=30,
+        )?;
+        if !self.enabled {
+            return Ok(());
+        }
+        let base = self.endpoint_base_url.as_deref().unwrap_or_default();
+        let parsed = base.parse::<axum::http::Uri>().ok();
+        let ok = parsed.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("https" | "http"))
+                && u.authority().is_some()
+                && u.query().is_none()
+        });
+        if !ok {
+            return Err(ConfigError::invalid(
+                "unifiedpush.endpoint_base_url",
+                "the public http(s):// URL of the HTTP listener, e.g. https://up.example.org",
+            ));
+        }
+        if http.listen.is_none() {
+            return Err(ConfigError::invalid(
+                "unifiedpush.enabled",
+                "UnifiedPush needs the HTTP listener: set http.listen",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The endpoint base without a trailing slash.
+    pub fn base_url(&self) -> String {
+        self.endpoint_base_url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}

@@ -386,3 +386,38 @@ fn matrix_apps_name_configured_providers() {
         "{e}"
     );
 }
+
+#[test]
+fn unifiedpush_needs_a_public_url_and_the_http_listener() {
+    let http = "[http]\nlisten = \"127.0.0.1:8080\"\n";
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}{http}[unifiedpush]\nenabled = true\nendpoint_base_url = \"https://up.example.org\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.unifiedpush.base_url(), "https://up.example.org");
+    assert_eq!(c.unifiedpush.expiration_days, 30);
+    for (text, key) in [
+        (
+            format!("{http}[unifiedpush]\nenabled = true\n"),
+            "unifiedpush.endpoint_base_url",
+        ),
+        (
+            format!(
+                "{http}[unifiedpush]\nenabled = true\nendpoint_base_url = \"up.example.org\"\n"
+            ),
+            "unifiedpush.endpoint_base_url",
+        ),
+        (
+            "[unifiedpush]\nenabled = true\nendpoint_base_url = \"https://up.example.org\"\n"
+                .to_owned(),
+            "unifiedpush.enabled",
+        ),
+        (
+            format!("{http}[unifiedpush]\nanswer_timeout_secs = 0\n"),
+            "unifiedpush.answer_timeout_secs",
+        ),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}{text}")).unwrap_err();
+        assert!(e.to_string().contains(key), "{key}: {e}");
+    }
+}

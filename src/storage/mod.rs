@@ -17,7 +17,7 @@
 //! (the registration upsert and account limit), `group_commit.rs` (batching those writes),
 //! `queries.rs` (lookups and removals), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
 //! `admin.rs` and `stats.rs` (operators' queries), `apns_credentials.rs` (uploaded APNs
-//! credentials), `entity.rs` (the table).
+//! credentials), `unifiedpush.rs` (UnifiedPush endpoints), `entity.rs` (the table).
 
 mod admin;
 pub mod apns_credentials;
@@ -29,12 +29,14 @@ mod queries;
 mod queue;
 mod registration;
 mod stats;
+mod unifiedpush;
 mod write_behind;
 mod writer;
 
 pub use admin::RegistrationFilter;
 pub use queue::{Enqueued, NewQueued, QueueDepth, Queued, QueuedFor};
 pub use registration::{Admission, NewRegistration, Registered, Registration};
+pub use unifiedpush::{UpEndpoint, UpSaved};
 pub use write_behind::DeliveryLog;
 
 use std::fmt;

@@ -111,7 +111,7 @@ pub struct QueueDepth {
 }
 
 impl Store {
-    fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
+    pub(super) fn statement(&self, sql: &str, values: Vec<Value>) -> Statement {
         let backend = self.db.get_database_backend();
         let sql = match backend {
             DbBackend::Postgres => numbered(sql),

@@ -51,6 +51,15 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
         let (gw, outbox) =
             Component::new(&config, store).unwrap_or_else(|e| panic!("cannot build gateway: {e}"));
+        let up = pushgate::fronts::xmpp::unifiedpush::UnifiedPush::load(
+            &config.unifiedpush,
+            &gw.core.store,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("cannot load the UnifiedPush key: {e}"));
+        if let Some(up) = up {
+            let _ = gw.unifiedpush.set(up);
+        }
         TestGateway {
             gw,
             config,

@@ -35,7 +35,8 @@ impl HttpServer {
         let matrix = pushgate::fronts::matrix::Matrix::new(&gw.config.matrix);
         let router = http_router(
             HttpState::new(gw.gw.core.clone(), gw.gw.jid.clone(), http, connected_rx)
-                .with_matrix(matrix),
+                .with_matrix(matrix)
+                .with_component(gw.gw.clone()),
         );
         let task = tokio::spawn(serve_on(listener, router, limits, shutdown_rx));
         HttpServer {

@@ -8,6 +8,8 @@
 //! | `GET /metrics` | Prometheus text format |
 //! | `POST /_matrix/push/v1/notify` | the Matrix push gateway front (`fronts/matrix`), body ≤ 512 KiB |
 //! | `GET /_matrix/push/v1/notify` | `{"unifiedpush":{"gateway":"matrix"}}` (UnifiedPush discovery) |
+//! | `POST /up/{token}` | a UnifiedPush endpoint ([`unifiedpush`]), body ≤ 4096 bytes |
+//! | `GET /up`, `GET /up/{token}` | `{"unifiedpush":{"version":1}}` |
 //!
 //! Under `/_matrix` unknown paths and methods are answered as Matrix does (`M_UNRECOGNIZED`).
 //!
@@ -25,6 +27,7 @@ mod health;
 pub mod limit;
 mod matrix;
 pub mod server;
+mod unifiedpush;
 pub(crate) mod unregister;
 
 use std::net::SocketAddr;
@@ -75,6 +78,8 @@ pub struct HttpState {
     pub connected: watch::Receiver<bool>,
     /// The Matrix front (`[matrix]`).
     pub matrix: Arc<crate::fronts::matrix::Matrix>,
+    /// The XMPP component, for UnifiedPush endpoints (`[unifiedpush]`).
+    pub component: Option<Arc<crate::fronts::xmpp::Component>>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -92,6 +97,7 @@ impl HttpState {
             config: Arc::new(config),
             connected,
             matrix: Arc::default(),
+            component: None,
             limiter,
         }
     }
@@ -99,6 +105,12 @@ impl HttpState {
     /// Serves the Matrix push gateway with `matrix`'s apps.
     pub fn with_matrix(mut self, matrix: crate::fronts::matrix::Matrix) -> Self {
         self.matrix = Arc::new(matrix);
+        self
+    }
+
+    /// Serves UnifiedPush endpoints through `component` (when its `unifiedpush` is set).
+    pub fn with_component(mut self, component: Arc<crate::fronts::xmpp::Component>) -> Self {
+        self.component = Some(component);
         self
     }
 }
@@ -160,10 +172,23 @@ pub fn router(state: HttpState) -> Router {
             matrix::UNRECOGNIZED_ROUTE,
             axum::routing::any(matrix::unrecognized),
         )
+        .route(
+            unifiedpush::PUSH_ROUTE,
+            post(unifiedpush::push).get(unifiedpush::discovery),
+        )
+        .route(unifiedpush::DISCOVERY_ROUTE, get(unifiedpush::discovery))
         .merge(unregister)
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// The other fronts whose HTTP routes the listener serves.
+#[derive(Default)]
+pub struct Fronts {
+    pub matrix: crate::fronts::matrix::Matrix,
+    /// The XMPP component, for UnifiedPush endpoints.
+    pub component: Option<Arc<crate::fronts::xmpp::Component>>,
 }
 
 /// Binds `config.listen` and serves until `shutdown` turns true (then busy connections get
@@ -173,7 +198,7 @@ pub async fn serve(
     core: Arc<Core>,
     component_jid: BareJid,
     config: HttpConfig,
-    matrix: crate::fronts::matrix::Matrix,
+    fronts: Fronts,
     shutdown_timeout: std::time::Duration,
     connected: watch::Receiver<bool>,
     mut shutdown: watch::Receiver<bool>,
@@ -191,7 +216,12 @@ pub async fn serve(
         "HTTP server listening on {addr}"
     );
     let limits = ServeLimits::new(&config, shutdown_timeout);
-    let router = router(HttpState::new(core, component_jid, config, connected).with_matrix(matrix));
+    let mut state =
+        HttpState::new(core, component_jid, config, connected).with_matrix(fronts.matrix);
+    if let Some(component) = fronts.component {
+        state = state.with_component(component);
+    }
+    let router = router(state);
     serve_on(listener, router, limits, shutdown).await;
     Ok(())
 }

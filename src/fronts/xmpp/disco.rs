@@ -12,6 +12,7 @@ use crate::error::Fault;
 use crate::fronts::xmpp::Component;
 use crate::fronts::xmpp::adhoc;
 use crate::fronts::xmpp::commands;
+use crate::fronts::xmpp::unifiedpush;
 
 fn identity(category: &str, kind: &str, name: &str) -> Element {
     Element::builder("identity", ns::DISCO_INFO)
@@ -57,6 +58,10 @@ pub fn info(component: &Component, requester: &Jid, node: Option<&str>) -> Resul
             }
             for id in component.core.providers.ids() {
                 q.append_child(feature(id.as_str()));
+            }
+            if component.unifiedpush.get().is_some() {
+                q.append_child(feature(unifiedpush::register::NS_GENOFIRE));
+                q.append_child(feature(unifiedpush::register::NS_CONVERSATIONS));
             }
         }
         Some(adhoc::NS) => {

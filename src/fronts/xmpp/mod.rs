@@ -11,9 +11,11 @@ pub mod commands;
 pub mod disco;
 pub mod error;
 pub mod forms;
+pub mod pending;
 pub mod publish;
 pub mod router;
 pub mod stream;
+pub mod unifiedpush;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,10 @@ pub struct Component {
     /// Publishing servers whose notifications without a summary form are wake-ups
     /// (`registration.background_without_summary`).
     pub background_without_summary: Vec<HostPattern>,
+    /// IQs sent and waiting for their answer.
+    pub pending: pending::PendingIqs,
+    /// The UnifiedPush provider, when `[unifiedpush] enabled` (set once its key is loaded).
+    pub unifiedpush: std::sync::OnceLock<unifiedpush::UnifiedPush>,
 }
 
 impl Component {
@@ -68,6 +74,8 @@ impl Component {
             background_without_summary: RegistrationConfig::domain_patterns(
                 &config.registration.background_without_summary,
             ),
+            pending: pending::PendingIqs::default(),
+            unifiedpush: std::sync::OnceLock::new(),
         });
         (component, drain)
     }

@@ -16,6 +16,10 @@ use crate::fronts::xmpp::Component;
 use crate::fronts::xmpp::adhoc::{self, CommandRequest};
 use crate::fronts::xmpp::disco;
 use crate::fronts::xmpp::publish::{self, PublishRequest, request::PublishError};
+use crate::fronts::xmpp::unifiedpush::{
+    self,
+    register::{NS_CONVERSATIONS, NS_GENOFIRE},
+};
 use crate::metrics::METRICS;
 
 /// Handles one stanza, to be answered by `deadline`; returns the reply to send, if any.
@@ -37,8 +41,19 @@ pub async fn handle(component: &Component, stanza: Stanza, deadline: Instant) ->
             id,
             payload,
         } => (from, to, id, payload, true),
-        // Answers to our own pings.
-        Iq::Result { .. } | Iq::Error { .. } => return None,
+        // Answers to our own requests: UnifiedPush pushes wait for theirs; pings need none.
+        Iq::Result { from, id, .. } => {
+            component.pending.answer(&id, from.as_ref(), Ok(()));
+            return None;
+        }
+        Iq::Error {
+            from, id, error, ..
+        } => {
+            component
+                .pending
+                .answer(&id, from.as_ref(), Err(error.defined_condition));
+            return None;
+        }
     };
     let Some(from) = from else {
         tracing::warn!(%id, "request without a sender: cannot answer");
@@ -48,7 +63,17 @@ pub async fn handle(component: &Component, stanza: Stanza, deadline: Instant) ->
     let result = dispatch(component, &from, &payload, is_set, deadline)
         .instrument(span)
         .await;
-    Some(reply(to, from, id, result).into())
+    let mut answer = reply(to, from, id, result);
+    if let Iq::Error {
+        error, payload: p, ..
+    } = &mut answer
+        && payload.ns() == unifiedpush::register::NS_GENOFIRE
+    {
+        // genofire's distributors show the text of their own error element.
+        let text = error.texts.values().next().cloned().unwrap_or_default();
+        *p = Some(unifiedpush::register::genofire_error(&text));
+    }
+    Some(answer.into())
 }
 
 /// Builds the answer to a request; `to` of the request becomes `from` of the answer.
@@ -121,6 +146,14 @@ async fn dispatch(
             tracing::info!(outcome = %label, "publish answered");
             METRICS.publishes.with_label_values(&[label]).inc();
             result.map(|()| None)
+        }
+        (true, "register" | "unregister", NS_GENOFIRE | NS_CONVERSATIONS) => {
+            let Some(up) = component.unifiedpush.get() else {
+                return Err(Fault::ServiceUnavailable);
+            };
+            let request = unifiedpush::register::Request::try_from(payload)
+                .map_err(|e| Fault::BadRequest(e.to_string()))?;
+            up.handle(component, from, request).await
         }
         _ => Err(Fault::ServiceUnavailable),
     }

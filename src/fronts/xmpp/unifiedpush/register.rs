@@ -1,0 +1,229 @@
+//! UnifiedPush-over-XMPP registration requests, in both dialects, read into types, and the
+//! replies each dialect's distributors expect.
+//!
+//! genofire's `unifiedpush.org`: `<register><token>PUBLIC</token></register>` → `<register>
+//! <endpoint>URL</endpoint></register>`; errors carry `<register><error>text</error></register>`
+//! beside the stanza error, which its distributors show. Conversations'
+//! `http://gultsch.de/xmpp/drafts/unified-push`: `<register application=… instance=…/>` →
+//! `<registered endpoint=… expiration=…/>`. (../shared/reference/other-fronts.md §3.)
+
+use minidom::Element;
+use minidom::rxml::xml_ncname;
+use xmpp_parsers::minidom;
+
+pub const NS_GENOFIRE: &str = "unifiedpush.org";
+pub const NS_CONVERSATIONS: &str = "http://gultsch.de/xmpp/drafts/unified-push";
+
+/// Longest public token, application or instance accepted: Conversations sends 44-character
+/// base64 hashes, genofire's distributors UUID-like tokens.
+const MAX_ID_CHARS: usize = 256;
+
+/// Which dialect a registration came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Genofire,
+    Conversations,
+}
+
+impl Dialect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dialect::Genofire => "genofire",
+            Dialect::Conversations => "conversations",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "genofire" => Some(Dialect::Genofire),
+            "conversations" => Some(Dialect::Conversations),
+            _ => None,
+        }
+    }
+}
+
+/// What names an app instance on the distributor: genofire's public token, or Conversations'
+/// application and instance (salted hashes of the app id and of the app's token).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Instance {
+    Genofire {
+        token: String,
+    },
+    Conversations {
+        application: String,
+        instance: String,
+    },
+}
+
+impl Instance {
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Instance::Genofire { .. } => Dialect::Genofire,
+            Instance::Conversations { .. } => Dialect::Conversations,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    Register(Instance),
+    Unregister(Instance),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("not a UnifiedPush request")]
+    NotUnifiedPush,
+    #[error("'{0}' is missing")]
+    Missing(&'static str),
+    #[error("'{0}' is empty, longer than 256 characters or not printable")]
+    Invalid(&'static str),
+}
+
+fn checked(value: Option<&str>, name: &'static str) -> Result<String, RequestError> {
+    let value = value.ok_or(RequestError::Missing(name))?.trim();
+    let printable = value.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    if value.is_empty() || value.chars().count() > MAX_ID_CHARS || !printable {
+        return Err(RequestError::Invalid(name));
+    }
+    Ok(value.to_owned())
+}
+
+impl TryFrom<&Element> for Request {
+    type Error = RequestError;
+
+    fn try_from(el: &Element) -> Result<Self, RequestError> {
+        let register = match el.name() {
+            "register" => true,
+            "unregister" => false,
+            _ => return Err(RequestError::NotUnifiedPush),
+        };
+        let instance = match el.ns().as_str() {
+            NS_GENOFIRE => {
+                let token = el.get_child("token", NS_GENOFIRE).map(Element::text);
+                Instance::Genofire {
+                    token: checked(token.as_deref(), "token")?,
+                }
+            }
+            NS_CONVERSATIONS => Instance::Conversations {
+                application: checked(el.attr("application"), "application")?,
+                instance: checked(el.attr("instance"), "instance")?,
+            },
+            _ => return Err(RequestError::NotUnifiedPush),
+        };
+        Ok(if register {
+            Request::Register(instance)
+        } else {
+            Request::Unregister(instance)
+        })
+    }
+}
+
+/// The answer to a registration: the endpoint app servers push to, valid until `expires`.
+pub fn registered(
+    dialect: Dialect,
+    endpoint: &str,
+    expires: chrono::DateTime<chrono::Utc>,
+) -> Element {
+    match dialect {
+        Dialect::Genofire => Element::builder("register", NS_GENOFIRE)
+            .append(
+                Element::builder("endpoint", NS_GENOFIRE)
+                    .append(endpoint)
+                    .build(),
+            )
+            .build(),
+        Dialect::Conversations => Element::builder("registered", NS_CONVERSATIONS)
+            .attr(xml_ncname!("endpoint").into(), endpoint)
+            .attr(
+                xml_ncname!("expiration").into(),
+                expires.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            )
+            .build(),
+    }
+}
+
+/// genofire's error payload, shown by its distributors beside the stanza error.
+pub fn genofire_error(text: &str) -> Element {
+    Element::builder("register", NS_GENOFIRE)
+        .append(Element::builder("error", NS_GENOFIRE).append(text).build())
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(xml: &str) -> Result<Request, RequestError> {
+        let el: Element = xml.parse().unwrap();
+        Request::try_from(&el)
+    }
+
+    #[test]
+    fn both_dialects_register_and_unregister() {
+        assert_eq!(
+            parse("<register xmlns='unifiedpush.org'><token> t-1 </token></register>"),
+            Ok(Request::Register(Instance::Genofire {
+                token: "t-1".into()
+            }))
+        );
+        assert_eq!(
+            parse("<unregister xmlns='unifiedpush.org'><token>t-1</token></unregister>"),
+            Ok(Request::Unregister(Instance::Genofire {
+                token: "t-1".into()
+            }))
+        );
+        assert_eq!(
+            parse(
+                "<register xmlns='http://gultsch.de/xmpp/drafts/unified-push' application='YQ==' instance='aQ=='/>"
+            ),
+            Ok(Request::Register(Instance::Conversations {
+                application: "YQ==".into(),
+                instance: "aQ==".into()
+            }))
+        );
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        assert_eq!(
+            parse("<register xmlns='unifiedpush.org'/>"),
+            Err(RequestError::Missing("token"))
+        );
+        assert_eq!(
+            parse("<register xmlns='unifiedpush.org'><token/></register>"),
+            Err(RequestError::Invalid("token"))
+        );
+        let long = "x".repeat(MAX_ID_CHARS + 1);
+        assert_eq!(
+            parse(&format!(
+                "<register xmlns='http://gultsch.de/xmpp/drafts/unified-push' application='{long}' instance='i'/>"
+            )),
+            Err(RequestError::Invalid("application"))
+        );
+        assert_eq!(
+            parse("<register xmlns='http://gultsch.de/xmpp/drafts/unified-push' application='a'/>"),
+            Err(RequestError::Missing("instance"))
+        );
+        assert_eq!(
+            parse("<register xmlns='urn:other'/>"),
+            Err(RequestError::NotUnifiedPush)
+        );
+    }
+
+    #[test]
+    fn replies_have_each_dialects_shape() {
+        let at = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap();
+        let g = registered(Dialect::Genofire, "https://up.example/up/abc", at);
+        assert_eq!(
+            g.get_child("endpoint", NS_GENOFIRE)
+                .map(Element::text)
+                .as_deref(),
+            Some("https://up.example/up/abc")
+        );
+        let c = registered(Dialect::Conversations, "https://up.example/up/abc", at);
+        assert_eq!(c.name(), "registered");
+        assert_eq!(c.attr("endpoint"), Some("https://up.example/up/abc"));
+        assert_eq!(c.attr("expiration"), Some("2027-01-15T08:00:00Z"));
+    }
+}

@@ -1,0 +1,166 @@
+//! The UnifiedPush endpoints pushgate gave distributors (migration `..._unifiedpush`), and the
+//! key endpoint tokens are derived with.
+//!
+//! A row is found by the SHA-256 of its token: the token is the endpoint's only credential, so
+//! it is never stored, and a lookup by its hash compares no secret byte by byte. Times are
+//! milliseconds since the Unix epoch.
+
+use sea_orm::{ConnectionTrait, Value};
+
+use super::{Store, StoreError};
+
+/// One endpoint: where its pushes go and until when.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpEndpoint {
+    /// The distributor's full JID.
+    pub jid: String,
+    /// Its bare JID, normalised.
+    pub account: String,
+    /// `genofire` or `conversations`.
+    pub dialect: String,
+    pub application: Option<String>,
+    pub instance: Option<String>,
+    pub public_token: Option<String>,
+    pub expires_at_ms: i64,
+}
+
+impl std::fmt::Debug for UpEndpoint {
+    /// The public token names the app instance to the distributor only: not shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpEndpoint")
+            .field("account", &self.account)
+            .field("dialect", &self.dialect)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpSaved {
+    Saved,
+    /// A new endpoint for an account that holds `max_per_account` already.
+    AccountFull,
+}
+
+impl Store {
+    /// The endpoint token key: `fresh` if no instance made one before, else the one it made.
+    pub async fn unifiedpush_key(&self, fresh: &str) -> Result<String, StoreError> {
+        {
+            let _turn = self.write_turn().await;
+            self.db
+                .execute_raw(self.statement(
+                    "INSERT INTO unifiedpush_keys (id, key) VALUES (1, ?) ON CONFLICT (id) DO NOTHING",
+                    vec![fresh.into()],
+                ))
+                .await?;
+        }
+        let row = self
+            .db
+            .query_one_raw(
+                self.statement("SELECT key FROM unifiedpush_keys WHERE id = 1", Vec::new()),
+            )
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<String>("", "key"))
+            .transpose()?
+            .unwrap_or_else(|| fresh.to_owned()))
+    }
+
+    /// Saves the endpoint whose token hashes to `token_hash` (a new one, or the same app
+    /// instance registered again, maybe from another resource), unless it is new and its
+    /// account holds `max_per_account` already; expired endpoints of the account go first.
+    pub async fn save_up_endpoint(
+        &self,
+        token_hash: &str,
+        endpoint: &UpEndpoint,
+        now_ms: i64,
+        max_per_account: u32,
+    ) -> Result<UpSaved, StoreError> {
+        let _turn = self.write_turn().await;
+        let txn = super::begin_write(&self.db).await?;
+        txn.execute_raw(self.statement(
+            "DELETE FROM unifiedpush_endpoints WHERE account = ? AND expires_at <= ?",
+            vec![endpoint.account.as_str().into(), now_ms.into()],
+        ))
+        .await?;
+        let exists = txn
+            .query_one_raw(self.statement(
+                "SELECT id FROM unifiedpush_endpoints WHERE token_hash = ?",
+                vec![token_hash.into()],
+            ))
+            .await?
+            .is_some();
+        if !exists {
+            let held = txn
+                .query_one_raw(self.statement(
+                    "SELECT COUNT(*) AS n FROM unifiedpush_endpoints WHERE account = ?",
+                    vec![endpoint.account.as_str().into()],
+                ))
+                .await?
+                .map(|row| row.try_get::<i64>("", "n"))
+                .transpose()?
+                .unwrap_or(0);
+            if held >= i64::from(max_per_account) {
+                txn.rollback().await?;
+                return Ok(UpSaved::AccountFull);
+            }
+        }
+        let values: Vec<Value> = vec![
+            token_hash.into(),
+            endpoint.jid.as_str().into(),
+            endpoint.account.as_str().into(),
+            endpoint.dialect.as_str().into(),
+            endpoint.application.clone().into(),
+            endpoint.instance.clone().into(),
+            endpoint.public_token.clone().into(),
+            now_ms.into(),
+            endpoint.expires_at_ms.into(),
+        ];
+        txn.execute_raw(self.statement(
+            "INSERT INTO unifiedpush_endpoints (token_hash, jid, account, dialect, application, \
+             instance, public_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (token_hash) DO UPDATE SET jid = excluded.jid, \
+             expires_at = excluded.expires_at",
+            values,
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(UpSaved::Saved)
+    }
+
+    /// The endpoint whose token hashes to `token_hash`, expired or not.
+    pub async fn up_endpoint(&self, token_hash: &str) -> Result<Option<UpEndpoint>, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(self.statement(
+                "SELECT jid, account, dialect, application, instance, public_token, expires_at \
+                 FROM unifiedpush_endpoints WHERE token_hash = ?",
+                vec![token_hash.into()],
+            ))
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        Ok(Some(UpEndpoint {
+            jid: row.try_get("", "jid")?,
+            account: row.try_get("", "account")?,
+            dialect: row.try_get("", "dialect")?,
+            application: row.try_get("", "application")?,
+            instance: row.try_get("", "instance")?,
+            public_token: row.try_get("", "public_token")?,
+            expires_at_ms: row.try_get("", "expires_at")?,
+        }))
+    }
+
+    /// Removes the endpoint whose token hashes to `token_hash`; whether there was one.
+    pub async fn remove_up_endpoint(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let _turn = self.write_turn().await;
+        let done = self
+            .db
+            .execute_raw(self.statement(
+                "DELETE FROM unifiedpush_endpoints WHERE token_hash = ?",
+                vec![token_hash.into()],
+            ))
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}

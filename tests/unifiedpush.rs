@@ -1,0 +1,357 @@
+//! UnifiedPush over XMPP through the component and the HTTP listener: a distributor registers
+//! an app instance with an IQ in either dialect, an app server POSTs to the endpoint, and the
+//! push reaches the distributor's full JID as a `<message>` (genofire) or an `<iq><push/></iq>`
+//! (Conversations), whose answer decides what the app server is told
+//! (../shared/reference/other-fronts.md §3).
+
+mod common;
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{COMPONENT, HttpServer, TestGateway, route};
+use pushgate::config::HttpConfig;
+use pushgate::fronts::xmpp::Outbox;
+use reqwest::StatusCode;
+use xmpp_parsers::iq::Iq;
+use xmpp_parsers::minidom::Element;
+use xmpp_parsers::stanza::Stanza;
+use xmpp_parsers::stanza_error::DefinedCondition;
+
+const NS_C: &str = "http://gultsch.de/xmpp/drafts/unified-push";
+const NS_G: &str = "unifiedpush.org";
+const PHONE: &str = "alice@example.org/phone";
+
+fn toml(extra: &str) -> String {
+    format!(
+        "{COMPONENT}[http]\nlisten = \"127.0.0.1:0\"\n[unifiedpush]\nenabled = true\n\
+         endpoint_base_url = \"https://up.example.org/\"\nanswer_timeout_secs = 1\n{extra}"
+    )
+}
+
+fn iq(xml: &str) -> Stanza {
+    let el: Element = xml.parse().unwrap();
+    Iq::try_from(el).unwrap().into()
+}
+
+async fn ask(
+    gw: &TestGateway,
+    from: &str,
+    payload: &str,
+) -> Result<Option<Element>, (DefinedCondition, Option<Element>)> {
+    let request = iq(&format!(
+        "<iq xmlns='jabber:component:accept' type='set' id='r1' from='{from}' to='push.test'>{payload}</iq>"
+    ));
+    match route(gw, request).await {
+        Some(Stanza::Iq(Iq::Result { payload, .. })) => Ok(payload),
+        Some(Stanza::Iq(Iq::Error { error, payload, .. })) => {
+            Err((error.defined_condition, payload))
+        }
+        other => panic!("unexpected answer {other:?}"),
+    }
+}
+
+fn conversations(application: &str, instance: &str) -> String {
+    format!("<register xmlns='{NS_C}' application='{application}' instance='{instance}'/>")
+}
+
+async fn register_conversations(gw: &TestGateway, from: &str, instance: &str) -> String {
+    let answer = ask(gw, from, &conversations("YXBw", instance))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer.name(), "registered");
+    assert!(
+        answer.attr("expiration").is_some_and(|e| e.ends_with('Z')),
+        "{answer:?}"
+    );
+    answer.attr("endpoint").unwrap().to_owned()
+}
+
+/// The endpoint's path on our listener (the configured base is the public URL).
+fn path_of(endpoint: &str) -> String {
+    endpoint
+        .strip_prefix("https://up.example.org")
+        .unwrap()
+        .to_owned()
+}
+
+async fn next_stanza(outbox: &mut Outbox) -> Stanza {
+    tokio::time::timeout(Duration::from_secs(5), outbox.recv())
+        .await
+        .expect("a stanza within 5 s")
+        .expect("outbox open")
+}
+
+async fn post(s: &HttpServer, path: &str, body: Vec<u8>) -> reqwest::Response {
+    s.client
+        .post(format!("{}{path}", s.base))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn server(extra: &str) -> (HttpServer, Outbox) {
+    let mut gw = TestGateway::sqlite(&toml(extra)).await;
+    let outbox = gw.take_outbox();
+    let s = HttpServer::start(gw, HttpConfig::default(), Duration::from_secs(5)).await;
+    (s, outbox)
+}
+
+/// Conversations' dialect end to end: the same app instance gets the same endpoint again; a
+/// push goes to the full JID as base64 in an IQ; `result` is a 201 with `TTL: 0`; the
+/// distributor's `item-not-found` revokes the endpoint, which then answers 404 at once.
+async fn conversations_round_trip(mut gw: TestGateway) {
+    let mut outbox = gw.take_outbox();
+    let s = HttpServer::start(gw, HttpConfig::default(), Duration::from_secs(5)).await;
+    let endpoint = register_conversations(&s.gw, PHONE, "aW5zdA==").await;
+    assert!(
+        endpoint.starts_with("https://up.example.org/up/"),
+        "{endpoint}"
+    );
+    assert_eq!(
+        register_conversations(&s.gw, "alice@example.org/tablet", "aW5zdA==").await,
+        endpoint,
+        "the same instance, registered again from another resource, keeps its endpoint"
+    );
+    assert_ne!(
+        register_conversations(&s.gw, PHONE, "b3RoZXI=").await,
+        endpoint
+    );
+    let path = path_of(&endpoint);
+
+    let body = vec![0u8, 159, 146, 150, 1, 2, 3];
+    let push = tokio::spawn({
+        let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+        let body = body.clone();
+        async move { client.post(url).body(body).send().await.unwrap() }
+    });
+    let Stanza::Iq(Iq::Set {
+        to, id, payload, ..
+    }) = next_stanza(&mut outbox).await
+    else {
+        panic!("not an IQ set");
+    };
+    assert_eq!(
+        to.unwrap().to_string(),
+        "alice@example.org/tablet",
+        "the latest resource"
+    );
+    assert_eq!((payload.name(), payload.ns().as_str()), ("push", NS_C));
+    assert_eq!(payload.attr("instance"), Some("aW5zdA=="));
+    assert_eq!(STANDARD.decode(payload.text()).unwrap(), body);
+    // Someone else answering for the distributor does not count …
+    let forged = format!(
+        "<iq xmlns='jabber:component:accept' type='result' id='{id}' from='mallory@example.org/x' to='push.test'/>"
+    );
+    assert!(route(&s.gw, iq(&forged)).await.is_none());
+    // … the distributor's answer does.
+    let answer = format!(
+        "<iq xmlns='jabber:component:accept' type='result' id='{id}' from='alice@example.org/tablet' to='push.test'/>"
+    );
+    assert!(route(&s.gw, iq(&answer)).await.is_none());
+    let r = push.await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(r.headers()["ttl"], "0");
+    assert!(r.headers()["location"].to_str().unwrap().starts_with(&path));
+
+    let push = tokio::spawn({
+        let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+        async move { client.post(url).body("again").send().await.unwrap() }
+    });
+    let Stanza::Iq(Iq::Set { id, .. }) = next_stanza(&mut outbox).await else {
+        panic!("not an IQ set");
+    };
+    let gone = format!(
+        "<iq xmlns='jabber:component:accept' type='error' id='{id}' from='alice@example.org/tablet' to='push.test'>\
+         <error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    );
+    assert!(route(&s.gw, iq(&gone)).await.is_none());
+    assert_eq!(push.await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        post(&s, &path, b"x".to_vec()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(
+        outbox.try_recv().is_err(),
+        "a revoked endpoint sends nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_round_trip_sqlite() {
+    conversations_round_trip(TestGateway::sqlite(&toml("")).await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_round_trip_postgres() {
+    common::on_postgres_gateway("up", &toml(""), conversations_round_trip).await
+}
+
+/// A distributor that does not answer, or answers with another error, did not take the push:
+/// 503 with `Retry-After`, and the endpoint stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_or_failing_distributor_is_a_503_and_keeps_its_endpoint() {
+    let (s, mut outbox) = server("").await;
+    let path = path_of(&register_conversations(&s.gw, PHONE, "aQ==").await);
+    let r = post(&s, &path, b"hello".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.headers()["retry-after"], "30");
+    assert!(matches!(
+        next_stanza(&mut outbox).await,
+        Stanza::Iq(Iq::Set { .. })
+    ));
+    assert_eq!(s.gw.pending.len(), 0, "the timed-out wait freed its place");
+
+    let push = tokio::spawn({
+        let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+        async move { client.post(url).body("x").send().await.unwrap() }
+    });
+    let Stanza::Iq(Iq::Set { id, .. }) = next_stanza(&mut outbox).await else {
+        panic!("not an IQ set");
+    };
+    let busy = format!(
+        "<iq xmlns='jabber:component:accept' type='error' id='{id}' from='{PHONE}' to='push.test'>\
+         <error type='wait'><service-unavailable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    );
+    route(&s.gw, iq(&busy)).await;
+    assert_eq!(
+        push.await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let push = tokio::spawn({
+        let (client, url) = (s.client.clone(), format!("{}{path}", s.base));
+        async move { client.post(url).body("x").send().await.unwrap() }
+    });
+    let Stanza::Iq(Iq::Set { id, .. }) = next_stanza(&mut outbox).await else {
+        panic!("not an IQ set");
+    };
+    route(&s.gw, iq(&format!("<iq xmlns='jabber:component:accept' type='result' id='{id}' from='{PHONE}' to='push.test'/>"))).await;
+    assert_eq!(
+        push.await.unwrap().status(),
+        StatusCode::CREATED,
+        "the endpoint stayed"
+    );
+}
+
+/// genofire's dialect: the push is a `<message>` with the public token as subject and the body
+/// as text (base64 when it is not UTF-8); unregistering removes the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn genofire_pushes_are_messages_and_unregistering_ends_them() {
+    let (s, mut outbox) = server("").await;
+    let register = format!("<register xmlns='{NS_G}'><token>pub-1</token></register>");
+    let answer = ask(&s.gw, PHONE, &register).await.unwrap().unwrap();
+    let endpoint = answer.get_child("endpoint", NS_G).unwrap().text();
+    let path = path_of(&endpoint);
+    for (body, expected) in [
+        (b"{\"hello\":1}".to_vec(), "{\"hello\":1}".to_owned()),
+        (vec![0xff, 0x00, 0x10], STANDARD.encode([0xff, 0x00, 0x10])),
+    ] {
+        let r = post(&s, &path, body).await;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let Stanza::Message(m) = next_stanza(&mut outbox).await else {
+            panic!("not a message");
+        };
+        assert_eq!(m.to.unwrap().to_string(), PHONE);
+        assert_eq!(
+            m.subjects.values().next().map(String::as_str),
+            Some("pub-1")
+        );
+        assert_eq!(m.bodies.values().next(), Some(&expected));
+    }
+    let unregister = format!("<unregister xmlns='{NS_G}'><token>pub-1</token></unregister>");
+    assert_eq!(ask(&s.gw, PHONE, &unregister).await, Ok(None));
+    assert_eq!(
+        post(&s, &path, b"x".to_vec()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+/// Malformed registrations get a real condition (and genofire's own error text element);
+/// unknown tokens and large bodies get 404 and 413; an account holds a bounded number of
+/// endpoints; discovery answers as UnifiedPush servers do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_answer() {
+    let (s, _outbox) = server("max_endpoints_per_account = 2\n").await;
+    let (condition, payload) = ask(&s.gw, PHONE, &format!("<register xmlns='{NS_G}'/>"))
+        .await
+        .unwrap_err();
+    assert_eq!(condition, DefinedCondition::BadRequest);
+    let payload = payload.expect("genofire's error element");
+    assert!(
+        payload
+            .get_child("error", NS_G)
+            .is_some_and(|e| e.text().contains("token")),
+        "{payload:?}"
+    );
+    let (condition, _) = ask(&s.gw, "alice@example.org", &conversations("a", "i"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        condition,
+        DefinedCondition::BadRequest,
+        "a bare JID cannot take pushes"
+    );
+    let (condition, _) = ask(
+        &s.gw,
+        PHONE,
+        &format!("<register xmlns='{NS_C}' application='a'/>"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(condition, DefinedCondition::BadRequest);
+
+    let path = path_of(&register_conversations(&s.gw, PHONE, "MQ==").await);
+    register_conversations(&s.gw, PHONE, "Mg==").await;
+    let (condition, _) = ask(&s.gw, PHONE, &conversations("YXBw", "Mw=="))
+        .await
+        .unwrap_err();
+    assert_eq!(condition, DefinedCondition::PolicyViolation);
+    register_conversations(&s.gw, PHONE, "MQ==").await;
+
+    let r = post(&s, &path, vec![b'x'; 4097]).await;
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    for unknown in [
+        "/up/nope",
+        "/up/AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    ] {
+        assert_eq!(
+            post(&s, unknown, b"x".to_vec()).await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+    for discovery in ["/up", path.as_str()] {
+        let r = s.get(discovery).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v, serde_json::json!({"unifiedpush": {"version": 1}}));
+    }
+}
+
+/// Off unless configured: registrations are refused and disco does not offer the features.
+#[tokio::test]
+async fn without_the_section_there_is_no_unifiedpush() {
+    let gw = TestGateway::sqlite(COMPONENT).await;
+    let (condition, _) = ask(&gw, PHONE, &conversations("a", "i")).await.unwrap_err();
+    assert_eq!(condition, DefinedCondition::ServiceUnavailable);
+    let on = TestGateway::sqlite(&toml("")).await;
+    for (gw, offered) in [(&gw, false), (&on, true)] {
+        let info = iq(
+            "<iq xmlns='jabber:component:accept' type='get' id='d' from='alice@example.org/phone' to='push.test'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        );
+        let Some(Stanza::Iq(Iq::Result {
+            payload: Some(q), ..
+        })) = route(gw, info).await
+        else {
+            panic!("no disco answer");
+        };
+        let features: Vec<String> = q
+            .children()
+            .filter_map(|f| f.attr("var").map(str::to_owned))
+            .collect();
+        assert_eq!(features.iter().any(|f| f == NS_C), offered, "{features:?}");
+        assert_eq!(features.iter().any(|f| f == NS_G), offered, "{features:?}");
+    }
+}
