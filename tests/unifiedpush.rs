@@ -355,3 +355,149 @@ async fn without_the_section_there_is_no_unifiedpush() {
         assert_eq!(features.iter().any(|f| f == NS_G), offered, "{features:?}");
     }
 }
+
+/// Answers the next push IQ in the outbox with `answer` (`result`, or an error condition), as
+/// the distributor (or its server, for a distributor that is away) would; its payload.
+async fn answer_next(gw: &TestGateway, outbox: &mut Outbox, condition: Option<&str>) -> Element {
+    let Stanza::Iq(Iq::Set {
+        id, to, payload, ..
+    }) = next_stanza(outbox).await
+    else {
+        panic!("not an IQ set");
+    };
+    let to = to.unwrap();
+    let xml = match condition {
+        None => format!(
+            "<iq xmlns='jabber:component:accept' type='result' id='{id}' from='{to}' to='push.test'/>"
+        ),
+        Some(c) => format!(
+            "<iq xmlns='jabber:component:accept' type='error' id='{id}' from='{to}' to='push.test'>\
+             <error type='cancel'><{c} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+        ),
+    };
+    assert!(route(gw, iq(&xml)).await.is_none());
+    payload
+}
+
+async fn post_with(
+    s: &HttpServer,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> tokio::task::JoinHandle<reqwest::Response> {
+    let mut request = s
+        .client
+        .post(format!("{}{path}", s.base))
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    tokio::spawn(async move { request.send().await.unwrap() })
+}
+
+/// A distributor that is away (its server answers the push `service-unavailable`): a push with
+/// a `TTL` is kept (201, the `TTL` it is kept for, at most `max_ttl_secs`), a newer one with the
+/// same `Topic` replaces it, an endpoint holds a bounded number; the distributor's directed
+/// presence flushes them, oldest first, and they are gone once taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_for_a_distributor_that_is_away_are_kept_and_flushed_on_presence() {
+    let (s, mut outbox) = server("max_kept_per_endpoint = 2\nmax_ttl_secs = 3600\n").await;
+    let path = path_of(&register_conversations(&s.gw, PHONE, "aw==").await);
+    let kept = [
+        ("first", vec![("ttl", "60"), ("topic", "room1")]),
+        (
+            "second",
+            vec![("ttl", "86400"), ("topic", "room1"), ("urgency", "high")],
+        ),
+        ("third", vec![("ttl", "60")]),
+    ];
+    for (body, headers) in &kept {
+        let push = post_with(&s, &path, body, headers).await;
+        answer_next(&s.gw, &mut outbox, Some("service-unavailable")).await;
+        let r = push.await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{body}");
+        let ttl = if *body == "second" { "3600" } else { "60" };
+        assert_eq!(r.headers()["ttl"], ttl, "{body}");
+    }
+    assert_eq!(
+        s.gw.core.store.up_messages_kept().await.unwrap(),
+        2,
+        "second replaced first"
+    );
+    let push = post_with(&s, &path, "fourth", &[("ttl", "60")]).await;
+    answer_next(&s.gw, &mut outbox, Some("service-unavailable")).await;
+    let r = push.await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+
+    // Back: its presence flushes what was kept.
+    let presence =
+        "<presence xmlns='jabber:component:accept' from='alice@example.org/phone' to='push.test'/>";
+    let el: Element = presence.parse().unwrap();
+    let presence = xmpp_parsers::presence::Presence::try_from(el).unwrap();
+    let gw = s.gw.gw.clone();
+    let flush = tokio::spawn(async move { common::route(&gw, presence).await });
+    let mut flushed = Vec::new();
+    for _ in 0..2 {
+        let payload = answer_next(&s.gw, &mut outbox, None).await;
+        flushed.push(String::from_utf8(STANDARD.decode(payload.text()).unwrap()).unwrap());
+    }
+    assert!(flush.await.unwrap().is_none());
+    assert_eq!(flushed, ["second", "third"]);
+    assert_eq!(s.gw.core.store.up_messages_kept().await.unwrap(), 0);
+}
+
+/// `TTL`, `Urgency` and `Topic` that RFC 8030 does not allow are refused with 400, before
+/// anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_push_headers_are_refused() {
+    let (s, mut outbox) = server("").await;
+    let path = path_of(&register_conversations(&s.gw, PHONE, "aA==").await);
+    for headers in [
+        vec![("ttl", "-1")],
+        vec![("ttl", "soon")],
+        vec![("urgency", "urgent")],
+        vec![("topic", "has spaces")],
+        vec![("topic", "x123456789012345678901234567890123")],
+    ] {
+        let r = post_with(&s, &path, "x", &headers).await.await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{headers:?}");
+    }
+    assert!(outbox.try_recv().is_err(), "nothing was sent");
+}
+
+/// Each endpoint, and each source address over all endpoints, may push a bounded number per
+/// minute: beyond, 429 with `Retry-After`, before anything is looked up or sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_are_rate_limited_per_endpoint_and_per_source() {
+    let (s, mut outbox) =
+        server("pushes_per_minute_per_endpoint = 2\npushes_per_minute_per_ip = 5\n").await;
+    let path = path_of(&register_conversations(&s.gw, PHONE, "cg==").await);
+    for _ in 0..2 {
+        let push = post_with(&s, &path, "x", &[]).await;
+        answer_next(&s.gw, &mut outbox, None).await;
+        assert_eq!(push.await.unwrap().status(), StatusCode::CREATED);
+    }
+    let r = post(&s, &path, b"x".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    assert!(outbox.try_recv().is_err(), "the limited push was not sent");
+    // The endpoint's refusal did not spend the sender's share: three more to other endpoints.
+    for i in 0..3 {
+        let r = post(&s, &format!("/up/unknown{i}"), b"x".to_vec()).await;
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+    let r = post(&s, "/up/unknown9", b"x".to_vec()).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the source's share is spent"
+    );
+}

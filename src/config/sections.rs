@@ -596,6 +596,21 @@ pub struct UnifiedPushConfig {
     /// server is told to try again.
     #[serde(default = "default_up_answer_timeout")]
     pub answer_timeout_secs: u64,
+    /// Pushes kept for a distributor that is away, per endpoint and in all.
+    #[serde(default = "default_up_max_kept_per_endpoint")]
+    pub max_kept_per_endpoint: u32,
+    #[serde(default = "default_up_max_kept")]
+    pub max_kept: u32,
+    /// The longest an app server's `TTL` is honoured; longer ones are cut (and the answer's
+    /// `TTL` says so).
+    #[serde(default = "default_up_max_ttl")]
+    pub max_ttl_secs: u32,
+    /// Pushes one endpoint takes per minute (burst = this); beyond, 429 with `Retry-After`.
+    #[serde(default = "default_up_per_endpoint")]
+    pub pushes_per_minute_per_endpoint: u32,
+    /// Pushes one source IP (an IPv6 /64) sends per minute, over every endpoint.
+    #[serde(default = "default_up_per_ip")]
+    pub pushes_per_minute_per_ip: u32,
 }
 
 fn default_up_expiration_days() -> u32 {
@@ -607,6 +622,21 @@ fn default_up_max_per_account() -> u32 {
 fn default_up_answer_timeout() -> u64 {
     10
 }
+fn default_up_max_kept_per_endpoint() -> u32 {
+    100
+}
+fn default_up_max_kept() -> u32 {
+    100_000
+}
+fn default_up_max_ttl() -> u32 {
+    7 * 86_400
+}
+fn default_up_per_endpoint() -> u32 {
+    60
+}
+fn default_up_per_ip() -> u32 {
+    600
+}
 
 impl Default for UnifiedPushConfig {
     fn default() -> Self {
@@ -616,6 +646,11 @@ impl Default for UnifiedPushConfig {
             expiration_days: default_up_expiration_days(),
             max_endpoints_per_account: default_up_max_per_account(),
             answer_timeout_secs: default_up_answer_timeout(),
+            max_kept_per_endpoint: default_up_max_kept_per_endpoint(),
+            max_kept: default_up_max_kept(),
+            max_ttl_secs: default_up_max_ttl(),
+            pushes_per_minute_per_endpoint: default_up_per_endpoint(),
+            pushes_per_minute_per_ip: default_up_per_ip(),
         }
     }
 }
@@ -632,6 +667,17 @@ impl UnifiedPushConfig {
             "unifiedpush.answer_timeout_secs",
             self.answer_timeout_secs,
             1..=30,
+        )?;
+        in_range(
+            "unifiedpush.max_kept_per_endpoint",
+            self.max_kept_per_endpoint,
+            0..=10_000,
+        )?;
+        in_range("unifiedpush.max_kept", self.max_kept, 0..=10_000_000)?;
+        in_range(
+            "unifiedpush.max_ttl_secs",
+            self.max_ttl_secs,
+            0..=30 * 86_400,
         )?;
         if !self.enabled {
             return Ok(());

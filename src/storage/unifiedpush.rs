@@ -1,5 +1,5 @@
-//! The UnifiedPush endpoints pushgate gave distributors (migration `..._unifiedpush`), and the
-//! key endpoint tokens are derived with.
+//! The UnifiedPush endpoints pushgate gave distributors (migration `..._unifiedpush`), the key
+//! endpoint tokens are derived with, and the pushes kept for distributors that are away.
 //!
 //! A row is found by the SHA-256 of its token: the token is the endpoint's only credential, so
 //! it is never stored, and a lookup by its hash compares no secret byte by byte. Times are
@@ -12,6 +12,8 @@ use super::{Store, StoreError};
 /// One endpoint: where its pushes go and until when.
 #[derive(Clone, PartialEq, Eq)]
 pub struct UpEndpoint {
+    /// The row's id (0 for one not saved yet).
+    pub id: i64,
     /// The distributor's full JID.
     pub jid: String,
     /// Its bare JID, normalised.
@@ -134,13 +136,14 @@ impl Store {
         let row = self
             .db
             .query_one_raw(self.statement(
-                "SELECT jid, account, dialect, application, instance, public_token, expires_at \
-                 FROM unifiedpush_endpoints WHERE token_hash = ?",
+                "SELECT id, jid, account, dialect, application, instance, public_token, \
+                 expires_at FROM unifiedpush_endpoints WHERE token_hash = ?",
                 vec![token_hash.into()],
             ))
             .await?;
         let Some(row) = row else { return Ok(None) };
         Ok(Some(UpEndpoint {
+            id: row.try_get("", "id")?,
             jid: row.try_get("", "jid")?,
             account: row.try_get("", "account")?,
             dialect: row.try_get("", "dialect")?,
@@ -153,14 +156,186 @@ impl Store {
 
     /// Removes the endpoint whose token hashes to `token_hash`; whether there was one.
     pub async fn remove_up_endpoint(&self, token_hash: &str) -> Result<bool, StoreError> {
+        self.delete_rows(
+            "DELETE FROM unifiedpush_endpoints WHERE token_hash = ?",
+            token_hash.into(),
+        )
+        .await
+    }
+
+    /// Runs a `DELETE` with one value, in turn with the other writers; whether it removed any.
+    async fn delete_rows(&self, sql: &str, value: Value) -> Result<bool, StoreError> {
         let _turn = self.write_turn().await;
         let done = self
             .db
-            .execute_raw(self.statement(
-                "DELETE FROM unifiedpush_endpoints WHERE token_hash = ?",
-                vec![token_hash.into()],
-            ))
+            .execute_raw(self.statement(sql, vec![value]))
             .await?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+/// A push to keep for a distributor that is away.
+#[derive(Debug, Clone)]
+pub struct NewUpMessage {
+    pub endpoint_id: i64,
+    /// RFC 8030 `Topic`: a newer push with the same topic replaces the kept one.
+    pub topic: Option<String>,
+    pub urgency: String,
+    /// The body, base64.
+    pub body: String,
+    pub now_ms: i64,
+    pub expires_at_ms: i64,
+}
+
+/// What became of a [`NewUpMessage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpKept {
+    Kept,
+    /// The endpoint has the most pushes it may have kept.
+    EndpointFull,
+    /// pushgate keeps the most pushes it may, over every endpoint.
+    Full,
+}
+
+/// A kept push, with where it goes.
+#[derive(Debug, Clone)]
+pub struct UpMessage {
+    pub id: i64,
+    pub endpoint_id: i64,
+    pub application: Option<String>,
+    pub instance: Option<String>,
+    /// The body, base64.
+    pub body: String,
+}
+
+impl Store {
+    /// Keeps `new` within `max_per_endpoint` (after expired ones and one with the same topic are
+    /// gone) and `max_total` over every endpoint.
+    pub async fn keep_up_message(
+        &self,
+        new: NewUpMessage,
+        max_per_endpoint: u32,
+        max_total: u32,
+    ) -> Result<UpKept, StoreError> {
+        let _turn = self.write_turn().await;
+        let txn = super::begin_write(&self.db).await?;
+        txn.execute_raw(self.statement(
+            "DELETE FROM unifiedpush_messages WHERE expires_at <= ?",
+            vec![new.now_ms.into()],
+        ))
+        .await?;
+        if let Some(topic) = &new.topic {
+            txn.execute_raw(self.statement(
+                "DELETE FROM unifiedpush_messages WHERE endpoint_id = ? AND topic = ?",
+                vec![new.endpoint_id.into(), topic.as_str().into()],
+            ))
+            .await?;
+        }
+        let count = |sql: &'static str, values: Vec<Value>| {
+            let statement = self.statement(sql, values);
+            let txn = &txn;
+            async move {
+                Ok::<i64, StoreError>(
+                    txn.query_one_raw(statement)
+                        .await?
+                        .map(|row| row.try_get::<i64>("", "n"))
+                        .transpose()?
+                        .unwrap_or(0),
+                )
+            }
+        };
+        let of_endpoint = count(
+            "SELECT COUNT(*) AS n FROM unifiedpush_messages WHERE endpoint_id = ?",
+            vec![new.endpoint_id.into()],
+        )
+        .await?;
+        let verdict = if of_endpoint >= i64::from(max_per_endpoint) {
+            Some(UpKept::EndpointFull)
+        } else if count("SELECT COUNT(*) AS n FROM unifiedpush_messages", Vec::new()).await?
+            >= i64::from(max_total)
+        {
+            Some(UpKept::Full)
+        } else {
+            None
+        };
+        if let Some(full) = verdict {
+            txn.rollback().await?;
+            return Ok(full);
+        }
+        txn.execute_raw(self.statement(
+            "INSERT INTO unifiedpush_messages (endpoint_id, topic, urgency, body, created_at, \
+             expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+            vec![
+                new.endpoint_id.into(),
+                new.topic.into(),
+                new.urgency.into(),
+                new.body.into(),
+                new.now_ms.into(),
+                new.expires_at_ms.into(),
+            ],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(UpKept::Kept)
+    }
+
+    /// The unexpired pushes kept for the distributor at the full JID `jid`, oldest first, at
+    /// most `limit`.
+    pub async fn up_messages_for(
+        &self,
+        jid: &str,
+        now_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<UpMessage>, StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(self.statement(
+                "SELECT m.id AS id, m.endpoint_id AS endpoint_id, e.application AS application, e.instance AS instance, \
+                 m.body AS body FROM unifiedpush_messages m JOIN unifiedpush_endpoints e \
+                 ON e.id = m.endpoint_id WHERE e.jid = ? AND m.expires_at > ? \
+                 ORDER BY m.id LIMIT ?",
+                vec![jid.into(), now_ms.into(), i64::from(limit).into()],
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UpMessage {
+                    id: row.try_get("", "id")?,
+                    endpoint_id: row.try_get("", "endpoint_id")?,
+                    application: row.try_get("", "application")?,
+                    instance: row.try_get("", "instance")?,
+                    body: row.try_get("", "body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Removes the endpoint with row id `id` (and what was kept for it).
+    pub async fn remove_up_endpoint_id(&self, id: i64) -> Result<(), StoreError> {
+        self.delete_rows("DELETE FROM unifiedpush_endpoints WHERE id = ?", id.into())
+            .await
+            .map(drop)
+    }
+
+    /// Forgets a kept push (delivered).
+    pub async fn remove_up_message(&self, id: i64) -> Result<(), StoreError> {
+        self.delete_rows("DELETE FROM unifiedpush_messages WHERE id = ?", id.into())
+            .await
+            .map(drop)
+    }
+
+    /// Pushes kept, over every endpoint.
+    pub async fn up_messages_kept(&self) -> Result<u64, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(
+                self.statement("SELECT COUNT(*) AS n FROM unifiedpush_messages", Vec::new()),
+            )
+            .await?;
+        let n = row
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }

@@ -24,9 +24,21 @@ use crate::metrics::METRICS;
 
 /// Handles one stanza, to be answered by `deadline`; returns the reply to send, if any.
 pub async fn handle(component: &Component, stanza: Stanza, deadline: Instant) -> Option<Stanza> {
-    let Stanza::Iq(iq) = stanza else {
-        // Messages and presences to the component carry nothing for us.
-        return None;
+    let iq = match stanza {
+        Stanza::Iq(iq) => iq,
+        Stanza::Presence(presence) => {
+            // A UnifiedPush distributor's directed presence: it is back, and what was kept for
+            // it goes out now, within this stanza's deadline (what is left waits for the next).
+            let from = presence.from.filter(|f| f.resource().is_some());
+            if let (Some(from), xmpp_parsers::presence::Type::None, Some(up)) =
+                (from, presence.type_, component.unifiedpush.get())
+            {
+                up.flush(component, &from).await;
+            }
+            return None;
+        }
+        // Messages to the component carry nothing for us.
+        Stanza::Message(_) => return None,
     };
     let (from, to, id, payload, is_set) = match iq {
         Iq::Get {

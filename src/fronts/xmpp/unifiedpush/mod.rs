@@ -20,6 +20,7 @@
 
 pub mod register;
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use base64::Engine;
@@ -35,10 +36,11 @@ use xmpp_parsers::minidom;
 use xmpp_parsers::stanza_error::DefinedCondition;
 
 use crate::config::UnifiedPushConfig;
+use crate::core::rate_limit::RateLimiter;
 use crate::error::Fault;
 use crate::fronts::xmpp::Component;
 use crate::metrics::METRICS;
-use crate::storage::{Store, StoreError, UpEndpoint, UpSaved};
+use crate::storage::{NewUpMessage, Store, StoreError, UpEndpoint, UpKept, UpSaved};
 use register::{Dialect, Instance, Request};
 
 /// Largest push body RFC 8030 makes a push service accept, and all UnifiedPush promises.
@@ -53,6 +55,31 @@ pub struct UnifiedPush {
     expiration: Duration,
     max_per_account: u32,
     answer_timeout: Duration,
+    max_kept_per_endpoint: u32,
+    max_kept: u32,
+    max_ttl_secs: u32,
+    /// Distributors whose kept pushes are being flushed: one flush each at a time.
+    flushing: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Pushes per endpoint token and per source IP.
+    per_endpoint: RateLimiter<String>,
+    per_ip: RateLimiter<IpAddr>,
+}
+
+/// Distributors flushed at once, at most. A flush waits for the distributor's answers, which
+/// take stanza slots of their own: a flood of presences must leave most slots to them.
+const MAX_FLUSHING: usize = 64;
+/// Kept pushes read per round of a flush.
+const FLUSH_BATCH: u32 = 50;
+
+/// What an app server asked of a push besides its body (RFC 8030 §5.2–5.4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushOptions {
+    /// Seconds the push may be kept for a distributor that is away; 0: now or never.
+    pub ttl_secs: u32,
+    /// `very-low`, `low`, `normal` or `high`.
+    pub urgency: String,
+    /// A newer push with the same topic replaces a kept one.
+    pub topic: Option<String>,
 }
 
 /// What an app server's push came to; `fronts/http` turns it into the status.
@@ -60,20 +87,34 @@ pub struct UnifiedPush {
 pub enum PushOutcome {
     /// Passed to the distributor (and, for Conversations, acknowledged by it).
     Delivered,
+    /// The distributor is away; kept for it for this many seconds (the `TTL` answered).
+    Kept(u32),
     /// No such endpoint (never was, unregistered, or revoked): the app server must stop.
     Gone,
-    /// The distributor did not take it now; the app server may try again later.
+    /// The distributor did not take it now and it was not kept; the app server may try again.
     Unavailable,
+    /// The endpoint has the most pushes kept that it may: the app server should slow down.
+    EndpointFull,
 }
 
 impl PushOutcome {
     pub fn label(self) -> &'static str {
         match self {
             PushOutcome::Delivered => "delivered",
+            PushOutcome::Kept(_) => "kept",
             PushOutcome::Gone => "gone",
             PushOutcome::Unavailable => "unavailable",
+            PushOutcome::EndpointFull => "endpoint_full",
         }
     }
+}
+
+/// What the distributor did with one push IQ.
+enum Answered {
+    Took,
+    /// `item-not-found` / `feature-not-implemented`: the app is gone; the endpoint goes too.
+    AppGone,
+    NotNow,
 }
 
 fn now_ms() -> i64 {
@@ -102,6 +143,12 @@ impl UnifiedPush {
             expiration: Duration::from_secs(u64::from(config.expiration_days) * 86_400),
             max_per_account: config.max_endpoints_per_account,
             answer_timeout: Duration::from_secs(config.answer_timeout_secs),
+            max_kept_per_endpoint: config.max_kept_per_endpoint,
+            max_kept: config.max_kept,
+            max_ttl_secs: config.max_ttl_secs,
+            flushing: std::sync::Mutex::default(),
+            per_endpoint: RateLimiter::new(config.pushes_per_minute_per_endpoint),
+            per_ip: RateLimiter::new(config.pushes_per_minute_per_ip),
         }))
     }
 
@@ -157,6 +204,7 @@ impl UnifiedPush {
                     } => (Some(application.clone()), Some(instance.clone()), None),
                 };
                 let endpoint = UpEndpoint {
+                    id: 0,
                     jid: from.to_string(),
                     account: bare,
                     dialect: instance.dialect().as_str().to_owned(),
@@ -205,12 +253,23 @@ impl UnifiedPush {
         }
     }
 
+    /// Whether a push from `ip` (its rate-limit key) to `token` may be tried now; `Err(wait)`
+    /// when either has pushed its share. Checked before anything is looked up.
+    pub fn admit(&self, ip: IpAddr, token: &str) -> Result<(), Duration> {
+        self.per_ip.check(ip)?;
+        self.per_endpoint.check(token.to_owned()).inspect_err(|_| {
+            // The endpoint's share is spent, not the sender's.
+            self.per_ip.refund(&ip);
+        })
+    }
+
     /// An app server's push of `body` to the endpoint with `token`.
     pub async fn push(
         &self,
         component: &Component,
         token: &str,
         body: &[u8],
+        options: &PushOptions,
     ) -> Result<PushOutcome, Fault> {
         if token.len() != TOKEN_CHARS {
             return Ok(PushOutcome::Gone);
@@ -254,8 +313,19 @@ impl UnifiedPush {
                 }
             }
             Some(Dialect::Conversations) => {
-                self.push_iq(component, from, to, &endpoint, body, &hash)
-                    .await
+                let push = Pending {
+                    application: endpoint.application.clone().unwrap_or_default(),
+                    instance: endpoint.instance.clone().unwrap_or_default(),
+                    body: STANDARD.encode(body),
+                };
+                match self.push_iq(component, from, to, &push).await {
+                    Answered::Took => PushOutcome::Delivered,
+                    Answered::AppGone => {
+                        self.revoke(component, &hash).await;
+                        PushOutcome::Gone
+                    }
+                    Answered::NotNow => self.keep(component, &endpoint, push.body, options).await?,
+                }
             }
             None => return Err(Fault::Transient("stored dialect is unknown".into())),
         };
@@ -266,52 +336,141 @@ impl UnifiedPush {
         Ok(outcome)
     }
 
-    /// Conversations' dialect: an IQ to the distributor, whose answer decides.
-    async fn push_iq(
+    /// Keeps a push the distributor did not take now, if the app server allows (`TTL`).
+    async fn keep(
         &self,
         component: &Component,
-        from: Jid,
-        to: Jid,
         endpoint: &UpEndpoint,
-        body: &[u8],
-        hash: &str,
-    ) -> PushOutcome {
+        body: String,
+        options: &PushOptions,
+    ) -> Result<PushOutcome, Fault> {
+        let ttl = options.ttl_secs.min(self.max_ttl_secs);
+        if ttl == 0 {
+            return Ok(PushOutcome::Unavailable);
+        }
+        let now = now_ms();
+        let kept = component
+            .core
+            .store
+            .keep_up_message(
+                NewUpMessage {
+                    endpoint_id: endpoint.id,
+                    topic: options.topic.clone(),
+                    urgency: options.urgency.clone(),
+                    body,
+                    now_ms: now,
+                    expires_at_ms: now.saturating_add(i64::from(ttl) * 1000),
+                },
+                self.max_kept_per_endpoint,
+                self.max_kept,
+            )
+            .await
+            .map_err(|e| Fault::Transient(e.to_string()))?;
+        Ok(match kept {
+            UpKept::Kept => PushOutcome::Kept(ttl),
+            UpKept::EndpointFull => PushOutcome::EndpointFull,
+            UpKept::Full => PushOutcome::Unavailable,
+        })
+    }
+
+    async fn revoke(&self, component: &Component, hash: &str) {
+        if let Err(e) = component.core.store.remove_up_endpoint(hash).await {
+            tracing::warn!(error = %e, "cannot revoke a UnifiedPush endpoint");
+        }
+    }
+
+    /// Conversations' dialect: an IQ to the distributor, whose answer decides.
+    async fn push_iq(&self, component: &Component, from: Jid, to: Jid, push: &Pending) -> Answered {
         let id = crate::ids::random_b64(12);
         let Some(mut waiting) = component.pending.wait(id.clone(), to.clone()) else {
-            return PushOutcome::Unavailable;
+            return Answered::NotNow;
         };
-        let push = Element::builder("push", register::NS_CONVERSATIONS)
-            .attr(
-                xml_ncname!("application").into(),
-                endpoint.application.clone().unwrap_or_default(),
-            )
-            .attr(
-                xml_ncname!("instance").into(),
-                endpoint.instance.clone().unwrap_or_default(),
-            )
-            .append(STANDARD.encode(body))
+        let payload = Element::builder("push", register::NS_CONVERSATIONS)
+            .attr(xml_ncname!("application").into(), push.application.clone())
+            .attr(xml_ncname!("instance").into(), push.instance.clone())
+            .append(push.body.clone())
             .build();
         let iq = Iq::Set {
             from: Some(from),
             to: Some(to),
             id,
-            payload: push,
+            payload,
         };
         if component.outbox.try_send(iq.into()).is_err() {
-            return PushOutcome::Unavailable;
+            return Answered::NotNow;
         }
         match tokio::time::timeout(self.answer_timeout, &mut waiting.answer).await {
-            Ok(Ok(Ok(()))) => PushOutcome::Delivered,
+            Ok(Ok(Ok(()))) => Answered::Took,
             Ok(Ok(Err(
                 DefinedCondition::ItemNotFound | DefinedCondition::FeatureNotImplemented,
-            ))) => {
-                // The app is gone from the distributor: the endpoint goes too.
-                if let Err(e) = component.core.store.remove_up_endpoint(hash).await {
-                    tracing::warn!(error = %e, "cannot revoke a UnifiedPush endpoint");
-                }
-                PushOutcome::Gone
-            }
-            _ => PushOutcome::Unavailable,
+            ))) => Answered::AppGone,
+            _ => Answered::NotNow,
         }
     }
+
+    /// The distributor at `jid` is back (its directed presence to the component, the draft's
+    /// signal): the pushes kept for it go out, oldest first, until it stops taking them or the
+    /// caller's deadline ends the flush (what is left is kept for the next presence).
+    pub async fn flush(&self, component: &Component, jid: &Jid) {
+        let key = jid.to_string();
+        {
+            let mut flushing = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+            if flushing.len() >= MAX_FLUSHING || !flushing.insert(key.clone()) {
+                return;
+            }
+        }
+        let store = &component.core.store;
+        let from = Jid::from(component.jid.clone());
+        'rounds: loop {
+            let kept = match store.up_messages_for(&key, now_ms(), FLUSH_BATCH).await {
+                Ok(kept) => kept,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read kept UnifiedPush pushes");
+                    break;
+                }
+            };
+            if kept.is_empty() {
+                break;
+            }
+            for message in kept {
+                let push = Pending {
+                    application: message.application.unwrap_or_default(),
+                    instance: message.instance.unwrap_or_default(),
+                    body: message.body,
+                };
+                let answered = self
+                    .push_iq(component, from.clone(), jid.clone(), &push)
+                    .await;
+                let (done, outcome) = match answered {
+                    Answered::Took => (store.remove_up_message(message.id).await, "flushed"),
+                    // The app is gone: its endpoint goes, and what was kept for it.
+                    Answered::AppGone => (
+                        store.remove_up_endpoint_id(message.endpoint_id).await,
+                        "gone",
+                    ),
+                    Answered::NotNow => break 'rounds,
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "cannot update kept UnifiedPush pushes");
+                    break 'rounds;
+                }
+                METRICS
+                    .unifiedpush_pushes
+                    .with_label_values(&["conversations", outcome])
+                    .inc();
+            }
+        }
+        self.flushing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+    }
+}
+
+/// One push IQ's content.
+struct Pending {
+    application: String,
+    instance: String,
+    /// The body, base64.
+    body: String,
 }
