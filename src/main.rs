@@ -57,6 +57,8 @@ enum Command {
     Certs(pushgate::cli::certs::CertsArgs),
     /// Apply pending database migrations and exit.
     Migrate(pushgate::cli::migrate::MigrateArgs),
+    /// Revoke UnifiedPush endpoints.
+    Unifiedpush(pushgate::cli::unifiedpush::UnifiedPushArgs),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::PushTest(args) => pushgate::cli::push_test::run(args),
         Command::Certs(args) => pushgate::cli::certs::run(args),
         Command::Migrate(args) => pushgate::cli::migrate::run(args),
+        Command::Unifiedpush(args) => pushgate::cli::unifiedpush::run(args),
         Command::Run { config } => {
             init_tracing();
             let runtime = match tokio::runtime::Runtime::new() {

@@ -501,3 +501,60 @@ async fn pushes_are_rate_limited_per_endpoint_and_per_source() {
         "the source's share is spent"
     );
 }
+
+/// An operator revokes an endpoint by its URL, or every endpoint of an account, from the
+/// command line: they answer 404 from then on; naming one that does not exist exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_revokes_endpoints_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let url = pushgate::storage::Store::sqlite_url_in(&data_dir).unwrap();
+    let text = format!(
+        "{}[storage]\ndata_dir = {:?}\n",
+        toml(""),
+        data_dir.to_str().unwrap()
+    );
+    let config = dir.path().join("pushgate.toml");
+    std::fs::write(&config, &text).unwrap();
+    let mut gw = TestGateway::at(&url, &text).await;
+    let _outbox = gw.take_outbox();
+    let s = HttpServer::start(gw, HttpConfig::default(), Duration::from_secs(5)).await;
+    let first = register_conversations(&s.gw, PHONE, "MQ==").await;
+    let second = path_of(&register_conversations(&s.gw, PHONE, "Mg==").await);
+    let third = path_of(&register_conversations(&s.gw, PHONE, "Mw==").await);
+
+    let revoke = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .env_remove("PUSHGATE_CONFIG")
+            .arg("unifiedpush")
+            .arg("revoke")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = tokio::task::block_in_place(|| revoke(&[&first]));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        post(&s, &path_of(&first), b"x".to_vec()).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let (code, _) = tokio::task::block_in_place(|| revoke(&[&first]));
+    assert_eq!(code, Some(3), "already revoked");
+    let (code, _) = tokio::task::block_in_place(|| revoke(&["not-a-token"]));
+    assert_eq!(code, Some(2));
+    let (code, out) = tokio::task::block_in_place(|| revoke(&["--account", "alice@example.org"]));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("2 endpoint"), "{out}");
+    for path in [second, third] {
+        assert_eq!(
+            post(&s, &path, b"x".to_vec()).await.status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+}

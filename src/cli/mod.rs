@@ -1,4 +1,5 @@
-//! The admin command line: `pushgate devices …`, `push-test`, `certs`, `migrate`.
+//! The admin command line: `pushgate devices …`, `push-test`, `certs`, `migrate`,
+//! `unifiedpush revoke`.
 //!
 //! Each command group lives in its own module and returns an [`ExitCode`] scripts can rely on:
 //! [`OK`] (0), [`FAILED`] (1: the operation failed, e.g. a provider refused), [`USAGE`] (2: bad
@@ -9,6 +10,7 @@ pub mod certs;
 pub mod devices;
 pub mod migrate;
 pub mod push_test;
+pub mod unifiedpush;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

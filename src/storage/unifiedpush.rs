@@ -161,16 +161,26 @@ impl Store {
             token_hash.into(),
         )
         .await
+        .map(|n| n > 0)
     }
 
-    /// Runs a `DELETE` with one value, in turn with the other writers; whether it removed any.
-    async fn delete_rows(&self, sql: &str, value: Value) -> Result<bool, StoreError> {
+    /// Removes every endpoint of the account `account` (bare JID); how many there were.
+    pub async fn remove_up_endpoints_of(&self, account: &str) -> Result<u64, StoreError> {
+        self.delete_rows(
+            "DELETE FROM unifiedpush_endpoints WHERE account = ?",
+            account.into(),
+        )
+        .await
+    }
+
+    /// Runs a `DELETE` with one value, in turn with the other writers; how many rows it removed.
+    async fn delete_rows(&self, sql: &str, value: Value) -> Result<u64, StoreError> {
         let _turn = self.write_turn().await;
         let done = self
             .db
             .execute_raw(self.statement(sql, vec![value]))
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done.rows_affected())
     }
 }
 

@@ -126,6 +126,22 @@ fn token_hash(token: &str) -> String {
     crate::ids::hex(&Sha256::digest(token.as_bytes()))
 }
 
+/// The store key of an endpoint given as its URL or its bare token; `None` when it cannot be
+/// one of ours.
+pub fn endpoint_hash(endpoint: &str) -> Option<String> {
+    let token = endpoint
+        .trim()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let ours = token.len() == TOKEN_CHARS
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ours.then(|| token_hash(token))
+}
+
 impl UnifiedPush {
     /// The front as configured, its key made or read from the store; `None` when disabled.
     pub async fn load(
