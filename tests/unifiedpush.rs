@@ -558,3 +558,81 @@ async fn an_operator_revokes_endpoints_from_the_command_line() {
         );
     }
 }
+
+/// An RFC 8292 `Authorization: vapid t=…, k=…` header for `aud`, signed by `key`, and the key.
+fn vapid(key: &ring::signature::EcdsaKeyPair, aud: &str) -> (String, String) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use ring::signature::KeyPair;
+    let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let signed = format!(
+        "{}.{}",
+        b64(br#"{"typ":"JWT","alg":"ES256"}"#),
+        b64(format!(r#"{{"aud":"{aud}","exp":{exp},"sub":"mailto:ops@example.org"}}"#).as_bytes())
+    );
+    let sig = key
+        .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+        .unwrap();
+    let k = b64(key.public_key().as_ref());
+    (format!("vapid t={signed}.{}, k={k}", b64(sig.as_ref())), k)
+}
+
+fn vapid_key() -> ring::signature::EcdsaKeyPair {
+    use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap()
+}
+
+/// VAPID: an endpoint whose registration pinned the app server's key takes pushes signed by
+/// that key for this push service only (401 without or with a bad token, 403 for another key);
+/// an endpoint without a pinned key takes unsigned pushes, but a signature that is there must
+/// verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vapid_is_checked_and_a_pinned_key_enforced() {
+    let (s, mut outbox) = server("").await;
+    let key = vapid_key();
+    let (good, k) = vapid(&key, "https://up.example.org");
+    let register =
+        format!("<register xmlns='{NS_C}' application='YXBw' instance='dg==' vapid='{k}'/>");
+    let answer = ask(&s.gw, PHONE, &register).await.unwrap().unwrap();
+    let pinned = path_of(answer.attr("endpoint").unwrap());
+    let (other, _) = vapid(&vapid_key(), "https://up.example.org");
+    let (elsewhere, _) = vapid(&key, "https://push.other.example");
+    for (auth, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some(other.as_str()), StatusCode::FORBIDDEN),
+        (Some(elsewhere.as_str()), StatusCode::UNAUTHORIZED),
+        (Some("vapid t=x.y.z, k=abc"), StatusCode::FORBIDDEN),
+    ] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let r = post_with(&s, &pinned, "x", &headers).await.await.unwrap();
+        assert_eq!(r.status(), status, "{auth:?}");
+    }
+    assert!(outbox.try_recv().is_err(), "nothing refused was sent");
+    let push = post_with(&s, &pinned, "signed", &[("authorization", good.as_str())]).await;
+    answer_next(&s.gw, &mut outbox, None).await;
+    assert_eq!(push.await.unwrap().status(), StatusCode::CREATED);
+
+    let open = path_of(&register_conversations(&s.gw, PHONE, "bw==").await);
+    let r = post_with(&s, &open, "x", &[("authorization", elsewhere.as_str())])
+        .await
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::UNAUTHORIZED,
+        "a signature there must verify"
+    );
+    let push = post_with(&s, &open, "unsigned", &[]).await;
+    answer_next(&s.gw, &mut outbox, None).await;
+    assert_eq!(push.await.unwrap().status(), StatusCode::CREATED);
+    let (condition, _) = ask(
+        &s.gw,
+        PHONE,
+        &format!("<register xmlns='{NS_C}' application='YXBw' instance='dw==' vapid='AAAA'/>"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(condition, DefinedCondition::BadRequest);
+}

@@ -27,6 +27,7 @@ enum UnifiedpushEndpoints {
     Application,
     Instance,
     PublicToken,
+    VapidKey,
     CreatedAt,
     ExpiresAt,
 }
@@ -65,6 +66,7 @@ impl MigrationTrait for Migration {
                     .col(text_null(UnifiedpushEndpoints::Application))
                     .col(text_null(UnifiedpushEndpoints::Instance))
                     .col(text_null(UnifiedpushEndpoints::PublicToken))
+                    .col(text_null(UnifiedpushEndpoints::VapidKey))
                     .col(big_integer(UnifiedpushEndpoints::CreatedAt))
                     .col(big_integer(UnifiedpushEndpoints::ExpiresAt))
                     .to_owned(),

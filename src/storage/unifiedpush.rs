@@ -23,6 +23,8 @@ pub struct UpEndpoint {
     pub application: Option<String>,
     pub instance: Option<String>,
     pub public_token: Option<String>,
+    /// The app server's VAPID public key (base64url) the registration pinned.
+    pub vapid_key: Option<String>,
     pub expires_at_ms: i64,
 }
 
@@ -116,14 +118,16 @@ impl Store {
             endpoint.application.clone().into(),
             endpoint.instance.clone().into(),
             endpoint.public_token.clone().into(),
+            endpoint.vapid_key.clone().into(),
             now_ms.into(),
             endpoint.expires_at_ms.into(),
         ];
         txn.execute_raw(self.statement(
             "INSERT INTO unifiedpush_endpoints (token_hash, jid, account, dialect, application, \
-             instance, public_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             instance, public_token, vapid_key, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (token_hash) DO UPDATE SET jid = excluded.jid, \
-             expires_at = excluded.expires_at",
+             vapid_key = excluded.vapid_key, expires_at = excluded.expires_at",
             values,
         ))
         .await?;
@@ -137,7 +141,7 @@ impl Store {
             .db
             .query_one_raw(self.statement(
                 "SELECT id, jid, account, dialect, application, instance, public_token, \
-                 expires_at FROM unifiedpush_endpoints WHERE token_hash = ?",
+                 vapid_key, expires_at FROM unifiedpush_endpoints WHERE token_hash = ?",
                 vec![token_hash.into()],
             ))
             .await?;
@@ -150,6 +154,7 @@ impl Store {
             application: row.try_get("", "application")?,
             instance: row.try_get("", "instance")?,
             public_token: row.try_get("", "public_token")?,
+            vapid_key: row.try_get("", "vapid_key")?,
             expires_at_ms: row.try_get("", "expires_at")?,
         }))
     }

@@ -82,6 +82,10 @@ pub async fn push(
         Ok(PushOutcome::Delivered) => created(&token, 0),
         Ok(PushOutcome::Kept(ttl)) => created(&token, ttl),
         Ok(PushOutcome::Gone) => failure(StatusCode::NOT_FOUND, "no such endpoint"),
+        Ok(PushOutcome::Unauthorized(why)) => failure(
+            StatusCode::from_u16(why.status()).unwrap_or(StatusCode::UNAUTHORIZED),
+            &why.to_string(),
+        ),
         Ok(PushOutcome::EndpointFull) => retry_later(
             StatusCode::TOO_MANY_REQUESTS,
             "too many pushes kept for this endpoint",
@@ -142,8 +146,14 @@ fn options(headers: &HeaderMap) -> Result<PushOptions, &'static str> {
         }
         Some(_) => return Err("Topic is at most 32 base64url characters"),
     };
+    let authorization = match text("authorization") {
+        None => None,
+        Some(Ok(a)) => Some(a.to_owned()),
+        Some(Err(_)) => return Err("Authorization is not text"),
+    };
     Ok(PushOptions {
         ttl_secs,
+        authorization,
         urgency,
         topic,
     })

@@ -19,6 +19,7 @@
 //! SHA-256 is stored.
 
 pub mod register;
+pub mod vapid;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -52,6 +53,8 @@ const TOKEN_CHARS: usize = 43;
 pub struct UnifiedPush {
     key: Vec<u8>,
     base_url: String,
+    /// `scheme://host[:port]` of `base_url`: the `aud` of VAPID tokens.
+    origin: String,
     expiration: Duration,
     max_per_account: u32,
     answer_timeout: Duration,
@@ -76,6 +79,8 @@ const FLUSH_BATCH: u32 = 50;
 pub struct PushOptions {
     /// Seconds the push may be kept for a distributor that is away; 0: now or never.
     pub ttl_secs: u32,
+    /// The `Authorization` header (VAPID), if any.
+    pub authorization: Option<String>,
     /// `very-low`, `low`, `normal` or `high`.
     pub urgency: String,
     /// A newer push with the same topic replaces a kept one.
@@ -83,7 +88,7 @@ pub struct PushOptions {
 }
 
 /// What an app server's push came to; `fronts/http` turns it into the status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PushOutcome {
     /// Passed to the distributor (and, for Conversations, acknowledged by it).
     Delivered,
@@ -95,11 +100,14 @@ pub enum PushOutcome {
     Unavailable,
     /// The endpoint has the most pushes kept that it may: the app server should slow down.
     EndpointFull,
+    /// VAPID missing, invalid, or not the key the registration pinned (RFC 8292 §4.2).
+    Unauthorized(vapid::VapidError),
 }
 
 impl PushOutcome {
-    pub fn label(self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
+            PushOutcome::Unauthorized(_) => "unauthorized",
             PushOutcome::Delivered => "delivered",
             PushOutcome::Kept(_) => "kept",
             PushOutcome::Gone => "gone",
@@ -119,6 +127,17 @@ enum Answered {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// `scheme://authority` of a URL (the configuration has checked it is one).
+fn origin_of(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority = rest.split('/').next().unwrap_or_default();
+            format!("{scheme}://{authority}")
+        }
+        None => url.to_owned(),
+    }
 }
 
 /// The SHA-256 of a token, hex: how the store finds its endpoint.
@@ -156,6 +175,7 @@ impl UnifiedPush {
         Ok(Some(UnifiedPush {
             key: key.into_bytes(),
             base_url: config.base_url(),
+            origin: origin_of(&config.base_url()),
             expiration: Duration::from_secs(u64::from(config.expiration_days) * 86_400),
             max_per_account: config.max_endpoints_per_account,
             answer_timeout: Duration::from_secs(config.answer_timeout_secs),
@@ -208,7 +228,7 @@ impl UnifiedPush {
         let bare = from.to_bare().to_string();
         let store = &component.core.store;
         match request {
-            Request::Register(instance) => {
+            Request::Register(instance, vapid_key) => {
                 let token = self.token(&bare, &instance);
                 let expires = chrono::Utc::now()
                     + chrono::Duration::from_std(self.expiration).unwrap_or_default();
@@ -227,6 +247,7 @@ impl UnifiedPush {
                     application,
                     instance: instance_name,
                     public_token,
+                    vapid_key,
                     expires_at_ms: expires.timestamp_millis(),
                 };
                 let saved = store
@@ -302,6 +323,14 @@ impl UnifiedPush {
         if endpoint.expires_at_ms <= now_ms() {
             let _ = store.remove_up_endpoint(&hash).await;
             return Ok(PushOutcome::Gone);
+        }
+        if let Err(refused) = vapid::check(
+            options.authorization.as_deref(),
+            &self.origin,
+            endpoint.vapid_key.as_deref(),
+            now_ms() / 1000,
+        ) {
+            return Ok(PushOutcome::Unauthorized(refused));
         }
         let Ok(to) = endpoint.jid.parse::<Jid>() else {
             return Err(Fault::Transient("stored distributor JID is invalid".into()));

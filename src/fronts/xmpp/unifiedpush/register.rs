@@ -66,7 +66,10 @@ impl Instance {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    Register(Instance),
+    /// With the app server's VAPID public key if the app pinned one (a pushgate extension:
+    /// Conversations' `vapid` attribute, genofire's `<vapid>` child; base64url of the
+    /// uncompressed P-256 point, as the app server sends it in `k=`).
+    Register(Instance, Option<String>),
     Unregister(Instance),
 }
 
@@ -78,6 +81,22 @@ pub enum RequestError {
     Missing(&'static str),
     #[error("'{0}' is empty, longer than 256 characters or not printable")]
     Invalid(&'static str),
+    #[error("'vapid' is not a base64url uncompressed P-256 public key")]
+    BadVapidKey,
+}
+
+/// A VAPID public key as RFC 8292 `k=` carries it: base64url of a 65-byte uncompressed point.
+fn vapid_key(value: Option<String>) -> Result<Option<String>, RequestError> {
+    use base64::Engine;
+    let Some(value) = value else { return Ok(None) };
+    let value = value.trim().trim_end_matches('=').to_owned();
+    let point = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(&value)
+        .map_err(|_| RequestError::BadVapidKey)?;
+    if point.len() != 65 || point.first() != Some(&4) {
+        return Err(RequestError::BadVapidKey);
+    }
+    Ok(Some(value))
 }
 
 fn checked(value: Option<&str>, name: &'static str) -> Result<String, RequestError> {
@@ -98,21 +117,28 @@ impl TryFrom<&Element> for Request {
             "unregister" => false,
             _ => return Err(RequestError::NotUnifiedPush),
         };
-        let instance = match el.ns().as_str() {
+        let (instance, vapid) = match el.ns().as_str() {
             NS_GENOFIRE => {
                 let token = el.get_child("token", NS_GENOFIRE).map(Element::text);
-                Instance::Genofire {
+                let instance = Instance::Genofire {
                     token: checked(token.as_deref(), "token")?,
-                }
+                };
+                (
+                    instance,
+                    el.get_child("vapid", NS_GENOFIRE).map(Element::text),
+                )
             }
-            NS_CONVERSATIONS => Instance::Conversations {
-                application: checked(el.attr("application"), "application")?,
-                instance: checked(el.attr("instance"), "instance")?,
-            },
+            NS_CONVERSATIONS => {
+                let instance = Instance::Conversations {
+                    application: checked(el.attr("application"), "application")?,
+                    instance: checked(el.attr("instance"), "instance")?,
+                };
+                (instance, el.attr("vapid").map(str::to_owned))
+            }
             _ => return Err(RequestError::NotUnifiedPush),
         };
         Ok(if register {
-            Request::Register(instance)
+            Request::Register(instance, vapid_key(vapid)?)
         } else {
             Request::Unregister(instance)
         })
@@ -163,9 +189,12 @@ mod tests {
     fn both_dialects_register_and_unregister() {
         assert_eq!(
             parse("<register xmlns='unifiedpush.org'><token> t-1 </token></register>"),
-            Ok(Request::Register(Instance::Genofire {
-                token: "t-1".into()
-            }))
+            Ok(Request::Register(
+                Instance::Genofire {
+                    token: "t-1".into()
+                },
+                None
+            ))
         );
         assert_eq!(
             parse("<unregister xmlns='unifiedpush.org'><token>t-1</token></unregister>"),
@@ -177,10 +206,13 @@ mod tests {
             parse(
                 "<register xmlns='http://gultsch.de/xmpp/drafts/unified-push' application='YQ==' instance='aQ=='/>"
             ),
-            Ok(Request::Register(Instance::Conversations {
-                application: "YQ==".into(),
-                instance: "aQ==".into()
-            }))
+            Ok(Request::Register(
+                Instance::Conversations {
+                    application: "YQ==".into(),
+                    instance: "aQ==".into()
+                },
+                None
+            ))
         );
     }
 
@@ -208,6 +240,12 @@ mod tests {
         assert_eq!(
             parse("<register xmlns='urn:other'/>"),
             Err(RequestError::NotUnifiedPush)
+        );
+        assert_eq!(
+            parse(&format!(
+                "<register xmlns='{NS_CONVERSATIONS}' application='a' instance='i' vapid='AAAA'/>"
+            )),
+            Err(RequestError::BadVapidKey)
         );
     }
 
