@@ -8,6 +8,7 @@ deadline. Clients use plaintext c2s on loopback (the test Prosody allows it ther
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import threading
 import time
@@ -422,6 +423,113 @@ class Client:
                     return m
             time.sleep(0.05)
         raise AssertionError(f"{self.jid}: no error reply to message {msg_id} within {timeout} s")
+
+
+# --- a UnifiedPush distributor (the phone's XMPP client) ---------------------------------------
+NS_UP_CONVERSATIONS = "http://gultsch.de/xmpp/drafts/unified-push"
+NS_UP_GENOFIRE = "unifiedpush.org"
+
+
+@dataclass
+class UpPush:
+    """One `<push/>` IQ the distributor got (Conversations' dialect), decoded."""
+    id: str
+    sender: str
+    to: str
+    application: str | None
+    instance: str | None
+    data: bytes
+    answered: str  # "result", the error condition, or "silent"
+
+
+class Distributor(Client):
+    """A UnifiedPush distributor: registers app instances with the component in either dialect,
+    records the push IQs (and, in `messages`, genofire's push messages) it receives and
+    answers each push IQ as `answer` says: None = `result`, a condition name = an error of type
+    `cancel` with it, "silent" = no answer at all."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pushes: list[UpPush] = []
+        self.answer: str | None = None
+        self._cond = threading.Condition()
+
+    async def _connect(self, timeout):
+        await super()._connect(timeout)
+        self.xmpp.register_handler(Callback(
+            "unifiedpush push",
+            MatchXPath(f"{{{self.xmpp.default_ns}}}iq/{{{NS_UP_CONVERSATIONS}}}push"),
+            self._on_push))
+        self.xmpp.add_event_handler("message", lambda _: self._notify())
+
+    def _notify(self):
+        with self._cond:
+            self._cond.notify_all()
+
+    def _on_push(self, iq):
+        push = iq.xml.find(f"{{{NS_UP_CONVERSATIONS}}}push")
+        answer = self.answer
+        if iq["type"] != "set":
+            return
+        try:
+            data = base64.b64decode(push.text or "", validate=True)
+        except ValueError as e:
+            data = f"(not base64: {e}: {push.text!r})".encode()
+        with self._cond:
+            self.pushes.append(UpPush(
+                id=iq["id"], sender=str(iq["from"]), to=str(iq["to"]),
+                application=push.get("application"), instance=push.get("instance"), data=data,
+                answered=answer or "result"))
+            self._cond.notify_all()
+        if answer == "silent":
+            return
+        if answer is None:
+            iq.reply().send()
+        else:
+            r = iq.reply(clear=True)
+            r["error"]["type"], r["error"]["condition"] = "cancel", answer
+            r.send()
+
+    def register_conversations(self, component: str, application: str,
+                               instance: str) -> tuple[str, str]:
+        """Conversations' registration; returns (endpoint, expiration)."""
+        r = self.iq("set", component, ET.Element(
+            f"{{{NS_UP_CONVERSATIONS}}}register",
+            {"application": application, "instance": instance}))
+        reg = r.xml.find(f"{{{NS_UP_CONVERSATIONS}}}registered")
+        if reg is None or not reg.get("endpoint") or not reg.get("expiration"):
+            raise AssertionError(f"no <registered endpoint= expiration=/> in {r}")
+        return reg.get("endpoint"), reg.get("expiration")
+
+    def register_genofire(self, component: str, token: str) -> str:
+        """genofire's registration; returns the endpoint."""
+        el = ET.Element(f"{{{NS_UP_GENOFIRE}}}register")
+        ET.SubElement(el, f"{{{NS_UP_GENOFIRE}}}token").text = token
+        r = self.iq("set", component, el)
+        endpoint = r.xml.findtext(f"{{{NS_UP_GENOFIRE}}}register/{{{NS_UP_GENOFIRE}}}endpoint")
+        if not endpoint:
+            raise AssertionError(f"no <register><endpoint/></register> in {r}")
+        return endpoint
+
+    def wait_pushes(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[UpPush]:
+        """The first `count` push IQs, waiting up to `timeout` for them."""
+        return self._wait(lambda: self.pushes, count, "push IQ(s)", timeout)
+
+    def wait_messages(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list:
+        """The first `count` messages (genofire's pushes are messages), waiting up to
+        `timeout` for them."""
+        return self._wait(lambda: self.messages, count, "message(s)", timeout)
+
+    def _wait(self, got, count: int, what: str, timeout: float) -> list:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(got()) < count:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{self.full_jid}: {len(got())}/{count} {what} within "
+                                         f"{timeout} s: {[str(x) for x in got()]}")
+                self._cond.wait(left)
+            return list(got())
 
 
 def expect_error(fn, *args, **kwargs) -> XmppError:

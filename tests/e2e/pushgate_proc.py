@@ -44,6 +44,22 @@ def toml_str(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def unifiedpush_toml(http_port: int, answer_timeout_secs: int | None = None) -> str:
+    """Extra config (Pushgate's extra_toml) for UnifiedPush: the HTTP listener on `http_port`
+    and `[unifiedpush]` on, endpoints `http://127.0.0.1:<http_port>/up/<token>`."""
+    out = [
+        "[http]",
+        f'listen = "127.0.0.1:{http_port}"',
+        "",
+        "[unifiedpush]",
+        "enabled = true",
+        f'endpoint_base_url = "http://127.0.0.1:{http_port}"',
+    ]
+    if answer_timeout_secs is not None:
+        out.append(f"answer_timeout_secs = {answer_timeout_secs}")
+    return "\n".join(out) + "\n"
+
+
 class Pushgate:
     def __init__(self, server, jid: str, secret: str, binary: str | None = None,
                  name: str = "pushgate", extra_toml: str = ""):

@@ -1,0 +1,272 @@
+"""UnifiedPush over XMPP end to end, on both servers: a slixmpp client is the distributor (the
+phone's XMPP client), the test is the app server POSTing to the endpoint over HTTP, and the
+server routes pushgate's push IQs and messages to the distributor's full JID.
+
+Own stack per server (pushgate with `[http]` and `[unifiedpush]`, `answer_timeout_secs = 2`),
+so the session stack's config stays as it is. What is checked: disco advertises both dialects;
+Conversations' dialect carries a binary body byte-exact and the distributor's `result` becomes
+201 + `TTL: 0`; `item-not-found` / `feature-not-implemented` revoke the endpoint (404 then and
+at once after); another error or no answer within the timeout is 503 + `Retry-After`; genofire's
+dialect gets `<message>` with the public token as subject; an offline distributor's push is
+answered by the XMPP server itself (`service-unavailable` on the user's behalf, both Prosody and
+ejabberd), so the app server gets 503 at once rather than after the timeout; the same instance
+registered again from a new resource keeps its endpoint and its pushes follow the resource.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import time
+import urllib.error
+import urllib.request
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from clients import NS_UP_CONVERSATIONS, NS_UP_GENOFIRE, Distributor, expect_error
+from conftest import DOMAIN, PASSWORD, PUSH_JID, close_all, running_stack
+from procs import free_port
+from pushgate_proc import unifiedpush_toml
+
+USERS = ("alice", "bob", "carol", "dave", "erin")
+ANSWER_TIMEOUT = 2  # answer_timeout_secs in this module's pushgate
+RETRY_AFTER = "30"  # what pushgate asks an app server to wait after a 503
+# An answer "at once": far below the answer timeout, so it was not the timeout that ended it.
+PROMPT = 1.0
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    elapsed: float
+
+
+def post(url: str, body: bytes, content_type: str = "application/octet-stream",
+         encoding: str | None = "aes128gcm") -> Answer:
+    """An app server's push: POST `body` to the endpoint, as RFC 8030 has it (TTL, and the
+    content coding of an RFC 8291 message)."""
+    headers = {"content-type": content_type, "ttl": "60"}
+    if encoding:
+        headers["content-encoding"] = encoding
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=ANSWER_TIMEOUT + 8) as r:
+            status, hdrs, data = r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        status, hdrs, data = e.code, e.headers, e.read()
+    return Answer(status, {k.lower(): v for k, v in hdrs.items()}, data,
+                  time.monotonic() - start)
+
+
+def assert_accepted(a: Answer, endpoint: str):
+    """201 with `TTL: 0` (pushgate keeps nothing) and a Location under the endpoint's path."""
+    assert a.status == 201, f"expected 201, got {a.status} {a.body!r}"
+    assert a.headers.get("ttl") == "0", f"TTL header: {a.headers}"
+    path = "/up/" + endpoint.rsplit("/up/", 1)[1] + "/"
+    assert a.headers.get("location", "").startswith(path), f"Location header: {a.headers}"
+
+
+def assert_retry_later(a: Answer):
+    assert a.status == 503, f"expected 503, got {a.status} {a.body!r}"
+    assert a.headers.get("retry-after") == RETRY_AFTER, f"Retry-After header: {a.headers}"
+
+
+def instance_names() -> tuple[str, str]:
+    """(application, instance) as Conversations makes them: base64 of salted SHA-256s."""
+    return (base64.b64encode(secrets.token_bytes(32)).decode(),
+            base64.b64encode(secrets.token_bytes(32)).decode())
+
+
+@pytest.fixture(scope="module")
+def up(server_kind):
+    """This module's stack on `server_kind`: `http_base` is pushgate's listener (also the
+    endpoint base URL)."""
+    port = free_port()
+    toml = unifiedpush_toml(port, answer_timeout_secs=ANSWER_TIMEOUT)
+    with running_stack(f"unifiedpush-{server_kind}", users=USERS, pushgate_toml=toml,
+                       kind=server_kind) as (s, _):
+        s.http_base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"{s.http_base}/up", timeout=2) as r:
+                    assert json.loads(r.read()) == {"unifiedpush": {"version": 1}}
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"pushgate's HTTP listener at {s.http_base} did not "
+                                         f"answer GET /up within 10 s") from None
+                time.sleep(0.05)
+        yield s
+
+
+@pytest.fixture
+def distributor(up, runner):
+    """distributor(user) -> a logged-in Distributor (new random resource each time) on this
+    module's server; disconnected after the test."""
+    mine: list[Distributor] = []
+
+    def _connect(user: str) -> Distributor:
+        d = Distributor(runner, f"{user}@{DOMAIN}", PASSWORD, up.server.c2s_port).connect()
+        mine.append(d)
+        return d
+
+    yield _connect
+    close_all(mine)
+
+
+def test_conversations_binary_push_is_acknowledged(up, distributor):
+    alice = distributor("alice")
+    _, features = alice.disco_info(PUSH_JID)
+    for ns in (NS_UP_CONVERSATIONS, NS_UP_GENOFIRE):
+        assert ns in features, f"disco#info feature {ns!r} missing: {features}"
+
+    application, instance = instance_names()
+    endpoint, expiration = alice.register_conversations(PUSH_JID, application, instance)
+    assert endpoint.startswith(f"{up.http_base}/up/"), endpoint
+    expires = datetime.fromisoformat(expiration.replace("Z", "+00:00"))
+    left = expires - datetime.now(timezone.utc)
+    assert timedelta(days=29) < left <= timedelta(days=30), f"expiration {expiration}"
+    with urllib.request.urlopen(endpoint, timeout=5) as r:
+        assert json.loads(r.read()) == {"unifiedpush": {"version": 1}}
+
+    body = secrets.token_bytes(100)  # as an RFC 8291 ciphertext would be: binary
+    a = post(endpoint, body)
+    assert_accepted(a, endpoint)
+    pushes = alice.wait_pushes(1)
+    assert len(pushes) == 1, pushes
+    p = pushes[0]
+    assert p.data == body, f"the push carried other bytes: {p}"
+    assert (p.application, p.instance) == (application, instance), p
+    assert p.sender == PUSH_JID, p
+    assert p.to == alice.full_jid, p
+
+
+def test_item_not_found_revokes_the_endpoint(up, distributor):
+    bob = distributor("bob")
+    endpoint, _ = bob.register_conversations(PUSH_JID, *instance_names())
+    assert_accepted(post(endpoint, b"first"), endpoint)
+
+    bob.answer = "item-not-found"   # the app is gone from the phone
+    a = post(endpoint, b"second")
+    assert a.status == 404, f"expected 404 after item-not-found, got {a.status} {a.body!r}"
+    assert [p.answered for p in bob.wait_pushes(2)] == ["result", "item-not-found"]
+
+    bob.answer = None
+    for n in (3, 4):
+        a = post(endpoint, f"push {n}".encode())
+        assert a.status == 404, f"push {n} to a revoked endpoint: {a.status} {a.body!r}"
+        assert a.elapsed < PROMPT, f"push {n}: 404 took {a.elapsed:.2f} s, not at once"
+
+    # feature-not-implemented revokes as well; its pushes also pass the ones above on the same
+    # route, so any push IQ for the revoked endpoint would have arrived before them.
+    other, _ = bob.register_conversations(PUSH_JID, *instance_names())
+    assert other != endpoint
+    assert_accepted(post(other, b"other first"), other)
+    bob.answer = "feature-not-implemented"
+    a = post(other, b"other second")
+    assert a.status == 404, f"expected 404 after feature-not-implemented, got {a.status}"
+    assert post(other, b"other third").status == 404
+    pushes = bob.wait_pushes(4)
+    assert [p.data for p in pushes] == [b"first", b"second", b"other first",
+                                        b"other second"], pushes
+
+
+def test_genofire_dialect_gets_a_message(up, distributor):
+    carol = distributor("carol")
+    token = str(uuid.uuid4())
+    endpoint = carol.register_genofire(PUSH_JID, token)
+    assert endpoint.startswith(f"{up.http_base}/up/"), endpoint
+
+    doc = {"type": "message", "text": "grüße, carol", "id": secrets.token_hex(4)}
+    text = json.dumps(doc, ensure_ascii=False)
+    a = post(endpoint, text.encode(), content_type="application/json", encoding=None)
+    assert_accepted(a, endpoint)
+    binary = b"\xff\xfe" + secrets.token_bytes(30)  # not UTF-8: goes as base64
+    assert_accepted(post(endpoint, binary), endpoint)
+
+    msgs = carol.wait_messages(2)
+    assert len(msgs) == 2, [str(m) for m in msgs]
+    for m in msgs:
+        assert m["subject"] == token, str(m)
+        assert m["type"] == "normal", str(m)
+        assert str(m["from"]) == PUSH_JID, str(m)
+        assert str(m["to"]) == carol.full_jid, str(m)
+    assert msgs[0]["body"] == text, str(msgs[0])
+    assert json.loads(msgs[0]["body"]) == doc
+    assert base64.b64decode(msgs[1]["body"]) == binary, str(msgs[1])
+    assert carol.pushes == [], "genofire's dialect must not get push IQs"
+
+
+def test_unanswered_or_failed_push_is_retry_later(up, distributor):
+    erin = distributor("erin")
+    endpoint, _ = erin.register_conversations(PUSH_JID, *instance_names())
+
+    erin.answer = "silent"
+    a = post(endpoint, b"nobody answers")
+    assert_retry_later(a)
+    assert ANSWER_TIMEOUT - 0.2 <= a.elapsed < ANSWER_TIMEOUT + 2, \
+        f"503 after {a.elapsed:.2f} s, expected after the {ANSWER_TIMEOUT} s answer timeout"
+
+    erin.answer = "internal-server-error"
+    a = post(endpoint, b"distributor trouble")
+    assert_retry_later(a)
+    assert a.elapsed < PROMPT, f"503 took {a.elapsed:.2f} s for an error answer"
+
+    # neither revoked the endpoint
+    erin.answer = None
+    assert_accepted(post(endpoint, b"back again"), endpoint)
+    assert [p.answered for p in erin.wait_pushes(3)] == [
+        "silent", "internal-server-error", "result"]
+
+
+def test_offline_distributor_then_new_resource(up, distributor):
+    phone = distributor("dave")
+    application, instance = instance_names()
+    endpoint, _ = phone.register_conversations(PUSH_JID, application, instance)
+    assert_accepted(post(endpoint, b"while online"), endpoint)
+    old_jid = phone.full_jid
+    phone.disconnect()
+
+    # What the server does with an IQ to the gone full JID, seen by another user: it answers
+    # for the distributor, service-unavailable (cancel) from that JID (Prosody's mod_iq and
+    # ejabberd's session manager alike).
+    witness = distributor("erin")
+    push = ET.Element(f"{{{NS_UP_CONVERSATIONS}}}push",
+                      {"application": application, "instance": instance})
+    push.text = base64.b64encode(b"probe").decode()
+    err = expect_error(witness.iq, "set", old_jid, push, timeout=5)
+    assert (err.type, err.condition) == ("cancel", "service-unavailable"), err
+    assert ET.fromstring(err.xml).get("from") == old_jid, err.xml
+    # The same answer to pushgate's push IQ: 503 at once, not after the answer timeout.
+    a = post(endpoint, b"while offline")
+    assert_retry_later(a)
+    assert a.elapsed < PROMPT, \
+        f"503 after {a.elapsed:.2f} s: the server did not answer for the offline distributor"
+
+    # Back with another resource: the same instance keeps its endpoint, pushes follow.
+    phone2 = distributor("dave")
+    assert phone2.full_jid != old_jid
+    again, _ = phone2.register_conversations(PUSH_JID, application, instance)
+    assert again == endpoint, "registering the same instance again must keep the endpoint"
+    body = secrets.token_bytes(64)
+    assert_accepted(post(endpoint, body), endpoint)
+    p = phone2.wait_pushes(1)[0]
+    assert (p.data, p.to) == (body, phone2.full_jid), p
+
+    # A second resource online registering the instance takes the pushes from the first.
+    phone3 = distributor("dave")
+    assert phone3.register_conversations(PUSH_JID, application, instance)[0] == endpoint
+    assert_accepted(post(endpoint, b"to the third"), endpoint)
+    p = phone3.wait_pushes(1)[0]
+    assert (p.data, p.to) == (b"to the third", phone3.full_jid), p
+    assert len(phone2.pushes) == 1, f"the replaced resource got pushes: {phone2.pushes}"
+    assert [q.data for q in phone.pushes] == [b"while online"], phone.pushes
