@@ -72,9 +72,11 @@ pub struct Metrics {
     pub matrix_notify_seconds: HistogramVec,
     /// UnifiedPush endpoint registrations and unregistrations, by dialect and `action`.
     pub unifiedpush_registrations: IntCounterVec,
-    /// App servers' UnifiedPush pushes, by dialect and outcome (`delivered`, `gone`,
-    /// `unavailable`).
+    /// App servers' UnifiedPush pushes, by dialect and outcome (`delivered`, `kept`, `gone`,
+    /// `unavailable`, `endpoint_full`, `unauthorized`; `flushed` for kept ones delivered later).
     pub unifiedpush_pushes: IntCounterVec,
+    /// Kept UnifiedPush pushes dropped because their time to live ran out.
+    pub unifiedpush_expired: IntCounter,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -126,6 +128,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Component reconnections after a lost stream.",
     )
     .unwrap_or_else(|e| panic!("metric pushgate_xmpp_reconnects_total: {e}"));
+    let unifiedpush_expired = IntCounter::new(
+        "pushgate_unifiedpush_expired_total",
+        "Kept UnifiedPush pushes dropped because their time to live ran out.",
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_unifiedpush_expired_total: {e}"));
     let http_connections = gauge(
         "pushgate_http_connections",
         "Open HTTP connections (at most http.max_connections).",
@@ -290,6 +297,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_unifiedpush_pushes_total",
             "App servers' UnifiedPush pushes, by dialect and outcome.",
             &["dialect", "outcome"],
+        ),
+        unifiedpush_expired: register(
+            &r,
+            "pushgate_unifiedpush_expired_total",
+            unifiedpush_expired,
         ),
         registry: r,
     }

@@ -636,3 +636,25 @@ async fn vapid_is_checked_and_a_pinned_key_enforced() {
     .unwrap_err();
     assert_eq!(condition, DefinedCondition::BadRequest);
 }
+
+/// A kept push whose `TTL` ran out is not delivered: it is dropped and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_push_past_its_ttl_is_dropped_and_counted() {
+    let (s, mut outbox) = server("").await;
+    let path = path_of(&register_conversations(&s.gw, PHONE, "ZQ==").await);
+    let push = post_with(&s, &path, "stale soon", &[("ttl", "1")]).await;
+    answer_next(&s.gw, &mut outbox, Some("service-unavailable")).await;
+    assert_eq!(push.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(s.gw.core.store.up_messages_kept().await.unwrap(), 1);
+    let expired_before = pushgate::metrics::METRICS.unifiedpush_expired.get();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let el: Element =
+        "<presence xmlns='jabber:component:accept' from='alice@example.org/phone' to='push.test'/>"
+            .parse()
+            .unwrap();
+    let presence = xmpp_parsers::presence::Presence::try_from(el).unwrap();
+    assert!(route(&s.gw, presence).await.is_none());
+    assert!(outbox.try_recv().is_err(), "nothing stale was delivered");
+    assert_eq!(s.gw.core.store.up_messages_kept().await.unwrap(), 0);
+    assert!(pushgate::metrics::METRICS.unifiedpush_expired.get() > expired_before);
+}

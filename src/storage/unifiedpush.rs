@@ -224,8 +224,9 @@ pub struct UpMessage {
 }
 
 impl Store {
-    /// Keeps `new` within `max_per_endpoint` (after expired ones and one with the same topic are
-    /// gone) and `max_total` over every endpoint.
+    /// Keeps `new` within `max_per_endpoint` (after one with the same topic is gone) and
+    /// `max_total` over every endpoint (drop the expired ones first:
+    /// [`Store::drop_expired_up_messages`]).
     pub async fn keep_up_message(
         &self,
         new: NewUpMessage,
@@ -234,11 +235,6 @@ impl Store {
     ) -> Result<UpKept, StoreError> {
         let _turn = self.write_turn().await;
         let txn = super::begin_write(&self.db).await?;
-        txn.execute_raw(self.statement(
-            "DELETE FROM unifiedpush_messages WHERE expires_at <= ?",
-            vec![new.now_ms.into()],
-        ))
-        .await?;
         if let Some(topic) = &new.topic {
             txn.execute_raw(self.statement(
                 "DELETE FROM unifiedpush_messages WHERE endpoint_id = ? AND topic = ?",
@@ -330,6 +326,15 @@ impl Store {
         self.delete_rows("DELETE FROM unifiedpush_endpoints WHERE id = ?", id.into())
             .await
             .map(drop)
+    }
+
+    /// Drops the kept pushes whose time to live ran out at `now_ms`; how many.
+    pub async fn drop_expired_up_messages(&self, now_ms: i64) -> Result<u64, StoreError> {
+        self.delete_rows(
+            "DELETE FROM unifiedpush_messages WHERE expires_at <= ?",
+            now_ms.into(),
+        )
+        .await
     }
 
     /// Forgets a kept push (delivered).

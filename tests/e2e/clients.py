@@ -511,6 +511,13 @@ class Distributor(Client):
             raise AssertionError(f"no <register><endpoint/></register> in {r}")
         return endpoint
 
+    def presence_to(self, jid: str):
+        """Directed presence to `jid` (a distributor's signal to its push provider that it is
+        back)."""
+        async def _send():
+            self.xmpp.send_presence(pto=jid)
+        self.runner.run(_send())
+
     def wait_pushes(self, count: int, timeout: float = DEFAULT_TIMEOUT) -> list[UpPush]:
         """The first `count` push IQs, waiting up to `timeout` for them."""
         return self._wait(lambda: self.pushes, count, "push IQ(s)", timeout)

@@ -33,7 +33,7 @@ from conftest import DOMAIN, PASSWORD, PUSH_JID, close_all, running_stack
 from procs import free_port
 from pushgate_proc import unifiedpush_toml
 
-USERS = ("alice", "bob", "carol", "dave", "erin")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 ANSWER_TIMEOUT = 2  # answer_timeout_secs in this module's pushgate
 RETRY_AFTER = "30"  # what pushgate asks an app server to wait after a 503
 # An answer "at once": far below the answer timeout, so it was not the timeout that ended it.
@@ -49,10 +49,10 @@ class Answer:
 
 
 def post(url: str, body: bytes, content_type: str = "application/octet-stream",
-         encoding: str | None = "aes128gcm") -> Answer:
-    """An app server's push: POST `body` to the endpoint, as RFC 8030 has it (TTL, and the
-    content coding of an RFC 8291 message)."""
-    headers = {"content-type": content_type, "ttl": "60"}
+         encoding: str | None = "aes128gcm", ttl: int = 0) -> Answer:
+    """An app server's push: POST `body` to the endpoint, as RFC 8030 has it (TTL: 0, now or
+    never, unless `ttl` says otherwise; the content coding of an RFC 8291 message)."""
+    headers = {"content-type": content_type, "ttl": str(ttl)}
     if encoding:
         headers["content-encoding"] = encoding
     req = urllib.request.Request(url, data=body, method="POST", headers=headers)
@@ -66,10 +66,11 @@ def post(url: str, body: bytes, content_type: str = "application/octet-stream",
                   time.monotonic() - start)
 
 
-def assert_accepted(a: Answer, endpoint: str):
-    """201 with `TTL: 0` (pushgate keeps nothing) and a Location under the endpoint's path."""
+def assert_accepted(a: Answer, endpoint: str, ttl: str = "0"):
+    """201 with `TTL` (0: delivered; else how long it is kept) and a Location under the
+    endpoint's path."""
     assert a.status == 201, f"expected 201, got {a.status} {a.body!r}"
-    assert a.headers.get("ttl") == "0", f"TTL header: {a.headers}"
+    assert a.headers.get("ttl") == ttl, f"TTL header: {a.headers}"
     path = "/up/" + endpoint.rsplit("/up/", 1)[1] + "/"
     assert a.headers.get("location", "").startswith(path), f"Location header: {a.headers}"
 
@@ -270,3 +271,27 @@ def test_offline_distributor_then_new_resource(up, distributor):
     assert (p.data, p.to) == (b"to the third", phone3.full_jid), p
     assert len(phone2.pushes) == 1, f"the replaced resource got pushes: {phone2.pushes}"
     assert [q.data for q in phone.pushes] == [b"while online"], phone.pushes
+
+
+def test_pushes_for_an_offline_distributor_are_kept_and_flushed_on_presence(up, distributor):
+    """A push with a TTL to a distributor that went offline is kept (201 with that TTL); when
+    the distributor is back, registers again from its new resource and sends the component its
+    directed presence (what Conversations does on bind), the kept pushes arrive, oldest first."""
+    phone = distributor("frank")
+    application, instance = instance_names()
+    endpoint, _ = phone.register_conversations(PUSH_JID, application, instance)
+    phone.disconnect()
+    assert_accepted(post(endpoint, b"kept one", ttl=60), endpoint, ttl="60")
+    assert_accepted(post(endpoint, b"kept two", ttl=60), endpoint, ttl="60")
+
+    back = distributor("frank")
+    assert back.register_conversations(PUSH_JID, application, instance)[0] == endpoint
+    assert back.pushes == [], "nothing is flushed before the presence"
+    back.presence_to(PUSH_JID)
+    got = back.wait_pushes(2)
+    assert [p.data for p in got] == [b"kept one", b"kept two"], got
+    assert all(p.to == back.full_jid for p in got), got
+    # Delivered once: another presence flushes nothing more.
+    back.presence_to(PUSH_JID)
+    assert_accepted(post(endpoint, b"live"), endpoint)
+    assert [p.data for p in back.wait_pushes(3)] == [b"kept one", b"kept two", b"live"]

@@ -394,6 +394,7 @@ impl UnifiedPush {
             return Ok(PushOutcome::Unavailable);
         }
         let now = now_ms();
+        drop_expired(component, now).await;
         let kept = component
             .core
             .store
@@ -466,6 +467,7 @@ impl UnifiedPush {
         }
         let store = &component.core.store;
         let from = Jid::from(component.jid.clone());
+        drop_expired(component, now_ms()).await;
         'rounds: loop {
             let kept = match store.up_messages_for(&key, now_ms(), FLUSH_BATCH).await {
                 Ok(kept) => kept,
@@ -509,6 +511,14 @@ impl UnifiedPush {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
+    }
+}
+
+/// Drops kept pushes whose time to live ran out, and counts them.
+async fn drop_expired(component: &Component, now: i64) {
+    match component.core.store.drop_expired_up_messages(now).await {
+        Ok(n) => METRICS.unifiedpush_expired.inc_by(n),
+        Err(e) => tracing::warn!(error = %e, "cannot drop expired UnifiedPush pushes"),
     }
 }
 
