@@ -77,6 +77,10 @@ pub struct Metrics {
     pub unifiedpush_pushes: IntCounterVec,
     /// Kept UnifiedPush pushes dropped because their time to live ran out.
     pub unifiedpush_expired: IntCounter,
+    /// UnifiedPush endpoints by dialect (from the store, every minute).
+    pub unifiedpush_endpoints: IntGaugeVec,
+    /// UnifiedPush pushes kept for distributors that are away (from the store, every minute).
+    pub unifiedpush_kept: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -302,6 +306,20 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "pushgate_unifiedpush_expired_total",
             unifiedpush_expired,
+        ),
+        unifiedpush_endpoints: gauge_vec(
+            &r,
+            "pushgate_unifiedpush_endpoints",
+            "UnifiedPush endpoints by dialect.",
+            &["dialect"],
+        ),
+        unifiedpush_kept: register(
+            &r,
+            "pushgate_unifiedpush_kept",
+            gauge(
+                "pushgate_unifiedpush_kept",
+                "UnifiedPush pushes kept for distributors that are away.",
+            ),
         ),
         registry: r,
     }

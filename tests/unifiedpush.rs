@@ -424,6 +424,19 @@ async fn pushes_for_a_distributor_that_is_away_are_kept_and_flushed_on_presence(
         2,
         "second replaced first"
     );
+    // The gauges operators see count them, and the endpoints by dialect.
+    pushgate::core::stats::refresh_registrations(&s.gw.core.store)
+        .await
+        .unwrap();
+    let metrics = &pushgate::metrics::METRICS;
+    assert_eq!(metrics.unifiedpush_kept.get(), 2);
+    assert_eq!(
+        metrics
+            .unifiedpush_endpoints
+            .with_label_values(&["conversations"])
+            .get(),
+        1
+    );
     let push = post_with(&s, &path, "fourth", &[("ttl", "60")]).await;
     answer_next(&s.gw, &mut outbox, Some("service-unavailable")).await;
     let r = push.await.unwrap();
@@ -523,11 +536,9 @@ async fn an_operator_revokes_endpoints_from_the_command_line() {
     let second = path_of(&register_conversations(&s.gw, PHONE, "Mg==").await);
     let third = path_of(&register_conversations(&s.gw, PHONE, "Mw==").await);
 
-    let revoke = |args: &[&str]| {
+    let pushgate = |args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
             .env_remove("PUSHGATE_CONFIG")
-            .arg("unifiedpush")
-            .arg("revoke")
             .args(args)
             .arg("--config")
             .arg(&config)
@@ -538,6 +549,34 @@ async fn an_operator_revokes_endpoints_from_the_command_line() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
+    let revoke = |args: &[&str]| {
+        let mut all = vec!["unifiedpush", "revoke"];
+        all.extend_from_slice(args);
+        pushgate(&all)
+    };
+
+    // `devices list` shows the endpoints (and no token), with their distributor and dialect.
+    let (code, out) = tokio::task::block_in_place(|| pushgate(&["devices", "list", "--json"]));
+    assert_eq!(code, Some(0), "{out}");
+    let listed: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 3, "{out}");
+    assert!(listed.iter().all(|e| e["dialect"] == "conversations"
+        && e["distributor"] == PHONE
+        && e["account"] == "alice@example.org"));
+    assert!(
+        !out.contains(first.rsplit('/').next().unwrap()),
+        "no token is shown"
+    );
+    let (code, _) =
+        tokio::task::block_in_place(|| pushgate(&["devices", "list", "--provider", "apns"]));
+    assert_eq!(code, Some(3), "another provider selects no endpoint");
+    let (code, out) = tokio::task::block_in_place(|| pushgate(&["devices", "list"]));
+    assert_eq!(code, Some(0));
+    assert!(out.contains("UnifiedPush endpoints"), "{out}");
+
     let (code, out) = tokio::task::block_in_place(|| revoke(&[&first]));
     assert_eq!(code, Some(0), "{out}");
     assert_eq!(
@@ -546,11 +585,17 @@ async fn an_operator_revokes_endpoints_from_the_command_line() {
     );
     let (code, _) = tokio::task::block_in_place(|| revoke(&[&first]));
     assert_eq!(code, Some(3), "already revoked");
+    let first_id = listed[0]["unifiedpush_endpoint"].to_string();
+    let (code, _) = tokio::task::block_in_place(|| revoke(&["--id", &first_id]));
+    assert_eq!(code, Some(3), "already revoked, by id");
+    let second_id = listed[1]["unifiedpush_endpoint"].to_string();
+    let (code, _) = tokio::task::block_in_place(|| revoke(&["--id", &second_id]));
+    assert_eq!(code, Some(0), "revoked by id");
     let (code, _) = tokio::task::block_in_place(|| revoke(&["not-a-token"]));
     assert_eq!(code, Some(2));
     let (code, out) = tokio::task::block_in_place(|| revoke(&["--account", "alice@example.org"]));
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("2 endpoint"), "{out}");
+    assert!(out.contains("1 endpoint"), "{out}");
     for path in [second, third] {
         assert_eq!(
             post(&s, &path, b"x".to_vec()).await.status(),

@@ -8,7 +8,7 @@ use super::{
     ConfigArg, Failure, NO_MATCH, OK, Outcome, format_time, load_config, open_store, redact,
 };
 use crate::ids::{BareJid, ProviderId};
-use crate::storage::{Registration, RegistrationFilter};
+use crate::storage::{Registration, RegistrationFilter, UpEndpointRow};
 
 /// Longest `last error` shown in the table, in characters (`--json` has it whole).
 const ERROR_COLUMN_CHARS: usize = 60;
@@ -93,13 +93,17 @@ async fn list(args: ListArgs) -> Outcome {
         .list(&filter)
         .await
         .map_err(|e| Failure::failed(format!("cannot list registrations: {e}")))?;
+    let endpoints = up_endpoints(&store, &filter).await?;
     if args.json {
         for r in &registrations {
             println!("{}", as_json(r));
         }
-    } else if registrations.is_empty() {
+        for e in &endpoints {
+            println!("{}", up_json(e));
+        }
+    } else if registrations.is_empty() && endpoints.is_empty() {
         eprintln!("no registrations match");
-    } else {
+    } else if !registrations.is_empty() {
         let rows: Vec<Vec<String>> = registrations.iter().map(as_row).collect();
         super::print_table(
             &[
@@ -115,10 +119,91 @@ async fn list(args: ListArgs) -> Outcome {
             &rows,
         );
     }
-    Ok(if registrations.is_empty() {
+    if !args.json && !endpoints.is_empty() {
+        if !registrations.is_empty() {
+            println!();
+        }
+        println!("UnifiedPush endpoints (pushgate unifiedpush revoke --id N ends one):");
+        let rows: Vec<Vec<String>> = endpoints.iter().map(up_row).collect();
+        super::print_table(
+            &[
+                "ID",
+                "DIALECT",
+                "ACCOUNT",
+                "DISTRIBUTOR",
+                "VAPID",
+                "CREATED",
+                "EXPIRES",
+                "KEPT",
+            ],
+            &rows,
+        );
+    }
+    Ok(if registrations.is_empty() && endpoints.is_empty() {
         NO_MATCH
     } else {
         OK
+    })
+}
+
+/// The UnifiedPush endpoints the filter selects: all of them for no provider or
+/// `unifiedpush`, none for another provider.
+async fn up_endpoints(
+    store: &crate::storage::Store,
+    filter: &RegistrationFilter,
+) -> Result<Vec<UpEndpointRow>, Failure> {
+    if filter
+        .provider
+        .as_ref()
+        .is_some_and(|p| p.as_str() != "unifiedpush")
+    {
+        return Ok(Vec::new());
+    }
+    let account = filter.account.as_ref().map(ToString::to_string);
+    let rows = store
+        .list_up_endpoints(account.as_deref())
+        .await
+        .map_err(|e| Failure::failed(format!("cannot list UnifiedPush endpoints: {e}")))?;
+    Ok(rows
+        .into_iter()
+        .filter(|e| {
+            filter.domain.as_ref().is_none_or(|d| {
+                e.account
+                    .rsplit_once('@')
+                    .is_some_and(|(_, domain)| domain == d)
+            })
+        })
+        .collect())
+}
+
+fn millis(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map_or_else(|| "-".to_owned(), |t| format_time(&t))
+}
+
+fn up_row(e: &UpEndpointRow) -> Vec<String> {
+    let resource = e.jid.split_once('/').map_or("", |(_, r)| r);
+    vec![
+        e.id.to_string(),
+        e.dialect.clone(),
+        e.account.clone(),
+        format!("/{resource}"),
+        if e.vapid_pinned { "pinned" } else { "-" }.to_owned(),
+        millis(e.created_at_ms),
+        millis(e.expires_at_ms),
+        e.kept.to_string(),
+    ]
+}
+
+fn up_json(e: &UpEndpointRow) -> serde_json::Value {
+    json!({
+        "unifiedpush_endpoint": e.id,
+        "dialect": e.dialect,
+        "account": e.account,
+        "distributor": e.jid,
+        "vapid_pinned": e.vapid_pinned,
+        "created_at": millis(e.created_at_ms),
+        "expires_at": millis(e.expires_at_ms),
+        "kept": e.kept,
     })
 }
 

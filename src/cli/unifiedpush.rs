@@ -15,11 +15,15 @@ pub struct UnifiedPushArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum UnifiedPushCommand {
-    /// Revoke one endpoint (its URL, or the token at its end), or every endpoint of an account.
+    /// Revoke one endpoint (its URL, the token at its end, or its id in `devices list`), or
+    /// every endpoint of an account.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["endpoint", "id", "account"]))]
     Revoke {
         /// The endpoint URL (`https://up.example.org/up/<token>`) or its token.
-        #[arg(required_unless_present = "account", conflicts_with = "account")]
         endpoint: Option<String>,
+        /// The endpoint's id, as `pushgate devices list` shows it.
+        #[arg(long)]
+        id: Option<i64>,
         /// Every endpoint of this XMPP account (bare JID).
         #[arg(long)]
         account: Option<String>,
@@ -35,13 +39,18 @@ pub fn run(args: UnifiedPushArgs) -> ExitCode {
 async fn execute(command: UnifiedPushCommand) -> Outcome {
     let UnifiedPushCommand::Revoke {
         endpoint,
+        id,
         account,
         config,
     } = command;
     let config = load_config(&config.config)?;
     let store = open_store(&config).await?;
-    let removed = match (endpoint, account) {
-        (Some(endpoint), _) => {
+    let removed = match (endpoint, id, account) {
+        (_, Some(id), _) => store
+            .remove_up_endpoint_id(id)
+            .await
+            .map_err(|e| Failure::failed(e.to_string()))?,
+        (Some(endpoint), None, _) => {
             let hash = endpoint_hash(&endpoint)
                 .ok_or_else(|| Failure::usage("not a UnifiedPush endpoint URL or token"))?;
             u64::from(
@@ -51,7 +60,7 @@ async fn execute(command: UnifiedPushCommand) -> Outcome {
                     .map_err(|e| Failure::failed(e.to_string()))?,
             )
         }
-        (None, Some(account)) => {
+        (None, None, Some(account)) => {
             let bare = account
                 .parse::<crate::ids::BareJid>()
                 .map_err(|e| Failure::usage(format!("--account: not a bare JID: {e}")))?;
@@ -60,7 +69,7 @@ async fn execute(command: UnifiedPushCommand) -> Outcome {
                 .await
                 .map_err(|e| Failure::failed(e.to_string()))?
         }
-        (None, None) => return Err(Failure::usage("name an endpoint or --account")),
+        (None, None, None) => return Err(Failure::usage("name an endpoint, --id or --account")),
     };
     if removed == 0 {
         println!("no such endpoint");

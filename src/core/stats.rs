@@ -1,5 +1,5 @@
-//! The registrations gauge, kept current from the store: the one metric that is a count of
-//! stored rows rather than of events in this process.
+//! The gauges that count stored rows rather than events in this process, kept current from
+//! the store: registrations by provider, UnifiedPush endpoints by dialect and pushes kept.
 
 use std::time::Duration;
 
@@ -18,6 +18,17 @@ pub async fn refresh_registrations(store: &Store) -> Result<(), StoreError> {
             .with_label_values(&[&provider])
             .set(n as i64);
     }
+    let (endpoints, kept) = store.count_up().await?;
+    METRICS.unifiedpush_endpoints.reset();
+    for (dialect, n) in endpoints {
+        METRICS
+            .unifiedpush_endpoints
+            .with_label_values(&[&dialect])
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    METRICS
+        .unifiedpush_kept
+        .set(i64::try_from(kept).unwrap_or(i64::MAX));
     Ok(())
 }
 

@@ -36,7 +36,7 @@ mod writer;
 pub use admin::RegistrationFilter;
 pub use queue::{Enqueued, NewQueued, QueueDepth, Queued, QueuedFor};
 pub use registration::{Admission, NewRegistration, Registered, Registration};
-pub use unifiedpush::{NewUpMessage, UpEndpoint, UpKept, UpMessage, UpSaved};
+pub use unifiedpush::{NewUpMessage, UpEndpoint, UpEndpointRow, UpKept, UpMessage, UpSaved};
 pub use write_behind::DeliveryLog;
 
 use std::fmt;

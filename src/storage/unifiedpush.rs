@@ -321,11 +321,10 @@ impl Store {
             .collect()
     }
 
-    /// Removes the endpoint with row id `id` (and what was kept for it).
-    pub async fn remove_up_endpoint_id(&self, id: i64) -> Result<(), StoreError> {
+    /// Removes the endpoint with row id `id` (and what was kept for it); how many (0 or 1).
+    pub async fn remove_up_endpoint_id(&self, id: i64) -> Result<u64, StoreError> {
         self.delete_rows("DELETE FROM unifiedpush_endpoints WHERE id = ?", id.into())
             .await
-            .map(drop)
     }
 
     /// Drops the kept pushes whose time to live ran out at `now_ms`; how many.
@@ -357,5 +356,79 @@ impl Store {
             .transpose()?
             .unwrap_or(0);
         Ok(u64::try_from(n).unwrap_or(0))
+    }
+}
+
+/// An endpoint as operators see it (`pushgate devices list`).
+#[derive(Debug, Clone)]
+pub struct UpEndpointRow {
+    pub id: i64,
+    pub account: String,
+    /// The distributor's full JID.
+    pub jid: String,
+    pub dialect: String,
+    pub vapid_pinned: bool,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    /// Pushes kept for it.
+    pub kept: u64,
+}
+
+impl Store {
+    /// Every endpoint, or those of `account` (bare JID), oldest first.
+    pub async fn list_up_endpoints(
+        &self,
+        account: Option<&str>,
+    ) -> Result<Vec<UpEndpointRow>, StoreError> {
+        let (filter, values): (&str, Vec<Value>) = match account {
+            Some(a) => ("WHERE e.account = ?", vec![a.into()]),
+            None => ("", Vec::new()),
+        };
+        let rows = self
+            .db
+            .query_all_raw(self.statement(
+                &format!(
+                    "SELECT e.id AS id, e.account AS account, e.jid AS jid, e.dialect AS dialect, \
+                     e.vapid_key AS vapid_key, e.created_at AS created_at, \
+                     e.expires_at AS expires_at, \
+                     (SELECT COUNT(*) FROM unifiedpush_messages m WHERE m.endpoint_id = e.id) \
+                     AS kept FROM unifiedpush_endpoints e {filter} ORDER BY e.id"
+                ),
+                values,
+            ))
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(UpEndpointRow {
+                    id: row.try_get("", "id")?,
+                    account: row.try_get("", "account")?,
+                    jid: row.try_get("", "jid")?,
+                    dialect: row.try_get("", "dialect")?,
+                    vapid_pinned: row.try_get::<Option<String>>("", "vapid_key")?.is_some(),
+                    created_at_ms: row.try_get("", "created_at")?,
+                    expires_at_ms: row.try_get("", "expires_at")?,
+                    kept: u64::try_from(row.try_get::<i64>("", "kept")?).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    /// Endpoints per dialect, and pushes kept: the UnifiedPush gauges.
+    pub async fn count_up(&self) -> Result<(Vec<(String, u64)>, u64), StoreError> {
+        let rows = self
+            .db
+            .query_all_raw(self.statement(
+                "SELECT dialect, COUNT(*) AS n FROM unifiedpush_endpoints GROUP BY dialect",
+                Vec::new(),
+            ))
+            .await?;
+        let by_dialect = rows
+            .iter()
+            .map(|row| {
+                let n: i64 = row.try_get("", "n")?;
+                Ok((row.try_get("", "dialect")?, u64::try_from(n).unwrap_or(0)))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok((by_dialect, self.up_messages_kept().await?))
     }
 }

@@ -492,7 +492,10 @@ impl UnifiedPush {
                     Answered::Took => (store.remove_up_message(message.id).await, "flushed"),
                     // The app is gone: its endpoint goes, and what was kept for it.
                     Answered::AppGone => (
-                        store.remove_up_endpoint_id(message.endpoint_id).await,
+                        store
+                            .remove_up_endpoint_id(message.endpoint_id)
+                            .await
+                            .map(drop),
                         "gone",
                     ),
                     Answered::NotNow => break 'rounds,
