@@ -703,3 +703,44 @@ async fn a_kept_push_past_its_ttl_is_dropped_and_counted() {
     assert_eq!(s.gw.core.store.up_messages_kept().await.unwrap(), 0);
     assert!(pushgate::metrics::METRICS.unifiedpush_expired.get() > expired_before);
 }
+
+/// An endpoint past its expiry (the distributor did not register the instance again within
+/// `expiration_days`, at least a day, so its row is moved into the past here) answers 404,
+/// sends nothing to the distributor and is removed; another endpoint is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_endpoint_is_404_and_removed() {
+    let (s, mut outbox) = server("").await;
+    let endpoint = register_conversations(&s.gw, PHONE, "eA==").await;
+    let live = path_of(&register_conversations(&s.gw, PHONE, "eQ==").await);
+    let hash = pushgate::fronts::xmpp::unifiedpush::endpoint_hash(&endpoint).unwrap();
+    let store = &s.gw.core.store;
+    let mut row = store.up_endpoint(&hash).await.unwrap().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    assert!(row.expires_at_ms > now, "{row:?}");
+    row.expires_at_ms = now - 1000;
+    store.save_up_endpoint(&hash, &row, now, 100).await.unwrap();
+    assert_eq!(
+        store
+            .up_endpoint(&hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .expires_at_ms,
+        now - 1000
+    );
+
+    let r = post(&s, &path_of(&endpoint), b"too late".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert!(
+        outbox.try_recv().is_err(),
+        "nothing went to the distributor"
+    );
+    assert!(
+        store.up_endpoint(&hash).await.unwrap().is_none(),
+        "the expired row is removed"
+    );
+
+    let push = post_with(&s, &live, "still here", &[]).await;
+    answer_next(&s.gw, &mut outbox, None).await;
+    assert_eq!(push.await.unwrap().status(), StatusCode::CREATED);
+}

@@ -511,6 +511,18 @@ class Distributor(Client):
             raise AssertionError(f"no <register><endpoint/></register> in {r}")
         return endpoint
 
+    def unregister_conversations(self, component: str, application: str, instance: str):
+        """Conversations' `<unregister application=… instance=…/>`; the result IQ."""
+        return self.iq("set", component, ET.Element(
+            f"{{{NS_UP_CONVERSATIONS}}}unregister",
+            {"application": application, "instance": instance}))
+
+    def unregister_genofire(self, component: str, token: str):
+        """genofire's `<unregister><token>PUBLIC</token></unregister>`; the result IQ."""
+        el = ET.Element(f"{{{NS_UP_GENOFIRE}}}unregister")
+        ET.SubElement(el, f"{{{NS_UP_GENOFIRE}}}token").text = token
+        return self.iq("set", component, el)
+
     def presence_to(self, jid: str):
         """Directed presence to `jid` (a distributor's signal to its push provider that it is
         back)."""

@@ -11,12 +11,19 @@ dialect gets `<message>` with the public token as subject; an offline distributo
 answered by the XMPP server itself (`service-unavailable` on the user's behalf, both Prosody and
 ejabberd), so the app server gets 503 at once rather than after the timeout; the same instance
 registered again from a new resource keeps its endpoint and its pushes follow the resource.
+
+Also: an RFC 8291 ciphertext made for a key pair the test holds arrives byte for byte and
+decrypts; a kept push past its `TTL` is dropped and counted on `/metrics`; `<unregister/>` in
+either dialect ends the endpoint; forged, tampered and mangled tokens are 404 with nothing sent;
+and the chain that shows why it matters: Synapse → pushgate's Matrix front → pushgate's own
+UnifiedPush endpoint → the XMPP distributor.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import secrets
 import time
 import urllib.error
@@ -27,13 +34,22 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from clients import NS_UP_CONVERSATIONS, NS_UP_GENOFIRE, Distributor, expect_error
 from conftest import DOMAIN, PASSWORD, PUSH_JID, close_all, running_stack
 from procs import free_port
 from pushgate_proc import unifiedpush_toml
+from synapse_proc import NOTIFY_PATH
+from webpush_endpoint import decrypt_aes128gcm, encrypt_aes128gcm, public_bytes
 
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "hank", "ivan", "judy",
+         "kate")
+# A Matrix app whose pushkeys are UnifiedPush endpoints, delivered by the base config's WebPush
+# provider `up` (allow_http and allow_private_addresses: the endpoint is our own loopback
+# listener).
+MATRIX_APP = "org.example.up"
+EXPIRED = "pushgate_unifiedpush_expired_total"
 ANSWER_TIMEOUT = 2  # answer_timeout_secs in this module's pushgate
 RETRY_AFTER = "30"  # what pushgate asks an app server to wait after a 503
 # An answer "at once": far below the answer timeout, so it was not the timeout that ended it.
@@ -91,7 +107,8 @@ def up(server_kind):
     """This module's stack on `server_kind`: `http_base` is pushgate's listener (also the
     endpoint base URL)."""
     port = free_port()
-    toml = unifiedpush_toml(port, answer_timeout_secs=ANSWER_TIMEOUT)
+    toml = (unifiedpush_toml(port, answer_timeout_secs=ANSWER_TIMEOUT)
+            + f'[matrix.apps."{MATRIX_APP}"]\nprovider = "up"\n')
     with running_stack(f"unifiedpush-{server_kind}", users=USERS, pushgate_toml=toml,
                        kind=server_kind) as (s, _):
         s.http_base = f"http://127.0.0.1:{port}"
@@ -295,3 +312,158 @@ def test_pushes_for_an_offline_distributor_are_kept_and_flushed_on_presence(up, 
     back.presence_to(PUSH_JID)
     assert_accepted(post(endpoint, b"live"), endpoint)
     assert [p.data for p in back.wait_pushes(3)] == [b"kept one", b"kept two", b"live"]
+
+
+def metric(up, name: str) -> float:
+    """A counter's value on pushgate's `/metrics` (0 when it has not been written yet)."""
+    with urllib.request.urlopen(f"{up.http_base}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_rfc8291_ciphertext_arrives_byte_for_byte(up, distributor):
+    """An app server's real RFC 8291 message, encrypted for the subscription key pair the app
+    (here the test) holds: the distributor gets exactly those bytes in either dialect, and they
+    decrypt to the plaintext."""
+    grace = distributor("grace")
+    ua_private = ec.generate_private_key(ec.SECP256R1())
+    auth = secrets.token_bytes(16)
+    plaintext = json.dumps({"type": "message", "text": "secret for grace",
+                            "id": secrets.token_hex(8)}).encode()
+    body = encrypt_aes128gcm(plaintext, public_bytes(ua_private), auth)
+
+    endpoint, _ = grace.register_conversations(PUSH_JID, *instance_names())
+    assert_accepted(post(endpoint, body, encoding="aes128gcm"), endpoint)
+    (p,) = grace.wait_pushes(1)
+    assert p.data == body, f"{len(p.data)} bytes arrived, {len(body)} were sent: {p}"
+    assert decrypt_aes128gcm(p.data, ua_private, auth) == plaintext
+
+    # genofire's dialect carries text: the binary ciphertext goes as base64.
+    other = encrypt_aes128gcm(plaintext, public_bytes(ua_private), auth)
+    endpoint = grace.register_genofire(PUSH_JID, str(uuid.uuid4()))
+    assert_accepted(post(endpoint, other, encoding="aes128gcm"), endpoint)
+    (m,) = grace.wait_messages(1)
+    assert base64.b64decode(m["body"], validate=True) == other, str(m)
+    assert decrypt_aes128gcm(base64.b64decode(m["body"]), ua_private, auth) == plaintext
+
+
+def test_a_kept_push_past_its_ttl_is_dropped_and_counted(up, distributor):
+    """`TTL: 1` to an offline distributor: kept (201, `TTL: 1`); the distributor is back after
+    more than a second and sends its presence: the kept push with a longer TTL behind it
+    arrives (the flush goes oldest first, so the stale one was passed over), then a live push,
+    and nothing else; the drop is counted on `/metrics`."""
+    phone = distributor("hank")
+    application, instance = instance_names()
+    endpoint, _ = phone.register_conversations(PUSH_JID, application, instance)
+    phone.disconnect()
+    expired_before = metric(up, EXPIRED)
+    assert_accepted(post(endpoint, b"stale soon", ttl=1), endpoint, ttl="1")
+    assert_accepted(post(endpoint, b"still fresh", ttl=60), endpoint, ttl="60")
+    time.sleep(1.5)  # the precondition: past the first push's TTL
+
+    back = distributor("hank")
+    assert back.register_conversations(PUSH_JID, application, instance)[0] == endpoint
+    back.presence_to(PUSH_JID)
+    first = back.wait_pushes(1)
+    assert [p.data for p in first] == [b"still fresh"], first
+    assert_accepted(post(endpoint, b"live"), endpoint)
+    got = back.wait_pushes(2)
+    assert [p.data for p in got] == [b"still fresh", b"live"], got
+    # The live push has passed anything the flush could still have sent: nothing more comes.
+    time.sleep(0.5)
+    assert [p.data for p in back.pushes] == [b"still fresh", b"live"], back.pushes
+    expired = metric(up, EXPIRED)
+    assert expired >= expired_before + 1, \
+        f"{EXPIRED} went from {expired_before} to {expired}, expected one more"
+
+
+def test_unregister_in_either_dialect_ends_the_endpoint(up, distributor):
+    """Conversations' `<unregister application= instance=/>` and genofire's
+    `<unregister><token/></unregister>`: both endpoints answer 404 and nothing more is sent for
+    them; an endpoint still registered keeps working."""
+    ivan = distributor("ivan")
+    application, instance = instance_names()
+    conversations, _ = ivan.register_conversations(PUSH_JID, application, instance)
+    token = str(uuid.uuid4())
+    genofire = ivan.register_genofire(PUSH_JID, token)
+    control, _ = ivan.register_conversations(PUSH_JID, *instance_names())
+    assert_accepted(post(conversations, b"before"), conversations)
+    assert_accepted(post(genofire, b"before", encoding=None), genofire)
+    assert len(ivan.wait_messages(1)) == 1
+
+    ivan.unregister_conversations(PUSH_JID, application, instance)
+    ivan.unregister_genofire(PUSH_JID, token)
+    for name, endpoint in (("conversations", conversations), ("genofire", genofire)):
+        a = post(endpoint, b"after", encoding=None)
+        assert a.status == 404, f"{name}: {a.status} {a.body!r} after unregister"
+        assert a.elapsed < PROMPT, f"{name}: 404 took {a.elapsed:.2f} s"
+
+    assert_accepted(post(control, b"fence"), control)
+    got = ivan.wait_pushes(2)
+    assert [p.data for p in got] == [b"before", b"fence"], got
+    assert len(ivan.messages) == 1, [str(m) for m in ivan.messages]
+
+
+def test_forged_tampered_and_mangled_tokens_are_refused(up, distributor):
+    """Endpoints nobody was given: a random token of the right shape, judy's token with one
+    character changed (in the middle, at the end), judy's real token under other path forms
+    (trailing garbage, an extra path segment, doubled, case swapped): all 404 at once, and
+    judy's distributor gets nothing of them."""
+    judy = distributor("judy")
+    endpoint, _ = judy.register_conversations(PUSH_JID, *instance_names())
+    base, token = endpoint.rsplit("/up/", 1)
+    assert len(token) == 43 and re.fullmatch(r"[A-Za-z0-9_-]+", token), token
+
+    def changed(i: int) -> str:
+        return token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+
+    forged = {
+        "random": secrets.token_urlsafe(32),
+        "one changed in the middle": changed(21),
+        "one changed at the end": changed(42),
+        "trailing garbage": token + "x",
+        "extra segment": token + "/x",
+        "doubled": token + token,
+        "case swapped": token.swapcase(),
+    }
+    assert all(t != token for t in forged.values())
+    for name, t in forged.items():
+        a = post(f"{base}/up/{t}", f"forged: {name}".encode())
+        assert a.status == 404, f"{name} ({t}): {a.status} {a.headers} {a.body!r}"
+        assert a.elapsed < PROMPT, f"{name}: 404 took {a.elapsed:.2f} s"
+
+    assert_accepted(post(endpoint, b"fence"), endpoint)
+    got = judy.wait_pushes(1)
+    assert [p.data for p in got] == [b"fence"], got
+    time.sleep(0.3)
+    assert [p.data for p in judy.pushes] == [b"fence"], judy.pushes
+
+
+def test_a_matrix_message_reaches_the_xmpp_distributor(up, distributor, synapse):
+    """Why it matters: a Matrix app on a phone without Google services uses its XMPP client as
+    the UnifiedPush distributor. Synapse pushes to pushgate's Matrix front, whose WebPush
+    provider POSTs (VAPID-signed) to the endpoint pushgate's UnifiedPush gave the distributor,
+    and the distributor gets the notification as a push IQ and takes it."""
+    kate = distributor("kate")
+    endpoint, _ = kate.register_conversations(PUSH_JID, *instance_names())
+    alice, bob, room = synapse.pair("pushgate unifiedpush chain")
+    alice.set_pusher(up.http_base + NOTIFY_PATH, app_id=MATRIX_APP, pushkey=endpoint)
+    text = f"over XMPP {secrets.token_hex(4)}"
+    event = bob.send_text(room, text)
+
+    pushes = kate.wait_pushes(1, timeout=30)
+    docs = []
+    for p in pushes:
+        try:
+            docs.append(json.loads(p.data))
+        except ValueError:
+            raise AssertionError(f"a push that is not JSON: {p}") from None
+    mine = [(p, d) for p, d in zip(pushes, docs) if d.get("event_id") == event]
+    assert mine, f"no push for event {event}: {docs}"
+    p, doc = mine[0]
+    assert p.answered == "result" and p.to == kate.full_jid and p.sender == PUSH_JID, p
+    assert doc["room_id"] == room, doc
+    assert doc.get("body") == text, doc
+    assert doc.get("sender") == bob.localpart, doc
+    assert alice.pushkeys() == {endpoint}, "the pusher stays"
