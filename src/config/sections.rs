@@ -679,6 +679,18 @@ impl UnifiedPushConfig {
             self.max_ttl_secs,
             0..=30 * 86_400,
         )?;
+        for (key, value) in [
+            (
+                "unifiedpush.pushes_per_minute_per_endpoint",
+                self.pushes_per_minute_per_endpoint,
+            ),
+            (
+                "unifiedpush.pushes_per_minute_per_ip",
+                self.pushes_per_minute_per_ip,
+            ),
+        ] {
+            in_range(key, value, 1..=1_000_000_000)?;
+        }
         if !self.enabled {
             return Ok(());
         }

@@ -416,6 +416,10 @@ fn unifiedpush_needs_a_public_url_and_the_http_listener() {
             format!("{http}[unifiedpush]\nanswer_timeout_secs = 0\n"),
             "unifiedpush.answer_timeout_secs",
         ),
+        (
+            format!("{http}[unifiedpush]\npushes_per_minute_per_ip = 0\n"),
+            "unifiedpush.pushes_per_minute_per_ip",
+        ),
     ] {
         let e = Config::from_toml_str(&format!("{MINIMAL}{text}")).unwrap_err();
         assert!(e.to_string().contains(key), "{key}: {e}");
