@@ -36,6 +36,10 @@ pub(crate) struct Report {
     /// Matrix front: requests answered 200 whose push never reached the sink (queued for a
     /// retry instead of delivered).
     pub(crate) ok_not_delivered: Option<u64>,
+    /// UnifiedPush front: what the distributors saw, for the report; and pushes that went to
+    /// the wrong place, carried the wrong body or came twice.
+    pub(crate) note: Option<String>,
+    pub(crate) mismatched: u64,
 }
 
 /// pushgate's CPU and peak RSS and the bench's own CPU, read when a run's load starts.
@@ -85,6 +89,8 @@ impl Usage {
             rss_kb_after: status_kb(pid, "VmRSS")?,
             timed_out,
             ok_not_delivered: None,
+            note: None,
+            mismatched: 0,
         })
     }
 }

@@ -6,16 +6,21 @@
 //! HTTP/1.1, or APNs / FCM over HTTP/2 + TLS), or sends XEP-0050 `register-device` commands. It
 //! measures request → reply and publish → provider-request latency, replies by kind, and the
 //! child's CPU time and peak RSS. With `--front matrix` the load is a homeserver's instead:
-//! Matrix push gateway notify requests over keep-alive HTTP/1.1 (matrix.rs), no registrations. Loopback only; bounded in count and time; kills pushgate at the
-//! end. Not part of the test suite.
+//! Matrix push gateway notify requests over keep-alive HTTP/1.1 (matrix.rs), no registrations.
+//! With `--front unifiedpush` it is app servers' POSTs to UnifiedPush endpoints that the bench's
+//! distributors registered over the component stream, and which they answer there
+//! (unifiedpush.rs). Loopback only; bounded in count and time; kills pushgate at the end. Not
+//! part of the test suite.
 
 mod apns_sink;
 mod fcm_sink;
+mod http_load;
 mod load;
 mod matrix;
 mod report;
 mod seed;
 mod tls_sink;
+mod unifiedpush;
 mod webpush_sink;
 mod xmpp;
 
@@ -67,6 +72,10 @@ pub(crate) enum Front {
     /// Matrix push gateway notify requests, one device each, over keep-alive HTTP/1.1
     /// (`--mode fast` or `rate`; `--devices` pushkeys in rotation, not seeded).
     Matrix,
+    /// UnifiedPush: `--devices` app instances registered over the component stream, then
+    /// app-server POSTs to their endpoints over keep-alive HTTP/1.1 (`--mode fast` or `rate`),
+    /// each push IQ answered on the stream; `--provider` is unused.
+    Unifiedpush,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -116,7 +125,8 @@ pub(crate) struct Args {
     #[arg(long, value_enum, default_value = "xmpp")]
     pub(crate) front: Front,
     /// Registered devices (seeded through Store::insert_batch before pushgate starts); with
-    /// `--front matrix`, the pushkeys the requests rotate over.
+    /// `--front matrix`, the pushkeys the requests rotate over; with `--front unifiedpush`, the
+    /// app instances registered over the stream (one distributor account each).
     #[arg(long, default_value_t = 1000)]
     pub(crate) devices: usize,
     /// Which provider the devices use, and so which local sink receives the pushes.
@@ -130,10 +140,11 @@ pub(crate) struct Args {
     /// Fast and register modes: number of publishes / commands.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) count: u64,
-    /// Fast and register modes: most requests outstanding at once.
+    /// Fast and register modes: most requests outstanding at once (`--front unifiedpush`:
+    /// registrations outstanding at once).
     #[arg(long, default_value_t = 256)]
     pub(crate) window: usize,
-    /// `--front matrix`: keep-alive HTTP/1.1 connections, one request outstanding on each (so
+    /// `--front matrix` and `unifiedpush`: keep-alive HTTP/1.1 connections, one request outstanding on each (so
     /// also the bound on outstanding requests in fast mode).
     #[arg(long, default_value_t = 8)]
     pub(crate) connections: usize,
@@ -233,8 +244,8 @@ async fn run(args: Args) -> Result<(), BoxError> {
     if total == 0 || args.devices == 0 || args.window == 0 || args.connections == 0 {
         return Err("count/rate/duration, devices, window and connections must be positive".into());
     }
-    if args.front == Front::Matrix && args.mode == Mode::Register {
-        return Err("--front matrix takes --mode fast or rate".into());
+    if args.front != Front::Xmpp && args.mode == Mode::Register {
+        return Err("--front matrix and unifiedpush take --mode fast or rate".into());
     }
     if total > MAX_TOTAL
         || args.devices > MAX_TOTAL
@@ -288,10 +299,19 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let pushkeys = matrix::pushkeys(args.provider, sink.as_ref(), args.devices)?;
             (Vec::new(), 0.0, pushkeys, Some(listen))
         }
+        // Registered over the stream once pushgate is up.
+        Front::Unifiedpush => {
+            let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+            (Vec::new(), 0.0, Vec::new(), Some(listen))
+        }
     };
-    let front_toml = http
-        .map(|listen| matrix::config_toml(listen, args.provider, sink.provider_id()))
-        .unwrap_or_default();
+    let front_toml = match (args.front, http) {
+        (Front::Matrix, Some(listen)) => {
+            matrix::config_toml(listen, args.provider, sink.provider_id())
+        }
+        (Front::Unifiedpush, Some(listen)) => unifiedpush::config_toml(listen),
+        _ => String::new(),
+    };
 
     // Our side of XEP-0114, then pushgate.
     let xmpp = TcpListener::bind("127.0.0.1:0").await?;
@@ -332,11 +352,48 @@ async fn run(args: Args) -> Result<(), BoxError> {
         let socket = timeout(Duration::from_secs(30), handshake(&xmpp))
             .await
             .map_err(|_| "pushgate did not connect and authenticate within 30 s")??;
-        if let Some(listen) = http {
-            // The component stream stays up, idle, as beside a real homeserver.
-            let report = matrix::drive(&args, listen, pid, &pushkeys, times.clone(), total).await;
-            drop(socket);
-            return report;
+        match (args.front, http) {
+            (Front::Matrix, Some(listen)) => {
+                // The component stream stays up, idle, as beside a real homeserver.
+                let front = matrix::front(&pushkeys)?;
+                let report = http_load::drive(&args, listen, pid, front, times.clone(), total);
+                let report = report.await;
+                drop(socket);
+                return report.map(|r| (r, 0.0));
+            }
+            (Front::Unifiedpush, Some(listen)) => {
+                let mut stream = unifiedpush::Stream::new(socket);
+                let registered =
+                    unifiedpush::register(&mut stream, args.devices, args.window).await?;
+                eprintln!(
+                    "registered {} app instances over the component stream in {:.1} s ({:.0}/s)",
+                    registered.paths.len(),
+                    registered.secs,
+                    registered.rate()
+                );
+                let seen = Arc::new(unifiedpush::Seen::default());
+                let distributors = unifiedpush::distribute(
+                    stream,
+                    times.clone(),
+                    args.devices,
+                    total,
+                    seen.clone(),
+                );
+                let rate = registered.rate();
+                let front = unifiedpush::front(registered.paths);
+                let report = http_load::drive(&args, listen, pid, front, times.clone(), total);
+                let report = report.await;
+                // Pushes still arriving after the last answer are not waited for: a 201 comes
+                // only after the distributor's answer, so every one counted has been read.
+                distributors.abort();
+                return report.map(|mut r| {
+                    r.note = Some(seen.note());
+                    r.mismatched = seen.mismatched.load(Ordering::Relaxed)
+                        + seen.duplicates.load(Ordering::Relaxed);
+                    (r, rate)
+                });
+            }
+            _ => {}
         }
         let provider = sink.provider_id();
         // Register mode: user i registers device `devices + i`, a token no seeded row has.
@@ -344,13 +401,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
             Mode::Register => register_stanza(seq, provider, &sink.token(args.devices + seq)),
             Mode::Fast | Mode::Rate => publish_stanza(seq, &nodes[seq % nodes.len()]),
         };
-        drive(&args, socket, pid, &stanza, times.clone(), total).await
+        let report = drive(&args, socket, pid, &stanza, times.clone(), total).await;
+        report.map(|r| (r, seed_rate))
     }
     .await;
 
     let _ = child.start_kill();
     let _ = timeout(Duration::from_secs(10), child.wait()).await;
-    let report = match outcome {
+    let (report, seed_rate) = match outcome {
         Ok(r) => r,
         Err(e) => {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();

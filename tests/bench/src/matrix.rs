@@ -1,29 +1,17 @@
 //! The Matrix front's load (`--front matrix`): a homeserver's side of the push gateway API.
-//! Synapse-shaped `POST /_matrix/push/v1/notify` requests, one device each, over a small pool
-//! of keep-alive HTTP/1.1 connections to pushgate's HTTP listener, at a fixed rate or as fast as
-//! answers come back; answers counted by status and `rejected`.
-//!
-//! Why a pool and no pipelining: Synapse sends each request on a pooled persistent connection
-//! and waits for its answer, so the requests outstanding are at most the connections open.
+//! Synapse-shaped `POST /_matrix/push/v1/notify` requests, one device each, over
+//! `http_load`'s pool of keep-alive HTTP/1.1 connections to pushgate's HTTP listener; answers
+//! counted by status and `rejected`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Method, Request};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
-use crate::load::{Report, Usage};
-use crate::{Args, BoxError, MARK, Mode, ProviderKind, ProviderSink, Times, toml_str};
+use crate::http_load;
+use crate::{BoxError, MARK, ProviderKind, ProviderSink, toml_str};
 
 const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 /// The pushers' app id: one app, whose provider is the run's sink.
@@ -71,39 +59,6 @@ pub(crate) fn notify_body(seq: usize, run: u64, pushkey: &str) -> String {
     )
 }
 
-/// Per-request outcome, for checking that every 200 reached the sink.
-const ANSWERED_OK: u8 = 1;
-
-/// One keep-alive HTTP/1.1 connection to pushgate.
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, BoxError> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// Sends one request and reads the whole answer: (status, body).
-async fn send(
-    sender: &mut SendRequest<Full<Bytes>>,
-    host: &str,
-    method: Method,
-    body: Bytes,
-) -> Result<(u16, Bytes), BoxError> {
-    sender.ready().await?;
-    let request = Request::builder()
-        .method(method)
-        .uri(NOTIFY_PATH)
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "Synapse/1.143.0")
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok((status, body))
-}
-
 /// The reply kind: `200`, `200 rejected` (pushkeys the homeserver would delete), another
 /// status, or `error` (the connection failed).
 fn kind_of(status: u16, body: &[u8]) -> String {
@@ -125,145 +80,25 @@ fn kind_of(status: u16, body: &[u8]) -> String {
     }
 }
 
-/// Opens `--connections` connections once pushgate listens, each warmed by a discovery GET.
-async fn open_pool(
-    addr: SocketAddr,
-    host: &str,
-    n: usize,
-) -> Result<Vec<SendRequest<Full<Bytes>>>, BoxError> {
-    let started = Instant::now();
-    let mut pool = Vec::with_capacity(n);
-    while pool.is_empty() {
-        match connect(addr).await {
-            Ok(s) => pool.push(s),
-            Err(e) if started.elapsed() >= Duration::from_secs(30) => {
-                return Err(format!("pushgate's HTTP listener {addr}: {e}").into());
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    while pool.len() < n {
-        pool.push(connect(addr).await?);
-    }
-    for sender in &mut pool {
-        let (status, body) = send(sender, host, Method::GET, Bytes::new()).await?;
-        if status != 200 || !body.windows(7).any(|w| w == b"gateway") {
-            return Err(format!("discovery GET answered {status}").into());
-        }
-    }
-    Ok(pool)
-}
-
-/// Runs the load and reads pushgate's CPU and memory around it, as `load::drive` does for
-/// the XMPP front.
-pub(crate) async fn drive(
-    args: &Args,
-    addr: SocketAddr,
-    pid: u32,
-    pushkeys: &[String],
-    times: Arc<Times>,
-    total: usize,
-) -> Result<Report, BoxError> {
-    let host = addr.to_string();
-    let pool = open_pool(addr, &host, args.connections).await?;
+/// The load: one notify per request, for pushkey `seq % pushkeys.len()`.
+pub(crate) fn front(pushkeys: &[String]) -> Result<http_load::Front, BoxError> {
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_nanos() as u64;
-
-    let usage = Usage::start(pid)?;
-
-    let next = Arc::new(AtomicUsize::new(0));
-    let kinds = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
-    let outcome: Arc<Vec<AtomicU8>> = Arc::new((0..total).map(|_| AtomicU8::new(0)).collect());
-    let last_reply = Arc::new(AtomicU64::new(0));
     let pushkeys: Arc<[String]> = pushkeys.into();
-    let first_sent = times.now();
-    // Rate mode: request `seq` is due at `first_sent + seq / rate`.
-    let interval_ns = match args.mode {
-        Mode::Rate => 1e9 / args.rate as f64,
-        Mode::Fast | Mode::Register => 0.0,
-    };
-
-    let mut tasks = tokio::task::JoinSet::new();
-    for mut sender in pool {
-        let (times, next, kinds, outcome, last, pushkeys, host) = (
-            times.clone(),
-            next.clone(),
-            kinds.clone(),
-            outcome.clone(),
-            last_reply.clone(),
-            pushkeys.clone(),
-            host.clone(),
-        );
-        tasks.spawn(async move {
-            loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
-                if seq >= total {
-                    return;
-                }
-                let body = Bytes::from(notify_body(seq, run, &pushkeys[seq % pushkeys.len()]));
-                let due = first_sent + (seq as f64 * interval_ns) as u64;
-                // A request already due waited for a free connection: that wait is latency
-                // too. One not yet due is stamped when the timer actually woke us, so the
-                // timer's millisecond granularity is not counted against pushgate.
-                let sent = if due > times.now() {
-                    tokio::time::sleep_until((times.epoch + Duration::from_nanos(due)).into())
-                        .await;
-                    times.now()
-                } else if interval_ns > 0.0 {
-                    due
-                } else {
-                    times.now()
-                };
-                Times::mark(&times.sent, seq, sent);
-                let kind = match send(&mut sender, &host, Method::POST, body).await {
-                    Ok((status, body)) => {
-                        let at = times.now();
-                        Times::mark(&times.replied, seq, at);
-                        last.fetch_max(at, Ordering::Relaxed);
-                        kind_of(status, &body)
-                    }
-                    Err(_) => {
-                        // Counted; the pool carries on over a fresh connection.
-                        match connect(addr).await {
-                            Ok(s) => sender = s,
-                            Err(_) => return,
-                        }
-                        "error".to_owned()
-                    }
-                };
-                if kind == OK {
-                    outcome[seq].store(ANSWERED_OK, Ordering::Relaxed);
-                }
-                *kinds
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(kind)
-                    .or_default() += 1;
-            }
-        });
-    }
-    let deadline = Duration::from_secs(args.timeout_secs);
-    let timed_out = timeout(deadline, async {
-        while tasks.join_next().await.is_some() {}
+    Ok(http_load::Front {
+        discovery: (NOTIFY_PATH, b"gateway"),
+        request: Box::new(move |seq| http_load::Outgoing {
+            path: NOTIFY_PATH.to_owned(),
+            headers: vec![
+                ("user-agent", "Synapse/1.143.0".to_owned()),
+                ("content-type", "application/json".to_owned()),
+            ],
+            body: Bytes::from(notify_body(seq, run, &pushkeys[seq % pushkeys.len()])),
+        }),
+        kind_of: |answer| kind_of(answer.status, &answer.body),
+        ok: OK,
     })
-    .await
-    .is_err();
-    tasks.abort_all();
-
-    // A 200 means delivered (the provider answered before pushgate did) or queued for a retry:
-    // the latter never reached the sink.
-    let ok_not_delivered = (0..total)
-        .filter(|&seq| {
-            outcome[seq].load(Ordering::Relaxed) == ANSWERED_OK
-                && times.delivered[seq].load(Ordering::Relaxed) == 0
-        })
-        .count() as u64;
-    let replies = kinds.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let last_reply = last_reply.load(Ordering::Relaxed);
-    let mut report = usage.finish(pid, &times, replies, first_sent, last_reply, timed_out)?;
-    report.ok_not_delivered = Some(ok_not_delivered);
-    Ok(report)
 }
 
 /// The pushkeys of `devices` devices of the sink.

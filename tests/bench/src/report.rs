@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::load::Report;
-use crate::{Args, BoxError, Front, Mode, ProviderSink, Times, matrix};
+use crate::{Args, BoxError, Front, Mode, ProviderSink, Times, matrix, unifiedpush};
 
 pub(crate) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
@@ -80,6 +80,7 @@ pub(crate) fn print_report(
     // What a successful reply is called, and what the requests are.
     let (success, noun) = match (args.front, args.mode) {
         (Front::Matrix, _) => (matrix::OK, "notify requests"),
+        (Front::Unifiedpush, _) => (unifiedpush::OK, "POSTs"),
         (Front::Xmpp, Mode::Register) => ("completed", "commands"),
         (Front::Xmpp, Mode::Fast | Mode::Rate) => ("result", "publishes"),
     };
@@ -115,9 +116,11 @@ pub(crate) fn print_report(
         "release"
     };
     let mode = match (args.front, args.mode) {
-        (Front::Matrix, Mode::Fast) => format!("fast({} connections)", args.connections),
+        (Front::Matrix | Front::Unifiedpush, Mode::Fast) => {
+            format!("fast({} connections)", args.connections)
+        }
         (_, Mode::Fast) => format!("fast(window {})", args.window),
-        (Front::Matrix, Mode::Rate) => format!(
+        (Front::Matrix | Front::Unifiedpush, Mode::Rate) => format!(
             "rate({}/s x {} s, {} connections)",
             args.rate, args.duration_secs, args.connections
         ),
@@ -127,9 +130,14 @@ pub(crate) fn print_report(
     let provider = match args.front {
         Front::Matrix => format!("matrix-{}", sink.provider_id()),
         Front::Xmpp => sink.provider_id().to_owned(),
+        Front::Unifiedpush => "unifiedpush".to_owned(),
     };
     let devices = match args.front {
         Front::Matrix => format!("{} pushkeys in rotation", args.devices),
+        Front::Unifiedpush => format!(
+            "{} app instances (registered over the stream at {seed_rate:.0}/s)",
+            args.devices
+        ),
         Front::Xmpp => format!("{} devices (seeded at {seed_rate:.0}/s)", args.devices),
     };
     println!("pushgate-bench: {profile} build, {db}, {provider}, {devices}, {mode}");
@@ -139,14 +147,24 @@ pub(crate) fn print_report(
         r.replies,
         if r.timed_out { " (TIMED OUT)" } else { "" }
     );
-    let note = sink.note();
-    println!(
-        "  sink: {} requests accepted, {} refused, {delivered_n} matched to a publish{}{note}; pushgate log lines (warn+): {log_lines}",
-        sink.requests(),
-        sink.refused(),
-        if note.is_empty() { "" } else { "; " },
-    );
-    if let Some(lost) = r.ok_not_delivered {
+    if let Some(seen) = &r.note {
+        println!("  {seen}; pushgate log lines (warn+): {log_lines}");
+    } else {
+        let note = sink.note();
+        println!(
+            "  sink: {} requests accepted, {} refused, {delivered_n} matched to a publish{}{note}; pushgate log lines (warn+): {log_lines}",
+            sink.requests(),
+            sink.refused(),
+            if note.is_empty() { "" } else { "; " },
+        );
+    }
+    if args.front == Front::Unifiedpush {
+        if let Some(lost) = r.ok_not_delivered {
+            println!(
+                "  answered 201 without a matching push IQ at the stream: {lost}; {results} answered 201 with TTL 0"
+            );
+        }
+    } else if let Some(lost) = r.ok_not_delivered {
         println!(
             "  answered 200 but not at the sink (queued for a retry): {lost}; sink requests {} for {results} answered 200",
             sink.requests()
@@ -156,11 +174,12 @@ pub(crate) fn print_report(
         "  throughput: {per_sec:.0} {noun}/s over {elapsed:.2} s (first request to last reply)"
     );
     println!("  request -> reply     ms: p50 {r50}  p99 {r99}  max {rmax}");
-    let (request, load_side) = match args.front {
-        Front::Matrix => ("notify ", "HTTP client"),
-        Front::Xmpp => ("publish", "XMPP side"),
+    let (request, load_side, arrival) = match args.front {
+        Front::Matrix => ("notify ", "HTTP client + sink", "provider "),
+        Front::Xmpp => ("publish", "XMPP side + sink", "provider "),
+        Front::Unifiedpush => ("POST   ", "HTTP client + distributors", "IQ at stream"),
     };
-    println!("  {request} -> provider  ms: p50 {d50}  p99 {d99}  max {dmax}");
+    println!("  {request} -> {arrival} ms: p50 {d50}  p99 {d99}  max {dmax}");
     println!(
         "  pushgate CPU: {:.2} s ({cpu_per_k:.3} s per 1,000 {noun}); VmHWM {} -> {} MB; VmRSS after {} MB",
         r.cpu_secs,
@@ -169,7 +188,7 @@ pub(crate) fn print_report(
         r.rss_kb_after / 1024
     );
     println!(
-        "  bench CPU ({load_side} + sink): {:.2} s ({:.3} s per 1,000 {noun})",
+        "  bench CPU ({load_side}): {:.2} s ({:.3} s per 1,000 {noun})",
         r.bench_cpu_secs,
         if replied > 0 {
             r.bench_cpu_secs / replied as f64 * 1000.0
@@ -180,7 +199,8 @@ pub(crate) fn print_report(
     // Every request answered with success, and (publishes) every push delivered and matched.
     let complete = results as usize == total
         && (args.mode == Mode::Register || delivered_n == total)
-        && r.ok_not_delivered.unwrap_or(0) == 0;
+        && r.ok_not_delivered.unwrap_or(0) == 0
+        && r.mismatched == 0;
     let status = match (r.timed_out, complete) {
         (true, _) => "TIMEOUT",
         (false, true) => "ok",
