@@ -158,17 +158,9 @@ async fn run(path: PathBuf) -> ExitCode {
         }
     };
     let (component, outbox) = Component::with_core(&config, core.clone());
-    match pushgate::fronts::xmpp::unifiedpush::UnifiedPush::load(&config.unifiedpush, &core.store)
-        .await
-    {
-        Ok(Some(up)) => {
-            let _ = component.unifiedpush.set(up);
-        }
-        Ok(None) => {}
-        Err(e) => {
-            tracing::error!("cannot load the UnifiedPush key: {e}");
-            return ExitCode::from(1);
-        }
+    if let Err(e) = core.load_unifiedpush(&config.unifiedpush).await {
+        tracing::error!("cannot load the UnifiedPush key: {e}");
+        return ExitCode::from(1);
     }
     if core.providers.is_empty() {
         tracing::warn!("no providers configured: every registration will be refused");

@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use super::{ConfigArg, Failure, NO_MATCH, OK, Outcome, load_config, open_store};
-use crate::fronts::xmpp::unifiedpush::endpoint_hash;
+use crate::core::unifiedpush::endpoint_hash;
 
 #[derive(clap::Args, Debug)]
 pub struct UnifiedPushArgs {

@@ -27,6 +27,7 @@ pub mod retry;
 pub mod slots;
 pub mod stats;
 pub mod target;
+pub mod unifiedpush;
 
 use std::time::Duration;
 
@@ -59,6 +60,9 @@ pub struct Core {
     /// Days before an APNs certificate expires that it counts as expiring.
     pub cert_expiry_warning_days: u32,
     pub cert_check_interval: Duration,
+    /// UnifiedPush endpoints, when `[unifiedpush] enabled` (set once their key is loaded:
+    /// [`Core::load_unifiedpush`]).
+    pub unifiedpush: std::sync::OnceLock<unifiedpush::UnifiedPush>,
 }
 
 impl Core {
@@ -85,6 +89,18 @@ impl Core {
             dead_tokens: recent::Recent::new(DEAD_TOKENS_KEPT, DEAD_TOKENS_FOR),
             cert_expiry_warning_days: config.admin.cert_expiry_warning_days,
             cert_check_interval: Duration::from_secs(config.admin.cert_check_interval_secs),
+            unifiedpush: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets up UnifiedPush endpoints if configured: their key is made or read from the store.
+    pub async fn load_unifiedpush(
+        &self,
+        config: &crate::config::UnifiedPushConfig,
+    ) -> Result<(), crate::storage::StoreError> {
+        if let Some(up) = unifiedpush::UnifiedPush::load(config, &self.store).await? {
+            let _ = self.unifiedpush.set(up);
+        }
+        Ok(())
     }
 }

@@ -217,6 +217,8 @@ pub enum UpKept {
 pub struct UpMessage {
     pub id: i64,
     pub endpoint_id: i64,
+    pub dialect: String,
+    pub public_token: Option<String>,
     pub application: Option<String>,
     pub instance: Option<String>,
     /// The body, base64.
@@ -301,7 +303,8 @@ impl Store {
         let rows = self
             .db
             .query_all_raw(self.statement(
-                "SELECT m.id AS id, m.endpoint_id AS endpoint_id, e.application AS application, e.instance AS instance, \
+                "SELECT m.id AS id, m.endpoint_id AS endpoint_id, e.dialect AS dialect, \
+                 e.public_token AS public_token, e.application AS application, e.instance AS instance, \
                  m.body AS body FROM unifiedpush_messages m JOIN unifiedpush_endpoints e \
                  ON e.id = m.endpoint_id WHERE e.jid = ? AND m.expires_at > ? \
                  ORDER BY m.id LIMIT ?",
@@ -313,6 +316,8 @@ impl Store {
                 Ok(UpMessage {
                     id: row.try_get("", "id")?,
                     endpoint_id: row.try_get("", "endpoint_id")?,
+                    dialect: row.try_get("", "dialect")?,
+                    public_token: row.try_get("", "public_token")?,
                     application: row.try_get("", "application")?,
                     instance: row.try_get("", "instance")?,
                     body: row.try_get("", "body")?,

@@ -51,15 +51,10 @@ impl TestGateway {
             .unwrap_or_else(|e| panic!("cannot open {url}: {e}"));
         let (gw, outbox) =
             Component::new(&config, store).unwrap_or_else(|e| panic!("cannot build gateway: {e}"));
-        let up = pushgate::fronts::xmpp::unifiedpush::UnifiedPush::load(
-            &config.unifiedpush,
-            &gw.core.store,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("cannot load the UnifiedPush key: {e}"));
-        if let Some(up) = up {
-            let _ = gw.unifiedpush.set(up);
-        }
+        gw.core
+            .load_unifiedpush(&config.unifiedpush)
+            .await
+            .unwrap_or_else(|e| panic!("cannot load the UnifiedPush key: {e}"));
         TestGateway {
             gw,
             config,

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use super::{BodyError, HttpState, failure, read_body};
-use crate::fronts::xmpp::unifiedpush::{MAX_BODY_BYTES, PushOptions, PushOutcome};
+use crate::core::unifiedpush::{MAX_BODY_BYTES, PushOptions, PushOutcome};
 
 pub const PUSH_ROUTE: &str = "/up/{token}";
 pub const DISCOVERY_ROUTE: &str = "/up";
@@ -45,7 +45,7 @@ pub async fn push(
     let Some(component) = state.component.as_ref() else {
         return failure(StatusCode::NOT_FOUND, "not found");
     };
-    let Some(up) = component.unifiedpush.get() else {
+    let Some(up) = component.core.unifiedpush.get() else {
         return failure(StatusCode::NOT_FOUND, "not found");
     };
     let timeout = std::time::Duration::from_secs(state.config.body_timeout_secs);
@@ -78,7 +78,11 @@ pub async fn push(
         Ok(o) => o,
         Err(reason) => return failure(StatusCode::BAD_REQUEST, reason),
     };
-    match up.push(component, &token, &bytes, &options).await {
+    let stream = crate::fronts::xmpp::unifiedpush::Stream(component);
+    match up
+        .push(&component.core.store, &stream, &token, &bytes, &options)
+        .await
+    {
         Ok(PushOutcome::Delivered) => created(&token, 0),
         Ok(PushOutcome::Kept(ttl)) => created(&token, ttl),
         Ok(PushOutcome::Gone) => failure(StatusCode::NOT_FOUND, "no such endpoint"),

@@ -59,7 +59,7 @@ pub fn info(component: &Component, requester: &Jid, node: Option<&str>) -> Resul
             for id in component.core.providers.ids() {
                 q.append_child(feature(id.as_str()));
             }
-            if component.unifiedpush.get().is_some() {
+            if component.core.unifiedpush.get().is_some() {
                 q.append_child(feature(unifiedpush::register::NS_GENOFIRE));
                 q.append_child(feature(unifiedpush::register::NS_CONVERSATIONS));
             }

@@ -51,8 +51,6 @@ pub struct Component {
     pub background_without_summary: Vec<HostPattern>,
     /// IQs sent and waiting for their answer.
     pub pending: pending::PendingIqs,
-    /// The UnifiedPush provider, when `[unifiedpush] enabled` (set once its key is loaded).
-    pub unifiedpush: std::sync::OnceLock<unifiedpush::UnifiedPush>,
 }
 
 impl Component {
@@ -75,7 +73,6 @@ impl Component {
                 &config.registration.background_without_summary,
             ),
             pending: pending::PendingIqs::default(),
-            unifiedpush: std::sync::OnceLock::new(),
         });
         (component, drain)
     }

@@ -31,9 +31,11 @@ pub async fn handle(component: &Component, stanza: Stanza, deadline: Instant) ->
             // it goes out now, within this stanza's deadline (what is left waits for the next).
             let from = presence.from.filter(|f| f.resource().is_some());
             if let (Some(from), xmpp_parsers::presence::Type::None, Some(up)) =
-                (from, presence.type_, component.unifiedpush.get())
+                (from, presence.type_, component.core.unifiedpush.get())
             {
-                up.flush(component, &from).await;
+                let stream = unifiedpush::Stream(component);
+                up.flush(&component.core.store, &stream, &from.to_string())
+                    .await;
             }
             return None;
         }
@@ -160,12 +162,9 @@ async fn dispatch(
             result.map(|()| None)
         }
         (true, "register" | "unregister", NS_GENOFIRE | NS_CONVERSATIONS) => {
-            let Some(up) = component.unifiedpush.get() else {
-                return Err(Fault::ServiceUnavailable);
-            };
             let request = unifiedpush::register::Request::try_from(payload)
                 .map_err(|e| Fault::BadRequest(e.to_string()))?;
-            up.handle(component, from, request).await
+            unifiedpush::handle(component, from, request).await
         }
         _ => Err(Fault::ServiceUnavailable),
     }

@@ -18,51 +18,7 @@ pub const NS_CONVERSATIONS: &str = "http://gultsch.de/xmpp/drafts/unified-push";
 /// base64 hashes, genofire's distributors UUID-like tokens.
 const MAX_ID_CHARS: usize = 256;
 
-/// Which dialect a registration came in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    Genofire,
-    Conversations,
-}
-
-impl Dialect {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Dialect::Genofire => "genofire",
-            Dialect::Conversations => "conversations",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "genofire" => Some(Dialect::Genofire),
-            "conversations" => Some(Dialect::Conversations),
-            _ => None,
-        }
-    }
-}
-
-/// What names an app instance on the distributor: genofire's public token, or Conversations'
-/// application and instance (salted hashes of the app id and of the app's token).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Instance {
-    Genofire {
-        token: String,
-    },
-    Conversations {
-        application: String,
-        instance: String,
-    },
-}
-
-impl Instance {
-    pub fn dialect(&self) -> Dialect {
-        match self {
-            Instance::Genofire { .. } => Dialect::Genofire,
-            Instance::Conversations { .. } => Dialect::Conversations,
-        }
-    }
-}
+pub use crate::core::unifiedpush::{Dialect, Instance};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
