@@ -120,6 +120,22 @@ impl Store {
         Statement::from_sql_and_values(backend, sql, values)
     }
 
+    /// The `n` column of a `SELECT COUNT(*) AS n …`, run on `conn` (the store or a
+    /// transaction of it).
+    pub(super) async fn count_rows(
+        &self,
+        conn: &impl ConnectionTrait,
+        sql: &str,
+        values: Vec<Value>,
+    ) -> Result<i64, StoreError> {
+        Ok(conn
+            .query_one_raw(self.statement(sql, values))
+            .await?
+            .map(|row| row.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0))
+    }
+
     /// Queues `new` unless its device has `max_per_device` queued already (counted after the
     /// replaced ones are gone). One transaction: the count and the insert agree.
     pub async fn enqueue(
@@ -140,15 +156,13 @@ impl Store {
             ))
             .await?;
         }
-        let queued = txn
-            .query_one_raw(self.statement(
+        let queued = self
+            .count_rows(
+                &txn,
                 &format!("SELECT COUNT(*) AS n FROM queued_notifications WHERE {rows}"),
                 of_device,
-            ))
-            .await?
-            .map(|row| row.try_get::<i64>("", "n"))
-            .transpose()?
-            .unwrap_or(0);
+            )
+            .await?;
         if queued >= i64::from(max_per_device) {
             txn.rollback().await?;
             return Ok(Enqueued::DeviceFull);

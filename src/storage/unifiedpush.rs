@@ -96,15 +96,13 @@ impl Store {
             .await?
             .is_some();
         if !exists {
-            let held = txn
-                .query_one_raw(self.statement(
+            let held = self
+                .count_rows(
+                    &txn,
                     "SELECT COUNT(*) AS n FROM unifiedpush_endpoints WHERE account = ?",
                     vec![endpoint.account.as_str().into()],
-                ))
-                .await?
-                .map(|row| row.try_get::<i64>("", "n"))
-                .transpose()?
-                .unwrap_or(0);
+                )
+                .await?;
             if held >= i64::from(max_per_account) {
                 txn.rollback().await?;
                 return Ok(UpSaved::AccountFull);
@@ -244,27 +242,22 @@ impl Store {
             ))
             .await?;
         }
-        let count = |sql: &'static str, values: Vec<Value>| {
-            let statement = self.statement(sql, values);
-            let txn = &txn;
-            async move {
-                Ok::<i64, StoreError>(
-                    txn.query_one_raw(statement)
-                        .await?
-                        .map(|row| row.try_get::<i64>("", "n"))
-                        .transpose()?
-                        .unwrap_or(0),
-                )
-            }
-        };
-        let of_endpoint = count(
-            "SELECT COUNT(*) AS n FROM unifiedpush_messages WHERE endpoint_id = ?",
-            vec![new.endpoint_id.into()],
-        )
-        .await?;
+        let of_endpoint = self
+            .count_rows(
+                &txn,
+                "SELECT COUNT(*) AS n FROM unifiedpush_messages WHERE endpoint_id = ?",
+                vec![new.endpoint_id.into()],
+            )
+            .await?;
         let verdict = if of_endpoint >= i64::from(max_per_endpoint) {
             Some(UpKept::EndpointFull)
-        } else if count("SELECT COUNT(*) AS n FROM unifiedpush_messages", Vec::new()).await?
+        } else if self
+            .count_rows(
+                &txn,
+                "SELECT COUNT(*) AS n FROM unifiedpush_messages",
+                Vec::new(),
+            )
+            .await?
             >= i64::from(max_total)
         {
             Some(UpKept::Full)
@@ -350,16 +343,13 @@ impl Store {
 
     /// Pushes kept, over every endpoint.
     pub async fn up_messages_kept(&self) -> Result<u64, StoreError> {
-        let row = self
-            .db
-            .query_one_raw(
-                self.statement("SELECT COUNT(*) AS n FROM unifiedpush_messages", Vec::new()),
+        let n = self
+            .count_rows(
+                &self.db,
+                "SELECT COUNT(*) AS n FROM unifiedpush_messages",
+                Vec::new(),
             )
             .await?;
-        let n = row
-            .map(|r| r.try_get::<i64>("", "n"))
-            .transpose()?
-            .unwrap_or(0);
         Ok(u64::try_from(n).unwrap_or(0))
     }
 }
