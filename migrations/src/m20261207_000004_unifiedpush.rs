@@ -102,6 +102,27 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        // A distributor's presence looks its endpoints up by full JID (a flush), and every
+        // flush and kept push drops the expired pushes: both are indexed, as presences come
+        // from anybody.
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_unifiedpush_endpoints_jid")
+                    .table(UnifiedpushEndpoints::Table)
+                    .col(UnifiedpushEndpoints::Jid)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("idx_unifiedpush_messages_expires")
+                    .table(UnifiedpushMessages::Table)
+                    .col(UnifiedpushMessages::ExpiresAt)
+                    .to_owned(),
+            )
+            .await?;
         manager
             .create_index(
                 Index::create()
