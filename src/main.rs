@@ -186,10 +186,12 @@ async fn run(path: PathBuf) -> ExitCode {
         stop_rx.clone(),
     ));
     let shutdown_timeout = config.limits.shutdown_timeout();
+    let sip = Arc::new(pushgate::fronts::sip::Sip::new(config.sip.clone()));
     // The HTTP server (if configured) fails fast: a port that cannot be bound stops pushgate.
     let http = tokio::spawn({
         let (core, http_cfg, stop) = (core.clone(), config.http.clone(), stop_rx.clone());
         let matrix = pushgate::fronts::matrix::Matrix::new(&config.matrix);
+        let sip = sip.clone();
         let component_jid = component.jid.clone();
         let component = component.clone();
         let stop_all = stop_tx_http;
@@ -201,6 +203,7 @@ async fn run(path: PathBuf) -> ExitCode {
                 pushgate::fronts::http::Fronts {
                     matrix,
                     component: Some(component),
+                    sip,
                 },
                 shutdown_timeout,
                 connected_rx,
@@ -224,7 +227,10 @@ async fn run(path: PathBuf) -> ExitCode {
         // The last second's delivery outcomes, and the retries in progress.
         let _ = delivery_log.await;
         let _ = retries.await;
-        match http.await {
+        let http = http.await;
+        // Pushes answered 202 and still being delivered.
+        sip.drain(shutdown_timeout).await;
+        match http {
             Ok(Err(_)) => ExitCode::FAILURE,
             _ if ended == stream::Ended::Replaced => ExitCode::from(EXIT_REPLACED),
             _ => ExitCode::SUCCESS,

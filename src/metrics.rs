@@ -81,6 +81,15 @@ pub struct Metrics {
     pub unifiedpush_endpoints: IntGaugeVec,
     /// UnifiedPush pushes kept for distributors that are away (from the store, every minute).
     pub unifiedpush_kept: IntGauge,
+    /// Pushes of the SIP API, by app id, event and answer code (`unknown` app for an app id
+    /// no section configures, so the label set stays the operator's).
+    pub sip_pushes: IntCounterVec,
+    /// How long SIP API pushes took to answer, by event.
+    pub sip_push_seconds: HistogramVec,
+    /// Remote log posts of the SIP API, by outcome (`sent`, `failed`, `dropped`).
+    pub sip_remote_log: IntCounterVec,
+    /// Devices stored through the SIP API's v2 routes (from the store, every minute).
+    pub sip_devices: IntGauge,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -152,6 +161,17 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["status"],
     )
     .unwrap_or_else(|e| panic!("metric pushgate_matrix_notify_seconds: {e}"));
+    let sip_push_seconds = HistogramVec::new(
+        HistogramOpts::new(
+            "pushgate_sip_push_seconds",
+            "How long SIP API pushes took to answer, by event.",
+        )
+        .buckets(vec![
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
+        &["event"],
+    )
+    .unwrap_or_else(|e| panic!("metric pushgate_sip_push_seconds: {e}"));
     let retry_queue_depth = gauge(
         "pushgate_retry_queue_depth",
         "Notifications in the retry queue, over every instance.",
@@ -290,6 +310,19 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_matrix_notify_seconds",
             matrix_notify_seconds,
         ),
+        sip_pushes: counter_vec(
+            &r,
+            "pushgate_sip_pushes_total",
+            "Pushes of the SIP API, by app id, event and answer code.",
+            &["app", "event", "code"],
+        ),
+        sip_push_seconds: register(&r, "pushgate_sip_push_seconds", sip_push_seconds),
+        sip_remote_log: counter_vec(
+            &r,
+            "pushgate_sip_remote_log_total",
+            "Remote log posts of the SIP API, by outcome.",
+            &["outcome"],
+        ),
         unifiedpush_registrations: counter_vec(
             &r,
             "pushgate_unifiedpush_registrations_total",
@@ -319,6 +352,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             gauge(
                 "pushgate_unifiedpush_kept",
                 "UnifiedPush pushes kept for distributors that are away.",
+            ),
+        ),
+        sip_devices: register(
+            &r,
+            "pushgate_sip_devices",
+            gauge(
+                "pushgate_sip_devices",
+                "Devices stored through the SIP API's v2 routes.",
             ),
         ),
         registry: r,

@@ -293,34 +293,6 @@ async fn discovery_and_unknown_paths_answer_as_matrix_does() {
     );
 }
 
-/// A local HTTP/2 APNs and the `[providers.apns]` section for it; the temporary directory
-/// holds the CA and key files.
-async fn apns_sink() -> (
-    pushgate_test_support::apns::MockApns,
-    tempfile::TempDir,
-    String,
-) {
-    use pushgate_test_support::apns::{MockApns, Options};
-    use pushgate_test_support::pki::Pki;
-
-    let pki = Pki::new();
-    let apns = MockApns::start(&pki, Options::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let key = dir.path().join("AuthKey.p8");
-    std::fs::write(&key, rcgen::KeyPair::generate().unwrap().serialize_pem()).unwrap();
-    let section = format!(
-        "[providers.apns]\nkind = \"apns\"\ntopic = \"org.example.matrix\"\n\
-         environment = \"production\"\nbase_url = \"{}\"\nca_file = \"{}\"\nkey_file = \"{}\"\n\
-         key_id = \"KEY1234567\"\nteam_id = \"TEAM765432\"\n",
-        apns.base_url(),
-        ca.display(),
-        key.display()
-    );
-    (apns, dir, section)
-}
-
 /// pushgate with an APNs provider on a local HTTP/2 APNs, and `apps` (Matrix app sections
 /// naming provider `apns`).
 async fn with_apns(
@@ -330,55 +302,9 @@ async fn with_apns(
     pushgate_test_support::apns::MockApns,
     tempfile::TempDir,
 ) {
-    let (apns, dir, section) = apns_sink().await;
+    let (apns, dir, section) = common::apns_sink("org.example.matrix").await;
     let s = server(&format!("{section}{apps}")).await;
     (s, apns, dir)
-}
-
-/// A local FCM v1 with its OAuth token endpoint, and the `[providers.fcm]` section for it
-/// (with `options` added).
-async fn fcm_sink(
-    options: &str,
-) -> (
-    pushgate_test_support::fcm::MockFcm,
-    tempfile::TempDir,
-    String,
-) {
-    use pushgate_test_support::fcm::{AssertionCheck, MockFcm};
-    use pushgate_test_support::fixtures::RsaKey;
-    use pushgate_test_support::pki::Pki;
-
-    const PROJECT: &str = "pushgate-test-1234";
-    const EMAIL: &str = "pushgate@pushgate-test-1234.iam.gserviceaccount.com";
-    let key = RsaKey::generate().unwrap();
-    let pki = Pki::new();
-    let fcm = MockFcm::start(
-        &pki,
-        PROJECT,
-        AssertionCheck {
-            public_key_der: key.public_der.clone(),
-            kid: "k1".to_owned(),
-            iss: EMAIL.to_owned(),
-        },
-    )
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, &pki.ca_pem).unwrap();
-    let sa = dir.path().join("service-account.json");
-    let account = json!({
-        "type": "service_account", "project_id": PROJECT, "private_key_id": "k1",
-        "private_key": key.pem, "client_email": EMAIL, "token_uri": fcm.token_uri(),
-    });
-    std::fs::write(&sa, account.to_string()).unwrap();
-    let section = format!(
-        "[providers.fcm]\nkind = \"fcm\"\nservice_account_file = \"{}\"\nbase_url = \"{}\"\n\
-         ca_file = \"{}\"\n{options}",
-        sa.display(),
-        fcm.base_url(),
-        ca.display()
-    );
-    (fcm, dir, section)
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -457,9 +383,10 @@ async fn a_voip_app_gets_calls_only_as_voip_pushes() {
 async fn an_fcm_app_gets_data_strings_and_priority() {
     use pushgate_test_support::fixtures::fcm_token;
 
-    let (fcm, _dir, section) =
-        fcm_sink("message_options = { android = { restricted_package_name = \"org.example\" } }\n")
-            .await;
+    let (fcm, _dir, section) = common::fcm_sink(
+        "message_options = { android = { restricted_package_name = \"org.example\" } }\n",
+    )
+    .await;
     let s = server(&format!(
         "{section}[matrix.apps.\"org.example.android\"]\nprovider = \"fcm\"\n"
     ))
@@ -599,8 +526,8 @@ async fn call_tweaks_make_a_ringing_event_a_call_with_the_apps_payload() {
 async fn the_largest_request_within_the_limits_fits_every_provider() {
     use pushgate_test_support::fixtures::fcm_token;
 
-    let (apns, _apns_dir, apns_section) = apns_sink().await;
-    let (fcm, _fcm_dir, fcm_section) = fcm_sink("").await;
+    let (apns, _apns_dir, apns_section) = common::apns_sink("org.example.matrix").await;
+    let (fcm, _fcm_dir, fcm_section) = common::fcm_sink("").await;
     let half = pushgate::fronts::matrix::notify::MAX_DEFAULT_PAYLOAD_BYTES / 2 - 16;
     let s = server(&format!(
         "{apns_section}{fcm_section}\

@@ -13,6 +13,7 @@ mod m20261122_000001_registrations;
 mod m20261122_000002_provider_credentials;
 mod m20261206_000003_queued_notifications;
 mod m20261207_000004_unifiedpush;
+mod m20261208_000005_sip_devices;
 
 /// All of pushgate's migrations, oldest first.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000002_provider_credentials::Migration),
             Box::new(m20261206_000003_queued_notifications::Migration),
             Box::new(m20261207_000004_unifiedpush::Migration),
+            Box::new(m20261208_000005_sip_devices::Migration),
         ]
     }
 }

@@ -21,6 +21,12 @@ pub mod fuzzing;
 pub mod host;
 mod transport;
 pub use transport::fd_exhausted_total;
+
+/// An HTTP client builder with the providers' rules (no redirects, no proxy from the
+/// environment, `connect_timeout`, pushgate's user agent), for pushgate's other outgoing posts.
+pub fn http_client_builder(connect_timeout: Duration) -> reqwest::ClientBuilder {
+    transport::client_builder(connect_timeout, &[])
+}
 pub mod webpush;
 
 /// An operator-chosen provider name, mapped to one provider configuration
@@ -190,6 +196,11 @@ pub struct Notification {
     /// The number for the app icon's badge (APNs `aps.badge`; a `badge` data key elsewhere).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub badge: Option<u32>,
+    /// How long the notification is worth delivering, where the front knows better than the
+    /// provider's and the retry queue's defaults for its kind (a SIP call rings for about 30 s,
+    /// and so does its cancel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u32>,
 }
 
 impl Notification {
@@ -203,6 +214,7 @@ impl Notification {
             collapse_key: None,
             data: serde_json::Map::new(),
             badge: None,
+            ttl_secs: None,
         }
     }
 }

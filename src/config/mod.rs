@@ -21,6 +21,7 @@ use pushgate_providers::{ProviderConfig, SectionSource};
 use crate::ids::BareJid;
 
 mod sections;
+mod sip;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +30,7 @@ pub use sections::{
     MatrixAppConfig, MatrixConfig, PushkeyEncoding, RegistrationConfig, RetryConfig, StorageConfig,
     UnifiedPushConfig, WhenReplaced,
 };
+pub use sip::{IpNetwork, SipAppConfig, SipAppPlatforms, SipAppType, SipConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -107,6 +109,8 @@ pub struct Config {
     pub matrix: MatrixConfig,
     #[serde(default)]
     pub unifiedpush: UnifiedPushConfig,
+    #[serde(default)]
+    pub sip: SipConfig,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -250,6 +254,7 @@ impl Config {
         self.retry.validate()?;
         self.matrix.validate(&self.providers)?;
         self.unifiedpush.validate(&self.http)?;
+        self.sip.validate(&self.providers, &self.http)?;
         for (id, section) in &self.providers {
             if id.is_empty()
                 || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES

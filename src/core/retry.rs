@@ -150,7 +150,14 @@ pub async fn enqueue(
     }
     let now = now_ms();
     let due_at = now.saturating_add(ms(retry_delay(1, queue.max_backoff, first.retry_after)));
-    let expires_at = now.saturating_add(ms(queue.ttl(notification.kind)));
+    // The notification's own time to live, where it has one, cuts the kind's.
+    let ttl = match notification.ttl_secs {
+        Some(own) => queue
+            .ttl(notification.kind)
+            .min(Duration::from_secs(u64::from(own))),
+        None => queue.ttl(notification.kind),
+    };
+    let expires_at = now.saturating_add(ms(ttl));
     if due_at >= expires_at {
         // The provider asks for longer than the notification is worth: the server may retry.
         return refuse("expired");

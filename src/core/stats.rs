@@ -1,5 +1,5 @@
 //! The gauges that count stored rows rather than events in this process, kept current from
-//! the store: registrations by provider, UnifiedPush endpoints by dialect and pushes kept.
+//! the store: registrations by provider, UnifiedPush endpoints by dialect and pushes kept, SIP devices.
 
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ pub async fn refresh_registrations(store: &Store) -> Result<(), StoreError> {
     METRICS
         .unifiedpush_kept
         .set(i64::try_from(kept).unwrap_or(i64::MAX));
+    METRICS.sip_devices.set(store.count_sip().await?);
     Ok(())
 }
 

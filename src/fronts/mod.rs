@@ -11,4 +11,5 @@
 
 pub mod http;
 pub mod matrix;
+pub mod sip;
 pub mod xmpp;

@@ -28,6 +28,7 @@ mod group_commit;
 mod queries;
 mod queue;
 mod registration;
+mod sip;
 mod stats;
 mod unifiedpush;
 mod write_behind;
@@ -36,6 +37,7 @@ mod writer;
 pub use admin::RegistrationFilter;
 pub use queue::{Enqueued, NewQueued, QueueDepth, Queued, QueuedFor};
 pub use registration::{Admission, NewRegistration, Registered, Registration};
+pub use sip::{SipDevice, SipSaved};
 pub use unifiedpush::{NewUpMessage, UpEndpoint, UpEndpointRow, UpKept, UpMessage, UpSaved};
 pub use write_behind::DeliveryLog;
 

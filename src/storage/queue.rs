@@ -120,6 +120,17 @@ impl Store {
         Statement::from_sql_and_values(backend, sql, values)
     }
 
+    /// Runs a `DELETE`, in turn with the other writers; how many rows it removed.
+    pub(super) async fn delete_rows(
+        &self,
+        sql: &str,
+        values: Vec<Value>,
+    ) -> Result<u64, StoreError> {
+        let _turn = self.write_turn().await;
+        let done = self.db.execute_raw(self.statement(sql, values)).await?;
+        Ok(done.rows_affected())
+    }
+
     /// The `n` column of a `SELECT COUNT(*) AS n …`, run on `conn` (the store or a
     /// transaction of it).
     pub(super) async fn count_rows(

@@ -161,7 +161,7 @@ impl Store {
     pub async fn remove_up_endpoint(&self, token_hash: &str) -> Result<bool, StoreError> {
         self.delete_rows(
             "DELETE FROM unifiedpush_endpoints WHERE token_hash = ?",
-            token_hash.into(),
+            vec![token_hash.into()],
         )
         .await
         .map(|n| n > 0)
@@ -171,19 +171,9 @@ impl Store {
     pub async fn remove_up_endpoints_of(&self, account: &str) -> Result<u64, StoreError> {
         self.delete_rows(
             "DELETE FROM unifiedpush_endpoints WHERE account = ?",
-            account.into(),
+            vec![account.into()],
         )
         .await
-    }
-
-    /// Runs a `DELETE` with one value, in turn with the other writers; how many rows it removed.
-    async fn delete_rows(&self, sql: &str, value: Value) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await;
-        let done = self
-            .db
-            .execute_raw(self.statement(sql, vec![value]))
-            .await?;
-        Ok(done.rows_affected())
     }
 }
 
@@ -321,24 +311,30 @@ impl Store {
 
     /// Removes the endpoint with row id `id` (and what was kept for it); how many (0 or 1).
     pub async fn remove_up_endpoint_id(&self, id: i64) -> Result<u64, StoreError> {
-        self.delete_rows("DELETE FROM unifiedpush_endpoints WHERE id = ?", id.into())
-            .await
+        self.delete_rows(
+            "DELETE FROM unifiedpush_endpoints WHERE id = ?",
+            vec![id.into()],
+        )
+        .await
     }
 
     /// Drops the kept pushes whose time to live ran out at `now_ms`; how many.
     pub async fn drop_expired_up_messages(&self, now_ms: i64) -> Result<u64, StoreError> {
         self.delete_rows(
             "DELETE FROM unifiedpush_messages WHERE expires_at <= ?",
-            now_ms.into(),
+            vec![now_ms.into()],
         )
         .await
     }
 
     /// Forgets a kept push (delivered).
     pub async fn remove_up_message(&self, id: i64) -> Result<(), StoreError> {
-        self.delete_rows("DELETE FROM unifiedpush_messages WHERE id = ?", id.into())
-            .await
-            .map(drop)
+        self.delete_rows(
+            "DELETE FROM unifiedpush_messages WHERE id = ?",
+            vec![id.into()],
+        )
+        .await
+        .map(drop)
     }
 
     /// Pushes kept, over every endpoint.

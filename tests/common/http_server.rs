@@ -36,7 +36,10 @@ impl HttpServer {
         let router = http_router(
             HttpState::new(gw.gw.core.clone(), gw.gw.jid.clone(), http, connected_rx)
                 .with_matrix(matrix)
-                .with_component(gw.gw.clone()),
+                .with_component(gw.gw.clone())
+                .with_sip(std::sync::Arc::new(pushgate::fronts::sip::Sip::new(
+                    gw.config.sip.clone(),
+                ))),
         );
         let task = tokio::spawn(serve_on(listener, router, limits, shutdown_rx));
         HttpServer {

@@ -11,11 +11,13 @@
 
 mod gateway;
 mod http_server;
+mod sinks;
 mod stanzas;
 
 pub use gateway::{COMPONENT, TestGateway, on_postgres_gateway};
 pub use http_server::HttpServer;
 pub use pushgate_test_support::status::PushEndpoint;
+pub use sinks::{apns_sink, fcm_sink};
 pub use stanzas::{
     Request, Requester, ask, error_of, form_values, is_result, requester, result_of,
 };

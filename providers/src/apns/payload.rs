@@ -105,7 +105,7 @@ pub(crate) fn plan<'a>(
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: voip_token,
                 push_type: PushType::Voip,
-                expiration_secs: settings.voip_expiration_secs,
+                expiration_secs: expiry(n, settings.voip_expiration_secs),
                 body,
             })
         }
@@ -122,11 +122,14 @@ pub(crate) fn plan<'a>(
                 token: &device.token,
                 push_type: PushType::Alert,
                 // A call that falls back to an alert is just as useless once stale.
-                expiration_secs: if n.kind == Kind::Voip {
-                    settings.voip_expiration_secs
-                } else {
-                    settings.expiration_secs
-                },
+                expiration_secs: expiry(
+                    n,
+                    if n.kind == Kind::Voip {
+                        settings.voip_expiration_secs
+                    } else {
+                        settings.expiration_secs
+                    },
+                ),
                 body,
             })
         }
@@ -153,11 +156,16 @@ pub(crate) fn plan<'a>(
                 collapse_id: n.collapse_key.clone().filter(|k| k.len() <= 64),
                 token: &device.token,
                 push_type: PushType::Background,
-                expiration_secs: settings.expiration_secs,
+                expiration_secs: expiry(n, settings.expiration_secs),
                 body,
             })
         }
     }
+}
+
+/// The notification's own time to live where it has one, else the app's for its kind.
+fn expiry(n: &Notification, default_secs: u64) -> u64 {
+    n.ttl_secs.map_or(default_secs, u64::from)
 }
 
 /// An alert push: `aps.alert` for the banner (`mutable-content` so Siskin's Notification

@@ -22,6 +22,8 @@ use crate::{Kind, Notification, Priority};
 /// FCM's limit on the data payload (keys + values, in bytes).
 pub(crate) const MAX_DATA_BYTES: usize = 4096;
 const ELLIPSIS: &str = "…";
+/// The longest a call is kept for an offline device unless it says otherwise.
+pub(crate) const VOIP_TTL_SECS: u64 = 60;
 
 /// The mapping's knobs, from the configuration.
 #[derive(Clone, Debug)]
@@ -111,7 +113,7 @@ pub(crate) fn plan(
         .collect();
     let mut android = json!({
         "priority": priority,
-        "ttl": format!("{}s", settings.ttl_secs),
+        "ttl": format!("{}s", ttl_secs(n, settings)),
     });
     if let Some(key) = &n.collapse_key {
         android["collapse_key"] = Value::String(key.clone());
@@ -126,6 +128,17 @@ pub(crate) fn plan(
         priority,
         body: message.to_string().into_bytes(),
     })
+}
+
+/// How long FCM keeps the message for an offline device: the notification's own time to live,
+/// else at most [`VOIP_TTL_SECS`] for a call (ringing later is worse than not ringing), else the
+/// app's.
+fn ttl_secs(n: &Notification, settings: &MappingSettings) -> u64 {
+    match (n.ttl_secs, n.kind) {
+        (Some(ttl), _) => u64::from(ttl),
+        (None, Kind::Voip) => settings.ttl_secs.min(VOIP_TTL_SECS),
+        (None, _) => settings.ttl_secs,
+    }
 }
 
 /// High wakes the device from Doze at once; Android demotes apps whose high-priority messages

@@ -10,6 +10,7 @@
 //! | `GET /_matrix/push/v1/notify` | `{"unifiedpush":{"gateway":"matrix"}}` (UnifiedPush discovery) |
 //! | `POST /up/{token}` | a UnifiedPush endpoint ([`unifiedpush`]), body ≤ 4096 bytes |
 //! | `GET /up`, `GET /up/{token}` | `{"unifiedpush":{"version":1}}` |
+//! | `POST /push`, `POST`/`DELETE /v2/tokens/{account}`, `POST /v2/tokens/{account}/push[/{device}]` | the SIP API (`fronts/sip`), from `sip.allowed_networks` only, body ≤ 16 KiB |
 //!
 //! Under `/_matrix` unknown paths and methods are answered as Matrix does (`M_UNRECOGNIZED`).
 //!
@@ -27,6 +28,7 @@ mod health;
 pub mod limit;
 mod matrix;
 pub mod server;
+mod sip;
 mod unifiedpush;
 pub(crate) mod unregister;
 
@@ -80,6 +82,8 @@ pub struct HttpState {
     pub matrix: Arc<crate::fronts::matrix::Matrix>,
     /// The XMPP component, for UnifiedPush endpoints (`[unifiedpush]`).
     pub component: Option<Arc<crate::fronts::xmpp::Component>>,
+    /// The SIP API (`[sip]`).
+    pub sip: Arc<crate::fronts::sip::Sip>,
     limiter: Arc<RateLimiter>,
 }
 
@@ -98,6 +102,7 @@ impl HttpState {
             connected,
             matrix: Arc::default(),
             component: None,
+            sip: Arc::default(),
             limiter,
         }
     }
@@ -105,6 +110,12 @@ impl HttpState {
     /// Serves the Matrix push gateway with `matrix`'s apps.
     pub fn with_matrix(mut self, matrix: crate::fronts::matrix::Matrix) -> Self {
         self.matrix = Arc::new(matrix);
+        self
+    }
+
+    /// Serves the SIP API with `sip`'s apps.
+    pub fn with_sip(mut self, sip: Arc<crate::fronts::sip::Sip>) -> Self {
+        self.sip = sip;
         self
     }
 
@@ -158,6 +169,12 @@ pub fn router(state: HttpState) -> Router {
         .route(UNREGISTER_ROUTE, post(unregister::unregister))
         .route(REST_UNREGISTER_ROUTE, post(unregister::unregister))
         .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit));
+    let sip_routes = Router::new()
+        .route(sip::PUSH_ROUTE, post(sip::push))
+        .route(sip::TOKENS_ROUTE, post(sip::store).delete(sip::remove))
+        .route(sip::ACCOUNT_PUSH_ROUTE, post(sip::push_account))
+        .route(sip::DEVICE_PUSH_ROUTE, post(sip::push_device))
+        .route_layer(middleware::from_fn_with_state(state.clone(), sip::allowed));
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -178,6 +195,7 @@ pub fn router(state: HttpState) -> Router {
         )
         .route(unifiedpush::DISCOVERY_ROUTE, get(unifiedpush::discovery))
         .merge(unregister)
+        .merge(sip_routes)
         .fallback(|| async { failure(StatusCode::NOT_FOUND, "not found") })
         .layer(middleware::from_fn(observe))
         .with_state(state)
@@ -189,6 +207,8 @@ pub struct Fronts {
     pub matrix: crate::fronts::matrix::Matrix,
     /// The XMPP component, for UnifiedPush endpoints.
     pub component: Option<Arc<crate::fronts::xmpp::Component>>,
+    /// The SIP API.
+    pub sip: Arc<crate::fronts::sip::Sip>,
 }
 
 /// Binds `config.listen` and serves until `shutdown` turns true (then busy connections get
@@ -216,8 +236,9 @@ pub async fn serve(
         "HTTP server listening on {addr}"
     );
     let limits = ServeLimits::new(&config, shutdown_timeout);
-    let mut state =
-        HttpState::new(core, component_jid, config, connected).with_matrix(fronts.matrix);
+    let mut state = HttpState::new(core, component_jid, config, connected)
+        .with_matrix(fronts.matrix)
+        .with_sip(fronts.sip);
     if let Some(component) = fronts.component {
         state = state.with_component(component);
     }
