@@ -664,3 +664,52 @@ async fn v2_tokens_on_postgres() {
     })
     .await;
 }
+
+/// What a hostile or broken caller can send gets a JSON answer in the API's shape, and nothing
+/// reaches a provider.
+#[tokio::test]
+async fn hostile_requests_get_json_answers() {
+    let t = sip("", "").await;
+    let nested = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
+    let long_account = format!("/v2/tokens/{}", "a".repeat(300));
+    let unknown_app =
+        json!({"app-id": "com.other", "platform": "apple", "token": VOIP_TOKEN, "device-id": "d"});
+    let cases: Vec<(&str, String, StatusCode)> = vec![
+        ("/push", nested, StatusCode::BAD_REQUEST),
+        ("/push", "\u{0}\u{1}".to_owned(), StatusCode::BAD_REQUEST),
+        (
+            "/v2/tokens/%FF%FE",
+            "{}".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v2/tokens/%FF/push/x",
+            "{}".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            &long_account,
+            unknown_app.to_string(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v2/tokens/bob@example.org",
+            unknown_app.to_string(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            "/v2/tokens/bob@example.org/push",
+            "{\"call-id\": 1}".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (path, body, status) in cases {
+        let (got, answer) = t.s.post(path, body).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert_shape(got, &answer);
+    }
+    let r = t.s.get("/push").await;
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.json::<Value>().await.is_ok(), "a JSON body");
+    assert!(t.apns.requests().is_empty());
+}

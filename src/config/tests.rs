@@ -425,3 +425,85 @@ fn unifiedpush_needs_a_public_url_and_the_http_listener() {
         assert!(e.to_string().contains(key), "{key}: {e}");
     }
 }
+
+#[test]
+fn sip_apps_name_providers_of_their_platform_and_networks_parse() {
+    let providers = "[http]\nlisten = \"127.0.0.1:8080\"\n\
+        [providers.apns]\nkind = \"apns\"\ntopic = \"com.example.phone\"\nenvironment = \"production\"\n\
+        [providers.fcm]\nkind = \"fcm\"\nservice_account_file = \"/etc/pushgate/sa.json\"\n\
+        [providers.up]\nkind = \"webpush\"\n";
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}{providers}[sip]\nallowed_networks = [\"10.0.0.0/8\", \"2001:db8::1\"]\n\
+         [sip.apps.\"com.example.phone\".apple]\ntype = \"sylk\"\nprovider = \"apns\"\n\
+         [sip.apps.\"com.example.phone\".firebase]\ntype = \"linphone\"\nprovider = \"fcm\"\n\
+         wait_for_delivery = false\nlog_remote_urls = [\"https://audit.example.org/push\"]\n"
+    ))
+    .unwrap();
+    assert!(c.sip.allows("10.9.8.7".parse().unwrap()));
+    assert!(c.sip.allows("2001:db8::1".parse().unwrap()));
+    assert!(!c.sip.allows("127.0.0.1".parse().unwrap()));
+    let app = &c.sip.apps["com.example.phone"];
+    assert_eq!(app.apple.as_ref().unwrap().call_ttl_secs, 30);
+    assert!(!app.firebase.as_ref().unwrap().wait_for_delivery);
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert!(c.sip.allows("127.0.0.1".parse().unwrap()));
+    assert!(c.sip.allows("::1".parse().unwrap()));
+    assert!(!c.sip.allows("192.0.2.1".parse().unwrap()));
+
+    let app = |platform: &str, body: &str| {
+        format!("[sip.apps.\"com.example.phone\".{platform}]\ntype = \"sylk\"\n{body}")
+    };
+    for (text, key) in [
+        (
+            app("apple", "provider = \"fcm\"\n"),
+            "sip.apps.com.example.phone.apple.provider",
+        ),
+        (
+            app("firebase", "provider = \"up\"\n"),
+            "sip.apps.com.example.phone.firebase.provider",
+        ),
+        (
+            app("apple", "provider = \"nope\"\n"),
+            "sip.apps.com.example.phone.apple.provider",
+        ),
+        (
+            app("apple", "provider = \"apns\"\nmax_concurrent = 0\n"),
+            "sip.apps.com.example.phone.apple.max_concurrent",
+        ),
+        (
+            app("apple", "provider = \"apns\"\ncall_ttl_secs = 0\n"),
+            "sip.apps.com.example.phone.apple.call_ttl_secs",
+        ),
+        (
+            app(
+                "apple",
+                "provider = \"apns\"\nlog_remote_urls = [\"ftp://x\"]\n",
+            ),
+            "sip.apps.com.example.phone.apple.log_remote_urls",
+        ),
+        (
+            app("apple", "provider = \"apns\"\ntype = \"asterisk\"\n"),
+            "type",
+        ),
+        (app("blackberry", "provider = \"apns\"\n"), "blackberry"),
+        (
+            "[sip]\nallowed_networks = [\"10.0.0.0/33\"]\n".to_owned(),
+            "sip.allowed_networks",
+        ),
+        (
+            "[sip]\nmax_devices_per_account = 0\n".to_owned(),
+            "sip.max_devices_per_account",
+        ),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}{providers}{text}")).unwrap_err();
+        assert!(e.to_string().contains(key), "{key}: {e}");
+    }
+    // Without the HTTP listener nobody could call it.
+    let e = Config::from_toml_str(&format!(
+        "{MINIMAL}{}{}",
+        providers.replace("[http]\nlisten = \"127.0.0.1:8080\"\n", ""),
+        app("apple", "provider = \"apns\"\n")
+    ))
+    .unwrap_err();
+    assert!(e.to_string().contains("sip.apps"), "{e}");
+}

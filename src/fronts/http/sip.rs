@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use axum::Json;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
@@ -52,6 +53,12 @@ async fn body(state: &HttpState, body: Body) -> Result<axum::body::Bytes, Respon
     })
 }
 
+/// A path that is not UTF-8 once decoded, in the API's answer shape.
+fn bad_path(e: PathRejection) -> Response {
+    tracing::debug!("SIP API path refused: {e}");
+    respond(sip::answer(400, "the path is not valid UTF-8", json!({})))
+}
+
 // Handlers answer `Err` with the body-reading error's response.
 type Answered = Result<Response, Response>;
 
@@ -62,9 +69,10 @@ pub async fn push(State(state): State<HttpState>, raw: Body) -> Answered {
 
 pub async fn store(
     State(state): State<HttpState>,
-    Path(account): Path<String>,
+    account: Result<Path<String>, PathRejection>,
     raw: Body,
 ) -> Answered {
+    let Path(account) = account.map_err(bad_path)?;
     let bytes = body(&state, raw).await?;
     Ok(respond(
         state.sip.store(&state.core, &account, &bytes).await,
@@ -73,9 +81,10 @@ pub async fn store(
 
 pub async fn remove(
     State(state): State<HttpState>,
-    Path(account): Path<String>,
+    account: Result<Path<String>, PathRejection>,
     raw: Body,
 ) -> Answered {
+    let Path(account) = account.map_err(bad_path)?;
     let bytes = body(&state, raw).await?;
     Ok(respond(
         state.sip.remove(&state.core, &account, &bytes).await,
@@ -84,9 +93,10 @@ pub async fn remove(
 
 pub async fn push_account(
     State(state): State<HttpState>,
-    Path(account): Path<String>,
+    account: Result<Path<String>, PathRejection>,
     raw: Body,
 ) -> Answered {
+    let Path(account) = account.map_err(bad_path)?;
     let bytes = body(&state, raw).await?;
     let sip = &state.sip;
     Ok(respond(
@@ -96,9 +106,10 @@ pub async fn push_account(
 
 pub async fn push_device(
     State(state): State<HttpState>,
-    Path((account, device)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     raw: Body,
 ) -> Answered {
+    let Path((account, device)) = path.map_err(bad_path)?;
     let bytes = body(&state, raw).await?;
     let sip = &state.sip;
     Ok(respond(

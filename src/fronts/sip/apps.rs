@@ -194,6 +194,20 @@ pub fn session_id(call_id: &str) -> String {
     )
 }
 
+/// The bundle id in an Apple `pn-param`: without the ten-character team id in front and the
+/// `.voip` behind.
+fn from_pn_param(param: &str) -> Option<&str> {
+    let (team, rest) = param.split_once('.')?;
+    let is_team = team.len() == 10
+        && team
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if !is_team {
+        return None;
+    }
+    Some(rest.strip_suffix(".voip").unwrap_or(rest))
+}
+
 /// Every configured app by (app id, platform).
 #[derive(Debug, Default)]
 pub struct Apps(HashMap<(String, Platform), Arc<App>>);
@@ -214,8 +228,18 @@ impl Apps {
         Apps(apps)
     }
 
+    /// The app `id` names on `platform`. An Apple app id may also be given as RFC 8599's
+    /// `pn-param` (`<TeamID>.<bundle id>[.voip]`, what Linphone and Sylk clients register), so
+    /// that a SIP proxy can pass the contact's parameter as it is.
     pub fn get(&self, id: &str, platform: Platform) -> Option<&Arc<App>> {
-        self.0.get(&(id.to_owned(), platform))
+        if let Some(app) = self.0.get(&(id.to_owned(), platform)) {
+            return Some(app);
+        }
+        let bundle = match platform {
+            Platform::Apple => from_pn_param(id)?,
+            Platform::Firebase => return None,
+        };
+        self.0.get(&(bundle.to_owned(), platform))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<App>> {
@@ -325,6 +349,41 @@ mod tests {
         assert!(l.event(&call(Some(Event::Cancel))).is_err());
         let s = app(SipAppType::Sylk, Platform::Apple);
         assert!(s.event(&call(None)).is_err());
+    }
+
+    #[test]
+    fn apple_apps_are_found_by_their_pn_param_too() {
+        let mut config = SipConfig::default();
+        config.apps.insert(
+            "com.example.app".into(),
+            crate::config::SipAppPlatforms {
+                apple: Some(SipAppConfig {
+                    app_type: SipAppType::Linphone,
+                    provider: "p".into(),
+                    wait_for_delivery: true,
+                    max_concurrent: 1,
+                    call_ttl_secs: 30,
+                    log_remote_urls: Vec::new(),
+                }),
+                firebase: None,
+            },
+        );
+        let apps = Apps::from_config(&config);
+        for id in [
+            "com.example.app",
+            "ABCDE12345.com.example.app.voip",
+            "ABCDE12345.com.example.app",
+        ] {
+            assert!(apps.get(id, Platform::Apple).is_some(), "{id}");
+        }
+        for id in [
+            "abcde12345.com.example.app",
+            "ABC.com.example.app",
+            "com.example.app.voip",
+        ] {
+            assert!(apps.get(id, Platform::Apple).is_none(), "{id}");
+        }
+        assert!(apps.get("com.example.app", Platform::Firebase).is_none());
     }
 
     #[test]

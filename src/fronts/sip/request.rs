@@ -230,8 +230,9 @@ impl Fields {
             })?),
         };
         let media_type = self.text("media-type", 32)?;
+        // One type or several, as Sylk's OpenSIPS script sends them ("audio, video").
         if let Some(media) = &media_type
-            && !MEDIA_TYPES.contains(&media.as_str())
+            && !media.split(',').all(|m| MEDIA_TYPES.contains(&m.trim()))
         {
             return Err(Invalid::field(
                 "media-type",
@@ -380,6 +381,18 @@ mod tests {
             "the body must be a JSON object"
         );
         assert_eq!(push(b"{").unwrap_err().0, "the body is not JSON");
+    }
+
+    #[test]
+    fn media_types_may_be_listed() {
+        let mut b = call_body();
+        b["media-type"] = "audio, video".into();
+        assert_eq!(
+            push(&body(b.clone())).unwrap().call.media_type.as_deref(),
+            Some("audio, video")
+        );
+        b["media-type"] = "audio, fax".into();
+        assert!(push(&body(b)).is_err());
     }
 
     #[test]
