@@ -59,6 +59,8 @@ enum Command {
     Migrate(pushgate::cli::migrate::MigrateArgs),
     /// Revoke UnifiedPush endpoints.
     Unifiedpush(pushgate::cli::unifiedpush::UnifiedPushArgs),
+    /// List or remove devices stored through the SIP API's v2 routes.
+    Sip(pushgate::cli::sip::SipArgs),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Certs(args) => pushgate::cli::certs::run(args),
         Command::Migrate(args) => pushgate::cli::migrate::run(args),
         Command::Unifiedpush(args) => pushgate::cli::unifiedpush::run(args),
+        Command::Sip(args) => pushgate::cli::sip::run(args),
         Command::Run { config } => {
             init_tracing();
             let runtime = match tokio::runtime::Runtime::new() {

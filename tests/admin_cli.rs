@@ -1,4 +1,4 @@
-//! The admin command line (`pushgate devices …`, `push-test`, `certs`, `migrate`) as an operator
+//! The admin command line (`pushgate devices …`, `push-test`, `certs`, `migrate`, `sip`) as an operator
 //! runs it: the real binary against a temporary configuration, on the embedded SQLite file and on
 //! PostgreSQL (each test creates its own database and drops it; PostgreSQL at 127.0.0.1:5432 is
 //! required, as in tests/storage.rs). Registrations are seeded through `Store` directly.
@@ -88,6 +88,7 @@ on_both_backends!(
     migrate_is_idempotent,
     certs_report_apns_credentials,
     push_test_reports_the_verdict,
+    sip_devices_are_listed_and_removed,
 );
 
 /// Runs the binary (blocking this worker only) and returns its output.
@@ -405,6 +406,64 @@ async fn remove_by_id_and_by_account(env: Env) {
         store.count().await.unwrap(),
         1,
         "bad usage removed something"
+    );
+}
+
+/// The devices SIP servers stored: listed with shortened tokens, removed one by one.
+async fn sip_devices_are_listed_and_removed(env: Env) {
+    let config = env.config("");
+    let store = env.store().await;
+    for (account, device) in [
+        ("bob@example.org", "phone"),
+        ("carol@example.org", "tablet"),
+    ] {
+        let d = pushgate::storage::SipDevice {
+            account: account.to_owned(),
+            app_id: "com.example.phone".to_owned(),
+            device_id: device.to_owned(),
+            platform: "apple".to_owned(),
+            token: BOB_APNS.to_owned(),
+            voip_token: Some("c0c0".repeat(16)),
+            silent: true,
+            user_agent: None,
+        };
+        store.save_sip_device(&d, 0, 10).await.unwrap();
+    }
+    let all = run(&config, &["sip", "list"]).expect(0);
+    assert_eq!(all.rows().len(), 2, "{}", all.stdout);
+    assert!(!all.stdout.contains(BOB_APNS), "tokens are shortened");
+    let bob = run(
+        &config,
+        &["sip", "list", "--account", "bob@example.org", "--json"],
+    )
+    .expect(0);
+    let line: serde_json::Value = serde_json::from_str(bob.stdout.trim()).unwrap();
+    assert_eq!(line["device_id"], "phone");
+    let remove = |device: &str| {
+        run(
+            &config,
+            &[
+                "sip",
+                "remove",
+                "--account",
+                "bob@example.org",
+                "--app-id",
+                "com.example.phone",
+                "--device-id",
+                device,
+            ],
+        )
+    };
+    remove("<urn:uuid:phone>").expect(0);
+    remove("phone").expect(3);
+    run(&config, &["sip", "list", "--account", "bob@example.org"]).expect(3);
+    assert_eq!(
+        store
+            .sip_devices("carol@example.org", 10)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }
 

@@ -1,5 +1,5 @@
 //! The admin command line: `pushgate devices …`, `push-test`, `certs`, `migrate`,
-//! `unifiedpush revoke`.
+//! `unifiedpush revoke`, `sip list|remove`.
 //!
 //! Each command group lives in its own module and returns an [`ExitCode`] scripts can rely on:
 //! [`OK`] (0), [`FAILED`] (1: the operation failed, e.g. a provider refused), [`USAGE`] (2: bad
@@ -10,6 +10,7 @@ pub mod certs;
 pub mod devices;
 pub mod migrate;
 pub mod push_test;
+pub mod sip;
 pub mod unifiedpush;
 
 use std::fmt;

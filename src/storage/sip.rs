@@ -121,6 +121,24 @@ impl Store {
         .await
     }
 
+    /// The devices of `account`, or of every account, at most `limit`, by account.
+    pub async fn list_sip_devices(
+        &self,
+        account: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SipDevice>, StoreError> {
+        match account {
+            Some(account) => self.sip_devices(account, limit).await,
+            None => {
+                self.query_sip_devices(
+                    &format!("SELECT {COLUMNS} FROM sip_devices ORDER BY account, id LIMIT ?"),
+                    vec![i64::from(limit).into()],
+                )
+                .await
+            }
+        }
+    }
+
     async fn query_sip_devices(
         &self,
         sql: &str,
