@@ -174,10 +174,12 @@ impl WebPush {
             Ok(p) => p,
             Err(reason) => return Verdict::OurFault { reason },
         };
-        let ttl = if n.kind == Kind::Voip {
-            self.ttl_secs.min(VOIP_TTL_SECS)
-        } else {
-            self.ttl_secs
+        // The notification's own time to live where it has one; a call rings for a minute at
+        // most otherwise.
+        let ttl = match (n.ttl_secs, n.kind) {
+            (Some(own), _) => self.ttl_secs.min(own),
+            (None, Kind::Voip) => self.ttl_secs.min(VOIP_TTL_SECS),
+            (None, _) => self.ttl_secs,
         };
 
         let mut request = self

@@ -446,6 +446,7 @@ impl Sip {
             .with_label_values(&[call.event.map_or("none", Event::label)])
             .observe(started.elapsed().as_secs_f64());
         let data: Vec<Value> = results.into_iter().map(|(_, _, _, d)| d).collect();
+        tracing::info!(code, devices = data.len(), "SIP push answered");
         answer(code, "push notification responses", Value::Array(data))
     }
 
@@ -572,11 +573,15 @@ impl Work {
                 .remove_dead(stored, token.as_str(), owns_its_token)
                 .await;
         }
-        tracing::info!(
-            code = result.code,
-            event = self.event.label(),
-            "SIP push done"
-        );
+        if result.code == 200 {
+            tracing::debug!(
+                code = result.code,
+                event = self.event.label(),
+                "SIP push done"
+            );
+        } else {
+            tracing::info!(code = result.code, reason = %result.reason, event = self.event.label(), "SIP push not delivered");
+        }
         let data = result.data(
             &self.app,
             &self.call.call_id,
