@@ -9,7 +9,8 @@
 # none of it): Prosody 0.12 + prosody-modules (mod_cloud_notify) from Debian, and the Python
 # packages of tests/e2e/requirements.txt from PyPI (slixmpp, and Synapse for the Matrix tests:
 # ~30 s more on a fresh machine, nothing once installed); the `openssl` CLI (the APNs end-to-end
-# tests make .p12 files with it, including legacy RC2-40 ones).
+# tests make .p12 files with it, including legacy RC2-40 ones); Kamailio 5.6 + http_client and
+# sipp for the SIP end-to-end tests.
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEBIAN_FRONTEND=noninteractive
@@ -105,6 +106,41 @@ ensure_ejabberd() {
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold ejabberd
     stop_system_ejabberd
     have_ejabberd || die "ejabberd is still missing after apt-get install"
+}
+
+# Kamailio 5.6 with its HTTP client module, and sipp (Debian sip-tester), for
+# tests/e2e/test_sip.py: Kamailio runs from a temp dir in the foreground with
+# etc/examples/kamailio-pushgate.cfg; the package's system service is stopped and disabled.
+have_kamailio() {
+    command -v kamailio >/dev/null 2>&1 && command -v sipp >/dev/null 2>&1 \
+        && dpkg -L kamailio-utils-modules 2>/dev/null | grep -q '/http_client\.so$'
+}
+
+stop_system_kamailio() {
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        if systemctl is-active --quiet kamailio 2>/dev/null || systemctl is-enabled --quiet kamailio 2>/dev/null; then
+            log "stopping and disabling the system kamailio service"
+            as_root systemctl disable --now kamailio >/dev/null 2>&1 || true
+        fi
+    elif [ -x /etc/init.d/kamailio ] && [ -s /run/kamailio/kamailio.pid ] \
+        && kill -0 "$(cat /run/kamailio/kamailio.pid)" 2>/dev/null; then
+        log "stopping the system kamailio service"
+        as_root /etc/init.d/kamailio stop >/dev/null 2>&1 || true
+    fi
+}
+
+ensure_kamailio() {
+    if have_kamailio; then
+        return 0
+    fi
+    command -v apt-get >/dev/null 2>&1 || die "kamailio, kamailio-utils-modules or sipp is missing and there is no apt-get: install Kamailio 5.6 with http_client and sipp 3.6 by hand"
+    log "installing kamailio, kamailio-utils-modules and sip-tester (Debian packages)"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        kamailio kamailio-utils-modules sip-tester
+    stop_system_kamailio
+    have_kamailio || die "kamailio (with http_client.so) or sipp is still missing after apt-get install"
 }
 
 python_deps_ok() {
