@@ -111,6 +111,10 @@ pub struct Config {
     pub unifiedpush: UnifiedPushConfig,
     #[serde(default)]
     pub sip: SipConfig,
+    /// Legacy provider names clients and servers may still use, each naming a provider id
+    /// (`"fcm-xmpp-api" = "fcm"`).
+    #[serde(default)]
+    pub provider_aliases: BTreeMap<String, String>,
     /// Provider sections as written; typed into `providers` section by section, so that errors
     /// name `providers.<id>.<key>`.
     #[serde(default, rename = "providers")]
@@ -255,6 +259,7 @@ impl Config {
         self.matrix.validate(&self.providers)?;
         self.unifiedpush.validate(&self.http)?;
         self.sip.validate(&self.providers, &self.http)?;
+        self.validate_aliases()?;
         for (id, section) in &self.providers {
             if id.is_empty()
                 || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES
@@ -271,6 +276,41 @@ impl Config {
             section
                 .check_ranges(&format!("providers.{id}"))
                 .map_err(|e| ConfigError::invalid(e.key, e.message))?;
+        }
+        Ok(())
+    }
+
+    /// Each alias is a name no provider has, as a provider id is written, for a provider that
+    /// exists.
+    fn validate_aliases(&self) -> Result<(), ConfigError> {
+        if self.provider_aliases.len() > 100 {
+            return Err(ConfigError::invalid(
+                "provider_aliases",
+                "at most 100 aliases",
+            ));
+        }
+        for (alias, id) in &self.provider_aliases {
+            let key = format!("provider_aliases.{alias}");
+            if alias.is_empty()
+                || alias.len() > crate::ids::MAX_PROVIDER_ID_BYTES
+                || alias
+                    .chars()
+                    .any(|ch| ch.is_whitespace() || ch.is_control())
+            {
+                return Err(ConfigError::invalid(
+                    key,
+                    "an alias is written as a provider id: non-empty, short, without spaces",
+                ));
+            }
+            if self.providers.contains_key(alias) {
+                return Err(ConfigError::invalid(key, "a provider has this id already"));
+            }
+            if !self.providers.contains_key(id) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("no [providers.{id}] section"),
+                ));
+            }
         }
         Ok(())
     }

@@ -177,6 +177,14 @@ impl Requester {
         )
     }
 
+    /// disco#info of the component itself.
+    pub fn disco_info(&self) -> Request {
+        self.iq(
+            "get",
+            "<query xmlns='http://jabber.org/protocol/disco#info'/>",
+        )
+    }
+
     /// A XEP-0199 ping.
     pub fn ping(&self) -> Request {
         self.iq("get", "<ping xmlns='urn:xmpp:ping'/>")

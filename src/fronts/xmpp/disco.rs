@@ -56,8 +56,8 @@ pub fn info(component: &Component, requester: &Jid, node: Option<&str>) -> Resul
             for var in fixed {
                 q.append_child(feature(var));
             }
-            for id in component.core.providers.ids() {
-                q.append_child(feature(id.as_str()));
+            for name in component.core.providers.names() {
+                q.append_child(feature(name));
             }
             if component.core.unifiedpush.get().is_some() {
                 q.append_child(feature(unifiedpush::register::NS_GENOFIRE));

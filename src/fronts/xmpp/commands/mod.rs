@@ -58,7 +58,7 @@ pub fn available(c: &Component, requester: &Jid) -> Vec<CommandInfo> {
             name: "Set APNs certificate".into(),
         });
     }
-    for id in c.core.providers.ids() {
+    for id in c.core.providers.names() {
         list.push(CommandInfo {
             node: format!("{P2_REGISTER_PREFIX}{id}"),
             name: format!("Register device for {id}"),
