@@ -180,6 +180,9 @@ async fn run(path: PathBuf) -> ExitCode {
     });
     let (warnings, alerts) = tokio::sync::mpsc::channel(16);
     admin_alerts::forward(component.clone(), alerts);
+    if config.registration.notify_removal {
+        pushgate::fronts::xmpp::removals::forward(component.clone());
+    }
     apns_credential_sync::start(core.clone(), warnings, stop_rx.clone()).await;
     pushgate::core::stats::spawn_refresh(core.store.clone(), stop_rx.clone());
     let retries = pushgate::core::retry::spawn(core.clone(), stop_rx.clone());

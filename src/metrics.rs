@@ -90,6 +90,9 @@ pub struct Metrics {
     pub sip_remote_log: IntCounterVec,
     /// Devices stored through the SIP API's v2 routes (from the store, every minute).
     pub sip_devices: IntGauge,
+    /// XEP-0357 remote-disable notifications for removed registrations, by outcome (`sent`,
+    /// `skipped`).
+    pub removal_notifications: IntCounterVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -321,6 +324,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "pushgate_sip_remote_log_total",
             "Remote log posts of the SIP API, by outcome.",
+            &["outcome"],
+        ),
+        removal_notifications: counter_vec(
+            &r,
+            "pushgate_removal_notifications_total",
+            "XEP-0357 remote-disable notifications for removed registrations, by outcome.",
             &["outcome"],
         ),
         unifiedpush_registrations: counter_vec(

@@ -324,30 +324,35 @@ async fn unregister_removes_once(url: String) {
 
     // Wrong provider or wrong account: nothing removed.
     assert!(
-        !store
+        store
             .unregister(&ProviderId::new("other"), &alice, &identity_of(&t))
             .await
             .unwrap()
+            .is_none()
     );
     assert!(
-        !store
+        store
             .unregister(&provider, &jid("mallory@example.org"), &identity_of(&t))
             .await
             .unwrap()
+            .is_none()
     );
     assert_eq!(store.count().await.unwrap(), 2);
 
+    // The removed registration's node comes back (for the remote-disable notification).
+    assert_eq!(
+        store
+            .unregister(&provider, &alice, &identity_of(&t))
+            .await
+            .unwrap(),
+        Some(t.node.clone())
+    );
     assert!(
         store
             .unregister(&provider, &alice, &identity_of(&t))
             .await
             .unwrap()
-    );
-    assert!(
-        !store
-            .unregister(&provider, &alice, &identity_of(&t))
-            .await
-            .unwrap()
+            .is_none()
     );
     assert!(store.find_by_node(t.node.as_str()).await.unwrap().is_none());
 
@@ -358,8 +363,8 @@ async fn unregister_removes_once(url: String) {
     };
     assert_eq!(key.key(), p.device_key);
     let fcm = ProviderId::new("fcm-http-v1");
-    assert!(store.unregister(&fcm, &alice, &key).await.unwrap());
-    assert!(!store.unregister(&fcm, &alice, &key).await.unwrap());
+    assert!(store.unregister(&fcm, &alice, &key).await.unwrap().is_some());
+    assert!(store.unregister(&fcm, &alice, &key).await.unwrap().is_none());
     assert_eq!(store.count().await.unwrap(), 0);
 }
 
@@ -679,6 +684,7 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
             .unregister(&r.provider, &r.account, &identity_of(&r))
             .await
             .unwrap()
+            .is_some()
     );
     assert!(
         store.find_by_node(&node).await.unwrap().is_none(),

@@ -114,6 +114,10 @@ pub struct RegistrationConfig {
     /// messages (exact or `*.suffix`): ejabberd with `include_body` set to a text.
     #[serde(default)]
     pub background_without_summary: Vec<String>,
+    /// When a registration is removed (dead token, unregister), tell its account with the
+    /// XEP-0357 affiliation-`none` notification (remote disabling).
+    #[serde(default = "yes")]
+    pub notify_removal: bool,
 }
 
 impl Default for RegistrationConfig {
@@ -126,6 +130,7 @@ impl Default for RegistrationConfig {
             allow_domains: Vec::new(),
             deny_domains: Vec::new(),
             background_without_summary: Vec::new(),
+            notify_removal: true,
         }
     }
 }

@@ -271,6 +271,7 @@ async fn dead_registration(
         });
     }
     tracing::info!(%reason, "token is dead: registration removed");
+    core.removals.announce(&reg.account, &reg.node);
     METRICS
         .dead_tokens_removed
         .with_label_values(&[reg.provider.as_str()])

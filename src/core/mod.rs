@@ -23,6 +23,7 @@ pub mod providers;
 pub mod rate_limit;
 pub mod recent;
 pub mod registry;
+pub mod removals;
 pub mod retry;
 pub mod slots;
 pub mod stats;
@@ -63,6 +64,8 @@ pub struct Core {
     /// UnifiedPush endpoints, when `[unifiedpush] enabled` (set once their key is loaded:
     /// [`Core::load_unifiedpush`]).
     pub unifiedpush: std::sync::OnceLock<unifiedpush::UnifiedPush>,
+    /// Registrations removed, for the fronts that tell the account's server.
+    pub removals: removals::Removals,
 }
 
 impl Core {
@@ -90,6 +93,7 @@ impl Core {
             cert_expiry_warning_days: config.admin.cert_expiry_warning_days,
             cert_check_interval: Duration::from_secs(config.admin.cert_check_interval_secs),
             unifiedpush: std::sync::OnceLock::new(),
+            removals: removals::Removals::default(),
         })
     }
 

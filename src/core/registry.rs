@@ -71,9 +71,10 @@ pub async fn unregister(
     let Some((provider, _)) = core.providers.get(provider_id) else {
         return Err(NONE);
     };
-    if !core.store.unregister(provider, account, device).await? {
+    let Some(node) = core.store.unregister(provider, account, device).await? else {
         return Err(NONE);
-    }
+    };
+    core.removals.announce(account, &node);
     // The account's domain only: the account and the token stay out of logs.
     tracing::info!(%provider, dialect = device.dialect().as_str(), domain = %account.domain(), "device unregistered");
     Ok(())

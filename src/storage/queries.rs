@@ -122,26 +122,31 @@ impl Store {
             .transpose()
     }
 
-    /// Removes the registration of `device` for (provider, account); false if there was none.
+    /// Removes the registration of `device` for (provider, account): its node, `None` if there
+    /// was none.
     pub async fn unregister(
         &self,
         provider: &ProviderId,
         account: &BareJid,
         device: &DeviceIdentity,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<NodeId>, StoreError> {
         let _turn = self.write_turn().await;
-        let res = Entity::delete_many()
+        let removed = Entity::delete_many()
             .filter(Column::Dialect.eq(device.dialect().as_str()))
             .filter(Column::Provider.eq(provider.as_str()))
             .filter(Column::Account.eq(account.as_str()))
             .filter(Column::DeviceKey.eq(device.key()))
-            .exec(&self.db)
+            .exec_with_returning(&self.db)
             .await?;
-        debug!(removed = res.rows_affected, "unregister");
-        if res.rows_affected > 0 {
-            self.forget_all();
+        debug!(removed = removed.len(), "unregister");
+        if removed.is_empty() {
+            return Ok(None);
         }
-        Ok(res.rows_affected > 0)
+        self.forget_all();
+        Ok(removed
+            .into_iter()
+            .next()
+            .map(|m| NodeId::from_stored(m.node)))
     }
 
     /// Removes a registration by id (an operator's `devices remove`).

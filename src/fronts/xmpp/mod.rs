@@ -13,6 +13,7 @@ pub mod error;
 pub mod forms;
 pub mod pending;
 pub mod publish;
+pub mod removals;
 pub mod router;
 pub mod stream;
 pub mod unifiedpush;
