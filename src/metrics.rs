@@ -93,6 +93,9 @@ pub struct Metrics {
     /// XEP-0357 remote-disable notifications for removed registrations, by outcome (`sent`,
     /// `skipped`).
     pub removal_notifications: IntCounterVec,
+    /// Token-addressed (fpush-style) publishes, by module (`unknown` for one not configured) and
+    /// outcome (a delivery outcome or a refusal).
+    pub fpush_publishes: IntCounterVec,
 }
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(
@@ -325,6 +328,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "pushgate_sip_remote_log_total",
             "Remote log posts of the SIP API, by outcome.",
             &["outcome"],
+        ),
+        fpush_publishes: counter_vec(
+            &r,
+            "pushgate_fpush_publishes_total",
+            "Token-addressed (fpush-style) publishes, by module and outcome.",
+            &["module", "outcome"],
         ),
         removal_notifications: counter_vec(
             &r,

@@ -363,8 +363,20 @@ async fn unregister_removes_once(url: String) {
     };
     assert_eq!(key.key(), p.device_key);
     let fcm = ProviderId::new("fcm-http-v1");
-    assert!(store.unregister(&fcm, &alice, &key).await.unwrap().is_some());
-    assert!(store.unregister(&fcm, &alice, &key).await.unwrap().is_none());
+    assert!(
+        store
+            .unregister(&fcm, &alice, &key)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .unregister(&fcm, &alice, &key)
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(store.count().await.unwrap(), 0);
 }
 

@@ -20,11 +20,13 @@ use pushgate_providers::{ProviderConfig, SectionSource};
 
 use crate::ids::BareJid;
 
+mod fpush;
 mod sections;
 mod sip;
 #[cfg(test)]
 mod tests;
 
+pub use fpush::{FpushConfig, FpushModule};
 pub use sections::{
     AdminConfig, ComponentConfig, HttpConfig, LimitsConfig, MAX_DEFAULT_PAYLOAD_BYTES,
     MatrixAppConfig, MatrixConfig, PushkeyEncoding, RegistrationConfig, RetryConfig, StorageConfig,
@@ -111,6 +113,8 @@ pub struct Config {
     pub unifiedpush: UnifiedPushConfig,
     #[serde(default)]
     pub sip: SipConfig,
+    #[serde(default)]
+    pub fpush: FpushConfig,
     /// Legacy provider names clients and servers may still use, each naming a provider id
     /// (`"fcm-xmpp-api" = "fcm"`).
     #[serde(default)]
@@ -260,6 +264,7 @@ impl Config {
         self.unifiedpush.validate(&self.http)?;
         self.sip.validate(&self.providers, &self.http)?;
         self.validate_aliases()?;
+        self.fpush.validate(&self.providers)?;
         for (id, section) in &self.providers {
             if id.is_empty()
                 || id.len() > crate::ids::MAX_PROVIDER_ID_BYTES

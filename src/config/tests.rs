@@ -507,3 +507,48 @@ fn sip_apps_name_providers_of_their_platform_and_networks_parse() {
     .unwrap_err();
     assert!(e.to_string().contains("sip.apps"), "{e}");
 }
+
+#[test]
+fn fpush_modules_name_apns_or_fcm_providers() {
+    let providers = "[providers.apns]\nkind = \"apns\"\ntopic = \"im.monal.Monal\"\nenvironment = \"production\"\n\
+        [providers.up]\nkind = \"webpush\"\n";
+    let c = Config::from_toml_str(&format!(
+        "{MINIMAL}{providers}[fpush.modules.monalProdiOS]\nprovider = \"apns\"\ndefault = true\n"
+    ))
+    .unwrap();
+    assert_eq!(c.fpush.pushes_per_minute_per_token, 30);
+    assert!(c.fpush.modules["monalProdiOS"].default);
+    for (text, key) in [
+        (
+            "[fpush.modules.m]\nprovider = \"up\"\n",
+            "fpush.modules.m.provider",
+        ),
+        (
+            "[fpush.modules.m]\nprovider = \"nope\"\n",
+            "fpush.modules.m.provider",
+        ),
+        (
+            "[fpush.modules.m]\nprovider = \"apns\"\nsandbox_provider = \"nope\"\n",
+            "fpush.modules.m.sandbox_provider",
+        ),
+        (
+            "[fpush.modules.\"m-sandbox\"]\nprovider = \"apns\"\n",
+            "fpush.modules.m-sandbox",
+        ),
+        (
+            "[fpush.modules.a]\nprovider = \"apns\"\ndefault = true\n[fpush.modules.b]\nprovider = \"apns\"\ndefault = true\n",
+            "fpush.modules",
+        ),
+        (
+            "[fpush]\npushes_per_minute_per_token = 0\n",
+            "fpush.pushes_per_minute_per_token",
+        ),
+        (
+            "[fpush]\nallowed_domains = [\"*\"]\n",
+            "fpush.allowed_domains[0]",
+        ),
+    ] {
+        let e = Config::from_toml_str(&format!("{MINIMAL}{providers}{text}")).unwrap_err();
+        assert!(e.to_string().contains(key), "{key}: {e}");
+    }
+}

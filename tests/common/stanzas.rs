@@ -131,6 +131,18 @@ impl Requester {
         secret: Option<&str>,
         summary: &[(&str, &str)],
     ) -> Request {
+        let options: Vec<(&str, &str)> = secret.map(|s| vec![("secret", s)]).unwrap_or_default();
+        self.publish_with(node, &options, summary)
+    }
+
+    /// A XEP-0357 publish with the publish-options fields `options` (none: no publish-options),
+    /// as Monal's server sends `pushModule`.
+    pub fn publish_with(
+        &self,
+        node: Option<&str>,
+        options: &[(&str, &str)],
+        summary: &[(&str, &str)],
+    ) -> Request {
         let node = node
             .map(|n| format!(" node='{}'", escape(n)))
             .unwrap_or_default();
@@ -141,21 +153,19 @@ impl Requester {
             fields.extend_from_slice(summary);
             form("form", &fields)
         };
-        let options = secret
-            .map(|s| {
-                let fields = [
-                    (
-                        "FORM_TYPE",
-                        "http://jabber.org/protocol/pubsub#publish-options",
-                    ),
-                    ("secret", s),
-                ];
-                format!(
-                    "<publish-options>{}</publish-options>",
-                    form("submit", &fields)
-                )
-            })
-            .unwrap_or_default();
+        let options = if options.is_empty() {
+            String::new()
+        } else {
+            let mut fields = vec![(
+                "FORM_TYPE",
+                "http://jabber.org/protocol/pubsub#publish-options",
+            )];
+            fields.extend_from_slice(options);
+            format!(
+                "<publish-options>{}</publish-options>",
+                form("submit", &fields)
+            )
+        };
         self.iq(
             "set",
             &format!(

@@ -52,6 +52,8 @@ pub struct Component {
     pub background_without_summary: Vec<HostPattern>,
     /// IQs sent and waiting for their answer.
     pub pending: pending::PendingIqs,
+    /// Token-addressed publishes (`[fpush]`), when a module is configured.
+    pub fpush: Option<publish::fpush::Fpush>,
 }
 
 impl Component {
@@ -74,6 +76,7 @@ impl Component {
                 &config.registration.background_without_summary,
             ),
             pending: pending::PendingIqs::default(),
+            fpush: publish::fpush::Fpush::from_config(&config.fpush),
         });
         (component, drain)
     }

@@ -10,6 +10,7 @@
 //! `publish_timeout`. Only `wait` keeps the
 //! registration on Prosody, ejabberd and Tigase alike (see `fronts/xmpp/error.rs`).
 
+pub mod fpush;
 pub mod request;
 
 use tracing::Instrument;
@@ -39,13 +40,22 @@ pub async fn handle(
     if from.node().is_some() || from.resource().is_some() {
         return Err(Fault::Forbidden("publishes come from servers"));
     }
-    let reg = registry::for_publish(
-        &c.core,
-        from.domain().as_str(),
-        req.node.as_deref(),
-        req.secret.as_deref(),
-    )
-    .await?;
+    let domain = from.domain().as_str();
+    if let Some(fpush) = c.fpush.as_ref().filter(|f| f.named(req)) {
+        return fpush.handle(&c.core, domain, req, deadline).await;
+    }
+    let reg =
+        match registry::for_publish(&c.core, domain, req.node.as_deref(), req.secret.as_deref())
+            .await
+        {
+            Ok(reg) => reg,
+            // No registration: perhaps a token for the default module (Monal without options).
+            Err(Fault::NotFound(why)) => match c.fpush.as_ref().filter(|f| f.may_default(req)) {
+                Some(fpush) => return fpush.handle(&c.core, domain, req, deadline).await,
+                None => return Err(Fault::NotFound(why)),
+            },
+            Err(e) => return Err(e),
+        };
     let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
     let notification = req.notification(reg.account.as_str(), without_summary(c, from));
     delivery::deliver(&c.core, Target::Registered(&reg), notification, deadline)

@@ -60,6 +60,11 @@ pub struct PublishRequest {
     pub node: Option<String>,
     /// The publish-options `secret`, when the enabling client gave one.
     pub secret: Option<String>,
+    /// The publish-options `pushModule`: the app a token-addressed (fpush-style) publish is
+    /// for, when the enabling client named one (Monal).
+    pub push_module: Option<String>,
+    /// Whether the publish-options carry fields besides `FORM_TYPE`, `secret` and `pushModule`.
+    pub other_options: bool,
     pub summary: Summary,
     /// Whether the notification carried a summary form at all. ejabberd sends none for a
     /// message when `include_body` is false, and none for a body-less stanza otherwise.
@@ -81,16 +86,29 @@ impl TryFrom<&Element> for PublishRequest {
         let publish = pubsub
             .get_child("publish", NS_PUBSUB)
             .ok_or(PublishError::NoPublish)?;
+        let options = pubsub
+            .get_child("publish-options", NS_PUBSUB)
+            .and_then(Form::find_in)
+            .filter(|f| f.form_type().is_none_or(|t| t == PUBLISH_OPTIONS));
+        let option = |var: &str| {
+            options
+                .as_ref()
+                .and_then(|f| f.value(var))
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
         let mut req = PublishRequest {
             node: publish
                 .attr("node")
                 .filter(|n| !n.is_empty())
                 .map(str::to_owned),
-            secret: pubsub
-                .get_child("publish-options", NS_PUBSUB)
-                .and_then(Form::find_in)
-                .filter(|f| f.form_type().is_none_or(|t| t == PUBLISH_OPTIONS))
-                .and_then(|f| f.value("secret").map(str::to_owned)),
+            secret: option("secret"),
+            push_module: option("pushModule"),
+            other_options: options.as_ref().is_some_and(|f| {
+                f.fields.iter().any(|field| {
+                    !matches!(field.var.as_str(), "FORM_TYPE" | "secret" | "pushModule")
+                })
+            }),
             ..Default::default()
         };
         let notification = publish
