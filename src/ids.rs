@@ -96,6 +96,9 @@ pub enum Dialect {
     Tigase,
     /// `register-push-<provider>` / `unregister-push-<provider>` (Conversations, p2).
     P2,
+    /// mod_push_appserver's `v1-register-push` / `v1-unregister-push` (Monal 2020–2022, yaxim):
+    /// the client names the node (its device id), and the secret tells its accounts apart.
+    AppServer,
 }
 
 impl Dialect {
@@ -103,12 +106,14 @@ impl Dialect {
         match self {
             Dialect::Tigase => "tigase",
             Dialect::P2 => "p2",
+            Dialect::AppServer => "appserver",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "tigase" => Some(Dialect::Tigase),
             "p2" => Some(Dialect::P2),
+            "appserver" => Some(Dialect::AppServer),
             _ => None,
         }
     }
@@ -129,6 +134,8 @@ pub enum DeviceIdentity {
         token: DeviceToken,
         muc: Option<BareJid>,
     },
+    /// mod_push_appserver dialect: the node the client chose (its device id).
+    Node(String),
 }
 
 impl DeviceIdentity {
@@ -149,6 +156,9 @@ impl DeviceIdentity {
                 token: token.clone(),
                 muc: muc.cloned(),
             },
+            (Dialect::AppServer, id) => {
+                DeviceIdentity::Node(id.unwrap_or(token.as_str()).to_owned())
+            }
         }
     }
 
@@ -156,6 +166,7 @@ impl DeviceIdentity {
         match self {
             DeviceIdentity::Token(_) => Dialect::Tigase,
             DeviceIdentity::Device { .. } | DeviceIdentity::TokenInRoom { .. } => Dialect::P2,
+            DeviceIdentity::Node(_) => Dialect::AppServer,
         }
     }
 
@@ -186,6 +197,11 @@ impl DeviceIdentity {
                 part(b"token");
                 part(token.as_str().as_bytes());
                 muc
+            }
+            DeviceIdentity::Node(node) => {
+                part(b"node");
+                part(node.as_bytes());
+                return hex(&h.finalize());
             }
         };
         match muc {

@@ -479,6 +479,7 @@ async fn concurrent_registrations_converge(url: String) {
                 r.node.as_str().to_owned(),
                 r.secret.unwrap().as_str().to_owned(),
             )),
+            Dialect::AppServer => unreachable!("only Tigase and p2 devices were registered"),
         }
     }
     assert_eq!(tigase_nodes.len(), 20);

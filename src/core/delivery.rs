@@ -172,12 +172,18 @@ pub async fn attempt(
 }
 
 /// The notification as the registration's dialect promised it to the app. Tigase-dialect apps
-/// get the summary. p2 (Conversations) registrations get no content at all, only
+/// get the summary; mod_push_appserver-dialect apps the summary without the account. p2 (Conversations) registrations get no content at all, only
 /// `account` = SHA-1 hex of (account bare JID, NUL, device id), `channel` likewise for a
 /// per-room registration, and a collapse key from the first six hex digits of the channel hash,
 /// else of the account hash: the app recomputes the hashes to find what to sync, and the
 /// provider (Google, Apple) learns nothing about who talks to whom.
 fn as_promised(mut n: Notification, reg: &Registration) -> Notification {
+    if reg.dialect == Dialect::AppServer {
+        // mod_push_appserver's apps get what the summary says (the sender and body, when the
+        // server sent them) and no account: they never asked for it.
+        n.content.account = None;
+        return n;
+    }
     if reg.dialect == Dialect::P2 {
         let device_id = reg.device_id.as_deref().unwrap_or_default();
         let account = p2_hash(reg.account.as_str(), device_id);

@@ -81,7 +81,8 @@ pub async fn unregister(
 }
 
 /// The registration behind `node`, if `publisher_domain` may publish to it (the account's own
-/// domain, as normalised in a parsed JID) with `secret` (p2 registrations have one).
+/// domain, as normalised in a parsed JID) with `secret` (p2 and mod_push_appserver
+/// registrations have one).
 pub async fn for_publish(
     core: &Core,
     publisher_domain: &str,
@@ -89,7 +90,14 @@ pub async fn for_publish(
     secret: Option<&str>,
 ) -> Result<Arc<Registration>, Fault> {
     let node = node.ok_or(NO_SUCH_NODE)?;
-    let Some(reg) = core.store.find_by_node(node).await? else {
+    let mut found = core.store.find_by_node(node).await?;
+    // A node the client chose (mod_push_appserver dialect) is found with its secret.
+    if found.is_none()
+        && let Some(secret) = secret
+    {
+        found = core.store.find_by_keyed_node(node, secret).await?;
+    }
+    let Some(reg) = found else {
         tracing::info!(reason = "unknown_node", "publish refused");
         return Err(NO_SUCH_NODE);
     };

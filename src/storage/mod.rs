@@ -106,9 +106,15 @@ impl Store {
         self.writer.turn().await
     }
 
-    fn forget(&self, node: &str) {
+    fn forget(&self, reg: &Registration) {
         if let Some(cache) = &self.cache {
-            cache.remove(&node_digest(node));
+            let digest = match (&reg.dialect, &reg.secret) {
+                (crate::ids::Dialect::AppServer, Some(secret)) => {
+                    keyed_node_digest(reg.node.as_str(), secret.as_str())
+                }
+                _ => node_digest(reg.node.as_str()),
+            };
+            cache.remove(&digest);
         }
     }
 
@@ -126,6 +132,22 @@ fn node_hash(node: &str) -> String {
 
 fn node_digest(node: &str) -> NodeHash {
     Sha256::digest(node.as_bytes()).into()
+}
+
+/// The lookup key of a node the client chose (mod_push_appserver dialect): node and secret, so
+/// that the same node registered for two accounts makes two rows, and a node alone finds none.
+fn keyed_node_hash(node: &str, secret: &str) -> String {
+    crate::ids::hex(&keyed_node_digest(node, secret))
+}
+
+fn keyed_node_digest(node: &str, secret: &str) -> NodeHash {
+    Sha256::new()
+        .chain_update(b"pushgate keyed node\0")
+        .chain_update((node.len() as u64).to_be_bytes())
+        .chain_update(node.as_bytes())
+        .chain_update(secret.as_bytes())
+        .finalize()
+        .into()
 }
 
 /// A transaction that writes: on SQLite it takes the write lock at `BEGIN`, so that what it

@@ -11,7 +11,8 @@ use tracing::{debug, info};
 use super::entity::{Column, Entity};
 use super::writer::{Pending, identity, new_row};
 use super::{
-    Admission, NewRegistration, Registered, Registration, Store, StoreError, node_digest, now,
+    Admission, NewRegistration, Registered, Registration, Store, StoreError, keyed_node_digest,
+    node_digest, now,
 };
 use crate::ids::{BareJid, DeviceIdentity, NodeId, ProviderId};
 use crate::metrics::METRICS;
@@ -48,14 +49,15 @@ impl Store {
             // The writer task is gone (the runtime is shutting down): write it here.
             Err(pending) => self.writer.write_one(pending).await?,
         };
+        let registration = Registration::try_from(m)?;
         if added {
-            info!(id = m.id, dialect = new.dialect.as_str(), provider = %new.provider, "registration created");
+            info!(id = registration.id, dialect = new.dialect.as_str(), provider = %new.provider, "registration created");
         } else {
-            self.forget(&m.node);
-            debug!(id = m.id, "registration refreshed");
+            self.forget(&registration);
+            debug!(id = registration.id, "registration refreshed");
         }
         Ok(Registered {
-            registration: Registration::try_from(m)?,
+            registration,
             added,
         })
     }
@@ -88,7 +90,28 @@ impl Store {
         if node.is_empty() || node.len() > MAX_NODE_LEN {
             return Ok(None);
         }
-        let digest = node_digest(node);
+        self.find_by_digest(node_digest(node), node).await
+    }
+
+    /// Lookup of a node the client chose (mod_push_appserver dialect) by node and secret, which
+    /// make its key together.
+    pub async fn find_by_keyed_node(
+        &self,
+        node: &str,
+        secret: &str,
+    ) -> Result<Option<Arc<Registration>>, StoreError> {
+        if node.is_empty() || node.len() > MAX_NODE_LEN || secret.len() > MAX_NODE_LEN {
+            return Ok(None);
+        }
+        self.find_by_digest(keyed_node_digest(node, secret), node)
+            .await
+    }
+
+    async fn find_by_digest(
+        &self,
+        digest: super::cache::NodeHash,
+        node: &str,
+    ) -> Result<Option<Arc<Registration>>, StoreError> {
         let lookups = &METRICS.registration_lookups;
         if let Some(cache) = &self.cache
             && let Some(reg) = cache.get(&digest, Instant::now())
@@ -169,7 +192,7 @@ impl Store {
             .filter(Column::Token.eq(reg.token.as_str()))
             .exec(&self.db)
             .await?;
-        self.forget(reg.node.as_str());
+        self.forget(reg);
         Ok(res.rows_affected > 0)
     }
 

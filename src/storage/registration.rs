@@ -60,7 +60,7 @@ pub struct Registration {
     pub second_token: Option<DeviceToken>,
     pub webpush_keys: Option<WebPushKeys>,
     pub node: NodeId,
-    /// Present for [`Dialect::P2`] only.
+    /// Present for [`Dialect::P2`] and [`Dialect::AppServer`].
     pub secret: Option<Secret>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -124,8 +124,8 @@ impl TryFrom<Model> for Registration {
         };
         // A p2 registration without its secret would accept unauthenticated publishes.
         let secret = match (dialect, m.secret) {
-            (Dialect::P2, Some(s)) => Some(Secret::from_stored(s)),
-            (Dialect::P2, None) => return Err(corrupt("secret")),
+            (Dialect::P2 | Dialect::AppServer, Some(s)) => Some(Secret::from_stored(s)),
+            (Dialect::P2 | Dialect::AppServer, None) => return Err(corrupt("secret")),
             (Dialect::Tigase, s) => s.map(Secret::from_stored),
         };
         Ok(Registration {

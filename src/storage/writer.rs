@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::entity::{ActiveModel, Column, Entity, Model};
-use super::{NewRegistration, StoreError, node_hash, now};
+use super::{NewRegistration, StoreError, keyed_node_hash, node_hash, now};
 use crate::ids::{Dialect, NodeId, Secret};
 use sha2::{Digest, Sha256};
 
@@ -22,10 +22,21 @@ const KNOWN_DEVICES_PER_QUERY: usize = 32;
 
 /// A fresh row for `new`: a new node and, for p2, a new secret.
 pub(super) fn new_row(new: &NewRegistration, key: &str) -> ActiveModel {
-    let node = NodeId::generate();
-    let secret = match new.dialect {
-        Dialect::P2 => Some(Secret::generate()),
-        Dialect::Tigase => None,
+    let (node, secret) = match new.dialect {
+        Dialect::P2 => (NodeId::generate(), Some(Secret::generate())),
+        Dialect::Tigase => (NodeId::generate(), None),
+        // The client chose the node; its secret makes the row's lookup key (one device may
+        // register it for several accounts, each with a secret of its own).
+        Dialect::AppServer => (
+            NodeId::from_stored(new.device_id.clone().unwrap_or_default()),
+            Some(Secret::generate()),
+        ),
+    };
+    let lookup = match &secret {
+        Some(secret) if new.dialect == Dialect::AppServer => {
+            keyed_node_hash(node.as_str(), secret.as_str())
+        }
+        _ => node_hash(node.as_str()),
     };
     let at = now();
     ActiveModel {
@@ -41,7 +52,7 @@ pub(super) fn new_row(new: &NewRegistration, key: &str) -> ActiveModel {
         second_token: Set(new.second_token.as_ref().map(|t| t.as_str().to_owned())),
         webpush_p256dh: Set(new.webpush_keys.as_ref().map(|k| k.p256dh.clone())),
         webpush_auth: Set(new.webpush_keys.as_ref().map(|k| k.auth.clone())),
-        node_hash: Set(node_hash(node.as_str())),
+        node_hash: Set(lookup),
         node: Set(node.as_str().to_owned()),
         secret: Set(secret.map(|s| s.as_str().to_owned())),
         created_at: Set(at),

@@ -1,13 +1,16 @@
 //! XEP-0050 commands clients use to register devices, dispatched by command node.
 //!
-//! Two registration dialects exist in the wild: Tigase's `register-device` /
-//! `unregister-device` (Siskin, Snikket iOS, Tigase Messenger) and p2's
-//! `register-push-<provider>` / `unregister-push-<provider>` (Conversations). Each lives in its
+//! Three registration dialects exist in the wild: Tigase's `register-device` /
+//! `unregister-device` (Siskin, Snikket iOS, Tigase Messenger), p2's
+//! `register-push-<provider>` / `unregister-push-<provider>` (Conversations) and
+//! mod_push_appserver's `v1-register-push` / `v1-unregister-push` (older Monal, yaxim). (Current
+//! Monal registers nothing: see `publish/fpush.rs`.) Each lives in its
 //! own module, one type per command that parses its form and then applies it through the core
 //! (`core::registry`), where every registration passes the same gate. `admin.rs` holds the
 //! commands only admins may run.
 
 mod admin;
+mod appserver;
 mod fields;
 mod p2;
 mod tigase;
@@ -44,6 +47,14 @@ pub fn available(c: &Component, requester: &Jid) -> Vec<CommandInfo> {
         CommandInfo {
             node: UNREGISTER_DEVICE.into(),
             name: "Unregister device".into(),
+        },
+        CommandInfo {
+            node: appserver::REGISTER.into(),
+            name: "Register device (mod_push_appserver v1)".into(),
+        },
+        CommandInfo {
+            node: appserver::UNREGISTER.into(),
+            name: "Unregister device (mod_push_appserver v1)".into(),
         },
     ];
     if c.is_admin(requester) {
@@ -89,6 +100,8 @@ pub async fn execute(
     match req.node.as_str() {
         REGISTER_DEVICE => tigase::register(c, account, &req).await,
         UNREGISTER_DEVICE => tigase::unregister(c, account, &req).await,
+        appserver::REGISTER => appserver::register(c, account, &req).await,
+        appserver::UNREGISTER => appserver::unregister(c, account, &req).await,
         admin::SET_APNS_CERTIFICATE => admin::set_apns_certificate(c, from, &req).await,
         admin::GET_STATISTICS => admin::get_statistics(c, from, &req).await,
         node => {

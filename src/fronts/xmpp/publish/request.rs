@@ -135,6 +135,14 @@ impl PublishRequest {
                         sender: form.value("last-message-sender").map(str::to_owned),
                         body: form.value("last-message-body").map(str::to_owned),
                     };
+                    // mod_push_appserver's priority field (Prosody's
+                    // mod_cloud_notify_priority_tag); the priority element wins if both come.
+                    let hint = match form.value("last-message-priority") {
+                        Some("high") => Some(PriorityHint::High),
+                        Some("low") => Some(PriorityHint::Low),
+                        _ => None,
+                    };
+                    self.priority = self.priority.or(hint);
                 }
             } else if child.is("encrypted", NS_ENCRYPT) {
                 self.call |= child.attr("type") == Some("voip");
