@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from recorded import wait_for_recorded
 
 from synapse_proc import NOTIFY_PATH
 
@@ -100,18 +101,8 @@ class NotifyRecorder:
 
     def wait_for(self, pred, count: int = 1, timeout: float = 15.0) -> list[Notify]:
         """Waits until `count` answered notifies satisfy `pred`; returns them in arrival order."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                got = [n for n in self.notifies if n.status and pred(n)]
-                if len(got) >= count:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"{self.name}: {len(got)}/{count} matching notifies within {timeout} s;"
-                        f" last ones:\n{self.diagnostics()}")
-                self._cond.wait(min(left, 0.2))
+        return wait_for_recorded(self._cond, lambda: self.notifies, pred, count, timeout,
+                                 f"{self.name}: notifies", self.diagnostics)
 
     def diagnostics(self, n: int = 10) -> str:
         with self._cond:

@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from recorded import wait_for_recorded
+
 Reply = tuple[int, dict | None]   # (status, JSON body or None for an empty body)
 
 
@@ -80,18 +82,8 @@ class SylkRecorder:
 
     def wait_for(self, pred, count: int = 1, timeout: float = 10.0) -> list[Push]:
         """Waits until `count` answered POSTs satisfy `pred`; returns them in arrival order."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                got = [p for p in self.pushes if p.status and pred(p)]
-                if len(got) >= count:
-                    return got
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(
-                        f"{self.name}: {len(got)}/{count} matching POSTs within {timeout} s;"
-                        f" last ones:\n{self.diagnostics()}")
-                self._cond.wait(min(left, 0.2))
+        return wait_for_recorded(self._cond, lambda: self.pushes, pred, count, timeout,
+                                 f"{self.name}: POSTs", self.diagnostics)
 
     def diagnostics(self, n: int = 10) -> str:
         with self._cond:
