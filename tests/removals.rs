@@ -68,6 +68,8 @@ async fn next_message(outbox: &mut Outbox) -> Option<Message> {
 fn assert_disables(m: &Message, node: &str) {
     assert_eq!(m.to.as_ref().unwrap().to_string(), "alice@example.org");
     assert_eq!(m.from.as_ref().unwrap().to_string(), "push.test");
+    // Not stored for an offline account, so it makes no server push the other devices.
+    assert_eq!(m.type_, xmpp_parsers::message::MessageType::Headline);
     let pubsub: &Element = m
         .payloads
         .iter()

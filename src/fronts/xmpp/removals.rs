@@ -3,12 +3,15 @@
 //! drops the push registration at once instead of waiting for the next publish to fail.
 //!
 //! Tigase XMPP Server and Tigase's clients act on it; Prosody 0.12 and ejabberd 23.01 route it
-//! to the account's clients and keep their registration (measured in tests/e2e/test_dialects.py,
-//! docs/architecture.md): for them the next publish's `item-not-found` still does the work.
-//! Sent as the Tigase push component sends it:
+//! to the account's online resources and keep their registration until the next publish is
+//! answered `item-not-found` (measured in tests/e2e/test_remote_disable.py; docs/architecture.md,
+//! "Remote disabling"). It is a `headline` message: servers store no headline for an account
+//! that is offline (RFC 6121 §8.5.2.1.1), so a removal does not make them push the account's
+//! other devices for a message nobody will read (as a stored normal message did: an empty alert
+//! on every other device on ejabberd).
 //!
 //! ```xml
-//! <message from='push.example.net' to='user@example.org'>
+//! <message type='headline' from='push.example.net' to='user@example.org'>
 //!   <pubsub xmlns='http://jabber.org/protocol/pubsub' node='NODE'>
 //!     <affiliation jid='user@example.org' affiliation='none'/>
 //!   </pubsub>
@@ -44,7 +47,7 @@ pub fn notification(c: &Component, removed: &Removed) -> Stanza {
         .build();
     let mut message = Message::new(Some(Jid::from(removed.account.clone())));
     message.from = Some(Jid::from(c.jid.clone()));
-    message.type_ = MessageType::Normal;
+    message.type_ = MessageType::Headline;
     message.payloads.push(pubsub);
     message.into()
 }
