@@ -198,6 +198,9 @@ class Client:
         self.host = host
         self.messages: list = []
         self.error_messages: list = []
+        # <message/>s carrying a PubSub payload (XEP-0357 remote disabling). slixmpp's `message`
+        # event fires only for messages with a <body/>, so these never reach `messages`.
+        self.pubsub_messages: list = []
         self.xmpp: slixmpp.ClientXMPP | None = None
 
     @property
@@ -240,6 +243,11 @@ class Client:
         c.add_event_handler("disconnected", on_disconnected)
         c.add_event_handler("message", lambda m: self.messages.append(m))
         c.add_event_handler("message_error", lambda m: self.error_messages.append(m))
+        # registered before the stream starts, so messages from offline storage (sent right
+        # after the initial presence) are recorded too
+        c.register_handler(Callback(
+            "pubsub message", MatchXPath(f"{{{c.default_ns}}}message/{{{NS_PUBSUB}}}pubsub"),
+            self.pubsub_messages.append))
         self.xmpp = c
         c.connect(self.host, self.port)
         try:
