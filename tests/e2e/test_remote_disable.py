@@ -2,36 +2,35 @@
 with the message pushgate sends when it removes a registration (the `unregister-device`
 command, Siskin's REST unregister, a dead token found by a publish):
 
-    <message from='push.localhost' to='kate@localhost'>
+    <message type='headline' from='push.localhost' to='kate@localhost'>
       <pubsub xmlns='http://jabber.org/protocol/pubsub' node='NODE'>
         <affiliation jid='kate@localhost' affiliation='none'/>
       </pubsub>
     </message>
 
 Measured here; docs/architecture.md ("Remote disabling") keeps the summary. Neither server acts on
-it: each routes it like any message to the account, live to an online resource, else into
-offline storage (delivered with a delay at the next login), and keeps its push registration.
-What differs is when the registration ends:
+it: each routes it as a headline (RFC 6121 8.5.2.1.1), live to the account's online resources and
+nowhere when there is none: nothing is stored, nothing is published for it, nothing reaches the
+phone at its next login. Either way the server keeps its push registration until a publish to the
+removed node is answered item-not-found:
 
-* phone online at the removal: the server keeps the registration; the next message to the
-  offline account is published to the removed node, answered item-not-found, and only then the
-  server disables it;
-* phone offline (REST unregister, dead token): storing the message offline makes the server
-  publish for it to every registration of the account, so the removed node's publish is
-  answered item-not-found and the server disables it at once; the account's other devices get
-  that push too: Prosody's is a wake-up (low priority), ejabberd's carries no summary and is an
-  alert (high priority, no body) unless the domain is in `background_without_summary`;
-* dead token: Prosody reads the component stream in order, so when pushgate's error reply comes
-  before the message (every run so far) it disables first and the stored message is not
-  published to the removed node; ejabberd handles the reply in another process and usually
-  (13 of 15 runs) publishes the stored message to the removed node once more (not_found).
+* phone online at the removal (`unregister-device`): the headline reaches the resource at once
+  (no delay); the server publishes the next message to the offline account to the removed node
+  as well (not_found) and disables it;
+* phone offline (REST unregister) and dead token (410): the headline is dropped; the next
+  message is published to the removed node (not_found, disabled) and to the account's other
+  device, which gets that message's push and nothing else; the phone finds only that message in
+  offline storage at its next login.
 
 Every account also has a fence device, enabled from another resource that is offline again: its
 deliveries prove that the server handled a message, so "nothing was published to the removed
 node" is checked without waiting out a quiet period. (Another resource, because ejabberd keys a
 push registration by the session that enabled it: one error deletes every registration that
-session enabled.) Lastly, on an own Prosody stack: `notify_removal = false` sends nothing, and a
-Conversations-style `register-push-fcm` through `[provider_aliases] fcm = "webpush"` delivers.
+session enabled.) That the server has handled the headline before the next step is fenced the
+same way: a ping to pushgate is answered on the component stream after the headline, and both
+servers route a component's stanzas in order. Lastly, on an own Prosody stack:
+`notify_removal = false` sends nothing, and a Conversations-style `register-push-fcm` through
+`[provider_aliases] fcm = "webpush"` delivers.
 """
 
 from __future__ import annotations
@@ -56,9 +55,6 @@ NS_DELAY = "urn:xmpp:delay"
 SETTLE = 0.3   # after a fence delivery: the other publishes for that message are answered
 REMOVALS_SENT = re.compile(r'^pushgate_removal_notifications_total\{outcome="sent"\} (\d+)$',
                            re.M)
-# What pushgate makes of the server's publish for the stored notification (no body): Prosody
-# sends an empty-bodied summary (a wake-up), ejabberd no summary at all (an alert by default).
-STORED_PUSH = {"Prosody": ("background", "low"), "Ejabberd": ("alert", "high")}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -79,6 +75,16 @@ def removals_sent(http_base: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def wait_removals_sent(http_base: str, count: int, timeout: float = 5.0):
+    """Until pushgate has queued its `count`th remote-disable message (the counter goes up once
+    the message is in the stream's outbox)."""
+    deadline = time.monotonic() + timeout
+    while (n := removals_sent(http_base)) < count:
+        assert time.monotonic() < deadline, f"{n} remote-disable message(s) sent, not {count}"
+        time.sleep(0.02)
+    assert n == count, f"{n} remote-disable messages sent, not {count}"
+
+
 def wait_notification(client: Client, timeout: float = 5.0) -> ET.Element:
     """The one remote-disable message the client got."""
     deadline = time.monotonic() + timeout
@@ -92,18 +98,41 @@ def wait_notification(client: Client, timeout: float = 5.0) -> ET.Element:
     return got[0]
 
 
-def check_notification(m: ET.Element, account: str, node: str, delayed: bool):
-    """The message as pushgate sends it; `delayed`: it came out of offline storage (the server
-    added a XEP-0203 delay)."""
+def check_notification(m: ET.Element, account: str, node: str):
+    """The message as pushgate sends it: a headline to the bare JID, delivered live (no XEP-0203
+    delay: nothing was stored)."""
     where = ET.tostring(m, encoding="unicode")
     assert m.get("from") == PUSH_JID, where
     assert m.get("to") == account, f"not addressed to the bare JID: {where}"
-    assert m.get("type") in (None, "normal"), where
+    assert m.get("type") == "headline", where
     pubsub = m.find(f"{{{NS_PUBSUB}}}pubsub")
     assert pubsub is not None and pubsub.get("node") == node, where
     aff = pubsub.find(f"{{{NS_PUBSUB}}}affiliation")
     assert aff is not None and (aff.get("jid"), aff.get("affiliation")) == (account, "none"), where
-    assert (m.find(f"{{{NS_DELAY}}}delay") is not None) == delayed, where
+    assert m.find(f"{{{NS_DELAY}}}delay") is None, where
+
+
+def headlines_received(server: Prosody, account: str, since: int) -> list[str]:
+    """Prosody's log lines for the remote-disable messages it read from the component
+    (Prosody's attribute order varies)."""
+    return [line for line in server.log.lines(since)
+            if "Received[component]: <message " in line and f"from='{PUSH_JID}'" in line
+            and f"to='{account}'" in line]
+
+
+def headline_dropped(server, bob: Client, account: str, since_s: int):
+    """The server has handled the remote-disable message pushgate queued for the offline
+    `account`: pushgate answers bob's ping on the component stream after it, and both servers
+    route a component's stanzas in order. Prosody's log says it read a headline and stored
+    nothing; ejabberd logs neither at info (the fence deliveries and the next login tell)."""
+    bob.ping(PUSH_JID)
+    if isinstance(server, Prosody):
+        got = headlines_received(server, account, since_s)
+        assert len(got) == 1 and "type='headline'" in got[0], f"not one headline: {got}"
+        stored = [line for line in server.log.lines(since_s)
+                  if "Saved to offline storage: <message " in line
+                  and f"from='{PUSH_JID}'" in line]
+        assert not stored, stored
 
 
 def phone(connect, endpoint, user: str) -> tuple[Client, Device, str, Device]:
@@ -134,13 +163,38 @@ def publishes_to(server, node: str, since: int) -> int:
                                    since))
 
 
-def check_stored_push(server, d: Delivery, account: str):
-    """The fence's delivery of the server's publish for the stored remote-disable message."""
+def check_message_push(d: Delivery, account: str, body: str):
+    """The fence's delivery of bob's message (an alert with its body), not of anything else."""
     where = d.summary()
     assert d.status == 201 and d.decrypt_error is None, where
-    kind, priority = STORED_PUSH[type(server).__name__]
-    assert (d.payload.get("kind"), d.payload.get("priority")) == (kind, priority), where
-    assert d.payload.get("account") == account and "body" not in d.payload, where
+    assert (d.payload.get("kind"), d.payload.get("account"), d.payload.get("body")) == \
+        ("alert", account, body), where
+
+
+def fence_push(endpoint, fence: Device, before: int = 0) -> Delivery:
+    """The fence's one new delivery: waits for it, lets the other publishes for the same message
+    be answered, and checks that no second one came (a push for the headline would be one)."""
+    wait_deliveries(endpoint, fence, before + 1)
+    time.sleep(SETTLE)
+    got = endpoint.deliveries_for(fence)[before:]
+    assert len(got) == 1, f"{len(got)} pushes to the fence: " + "; ".join(d.summary() for d in got)
+    return got[0]
+
+
+def only_bobs_messages_at_login(connect, user: str, bodies: list[str]):
+    """The phone's next login: offline storage holds bob's messages (delayed) and no
+    remote-disable message, which, stored, would have come first."""
+    c = connect(user)
+    deadline = time.monotonic() + 5.0
+    while len(c.messages) < len(bodies):
+        assert time.monotonic() < deadline, f"{c.bare}: {len(c.messages)} offline message(s)"
+        time.sleep(0.02)
+    time.sleep(SETTLE)
+    assert [str(m["body"]) for m in c.messages] == bodies
+    assert all(m.xml.find(f"{{{NS_DELAY}}}delay") is not None for m in c.messages)
+    assert c.pubsub_messages == [], \
+        [ET.tostring(m.xml, encoding="unicode") for m in c.pubsub_messages]
+    c.disconnect()
 
 
 def only_the_fence_is_pushed(server, pushgate, endpoint, bob: Client, account: str, node: str,
@@ -150,8 +204,8 @@ def only_the_fence_is_pushed(server, pushgate, endpoint, bob: Client, account: s
     before = len(endpoint.deliveries_for(fence))
     since, since_s = pushgate.log.offset(), server.log.offset()
     bob.send_message(account, "after the server disabled it")
-    wait_deliveries(endpoint, fence, before + 1)
-    time.sleep(SETTLE)
+    check_message_push(fence_push(endpoint, fence, before), account,
+                       "after the server disabled it")
     assert pushgate.outcomes(since) == ["delivered"], pushgate.outcomes(since)
     assert publishes_to(server, node, since_s) == 0
 
@@ -159,35 +213,40 @@ def only_the_fence_is_pushed(server, pushgate, endpoint, bob: Client, account: s
 # --- what each server does with it -----------------------------------------------------------
 def test_phone_online_gets_it_live_and_the_server_publishes_once_more(
         users, stack, server, pushgate, endpoint, connect):
-    """Siskin unregisters while online: the message reaches its resource at once; the server
+    """Siskin unregisters while online: the headline reaches its resource at once; the server
     keeps the registration until the next message's publish is answered item-not-found."""
     kate, dev, node, fence = phone(connect, endpoint, "kate")
     sent = removals_sent(stack.http_base)
+    start, start_s = pushgate.log.offset(), server.log.offset()
     r = kate.command(PUSH_JID, "unregister-device", form=tigase_form(dev))
     assert r.status == "completed", r.xml
-    check_notification(wait_notification(kate), "kate@localhost", node, delayed=False)
+    check_notification(wait_notification(kate), "kate@localhost", node)
     assert removals_sent(stack.http_base) == sent + 1
     kate.disconnect()
+    assert pushgate.outcomes(start) == [] and publishes_to(server, node, start_s) == 0
 
     # the server kept it: bob's message is published to the removed node as well
     bob = connect("bob")
     since, since_s = pushgate.log.offset(), server.log.offset()
     bob.send_message("kate@localhost", "to a phone that unregistered")
-    wait_deliveries(endpoint, fence, 1)
     server.log.wait_for(server.rejection(PUSH_JID, node, "cancel", "item-not-found"),
                         since=since_s)
     server.log.wait_for(server.disabling(PUSH_JID, node), since=since_s)
-    assert sorted(pushgate.wait_outcomes(since, count=2)) == ["delivered", "not_found"]
+    check_message_push(fence_push(endpoint, fence), "kate@localhost",
+                       "to a phone that unregistered")
+    assert sorted(pushgate.outcomes(since)) == ["delivered", "not_found"], \
+        pushgate.outcomes(since)
     assert publishes_to(server, node, since_s) == 1
     assert endpoint.deliveries_for(dev) == []
     only_the_fence_is_pushed(server, pushgate, endpoint, bob, "kate@localhost", node, fence)
+    assert sorted(pushgate.outcomes(start)) == ["delivered", "delivered", "not_found"]
 
 
-def test_phone_offline_storing_it_makes_the_server_drop_the_registration(
+def test_phone_offline_the_headline_is_dropped(
         users, stack, server, pushgate, endpoint, connect):
-    """Siskin's REST unregister while the phone sleeps: the message goes to offline storage,
-    which makes the server publish to the account's registrations at once, the removed node
-    (item-not-found: disabled) and the other device (a push for a message without body)."""
+    """Siskin's REST unregister while the phone sleeps: the headline is dropped (not stored,
+    nothing published for it); the next message is published to the removed node
+    (item-not-found: disabled) and to the other device, which gets that message only."""
     liam, dev, node, fence = phone(connect, endpoint, "liam")
     liam.disconnect()
     sent = removals_sent(stack.http_base)
@@ -196,40 +255,31 @@ def test_phone_offline_storing_it_makes_the_server_drop_the_registration(
                           {"account": "liam@localhost", "provider": "webpush",
                            "device-token": dev.url})
     assert (status, answer) == (200, {"result": "success"})
+    wait_removals_sent(stack.http_base, sent + 1)
+    bob = connect("bob")
+    headline_dropped(server, bob, "liam@localhost", since_s)
+
+    # the server still has the registration: the next message finds the removed node
+    bob.send_message("liam@localhost", "after the removal")
+    server.log.wait_for(server.rejection(PUSH_JID, node, "cancel", "item-not-found"),
+                        since=since_s)
     server.log.wait_for(server.disabling(PUSH_JID, node), since=since_s)
-    (d,) = wait_deliveries(endpoint, fence, 1)
-    time.sleep(SETTLE)
+    check_message_push(fence_push(endpoint, fence), "liam@localhost", "after the removal")
     assert sorted(pushgate.outcomes(since)) == ["delivered", "not_found"], \
         pushgate.outcomes(since)
     assert publishes_to(server, node, since_s) == 1
-    check_stored_push(server, d, "liam@localhost")
+    assert endpoint.deliveries_for(dev) == []
+
+    only_bobs_messages_at_login(connect, "liam", ["after the removal"])
+    only_the_fence_is_pushed(server, pushgate, endpoint, bob, "liam@localhost", node, fence)
+    assert sorted(pushgate.outcomes(since)) == ["delivered", "delivered", "not_found"]
     assert removals_sent(stack.http_base) == sent + 1
-
-    # the phone finds the message in offline storage at its next login
-    liam = connect("liam")
-    check_notification(wait_notification(liam), "liam@localhost", node, delayed=True)
-    liam.disconnect()
-    only_the_fence_is_pushed(server, pushgate, endpoint, connect("bob"), "liam@localhost", node,
-                             fence)
-
-
-def prosody_read_error_first(server: Prosody, since: int, account: str) -> bool:
-    """Whether Prosody read pushgate's error reply before the remote-disable message."""
-    first = {}
-    for i, line in enumerate(server.log.lines(since)):
-        if "Received[component]: <iq " in line and "type='error'" in line:
-            first.setdefault("error", i)
-        elif ("Received[component]: <message " in line and f"from='{PUSH_JID}'" in line
-              and f"to='{account}'" in line):   # Prosody's attribute order varies
-            first.setdefault("message", i)
-    assert set(first) == {"error", "message"}, first
-    return first["error"] < first["message"]
 
 
 def test_dead_token(users, stack, server, pushgate, endpoint, connect):
-    """A publish finds the token dead (410): item-not-found, the server disables, and the message
-    stored offline is published to the other device (and, on ejabberd usually, once more to the
-    removed node)."""
+    """A publish finds the token dead (410): item-not-found, the server disables; the headline
+    to the offline account is dropped: the other device gets bob's message only, nothing is
+    published to the removed node again, nothing waits for the phone."""
     mike, dev, node, fence = phone(connect, endpoint, "mike")
     mike.disconnect()
     endpoint.set_status(dev, 410)
@@ -239,33 +289,22 @@ def test_dead_token(users, stack, server, pushgate, endpoint, connect):
     bob.send_message("mike@localhost", "into the void")
     server.log.wait_for(server.rejection(PUSH_JID, node, "cancel", "item-not-found"),
                         since=since_s)
-    alert, stored = wait_deliveries(endpoint, fence, 2)
-    time.sleep(SETTLE)
+    server.log.wait_for(server.disabling(PUSH_JID, node), since=since_s)
+    wait_removals_sent(stack.http_base, sent + 1)
+    headline_dropped(server, bob, "mike@localhost", since_s)
+    check_message_push(fence_push(endpoint, fence), "mike@localhost", "into the void")
     assert [d.status for d in endpoint.deliveries_for(dev)] == [410]
-    assert alert.payload.get("body") == "into the void", alert.summary()
-    check_stored_push(server, stored, "mike@localhost")
-    assert removals_sent(stack.http_base) == sent + 1
+    assert sorted(pushgate.outcomes(since)) == ["dead_token", "delivered"], \
+        pushgate.outcomes(since)
+    assert publishes_to(server, node, since_s) == 1
 
-    outcomes = sorted(pushgate.outcomes(since))
-    extra = publishes_to(server, node, since_s) - 1   # publishes after the dead_token one
-    if isinstance(server, Prosody):
-        # Prosody handles the component's stanzas in order: the error disables the
-        # registration before the message is stored, unless the message came first
-        error_first = prosody_read_error_first(server, since_s, "mike@localhost")
-        assert extra == (0 if error_first else 1), (error_first, extra)
-    else:
-        # ejabberd deletes the registration in a process of its own: the stored message is
-        # usually published to the removed node too
-        assert extra in (0, 1), extra
-    assert outcomes == sorted(["dead_token", "delivered", "delivered"] + ["not_found"] * extra)
-
-    mike = connect("mike")
-    check_notification(wait_notification(mike), "mike@localhost", node, delayed=True)
-    mike.disconnect()
+    only_bobs_messages_at_login(connect, "mike", ["into the void"])
     only_the_fence_is_pushed(server, pushgate, endpoint, bob, "mike@localhost", node, fence)
+    assert sorted(pushgate.outcomes(since)) == ["dead_token", "delivered", "delivered"]
     err = expect_error(connect("mike").command, PUSH_JID, "unregister-device",
                        form=tigase_form(dev))
     assert err.condition == "item-not-found", err
+    assert removals_sent(stack.http_base) == sent + 1
 
 
 # --- an own Prosody stack: notify_removal = false, and a provider alias ----------------------
