@@ -5,7 +5,13 @@
 //! Why it exists: to measure pushgate's real APNs path (its HTTP/2 pool, JWT header, payload
 //! mapping) without Apple. Requests without `authorization: bearer <jwt>` or `apns-topic` are
 //! refused as Apple refuses them (403 / 400 with a JSON `reason`), so a broken client shows up
-//! as refusals rather than as speed. The JWT's shape is checked, not its signature.
+//! as refusals rather than as speed. The JWT's shape is checked, not its signature. A VoIP push
+//! (`apns-push-type: voip`) must name the app's VoIP topic, `<topic>.voip`, and any other push
+//! the app's topic, else `DeviceTokenNotForTopic`.
+//!
+//! For `--front sip` ([`ApnsSink::start`] with `calls`), every push must also be an incoming
+//! call: a VoIP push to the VoIP token of the device its request went to; the others are
+//! counted as wrong.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +23,13 @@ use hyper::{Method, Request, StatusCode};
 use rcgen::KeyPair;
 
 use crate::tls_sink::{self, Answer, Counts, Handler};
+use crate::webpush_sink::sequence_in;
 use crate::{BoxError, ProviderSink, Times, path_str, toml_str};
 
-const TOPIC: &str = "example.pushgate.bench";
+/// The app's bundle id.
+pub(crate) const TOPIC: &str = "example.pushgate.bench";
+/// Where its PushKit (VoIP) pushes go.
+const VOIP_TOPIC: &str = "example.pushgate.bench.voip";
 const KEY_ID: &str = "BENCHKEY01";
 const TEAM_ID: &str = "BENCHTEAM1";
 const DEVICE_PATH: &str = "/3/device/";
@@ -27,25 +37,53 @@ const DEVICE_PATH: &str = "/3/device/";
 pub(crate) struct ApnsSink {
     toml: String,
     counts: Arc<Counts>,
+    calls: Option<Arc<Calls>>,
 }
 
 struct Apns {
     times: Arc<Times>,
     counts: Arc<Counts>,
     next_id: AtomicU64,
+    calls: Option<Arc<Calls>>,
+}
+
+/// `--front sip`: request `seq` is a call to device `seq % devices`, whose push must be a VoIP
+/// push on the VoIP topic to that device's token (`device_token(seq % devices)`).
+struct Calls {
+    devices: usize,
+    right: AtomicU64,
+    wrong: AtomicU64,
+}
+
+/// Device `i`'s token: 64 hex characters, as a device token is.
+pub(crate) fn device_token(i: usize) -> String {
+    format!("{i:064x}")
 }
 
 impl ApnsSink {
-    /// Starts the sink and writes its CA and the team's `.p8` key into `dir`.
-    pub(crate) async fn start(dir: &Path, times: Arc<Times>) -> Result<Self, BoxError> {
+    /// Starts the sink and writes its CA and the team's `.p8` key into `dir`. With `calls`
+    /// (the number of devices), every push is checked as an incoming call's (see [`Calls`]).
+    pub(crate) async fn start(
+        dir: &Path,
+        times: Arc<Times>,
+        calls: Option<usize>,
+    ) -> Result<Self, BoxError> {
         let key_file = dir.join("apns-key.p8");
         // rcgen's default key is P-256; its PEM is PKCS#8, as Apple's .p8 files are.
         std::fs::write(&key_file, KeyPair::generate()?.serialize_pem())?;
         let counts = Arc::new(Counts::default());
+        let calls = calls.map(|devices| {
+            Arc::new(Calls {
+                devices: devices.max(1),
+                right: AtomicU64::new(0),
+                wrong: AtomicU64::new(0),
+            })
+        });
         let handler = Arc::new(Apns {
             times,
             counts: counts.clone(),
             next_id: AtomicU64::new(0),
+            calls: calls.clone(),
         });
         let at = tls_sink::start(dir, "apns", handler).await?;
         let toml = format!(
@@ -56,7 +94,11 @@ impl ApnsSink {
             toml_str(path_str(&at.ca_file)?),
             toml_str(path_str(&key_file)?),
         );
-        Ok(Self { toml, counts })
+        Ok(Self {
+            toml,
+            counts,
+            calls,
+        })
     }
 }
 
@@ -67,15 +109,29 @@ impl ProviderSink for ApnsSink {
     fn provider_toml(&self) -> String {
         self.toml.clone()
     }
-    /// 64 hex characters, as a device token is.
     fn token(&self, i: usize) -> String {
-        format!("{i:064x}")
+        device_token(i)
     }
     fn requests(&self) -> u64 {
         self.counts.accepted()
     }
     fn refused(&self) -> u64 {
         self.counts.refused()
+    }
+    fn mismatched(&self) -> u64 {
+        self.calls
+            .as_ref()
+            .map_or(0, |c| c.wrong.load(Ordering::Relaxed))
+    }
+    fn note(&self) -> String {
+        match &self.calls {
+            Some(c) => format!(
+                "{} VoIP pushes on {VOIP_TOPIC} to the callee's VoIP token, {} other pushes",
+                c.right.load(Ordering::Relaxed),
+                c.wrong.load(Ordering::Relaxed)
+            ),
+            None => String::new(),
+        }
     }
 }
 
@@ -117,9 +173,14 @@ impl Handler for Apns {
             }
             Some(_) => {}
         }
+        let voip = parts
+            .headers
+            .get("apns-push-type")
+            .is_some_and(|t| t == "voip");
+        let topic = if voip { VOIP_TOPIC } else { TOPIC };
         match parts.headers.get("apns-topic") {
             None => return refuse(StatusCode::BAD_REQUEST, r#"{"reason":"MissingTopic"}"#),
-            Some(t) if t.as_bytes() != TOPIC.as_bytes() => {
+            Some(t) if t.as_bytes() != topic.as_bytes() => {
                 return refuse(
                     StatusCode::BAD_REQUEST,
                     r#"{"reason":"DeviceTokenNotForTopic"}"#,
@@ -134,6 +195,13 @@ impl Handler for Apns {
             );
         };
         tls_sink::mark_delivery(&self.times, &body);
+        if let Some(calls) = &self.calls {
+            // The topic matched the push type above.
+            let right = voip
+                && sequence_in(&body).is_some_and(|seq| token == device_token(seq % calls.devices));
+            let counter = if right { &calls.right } else { &calls.wrong };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
         self.counts.accepted.fetch_add(1, Ordering::Relaxed);
         let mut answer = tls_sink::empty(StatusCode::OK);
         answer
@@ -173,7 +241,9 @@ mod tests {
     async fn refuses_like_apple_and_marks_deliveries() {
         let dir = tempfile::tempdir().unwrap();
         let times = Arc::new(Times::new(10));
-        let sink = ApnsSink::start(dir.path(), times.clone()).await.unwrap();
+        let sink = ApnsSink::start(dir.path(), times.clone(), None)
+            .await
+            .unwrap();
         let base = sink.toml.split("base_url = \"").nth(1).unwrap();
         let base = &base[..base.find('"').unwrap()];
         let client = crate::tls_sink::tests::client(&dir.path().join("apns-ca.pem"));
@@ -212,5 +282,42 @@ mod tests {
         assert_ne!(times.delivered[3].load(Ordering::Relaxed), 0);
         let p8 = std::fs::read_to_string(dir.path().join("apns-key.p8")).unwrap();
         assert!(p8.starts_with("-----BEGIN PRIVATE KEY-----"));
+    }
+
+    /// `--front sip`: VoIP pushes must name the VoIP topic, and count as right only when they
+    /// go to the VoIP token of the device their request went to.
+    #[tokio::test]
+    async fn checks_calls_by_push_type_topic_and_token() {
+        assert_eq!(VOIP_TOPIC, format!("{TOPIC}.voip"));
+        let dir = tempfile::tempdir().unwrap();
+        let times = Arc::new(Times::new(20));
+        let sink = ApnsSink::start(dir.path(), times.clone(), Some(4))
+            .await
+            .unwrap();
+        let base = sink.toml.split("base_url = \"").nth(1).unwrap();
+        let base = &base[..base.find('"').unwrap()];
+        let client = crate::tls_sink::tests::client(&dir.path().join("apns-ca.pem"));
+        let post = |device: usize, seq: usize, push_type: &'static str, topic: &'static str| {
+            client
+                .post(format!("{base}/3/device/{}", device_token(device)))
+                .header("authorization", "bearer a.b.c")
+                .header("apns-push-type", push_type)
+                .header("apns-topic", topic)
+                .body(format!(r#"{{"call-id":"bench-{seq}"}}"#))
+                .send()
+        };
+        // Request 9 goes to device 9 % 4 = 1.
+        assert_eq!(post(1, 9, "voip", VOIP_TOPIC).await.unwrap().status(), 200);
+        assert_eq!(post(2, 10, "voip", TOPIC).await.unwrap().status(), 400);
+        assert_eq!(
+            post(3, 11, "alert", VOIP_TOPIC).await.unwrap().status(),
+            400
+        );
+        // Accepted, but not a call, or not to the callee's token.
+        assert_eq!(post(0, 12, "alert", TOPIC).await.unwrap().status(), 200);
+        assert_eq!(post(0, 13, "voip", VOIP_TOPIC).await.unwrap().status(), 200);
+        assert_eq!((sink.requests(), sink.refused()), (3, 2));
+        assert_eq!(sink.mismatched(), 2);
+        assert!(sink.note().starts_with("1 VoIP pushes"), "{}", sink.note());
     }
 }

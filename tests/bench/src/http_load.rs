@@ -1,11 +1,11 @@
-//! The HTTP side of the benchmark's HTTP fronts (`--front matrix`, `--front unifiedpush`): a
+//! The HTTP side of the benchmark's HTTP fronts (`--front matrix`, `unifiedpush`, `sip`): a
 //! small pool of keep-alive HTTP/1.1 connections to pushgate's listener, each with one request
 //! outstanding, sending at a fixed rate or as fast as answers come back; answers counted by the
 //! kind the front makes of them.
 //!
 //! Why a pool and no pipelining: Synapse sends each request on a pooled persistent connection
-//! and waits for its answer, and app servers posting to push endpoints do the same, so the
-//! requests outstanding are at most the connections open.
+//! and waits for its answer; app servers posting to push endpoints, and SIP servers calling
+//! the SIP API, do the same, so the requests outstanding are at most the connections open.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -62,7 +62,7 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, BoxError>
 }
 
 /// Sends one request and reads the whole answer.
-async fn send(
+pub(crate) async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
     host: &str,
     method: Method,
@@ -90,7 +90,7 @@ async fn send(
 }
 
 /// Opens `n` connections once pushgate listens, each warmed by the front's discovery GET.
-async fn open_pool(
+pub(crate) async fn open_pool(
     addr: SocketAddr,
     host: &str,
     n: usize,

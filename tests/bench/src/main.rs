@@ -9,8 +9,11 @@
 //! Matrix push gateway notify requests over keep-alive HTTP/1.1 (matrix.rs), no registrations.
 //! With `--front unifiedpush` it is app servers' POSTs to UnifiedPush endpoints that the bench's
 //! distributors registered over the component stream, and which they answer there
-//! (unifiedpush.rs). Loopback only; bounded in count and time; kills pushgate at the end. Not
-//! part of the test suite.
+//! (unifiedpush.rs). With `--front sip` it is a SIP server's incoming-call pushes through the
+//! Sylk-Pushserver-style API, v1 (`POST /push`) or v2 (devices stored first, then
+//! `POST /v2/tokens/{account}/push`), each to arrive at the APNs sink as a VoIP push (sip.rs).
+//! Loopback only; bounded in count and time; kills pushgate at the end. Not part of the test
+//! suite.
 
 mod apns_sink;
 mod fcm_sink;
@@ -19,6 +22,7 @@ mod load;
 mod matrix;
 mod report;
 mod seed;
+mod sip;
 mod tls_sink;
 mod unifiedpush;
 mod webpush_sink;
@@ -76,6 +80,29 @@ pub(crate) enum Front {
     /// app-server POSTs to their endpoints over keep-alive HTTP/1.1 (`--mode fast` or `rate`),
     /// each push IQ answered on the stream; `--provider` is unused.
     Unifiedpush,
+    /// The SIP API: incoming-call pushes (`--sip-route v1` or `v2`) over keep-alive HTTP/1.1
+    /// (`--mode fast` or `rate`), each checked at the APNs sink as a VoIP push to the callee's
+    /// VoIP token; `--provider` is unused (always APNs).
+    Sip,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SipRoute {
+    /// `POST /push`, the `<voip>-<background>` token pair in every request (`--devices` pairs
+    /// in rotation).
+    V1,
+    /// One device per account stored through `POST /v2/tokens/{account}` (`--devices`
+    /// accounts) before the load, then `POST /v2/tokens/{account}/push`.
+    V2,
+}
+
+impl SipRoute {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            SipRoute::V1 => "v1",
+            SipRoute::V2 => "v2",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -103,6 +130,11 @@ pub(crate) trait ProviderSink: Send + Sync {
     fn refused(&self) -> u64 {
         0
     }
+    /// Deliveries accepted but not what the load asked for (`--front sip`: not the call's
+    /// VoIP push to the callee's VoIP token).
+    fn mismatched(&self) -> u64 {
+        0
+    }
     /// Anything else worth a line in the report.
     fn note(&self) -> String {
         String::new()
@@ -126,7 +158,8 @@ pub(crate) struct Args {
     pub(crate) front: Front,
     /// Registered devices (seeded through Store::insert_batch before pushgate starts); with
     /// `--front matrix`, the pushkeys the requests rotate over; with `--front unifiedpush`, the
-    /// app instances registered over the stream (one distributor account each).
+    /// app instances registered over the stream (one distributor account each); with `--front
+    /// sip`, the devices the calls rotate over (v2: one account each, stored before the load).
     #[arg(long, default_value_t = 1000)]
     pub(crate) devices: usize,
     /// Which provider the devices use, and so which local sink receives the pushes.
@@ -144,8 +177,8 @@ pub(crate) struct Args {
     /// registrations outstanding at once).
     #[arg(long, default_value_t = 256)]
     pub(crate) window: usize,
-    /// `--front matrix` and `unifiedpush`: keep-alive HTTP/1.1 connections, one request outstanding on each (so
-    /// also the bound on outstanding requests in fast mode).
+    /// `--front matrix`, `unifiedpush` and `sip`: keep-alive HTTP/1.1 connections, one request
+    /// outstanding on each (so also the bound on outstanding requests in fast mode).
     #[arg(long, default_value_t = 8)]
     pub(crate) connections: usize,
     /// Rate mode: publishes per second.
@@ -157,6 +190,9 @@ pub(crate) struct Args {
     /// Give up on outstanding replies this many seconds after sending started.
     #[arg(long, default_value_t = 120)]
     pub(crate) timeout_secs: u64,
+    /// `--front sip`: which of the API's routes the calls go to.
+    #[arg(long, value_enum, default_value = "v1")]
+    pub(crate) sip_route: SipRoute,
     /// A label for the summary line.
     #[arg(long, default_value = "")]
     pub(crate) label: String,
@@ -245,7 +281,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
         return Err("count/rate/duration, devices, window and connections must be positive".into());
     }
     if args.front != Front::Xmpp && args.mode == Mode::Register {
-        return Err("--front matrix and unifiedpush take --mode fast or rate".into());
+        return Err("--front matrix, unifiedpush and sip take --mode fast or rate".into());
     }
     if total > MAX_TOTAL
         || args.devices > MAX_TOTAL
@@ -267,10 +303,14 @@ async fn run(args: Args) -> Result<(), BoxError> {
     std::fs::create_dir_all(&dir.0)?;
 
     let times = Arc::new(Times::new(total));
-    let sink: Box<dyn ProviderSink> = match args.provider {
-        ProviderKind::Webpush => Box::new(start_sink(times.clone()).await?),
-        ProviderKind::Apns => Box::new(ApnsSink::start(&dir.0, times.clone()).await?),
-        ProviderKind::Fcm => Box::new(FcmSink::start(&dir.0, times.clone()).await?),
+    let sink: Box<dyn ProviderSink> = match (args.front, args.provider) {
+        // Every SIP request is a call to device `seq % devices`: checked at the sink.
+        (Front::Sip, _) => {
+            Box::new(ApnsSink::start(&dir.0, times.clone(), Some(args.devices)).await?)
+        }
+        (_, ProviderKind::Webpush) => Box::new(start_sink(times.clone()).await?),
+        (_, ProviderKind::Apns) => Box::new(ApnsSink::start(&dir.0, times.clone(), None).await?),
+        (_, ProviderKind::Fcm) => Box::new(FcmSink::start(&dir.0, times.clone()).await?),
     };
 
     // Seed the registrations before pushgate starts; Matrix pushers live in the homeserver.
@@ -299,8 +339,9 @@ async fn run(args: Args) -> Result<(), BoxError> {
             let pushkeys = matrix::pushkeys(args.provider, sink.as_ref(), args.devices)?;
             (Vec::new(), 0.0, pushkeys, Some(listen))
         }
-        // Registered over the stream once pushgate is up.
-        Front::Unifiedpush => {
+        // Registered over the stream (UnifiedPush) or stored over HTTP (SIP v2) once pushgate
+        // is up.
+        Front::Unifiedpush | Front::Sip => {
             let listen = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
             (Vec::new(), 0.0, Vec::new(), Some(listen))
         }
@@ -310,6 +351,7 @@ async fn run(args: Args) -> Result<(), BoxError> {
             matrix::config_toml(listen, args.provider, sink.provider_id())
         }
         (Front::Unifiedpush, Some(listen)) => unifiedpush::config_toml(listen),
+        (Front::Sip, Some(listen)) => sip::config_toml(listen, sink.provider_id()),
         _ => String::new(),
     };
 
@@ -360,6 +402,34 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 let report = report.await;
                 drop(socket);
                 return report.map(|r| (r, 0.0));
+            }
+            (Front::Sip, Some(listen)) => {
+                let stored_rate = match args.sip_route {
+                    SipRoute::V1 => 0.0,
+                    SipRoute::V2 => {
+                        let stored = sip::store(listen, args.devices, args.connections).await?;
+                        eprintln!(
+                            "stored {} devices (one account each) through POST /v2/tokens/{{account}} \
+                             in {:.1} s ({:.0}/s, {} connections)",
+                            stored.devices,
+                            stored.secs,
+                            stored.rate(),
+                            args.connections
+                        );
+                        stored.rate()
+                    }
+                };
+                let front = sip::front(args.sip_route, args.devices);
+                let report = http_load::drive(&args, listen, pid, front, times.clone(), total);
+                let report = report.await;
+                drop(socket);
+                // Every 200 waited for its push, so the sink has counted them all: pushes that
+                // were not the callee's call, and any beyond one a request, are mismatches.
+                return report.map(|mut r| {
+                    r.mismatched =
+                        sink.mismatched() + sink.requests().saturating_sub(total as u64);
+                    (r, stored_rate)
+                });
             }
             (Front::Unifiedpush, Some(listen)) => {
                 let mut stream = unifiedpush::Stream::new(socket);

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::load::Report;
-use crate::{Args, BoxError, Front, Mode, ProviderSink, Times, matrix, unifiedpush};
+use crate::{Args, BoxError, Front, Mode, ProviderSink, Times, matrix, sip, unifiedpush};
 
 pub(crate) fn clock_ticks() -> f64 {
     std::process::Command::new("getconf")
@@ -81,6 +81,7 @@ pub(crate) fn print_report(
     let (success, noun) = match (args.front, args.mode) {
         (Front::Matrix, _) => (matrix::OK, "notify requests"),
         (Front::Unifiedpush, _) => (unifiedpush::OK, "POSTs"),
+        (Front::Sip, _) => (sip::OK, "SIP pushes"),
         (Front::Xmpp, Mode::Register) => ("completed", "commands"),
         (Front::Xmpp, Mode::Fast | Mode::Rate) => ("result", "publishes"),
     };
@@ -116,11 +117,11 @@ pub(crate) fn print_report(
         "release"
     };
     let mode = match (args.front, args.mode) {
-        (Front::Matrix | Front::Unifiedpush, Mode::Fast) => {
+        (Front::Matrix | Front::Unifiedpush | Front::Sip, Mode::Fast) => {
             format!("fast({} connections)", args.connections)
         }
         (_, Mode::Fast) => format!("fast(window {})", args.window),
-        (Front::Matrix | Front::Unifiedpush, Mode::Rate) => format!(
+        (Front::Matrix | Front::Unifiedpush | Front::Sip, Mode::Rate) => format!(
             "rate({}/s x {} s, {} connections)",
             args.rate, args.duration_secs, args.connections
         ),
@@ -131,6 +132,7 @@ pub(crate) fn print_report(
         Front::Matrix => format!("matrix-{}", sink.provider_id()),
         Front::Xmpp => sink.provider_id().to_owned(),
         Front::Unifiedpush => "unifiedpush".to_owned(),
+        Front::Sip => format!("sip-{}-{}", args.sip_route.label(), sink.provider_id()),
     };
     let devices = match args.front {
         Front::Matrix => format!("{} pushkeys in rotation", args.devices),
@@ -139,6 +141,11 @@ pub(crate) fn print_report(
             args.devices
         ),
         Front::Xmpp => format!("{} devices (seeded at {seed_rate:.0}/s)", args.devices),
+        Front::Sip if args.sip_route == crate::SipRoute::V2 => format!(
+            "{} accounts of one device (stored over HTTP at {seed_rate:.0}/s)",
+            args.devices
+        ),
+        Front::Sip => format!("{} token pairs in rotation", args.devices),
     };
     println!("pushgate-bench: {profile} build, {db}, {provider}, {devices}, {mode}");
     println!(
@@ -178,6 +185,7 @@ pub(crate) fn print_report(
         Front::Matrix => ("notify ", "HTTP client + sink", "provider "),
         Front::Xmpp => ("publish", "XMPP side + sink", "provider "),
         Front::Unifiedpush => ("POST   ", "HTTP client + distributors", "IQ at stream"),
+        Front::Sip => ("request", "HTTP client + sink", "APNs voip"),
     };
     println!("  {request} -> {arrival} ms: p50 {d50}  p99 {d99}  max {dmax}");
     println!(
