@@ -15,6 +15,7 @@ pub mod fronts;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod ids;
+pub mod log_limit;
 pub mod metrics;
 pub mod rlimit;
 pub mod storage;

@@ -252,10 +252,11 @@ pub(crate) fn printable(text: &str, max: usize) -> String {
 
 /// The span of one delivery to a device token: the fields every such provider records (`status`
 /// and `verdict` later), then the provider's own `extra` fields, recorded later too. The token
-/// shows only its prefix (`DeviceToken`'s `Debug`).
+/// shows only its prefix (`DeviceToken`'s `Debug`). A debug span: one per push, and at the
+/// default level spans and lines per push were a third of pushgate's CPU (docs/performance.md).
 macro_rules! delivery_span {
     ($name:literal, $provider:expr, $device:expr, $notification:expr $(, $extra:ident)*) => {
-        tracing::info_span!(
+        tracing::debug_span!(
             $name,
             provider = %$provider,
             kind = $notification.kind.label(),
@@ -285,16 +286,16 @@ pub(crate) async fn in_delivery_span(
     .await
 }
 
-/// One log line per delivery, inside the provider's delivery span: our own faults are warnings,
-/// everything else is the ordinary course of pushing.
+/// One debug line per delivery, inside the provider's delivery span, with what only the
+/// provider knows (status, ids). What operators need at the default level the core logs: dead
+/// tokens, and failures rate-limited with counts (`core/delivery.rs`).
 fn log_verdict(what: &str, verdict: &Verdict) {
     match verdict {
-        Verdict::Sent => tracing::info!(verdict = verdict.label(), "{what}"),
-        Verdict::DeadToken { reason } | Verdict::Transient { reason, .. } => {
-            tracing::info!(verdict = verdict.label(), reason, "{what}")
-        }
-        Verdict::OurFault { reason } => {
-            tracing::warn!(verdict = verdict.label(), reason, "{what}")
+        Verdict::Sent => tracing::debug!(verdict = verdict.label(), "{what}"),
+        Verdict::DeadToken { reason }
+        | Verdict::Transient { reason, .. }
+        | Verdict::OurFault { reason } => {
+            tracing::debug!(verdict = verdict.label(), reason, "{what}")
         }
     }
 }

@@ -18,6 +18,7 @@ use super::target::Target;
 use super::{Core, retry};
 use crate::error::Fault;
 use crate::ids::{Dialect, hex};
+use crate::log_limit::LOG_LIMIT;
 use crate::metrics::METRICS;
 use crate::storage::Registration;
 
@@ -236,7 +237,9 @@ async fn apply(core: &Core, target: Target<'_>, verdict: Verdict) -> Result<Atte
             retry_after,
             reason,
         } => {
-            tracing::warn!(%reason, retry_after_secs = retry_after.map(|d| d.as_secs()), "delivery failed for now");
+            if let Some(held_back) = LOG_LIMIT.allow("delivery_transient") {
+                tracing::warn!(provider = %target.provider(), %reason, retry_after_secs = retry_after.map(|d| d.as_secs()), held_back, "delivery failed for now");
+            }
             if let Some(reg) = reg {
                 core.delivery_log.failure(reg.id, &reason);
             }
@@ -247,7 +250,9 @@ async fn apply(core: &Core, target: Target<'_>, verdict: Verdict) -> Result<Atte
             }
         }
         Verdict::OurFault { reason } => {
-            tracing::error!(%reason, "delivery failed through pushgate's own fault");
+            if let Some(held_back) = LOG_LIMIT.allow("delivery_our_fault") {
+                tracing::error!(provider = %target.provider(), %reason, held_back, "delivery failed through pushgate's own fault");
+            }
             if let Some(reg) = reg {
                 core.delivery_log.failure(reg.id, &reason);
             }

@@ -20,7 +20,8 @@ from procs import terminate
 from webpush_endpoint import public_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# A publish's answer is logged at INFO with `outcome=<label>`. Refused ad-hoc commands carry an
+# A publish's answer is logged at DEBUG (target pushgate::publish, turned on below) with
+# `outcome=<label>`. Refused ad-hoc commands carry an
 # `outcome=` too ("command refused: ... outcome=not_found"), so only lines about a publish count.
 OUTCOME_RE = re.compile(r"(?i)publish.*\boutcome=\"?([a-z_]+)\"?")
 VAPID_SUBJECT = "mailto:test@localhost"
@@ -151,8 +152,9 @@ class Pushgate:
         """Start `pushgate run` without waiting for anything."""
         self.check_binary()
         env = dict(os.environ)
-        # outcome= lines are INFO: an ambient RUST_LOG=warn must not hide them
-        env["RUST_LOG"] = os.environ.get("PUSHGATE_E2E_RUST_LOG", "info")
+        # Every publish's outcome= line is a debug line of target pushgate::publish (off by
+        # default: one line per publish costs CPU at volume); the tests read them.
+        env["RUST_LOG"] = os.environ.get("PUSHGATE_E2E_RUST_LOG", "info,pushgate::publish=debug")
         env["NO_COLOR"] = "1"
         env.setdefault("RUST_BACKTRACE", "1")
         self._logf = open(self.log.path, "ab")

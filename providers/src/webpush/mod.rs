@@ -267,7 +267,7 @@ impl Provider for WebPush {
                 return Verdict::OurFault { reason };
             }
         };
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "webpush_delivery",
             provider = %self.key,
             host = %endpoint.host,

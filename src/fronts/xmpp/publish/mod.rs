@@ -56,7 +56,9 @@ pub async fn handle(
             },
             Err(e) => return Err(e),
         };
-    let span = tracing::info_span!("deliver", registration = reg.id, provider = %reg.provider);
+    // A debug span: at the default level, a span per publish costs more than its lines (the
+    // iq span above it names the stanza; failures name the provider themselves).
+    let span = tracing::debug_span!("deliver", registration = reg.id, provider = %reg.provider);
     let notification = req.notification(reg.account.as_str(), without_summary(c, from));
     delivery::deliver(&c.core, Target::Registered(&reg), notification, deadline)
         .instrument(span)
