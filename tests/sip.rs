@@ -713,3 +713,42 @@ async fn hostile_requests_get_json_answers() {
     assert!(r.json::<Value>().await.is_ok(), "a JSON body");
     assert!(t.apns.requests().is_empty());
 }
+
+/// A v2 push is counted per device, with each device's own code. (Apps of their own: the
+/// metrics are the process's, shared with the other tests.)
+#[tokio::test]
+async fn v2_pushes_are_counted_per_device() {
+    const COUNTED: &str = "com.example.counted";
+    const COUNTED_ANDROID: &str = "com.example.counted.android";
+    let t = sip(
+        "",
+        &format!(
+            "[sip.apps.\"{COUNTED}\".apple]\ntype = \"sylk\"\nprovider = \"apns\"\n\
+             [sip.apps.\"{COUNTED_ANDROID}\".firebase]\ntype = \"sylk\"\nprovider = \"fcm\"\n"
+        ),
+    )
+    .await;
+    t.apns.script(
+        VOIP_TOKEN,
+        vec![Reply::reason(503, "ServiceUnavailable"); 5],
+    );
+    let account = "/v2/tokens/dave@example.org";
+    let apple =
+        json!({"app-id": COUNTED, "platform": "apple", "token": VOIP_TOKEN, "device-id": "a"});
+    let android = json!({"app-id": COUNTED_ANDROID, "platform": "android", "token": fcm_token("dave", 140), "device-id": "b"});
+    for body in [apple, android] {
+        assert_eq!(t.s.post(account, body.to_string()).await.0, StatusCode::OK);
+    }
+    let event = json!({"event": "incoming_session", "call-id": "c-2", "from": "sip:a@b", "to": "sip:dave@example.org", "media-type": "audio"});
+    let (status, answer) =
+        t.s.post(&format!("{account}/push"), event.to_string())
+            .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let text = t.s.get("/metrics").await.text().await.unwrap();
+    for (app, code) in [(COUNTED, "202"), (COUNTED_ANDROID, "200")] {
+        let line = format!(
+            "pushgate_sip_pushes_total{{app=\"{app}\",code=\"{code}\",event=\"incoming_session\"}} 1"
+        );
+        assert!(text.contains(&line), "{line} missing");
+    }
+}

@@ -37,6 +37,12 @@ pub use providers::Providers;
 use crate::config::{Config, ConfigError};
 use crate::storage::{DeliveryLog, Store};
 
+/// Milliseconds since the Unix epoch: the clock of stored times (retry queue, UnifiedPush
+/// endpoints, SIP devices), shared by every instance on the database.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 /// How many dead tokens of named devices are remembered, and for how long.
 const DEAD_TOKENS_KEPT: usize = 100_000;
 const DEAD_TOKENS_FOR: Duration = Duration::from_secs(24 * 3600);

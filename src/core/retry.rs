@@ -25,10 +25,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Core;
 use super::backoff::retry_delay;
 use super::delivery::{self, Attempt, Outcome};
 use super::target::Target;
+use super::{Core, now_ms};
 use crate::config::RetryConfig;
 use crate::metrics::METRICS;
 use crate::storage::{Enqueued, NewQueued, Queued, QueuedFor};
@@ -112,11 +112,6 @@ fn kept(n: &Notification) -> Notification {
         channel: cut(&c.channel),
     };
     kept
-}
-
-/// Milliseconds since the Unix epoch: the queue's clock, shared by every instance.
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 fn ms(d: Duration) -> i64 {

@@ -26,6 +26,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
+use super::now_ms;
 use super::rate_limit::RateLimiter;
 use crate::config::UnifiedPushConfig;
 use crate::error::Fault;
@@ -164,10 +165,6 @@ impl PushOutcome {
             PushOutcome::EndpointFull => "endpoint_full",
         }
     }
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// `scheme://authority` of a URL (the configuration has checked it is one).

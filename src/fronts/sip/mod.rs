@@ -35,9 +35,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::config::SipConfig;
-use crate::core::Core;
 use crate::core::delivery::{self, Outcome};
 use crate::core::target::Target;
+use crate::core::{Core, now_ms};
 use crate::metrics::METRICS;
 use crate::storage::{SipDevice, SipSaved};
 pub use apps::{App, Apps, Tokens};
@@ -431,13 +431,14 @@ impl Sip {
                 _ => 2,
             })
             .unwrap_or(404);
-        for (_, app, _, _) in &results {
+        // Counted per device, with the device's own code (not the request's).
+        for (_, app, result, _) in &results {
             METRICS
                 .sip_pushes
                 .with_label_values(&[
                     app.as_str(),
                     call.event.map_or("none", Event::label),
-                    &code.to_string(),
+                    &result.code.to_string(),
                 ])
                 .inc();
         }
@@ -470,7 +471,9 @@ impl Sip {
             (stored.app_id.clone(), PushResult::new(code, reason), data)
         };
         let Some(app) = self.apps.get(&stored.app_id, platform).cloned() else {
-            return Err(refused(404, "the device's app is not configured"));
+            // A stored app id no section configures any more is no metric label.
+            let (_, result, data) = refused(404, "the device's app is not configured");
+            return Err(("unknown".to_owned(), result, data));
         };
         let event = app.event(call).map_err(|bad| refused(400, &bad.0))?;
         let permit = app
@@ -618,8 +621,4 @@ impl Work {
 fn storage_down(e: &crate::storage::StoreError) -> Answer {
     tracing::warn!("SIP API: storage unavailable: {e}");
     answer(503, "storage unavailable, try again", json!({}))
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
