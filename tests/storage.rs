@@ -73,6 +73,7 @@ on_both_backends!(
     batches_are_inserted_whole_or_not_at_all,
     pending_successes_are_written_at_shutdown,
     a_burst_of_registrations_converges_per_device,
+    concurrent_lookups_each_find_their_own,
     the_account_limit_counts_new_devices_only,
     the_account_limit_holds_across_instances_and_batches,
 );
@@ -836,6 +837,35 @@ async fn a_burst_of_registrations_converges_per_device(url: String) {
         assert_eq!(*first, (id, node), "one row per device");
     }
     assert_eq!(by_device.len(), 100);
+}
+
+/// Lookups that miss the cache are read in shared statements (`storage/lookup.rs`): under a
+/// burst of a thousand, each caller still gets exactly its own registration, the same node asked
+/// for several times in one batch included, and unknown nodes find nothing.
+async fn concurrent_lookups_each_find_their_own(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..200 {
+        let r = store
+            .registered(tigase(&format!("u{i}@example.org"), &format!("tok-{i}")))
+            .await;
+        nodes.push((r.node.as_str().to_owned(), Some(r.id)));
+    }
+    for i in 0..50 {
+        nodes.push((format!("unknown-node-{i:012}"), None));
+    }
+    let asks = (0..1000).map(|i| {
+        let store = store.clone();
+        let (node, id) = nodes[(i * 7) % nodes.len()].clone();
+        async move {
+            let found = store.find_by_node(&node).await.unwrap();
+            assert_eq!(found.as_ref().map(|r| r.id), id, "{node}");
+            if let Some(r) = found {
+                assert_eq!(r.node.as_str(), node);
+            }
+        }
+    });
+    futures::future::join_all(asks).await;
 }
 
 fn limit(max_per_account: u32, may_add: bool) -> Admission {

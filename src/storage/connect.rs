@@ -11,6 +11,7 @@ use tracing::info;
 
 use super::cache::RegistrationCache;
 use super::group_commit::GroupCommit;
+use super::lookup::Lookups;
 use super::writer::Writer;
 use super::{Store, StoreError};
 use crate::config::StorageConfig;
@@ -83,11 +84,16 @@ impl Store {
                 // any crash, and a process crash loses nothing; only a power cut or kernel
                 // crash can lose the last transactions. It saves an fsync per write, which
                 // capped registrations at a few hundred per second (docs/performance.md).
-                opts.max_connections(4).map_sqlx_sqlite_opts(|o| {
-                    o.journal_mode(SqliteJournalMode::Wal)
-                        .synchronous(SqliteSynchronous::Normal)
-                        .busy_timeout(Duration::from_secs(10))
-                });
+                //
+                // A file does not drop connections: no ping per acquire, which cost two round
+                // trips to the connection's thread per query (docs/performance.md).
+                opts.max_connections(4)
+                    .test_before_acquire(false)
+                    .map_sqlx_sqlite_opts(|o| {
+                        o.journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(SqliteSynchronous::Normal)
+                            .busy_timeout(Duration::from_secs(10))
+                    });
             }
             None => {
                 opts.max_connections(10);
@@ -100,6 +106,7 @@ impl Store {
         // One commit for a burst instead of one each: 3× the registrations per second on both
         // backends (docs/performance.md).
         Ok(Store {
+            lookups: Arc::new(Lookups::start(db.clone())),
             db,
             cache: None,
             group_commit: Arc::new(GroupCommit::start(writer.clone())),

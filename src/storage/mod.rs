@@ -15,7 +15,7 @@
 //!
 //! The files: `registration.rs` (the types), `connect.rs` (opening, migrations), `writer.rs`
 //! (the registration upsert and account limit), `group_commit.rs` (batching those writes),
-//! `queries.rs` (lookups and removals), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
+//! `queries.rs` (lookups and removals), `lookup.rs` (batching the publish lookups), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
 //! `admin.rs` and `stats.rs` (operators' queries), `apns_credentials.rs` (uploaded APNs
 //! credentials), `unifiedpush.rs` (UnifiedPush endpoints), `entity.rs` (the table).
 
@@ -25,6 +25,7 @@ mod cache;
 mod connect;
 pub mod entity;
 mod group_commit;
+mod lookup;
 mod queries;
 mod queue;
 mod registration;
@@ -51,6 +52,7 @@ use sha2::{Digest, Sha256};
 
 use cache::{NodeHash, RegistrationCache};
 use group_commit::GroupCommit;
+use lookup::Lookups;
 use writer::Writer;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,8 @@ pub struct Store {
     writer: Writer,
     /// Batches concurrent registrations (`group_commit.rs`).
     group_commit: Arc<GroupCommit>,
+    /// Batches the publish lookups that miss the cache (`lookup.rs`).
+    lookups: Arc<Lookups>,
 }
 
 impl fmt::Debug for Store {

@@ -120,10 +120,7 @@ impl Store {
             return Ok(reg.node.matches(node).then_some(reg));
         }
         lookups.with_label_values(&["database"]).inc();
-        let found = Entity::find()
-            .filter(Column::NodeHash.eq(crate::ids::hex(&digest)))
-            .one(&self.db)
-            .await?;
+        let found = self.lookups.find(digest).await?;
         let reg = match found {
             Some(m) if NodeId::from_stored(m.node.clone()).matches(node) => {
                 Arc::new(Registration::try_from(m)?)

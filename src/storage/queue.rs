@@ -212,21 +212,14 @@ impl Store {
         };
         let sql = format!(
             "UPDATE queued_notifications SET due_at = ? WHERE id IN \
-             (SELECT id FROM queued_notifications WHERE due_at <= ? ORDER BY due_at LIMIT ?{lock}) \
+             (SELECT id FROM queued_notifications WHERE due_at <= ? ORDER BY due_at LIMIT {limit}{lock}) \
              RETURNING id, registration_id, provider, token, second_token, webpush_p256dh, \
              webpush_auth, notification, enqueued_at, expires_at, attempts"
         );
         let rows = {
             let _turn = self.write_turn().await;
             self.db
-                .query_all_raw(self.statement(
-                    &sql,
-                    vec![
-                        lease_until_ms.into(),
-                        now_ms.into(),
-                        i64::from(limit).into(),
-                    ],
-                ))
+                .query_all_raw(self.statement(&sql, vec![lease_until_ms.into(), now_ms.into()]))
                 .await?
         };
         rows.iter().map(queued).collect()

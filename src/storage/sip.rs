@@ -115,8 +115,10 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<SipDevice>, StoreError> {
         self.query_sip_devices(
-            &format!("SELECT {COLUMNS} FROM sip_devices WHERE account = ? ORDER BY id LIMIT ?"),
-            vec![account.into(), i64::from(limit).into()],
+            &format!(
+                "SELECT {COLUMNS} FROM sip_devices WHERE account = ? ORDER BY id LIMIT {limit}"
+            ),
+            vec![account.into()],
         )
         .await
     }
@@ -131,8 +133,10 @@ impl Store {
             Some(account) => self.sip_devices(account, limit).await,
             None => {
                 self.query_sip_devices(
-                    &format!("SELECT {COLUMNS} FROM sip_devices ORDER BY account, id LIMIT ?"),
-                    vec![i64::from(limit).into()],
+                    &format!(
+                        "SELECT {COLUMNS} FROM sip_devices ORDER BY account, id LIMIT {limit}"
+                    ),
+                    vec![],
                 )
                 .await
             }

@@ -286,12 +286,12 @@ impl Store {
         let rows = self
             .db
             .query_all_raw(self.statement(
-                "SELECT m.id AS id, m.endpoint_id AS endpoint_id, e.dialect AS dialect, \
+                &format!("SELECT m.id AS id, m.endpoint_id AS endpoint_id, e.dialect AS dialect, \
                  e.public_token AS public_token, e.application AS application, e.instance AS instance, \
                  m.body AS body FROM unifiedpush_messages m JOIN unifiedpush_endpoints e \
                  ON e.id = m.endpoint_id WHERE e.jid = ? AND m.expires_at > ? \
-                 ORDER BY m.id LIMIT ?",
-                vec![jid.into(), now_ms.into(), i64::from(limit).into()],
+                 ORDER BY m.id LIMIT {limit}"),
+                vec![jid.into(), now_ms.into()],
             ))
             .await?;
         rows.iter()

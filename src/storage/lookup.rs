@@ -1,0 +1,124 @@
+//! Publish lookups that miss the cache, read from the database in batches.
+//!
+//! With more registrations than the cache holds (a million devices, each pushed now and then)
+//! nearly every publish misses it, and one indexed read per publish cost ~170 µs of CPU, most of
+//! it the per-statement overhead of the pool and the driver rather than SQLite's B-tree
+//! (docs/performance.md, "1M devices"). Here misses queue for a reader task, which takes
+//! whatever has queued when a query slot is free and reads it with one `IN (…)` statement: a
+//! lone miss waits for nothing, a burst shares one round trip. At most `MAX_QUERIES` statements
+//! run at once, so the lookups leave pool connections to the writers.
+//!
+//! Batch statements come in power-of-two sizes (the key list padded with its last key), so each
+//! connection prepares at most a handful of them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use super::cache::NodeHash;
+use super::entity::{Column, Entity, Model};
+
+/// Keys per statement.
+const MAX_BATCH: usize = 64;
+/// Statements in flight at once.
+const MAX_QUERIES: usize = 2;
+/// Misses waiting for a statement; beyond it a publish waits to queue (its deadline bounds it).
+const QUEUE: usize = 4096;
+
+type Answer = Result<Option<Model>, DbErr>;
+
+struct Miss {
+    key: NodeHash,
+    reply: oneshot::Sender<Answer>,
+}
+
+pub(super) struct Lookups {
+    misses: mpsc::Sender<Miss>,
+}
+
+impl Lookups {
+    pub(super) fn start(db: DatabaseConnection) -> Lookups {
+        let (misses, queue) = mpsc::channel(QUEUE);
+        tokio::spawn(read(db, queue));
+        Lookups { misses }
+    }
+
+    /// The row whose `node_hash` is `key`'s, if any.
+    pub(super) async fn find(&self, key: NodeHash) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || DbErr::Custom("registration reader stopped".into());
+        self.misses
+            .send(Miss { key, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+async fn read(db: DatabaseConnection, mut queue: mpsc::Receiver<Miss>) {
+    let slots = Arc::new(Semaphore::new(MAX_QUERIES));
+    while let Some(first) = queue.recv().await {
+        // Wait for a free slot before taking the rest: what queues meanwhile joins this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(miss) => batch.push(miss),
+                Err(_) => break,
+            }
+        }
+        let db = db.clone();
+        tokio::spawn(async move {
+            answer(&db, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn answer(db: &DatabaseConnection, batch: Vec<Miss>) {
+    let mut keys: Vec<String> = Vec::with_capacity(batch.len().next_power_of_two());
+    let mut waiting: HashMap<String, Vec<oneshot::Sender<Answer>>> = HashMap::new();
+    for miss in batch {
+        let key = crate::ids::hex(&miss.key);
+        let waiters = waiting.entry(key.clone()).or_default();
+        if waiters.is_empty() {
+            keys.push(key);
+        }
+        waiters.push(miss.reply);
+    }
+    if let Some(last) = keys.last().cloned() {
+        keys.resize(keys.len().next_power_of_two(), last);
+    }
+    match Entity::find()
+        .filter(Column::NodeHash.is_in(keys))
+        .all(db)
+        .await
+    {
+        Ok(rows) => {
+            for row in rows {
+                if let Some(waiters) = waiting.remove(&row.node_hash) {
+                    send_all(waiters, || Ok(Some(row.clone())));
+                }
+            }
+            for (_, waiters) in waiting {
+                send_all(waiters, || Ok(None));
+            }
+        }
+        Err(e) => {
+            for (_, waiters) in waiting {
+                send_all(waiters, || Err(e.clone()));
+            }
+        }
+    }
+}
+
+fn send_all(waiters: Vec<oneshot::Sender<Answer>>, answer: impl Fn() -> Answer) {
+    for waiter in waiters {
+        // A waiter that gave up (its deadline passed) needs no answer.
+        let _ = waiter.send(answer());
+    }
+}
