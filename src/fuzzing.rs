@@ -11,7 +11,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use crate::fronts::xmpp::adhoc::CommandRequest;
 use crate::fronts::xmpp::forms::Form;
-use crate::fronts::xmpp::publish::PublishRequest;
+use crate::fronts::xmpp::publish::{PublishIq, PublishRequest};
 
 const HEADER: &[u8] = b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
     xmlns:stream='http://etherx.jabber.org/streams' id='fuzz' from='push.example.org'>";
@@ -59,7 +59,8 @@ fn frames(pieces: &[&[u8]]) -> Result<Vec<Frame>, pushgate_providers::framing::F
 }
 
 /// What a stanza from the server goes through: framing with the default limits, parsing on a
-/// worker, and every reading of its payload (publish, command, data form).
+/// worker (the lean reading of publishes checked against the full parse), and every reading of
+/// its payload (publish, command, data form).
 pub fn stanza(data: &[u8]) {
     let mut input = HEADER.to_vec();
     input.extend_from_slice(data);
@@ -72,7 +73,22 @@ pub fn stanza(data: &[u8]) {
         let Frame::Element { xml, .. } = frame else {
             continue;
         };
-        if let Ok(stanza) = xso::from_bytes::<Stanza>(&xml) {
+        let full = xso::from_bytes::<Stanza>(&xml);
+        // What the lean reading of publishes takes, it must read as the full parse does.
+        if let Some(lean) = PublishIq::read(&xml) {
+            let Ok(Stanza::Iq(Iq::Set {
+                from: Some(from),
+                to,
+                id,
+                payload,
+            })) = &full
+            else {
+                panic!("read the lean way, refused by the full parse");
+            };
+            assert_eq!((&lean.from, &lean.to, &lean.id), (from, to, id));
+            assert_eq!(lean.request, PublishRequest::try_from(payload));
+        }
+        if let Ok(stanza) = full {
             payloads(stanza);
         }
         if let Ok(el) = Element::from_reader(&xml[..]) {

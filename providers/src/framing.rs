@@ -11,6 +11,7 @@
 //! the sender can still be answered. Only input that no XMPP server emits (a DOCTYPE, a
 //! processing instruction inside the stream, broken tag syntax) is a stream-fatal error.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Bounds on one top-level element (stanza).
@@ -657,46 +658,56 @@ fn head_of(c: &Capture) -> Head {
             .attrs
             .iter()
             .filter_map(|(name, value, _)| {
-                Some((String::from_utf8(name.clone()).ok()?, unescape(value)?))
+                let value = unescape(std::str::from_utf8(value).ok()?)?.into_owned();
+                Some((String::from_utf8(name.clone()).ok()?, value))
             })
             .collect(),
     }
 }
 
-/// Decodes the five predefined entities and character references; `None` for anything else
-/// (the element's parser will refuse it too).
-fn unescape(raw: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(raw).ok()?;
-    if !text.contains('&') {
-        return Some(text.to_owned());
+/// Text or an attribute value with its references resolved; `None` for any entity but the five
+/// predefined ones, or a reference to a character XML forbids (the element's parser will refuse
+/// it too).
+pub fn unescape(raw: &str) -> Option<Cow<'_, str>> {
+    if !raw.contains('&') {
+        return Some(Cow::Borrowed(raw));
     }
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let after = &rest[amp + 1..];
         let semi = after.find(';')?;
         let entity = &after[..semi];
-        let ch = match entity {
+        let c = match entity {
             "lt" => '<',
             "gt" => '>',
             "amp" => '&',
-            "apos" => '\'',
             "quot" => '"',
+            "apos" => '\'',
             _ => {
+                // Digits only: from_str_radix and parse also take a sign.
+                if entity.contains(['+', '-']) {
+                    return None;
+                }
                 let code = if let Some(hex) = entity.strip_prefix("#x") {
                     u32::from_str_radix(hex, 16).ok()?
                 } else {
                     entity.strip_prefix('#')?.parse().ok()?
                 };
-                char::from_u32(code)?
+                let c = char::from_u32(code)?;
+                if !matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+                {
+                    return None;
+                }
+                c
             }
         };
-        out.push(ch);
+        out.push(c);
         rest = &after[semi + 1..];
     }
     out.push_str(rest);
-    Some(out)
+    Some(Cow::Owned(out))
 }
 
 #[cfg(test)]

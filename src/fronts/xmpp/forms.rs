@@ -9,6 +9,8 @@ use minidom::Element;
 use minidom::rxml::xml_ncname;
 use xmpp_parsers::minidom;
 
+use super::xml;
+
 pub const NS: &str = "jabber:x:data";
 
 /// No form pushgate reads has more than a dozen fields; a form with more than this is not one
@@ -37,7 +39,7 @@ pub struct Field {
 }
 
 impl Form {
-    pub fn parse(el: &Element) -> Result<Self, FormError> {
+    pub fn parse<E: xml::Element>(el: E) -> Result<Self, FormError> {
         if !el.is("x", NS) {
             return Err(FormError::NotAForm);
         }
@@ -57,7 +59,7 @@ impl Form {
                 let values = f
                     .children()
                     .filter(|v| v.is("value", NS))
-                    .map(|v| v.text())
+                    .map(|v| v.text().into_owned())
                     .collect();
                 Some(Field { var, values })
             })
@@ -69,7 +71,7 @@ impl Form {
     }
 
     /// The first form child of `parent`, if any parses.
-    pub fn find_in(parent: &Element) -> Option<Self> {
+    pub fn find_in<E: xml::Element>(parent: E) -> Option<Self> {
         parent.children().find_map(|c| Form::parse(c).ok())
     }
 

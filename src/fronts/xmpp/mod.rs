@@ -17,6 +17,7 @@ pub mod removals;
 pub mod router;
 pub mod stream;
 pub mod unifiedpush;
+pub mod xml;
 
 use std::sync::Arc;
 use std::time::Duration;

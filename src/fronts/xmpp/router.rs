@@ -15,7 +15,7 @@ use crate::error::Fault;
 use crate::fronts::xmpp::Component;
 use crate::fronts::xmpp::adhoc::{self, CommandRequest};
 use crate::fronts::xmpp::disco;
-use crate::fronts::xmpp::publish::{self, PublishRequest, request::PublishError};
+use crate::fronts::xmpp::publish::{self, PublishIq, PublishRequest, request::PublishError};
 use crate::fronts::xmpp::unifiedpush::{
     self,
     register::{NS_CONVERSATIONS, NS_GENOFIRE},
@@ -157,25 +157,7 @@ async fn dispatch(
             outcome.map(|r| Some(r.into()))
         }
         (true, "pubsub", publish::request::NS_PUBSUB) => {
-            let (label, result) = match PublishRequest::try_from(payload) {
-                Err(PublishError::NoPublish) => ("not_implemented", Err(Fault::NotImplemented)),
-                Err(e) => ("malformed", Err(Fault::BadRequest(e.to_string()))),
-                Ok(req) => match publish::handle(component, from, &req, deadline).await {
-                    Ok(outcome) => (outcome.label(), publish::reply(outcome)),
-                    Err(fault) => (fault.label(), Err(fault)),
-                },
-            };
-            // One line per publish would be most of the log (and a fifth of the CPU) at volume:
-            // every publish is a debug line of its own target (`pushgate::publish`, which the
-            // e2e suite turns on), refusals and failures also a rate-limited info line.
-            tracing::debug!(target: "pushgate::publish", outcome = %label, "publish answered");
-            if result.is_err()
-                && let Some(held_back) = LOG_LIMIT.allow(label)
-            {
-                tracing::info!(%from, reason = %label, held_back, "publish refused or failed");
-            }
-            METRICS.publishes.with_label_values(&[label]).inc();
-            result.map(|()| None)
+            answer_publish(component, from, PublishRequest::try_from(payload), deadline).await
         }
         (true, "register" | "unregister", NS_GENOFIRE | NS_CONVERSATIONS) => {
             let request = unifiedpush::register::Request::try_from(payload)
@@ -184,4 +166,53 @@ async fn dispatch(
         }
         _ => Err(Fault::ServiceUnavailable),
     }
+}
+
+/// A publish read straight from its bytes (`PublishIq::read`), answered as [`handle`] answers
+/// one read the full way.
+pub async fn handle_publish(
+    component: &Component,
+    iq: PublishIq,
+    deadline: Instant,
+) -> Option<Stanza> {
+    let PublishIq {
+        from,
+        to,
+        id,
+        request,
+    } = iq;
+    let span =
+        tracing::debug_span!("iq", %id, %from, kind = "pubsub", ns = publish::request::NS_PUBSUB);
+    let result = answer_publish(component, &from, request, deadline)
+        .instrument(span)
+        .await;
+    Some(reply(to, from, id, result).into())
+}
+
+/// The outcome of a publish, counted, and logged only when refused or failed.
+async fn answer_publish(
+    component: &Component,
+    from: &Jid,
+    request: Result<PublishRequest, PublishError>,
+    deadline: Instant,
+) -> Result<Option<Element>, Fault> {
+    let (label, result) = match request {
+        Err(PublishError::NoPublish) => ("not_implemented", Err(Fault::NotImplemented)),
+        Err(e) => ("malformed", Err(Fault::BadRequest(e.to_string()))),
+        Ok(req) => match publish::handle(component, from, &req, deadline).await {
+            Ok(outcome) => (outcome.label(), publish::reply(outcome)),
+            Err(fault) => (fault.label(), Err(fault)),
+        },
+    };
+    // One line per publish would be most of the log (and a fifth of the CPU) at volume:
+    // every publish is a debug line of its own target (`pushgate::publish`, which the
+    // e2e suite turns on), refusals and failures also a rate-limited info line.
+    tracing::debug!(target: "pushgate::publish", outcome = %label, "publish answered");
+    if result.is_err()
+        && let Some(held_back) = LOG_LIMIT.allow(label)
+    {
+        tracing::info!(%from, reason = %label, held_back, "publish refused or failed");
+    }
+    METRICS.publishes.with_label_values(&[label]).inc();
+    result.map(|()| None)
 }

@@ -11,11 +11,13 @@
 //! registration on Prosody, ejabberd and Tigase alike (see `fronts/xmpp/error.rs`).
 
 pub mod fpush;
+pub mod iq;
 pub mod request;
 
 use tracing::Instrument;
 use xmpp_parsers::jid::Jid;
 
+pub use iq::PublishIq;
 pub use request::{PublishRequest, WithoutSummary};
 
 use pushgate_providers::host::listed;

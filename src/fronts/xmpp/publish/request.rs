@@ -11,6 +11,7 @@ use xmpp_parsers::minidom;
 use pushgate_providers::{Content, Encrypted, Kind, Notification, Priority};
 
 use crate::fronts::xmpp::forms::Form;
+use crate::fronts::xmpp::xml;
 
 pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
 pub const NS_PUSH: &str = "urn:xmpp:push:0";
@@ -80,14 +81,22 @@ impl TryFrom<&Element> for PublishRequest {
     type Error = PublishError;
 
     fn try_from(pubsub: &Element) -> Result<Self, PublishError> {
+        PublishRequest::read(pubsub)
+    }
+}
+
+impl PublishRequest {
+    /// Reads a `<pubsub/>` payload, from a minidom tree or straight from the stanza's bytes
+    /// (`fronts/xmpp/xml.rs`): one reading for both.
+    pub fn read<E: xml::Element>(pubsub: E) -> Result<Self, PublishError> {
         if !pubsub.is("pubsub", NS_PUBSUB) {
             return Err(PublishError::NotPubsub);
         }
         let publish = pubsub
-            .get_child("publish", NS_PUBSUB)
+            .child("publish", NS_PUBSUB)
             .ok_or(PublishError::NoPublish)?;
         let options = pubsub
-            .get_child("publish-options", NS_PUBSUB)
+            .child("publish-options", NS_PUBSUB)
             .and_then(Form::find_in)
             .filter(|f| f.form_type().is_none_or(|t| t == PUBLISH_OPTIONS));
         let option = |var: &str| {
@@ -112,17 +121,15 @@ impl TryFrom<&Element> for PublishRequest {
             ..Default::default()
         };
         let notification = publish
-            .get_child("item", NS_PUBSUB)
-            .and_then(|item| item.get_child("notification", NS_PUSH));
+            .child("item", NS_PUBSUB)
+            .and_then(|item| item.child("notification", NS_PUSH));
         if let Some(n) = notification {
             req.read_notification(n);
         }
         Ok(req)
     }
-}
 
-impl PublishRequest {
-    fn read_notification(&mut self, n: &Element) {
+    fn read_notification<E: xml::Element>(&mut self, n: E) {
         for child in n.children() {
             if let Ok(form) = Form::parse(child) {
                 if form

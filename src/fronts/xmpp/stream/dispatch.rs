@@ -21,6 +21,7 @@ use xmpp_parsers::stanza::Stanza;
 
 use crate::error::Fault;
 use crate::fronts::xmpp::Component;
+use crate::fronts::xmpp::publish::PublishIq;
 use crate::fronts::xmpp::router;
 use crate::metrics::METRICS;
 
@@ -146,6 +147,13 @@ async fn handle(
     xml: Vec<u8>,
     deadline: Instant,
 ) -> Option<Stanza> {
+    // Publishes, the volume, are read without a minidom tree when they have the plain shape.
+    if head.name == "iq"
+        && let Some(publish) = PublishIq::read(&xml)
+    {
+        drop(xml);
+        return router::handle_publish(component, publish, deadline).await;
+    }
     let parsed = xso::from_bytes::<Stanza>(&xml);
     drop(xml);
     match parsed {
