@@ -187,6 +187,12 @@ pub(crate) struct Args {
     /// Rate mode: seconds of sending.
     #[arg(long, default_value_t = 5)]
     pub(crate) duration_secs: u64,
+    /// SQLite only: a copy of the seeded database kept at this path. If the file exists, it is
+    /// copied in instead of seeding (it must come from a run with the same `--provider` and
+    /// `--devices`); if not, the run seeds as usual and leaves its database there. Saves the
+    /// minutes that seeding 1M devices takes when comparing builds.
+    #[arg(long)]
+    pub(crate) seeded_db: Option<PathBuf>,
     /// Give up on outstanding replies this many seconds after sending started.
     #[arg(long, default_value_t = 120)]
     pub(crate) timeout_secs: u64,
@@ -320,7 +326,18 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 Some(u) => u.clone(),
                 None => Store::sqlite_url_in(&dir.0)?,
             };
-            let seeded = seed::seed(&db_url, args.devices, sink.as_ref()).await?;
+            let seeded = match (&args.seeded_db, &args.postgres) {
+                (Some(kept), None) if kept.is_file() => {
+                    seed::reuse(kept, &dir.0, &db_url, args.devices).await?
+                }
+                (kept, _) => {
+                    let seeded = seed::seed(&db_url, args.devices, sink.as_ref()).await?;
+                    if let (Some(kept), None) = (kept, &args.postgres) {
+                        seed::keep(&dir.0, &db_url, kept).await?;
+                    }
+                    seeded
+                }
+            };
             let seed_rate = seeded.rate();
             eprintln!(
                 "seeded {} {} registrations in {:.1} s ({seed_rate:.0}/s, Store::insert_batch, \

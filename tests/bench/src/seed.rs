@@ -2,7 +2,10 @@
 //! `Store::insert_batch` (one transaction of multi-row inserts per call), so that 100k and 1M
 //! devices take seconds rather than the half hour one `register` at a time would.
 
+use std::path::Path;
 use std::time::Instant;
+
+use sea_orm::{ConnectionTrait, Database, Statement};
 
 use pushgate::ids::{BareJid, DeviceToken, Dialect, ProviderId};
 use pushgate::storage::{NewRegistration, Store};
@@ -73,5 +76,56 @@ pub(crate) async fn seed(
         nodes,
         secs,
         cpu_secs,
+    })
+}
+
+/// The SQLite file a run seeds in `dir` (`Store::sqlite_url_in`).
+const DB_FILE: &str = "pushgate.db";
+
+/// Copies the database just seeded in `dir` to `kept` (`--seeded-db`), its write-ahead log
+/// checkpointed into the file first.
+pub(crate) async fn keep(dir: &Path, db_url: &str, kept: &Path) -> Result<(), BoxError> {
+    let db = Database::connect(db_url).await?;
+    db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+        .await?;
+    db.close().await?;
+    std::fs::copy(dir.join(DB_FILE), kept)?;
+    Ok(())
+}
+
+/// Copies a database kept by [`keep`] into `dir` and reads its nodes back instead of seeding.
+pub(crate) async fn reuse(
+    kept: &Path,
+    dir: &Path,
+    db_url: &str,
+    devices: usize,
+) -> Result<Seeded, BoxError> {
+    let started = Instant::now();
+    std::fs::copy(kept, dir.join(DB_FILE))?;
+    let db = Database::connect(db_url).await?;
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT node FROM registrations ORDER BY id",
+        ))
+        .await?;
+    let nodes = rows
+        .iter()
+        .map(|row| row.try_get::<String>("", "node"))
+        .collect::<Result<Vec<_>, _>>()?;
+    db.close().await?;
+    if nodes.len() != devices {
+        return Err(format!(
+            "{} holds {} registrations, not --devices {devices}",
+            kept.display(),
+            nodes.len()
+        )
+        .into());
+    }
+    eprintln!("reused {} (no seeding)", kept.display());
+    Ok(Seeded {
+        nodes,
+        secs: started.elapsed().as_secs_f64(),
+        cpu_secs: 0.0,
     })
 }
