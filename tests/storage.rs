@@ -663,10 +663,11 @@ async fn credentials_are_upserted_and_listed_by_age(url: String) {
 /// The publish cache never hides a change made through the same store: a refreshed token, an
 /// unregister, a removal.
 async fn cached_lookups_see_this_instances_changes(url: String) {
-    let store = Store::open(&url)
-        .await
-        .unwrap()
-        .with_cache(100, Duration::from_secs(3600));
+    let store =
+        Store::open(&url)
+            .await
+            .unwrap()
+            .with_cache(100, 1 << 20, Duration::from_secs(3600));
     let r = store
         .registered(p2("juliet@capulet.example", "phone", None, "t1"))
         .await;
@@ -717,10 +718,11 @@ async fn cached_lookups_see_this_instances_changes(url: String) {
 
     // Another instance's removal is only seen once the entry expires: that is the TTL's
     // documented trade-off.
-    let cached = Store::open(&url)
-        .await
-        .unwrap()
-        .with_cache(100, Duration::from_millis(300));
+    let cached =
+        Store::open(&url)
+            .await
+            .unwrap()
+            .with_cache(100, 1 << 20, Duration::from_millis(300));
     let other = Store::open(&url).await.unwrap();
     let r = store
         .registered(tigase("romeo@montague.example", "t4"))

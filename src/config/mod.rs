@@ -336,6 +336,7 @@ impl Config {
         )?;
         in_range("component.idle_ping_secs", c.idle_ping_secs, 5..=3600)?;
         in_range("storage.cache_capacity", s.cache_capacity, 0..=10_000_000)?;
+        in_range("storage.cache_max_bytes", s.cache_max_bytes, 0..=1 << 30)?;
         // 0 turns the cache off (storage/cache.rs).
         in_range("storage.cache_ttl_secs", s.cache_ttl_secs, 0..=3600)?;
         // What a client may put in an encrypted push: no provider carries more than 4096 bytes.

@@ -62,6 +62,9 @@ pub struct StorageConfig {
     /// Registrations kept in memory for publish lookups (0 = none); see storage/cache.rs.
     #[serde(default = "default_cache_capacity")]
     pub cache_capacity: usize,
+    /// And the memory they may take, about (0 = none).
+    #[serde(default = "default_cache_max_bytes")]
+    pub cache_max_bytes: usize,
     /// How long a cached registration is trusted: the longest another instance's change (an
     /// unregister) can go unseen here.
     #[serde(default = "default_cache_ttl")]
@@ -74,6 +77,7 @@ impl Default for StorageConfig {
             data_dir: default_data_dir(),
             url: None,
             cache_capacity: default_cache_capacity(),
+            cache_max_bytes: default_cache_max_bytes(),
             cache_ttl_secs: default_cache_ttl(),
         }
     }
@@ -81,6 +85,9 @@ impl Default for StorageConfig {
 
 fn default_cache_capacity() -> usize {
     10_000
+}
+fn default_cache_max_bytes() -> usize {
+    4 << 20
 }
 fn default_cache_ttl() -> u64 {
     30

@@ -124,6 +124,7 @@ fn every_number_has_a_range_and_the_error_names_the_key() {
         ("component", "idle_ping_secs", &[4, 3601]),
         ("component", "publish_timeout_secs", &[0, 31]),
         ("storage", "cache_capacity", &[-1, 10_000_001]),
+        ("storage", "cache_max_bytes", &[-1, (1 << 30) + 1]),
         ("storage", "cache_ttl_secs", &[-1, 3601]),
         ("registration", "max_payload_size", &[255, 4097]),
         ("registration", "low_priority_interval_secs", &[-1, 3601]),

@@ -15,6 +15,11 @@
 //! Two generations instead of an LRU list: inserts go to `young`; when it is full it becomes
 //! `old` and the previous `old` is dropped. A hit in `old` moves the entry back to `young`. So at
 //! most `2 × capacity / 2` entries are held, and recently used ones survive a turnover.
+//!
+//! "Full" is by entries and by bytes (an estimate of each registration's footprint), whichever
+//! comes first: registrations differ tenfold in size (an APNs token against a WebPush endpoint
+//! with its keys), and with a million devices in rotation the cache is full all the time, so
+//! only a byte bound keeps its memory predictable (docs/performance.md, "1M devices").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,11 +33,14 @@ pub type NodeHash = [u8; 32];
 struct Entry {
     registration: Arc<Registration>,
     expires: Instant,
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct Generations {
     young: HashMap<NodeHash, Entry>,
+    /// The footprint of `young`'s entries.
+    young_bytes: usize,
     old: HashMap<NodeHash, Entry>,
 }
 
@@ -40,15 +48,42 @@ pub struct RegistrationCache {
     ttl: Duration,
     /// Entries per generation.
     per_generation: usize,
+    /// Bytes per generation.
+    bytes_per_generation: usize,
     maps: Mutex<Generations>,
 }
 
+/// Roughly what one entry holds: the registration and its strings, the `Arc`, the map slot.
+fn footprint(r: &Registration) -> usize {
+    const FIXED: usize = size_of::<Registration>()
+        + size_of::<NodeHash>()
+        + size_of::<Entry>()
+        + 2 * size_of::<usize>();
+    let opt = |s: Option<&str>| s.map_or(0, str::len);
+    FIXED
+        + r.provider.as_str().len()
+        + r.account.as_str().len()
+        + r.domain.len()
+        + r.device_key.len()
+        + opt(r.device_id.as_deref())
+        + opt(r.muc.as_ref().map(|m| m.as_str()))
+        + r.token.as_str().len()
+        + opt(r.second_token.as_ref().map(|t| t.as_str()))
+        + r.webpush_keys
+            .as_ref()
+            .map_or(0, |k| k.p256dh.len() + k.auth.len())
+        + r.node.as_str().len()
+        + opt(r.secret.as_ref().map(|s| s.as_str()))
+        + opt(r.last_error.as_deref())
+}
+
 impl RegistrationCache {
-    /// `None` when caching is off (`capacity` or `ttl` zero).
-    pub fn new(capacity: usize, ttl: Duration) -> Option<Self> {
-        (capacity > 0 && !ttl.is_zero()).then(|| RegistrationCache {
+    /// `None` when caching is off (`capacity`, `max_bytes` or `ttl` zero).
+    pub fn new(capacity: usize, max_bytes: usize, ttl: Duration) -> Option<Self> {
+        (capacity > 0 && max_bytes > 0 && !ttl.is_zero()).then(|| RegistrationCache {
             ttl,
             per_generation: capacity.div_ceil(2),
+            bytes_per_generation: max_bytes.div_ceil(2),
             maps: Mutex::default(),
         })
     }
@@ -63,7 +98,7 @@ impl RegistrationCache {
             if e.expires > now {
                 return Some(e.registration.clone());
             }
-            maps.young.remove(key);
+            Self::remove_young(&mut maps, key);
             return None;
         }
         let e = maps.old.remove(key)?;
@@ -71,7 +106,7 @@ impl RegistrationCache {
             return None;
         }
         let registration = e.registration.clone();
-        Self::insert_young(&mut maps, self.per_generation, *key, e);
+        self.insert_young(&mut maps, *key, e);
         Some(registration)
     }
 
@@ -82,24 +117,36 @@ impl RegistrationCache {
             return;
         };
         let entry = Entry {
+            bytes: footprint(&registration),
             registration,
             expires,
         };
         let mut maps = self.maps();
         maps.old.remove(&key);
-        Self::insert_young(&mut maps, self.per_generation, key, entry);
+        self.insert_young(&mut maps, key, entry);
     }
 
-    fn insert_young(maps: &mut Generations, per_generation: usize, key: NodeHash, entry: Entry) {
-        if maps.young.len() >= per_generation && !maps.young.contains_key(&key) {
+    fn insert_young(&self, maps: &mut Generations, key: NodeHash, entry: Entry) {
+        Self::remove_young(maps, &key);
+        if maps.young.len() >= self.per_generation
+            || maps.young_bytes + entry.bytes > self.bytes_per_generation
+        {
             maps.old = std::mem::take(&mut maps.young);
+            maps.young_bytes = 0;
         }
+        maps.young_bytes += entry.bytes;
         maps.young.insert(key, entry);
+    }
+
+    fn remove_young(maps: &mut Generations, key: &NodeHash) {
+        if let Some(e) = maps.young.remove(key) {
+            maps.young_bytes -= e.bytes;
+        }
     }
 
     pub fn remove(&self, key: &NodeHash) {
         let mut maps = self.maps();
-        maps.young.remove(key);
+        Self::remove_young(&mut maps, key);
         maps.old.remove(key);
     }
 
@@ -108,6 +155,7 @@ impl RegistrationCache {
     pub fn clear(&self) {
         let mut maps = self.maps();
         maps.young.clear();
+        maps.young_bytes = 0;
         maps.old.clear();
     }
 
@@ -127,18 +175,42 @@ mod tests {
     }
 
     fn cache(capacity: usize) -> RegistrationCache {
-        RegistrationCache::new(capacity, Duration::from_secs(30)).unwrap()
+        RegistrationCache::new(capacity, 1 << 20, Duration::from_secs(30)).unwrap()
     }
 
     #[test]
-    fn off_when_capacity_or_ttl_is_zero() {
-        assert!(RegistrationCache::new(0, Duration::from_secs(30)).is_none());
-        assert!(RegistrationCache::new(10, Duration::ZERO).is_none());
+    fn off_when_capacity_bytes_or_ttl_is_zero() {
+        assert!(RegistrationCache::new(0, 1 << 20, Duration::from_secs(30)).is_none());
+        assert!(RegistrationCache::new(10, 0, Duration::from_secs(30)).is_none());
+        assert!(RegistrationCache::new(10, 1 << 20, Duration::ZERO).is_none());
+    }
+
+    #[test]
+    fn holds_at_most_its_bytes() {
+        let reg = Arc::new(crate::storage::registration::tests::registration());
+        let size = footprint(&reg);
+        assert!(size > size_of::<Registration>(), "{size}");
+        // Room for three entries per generation, by bytes; entries would allow 1,000.
+        let c =
+            RegistrationCache::new(2_000, 6 * size + size / 2, Duration::from_secs(30)).unwrap();
+        let now = Instant::now();
+        for n in 0..20 {
+            c.put(key(n), reg.clone(), now);
+            assert!(c.len() <= 6, "{}", c.len());
+        }
+        assert!(c.get(&key(19), now).is_some());
+        assert!(c.get(&key(0), now).is_none());
+        // Putting the same key again does not count it twice.
+        for _ in 0..10 {
+            c.put(key(19), reg.clone(), now);
+        }
+        assert!(c.get(&key(18), now).is_some());
     }
 
     #[test]
     fn a_ttl_beyond_the_clock_neither_panics_nor_caches() {
-        let c = RegistrationCache::new(4, Duration::from_secs(9_223_372_036_854_775_807)).unwrap();
+        let c = RegistrationCache::new(4, 1 << 20, Duration::from_secs(9_223_372_036_854_775_807))
+            .unwrap();
         let now = Instant::now();
         c.put(
             key(1),

@@ -93,6 +93,10 @@ impl Store {
                         o.journal_mode(SqliteJournalMode::Wal)
                             .synchronous(SqliteSynchronous::Normal)
                             .busy_timeout(Duration::from_secs(10))
+                            // 1 MiB of page cache per connection (SQLite's default is 2): the index's
+                            // inner pages fit either way, and a million devices' leaves fit in neither
+                            // (docs/performance.md, "1M devices").
+                            .pragma("cache_size", "-1024")
                     });
             }
             None => {
@@ -114,10 +118,11 @@ impl Store {
         })
     }
 
-    /// Keeps up to `capacity` registrations for up to `ttl` for [`Store::find_by_node`]; see
-    /// `cache.rs` for what that means with several instances. Zero turns caching off.
-    pub fn with_cache(mut self, capacity: usize, ttl: Duration) -> Store {
-        self.cache = RegistrationCache::new(capacity, ttl).map(Arc::new);
+    /// Keeps up to `capacity` registrations, in at most about `max_bytes`, for up to `ttl` for
+    /// [`Store::find_by_node`]; see `cache.rs` for what that means with several instances. Zero
+    /// turns caching off.
+    pub fn with_cache(mut self, capacity: usize, max_bytes: usize, ttl: Duration) -> Store {
+        self.cache = RegistrationCache::new(capacity, max_bytes, ttl).map(Arc::new);
         self
     }
 

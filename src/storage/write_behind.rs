@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::Store;
 
 /// Most ids one UPDATE names; keeps statements far below bind-parameter limits.
-const IDS_PER_STATEMENT: usize = 1000;
+const IDS_PER_STATEMENT: usize = 1024;
 /// Failures kept between flushes; more (a database away for long under load) are not noted.
 const MAX_PENDING_FAILURES: usize = 100_000;
 
@@ -61,7 +61,7 @@ impl DeliveryLog {
         successes.dedup();
         let mut written = 0;
         for chunk in successes.chunks(IDS_PER_STATEMENT) {
-            match store.record_successes(chunk).await {
+            match store.record_successes(&padded(chunk)).await {
                 Ok(()) => written += chunk.len(),
                 // Informational only: dropping a batch beats an ever-growing backlog.
                 Err(e) => tracing::warn!(count = chunk.len(), "cannot record deliveries: {e}"),
@@ -74,7 +74,7 @@ impl DeliveryLog {
         }
         for (reason, ids) in by_reason {
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                match store.record_errors(chunk, &reason).await {
+                match store.record_errors(&padded(chunk), &reason).await {
                     Ok(()) => written += chunk.len(),
                     Err(e) => tracing::warn!(count = chunk.len(), "cannot record failures: {e}"),
                 }
@@ -97,4 +97,14 @@ impl DeliveryLog {
         }
         self.flush(&store).await;
     }
+}
+/// `ids` padded with its last id to a power-of-two length: a statement per distinct length is
+/// prepared and cached on each connection, and with many devices every flush had a new length
+/// (peak RSS at 1M devices, docs/performance.md). A repeated id changes nothing.
+fn padded(ids: &[i64]) -> Vec<i64> {
+    let mut out = ids.to_vec();
+    if let Some(&last) = ids.last() {
+        out.resize(ids.len().next_power_of_two(), last);
+    }
+    out
 }
