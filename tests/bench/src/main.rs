@@ -326,28 +326,32 @@ async fn run(args: Args) -> Result<(), BoxError> {
                 Some(u) => u.clone(),
                 None => Store::sqlite_url_in(&dir.0)?,
             };
-            let seeded = match (&args.seeded_db, &args.postgres) {
-                (Some(kept), None) if kept.is_file() => {
-                    seed::reuse(kept, &dir.0, &db_url, args.devices).await?
-                }
+            let (seeded, reused) = match (&args.seeded_db, &args.postgres) {
+                (Some(kept), None) if kept.is_file() => (
+                    seed::reuse(kept, &dir.0, &db_url, args.devices).await?,
+                    true,
+                ),
                 (kept, _) => {
                     let seeded = seed::seed(&db_url, args.devices, sink.as_ref()).await?;
                     if let (Some(kept), None) = (kept, &args.postgres) {
                         seed::keep(&dir.0, &db_url, kept).await?;
                     }
-                    seeded
+                    (seeded, false)
                 }
             };
-            let seed_rate = seeded.rate();
-            eprintln!(
-                "seeded {} {} registrations in {:.1} s ({seed_rate:.0}/s, Store::insert_batch, \
+            // A reused file was not seeded now: no seeding rate to report.
+            let seed_rate = if reused { 0.0 } else { seeded.rate() };
+            if !reused {
+                eprintln!(
+                    "seeded {} {} registrations in {:.1} s ({seed_rate:.0}/s, Store::insert_batch, \
                  {} a call; bench CPU {:.1} s)",
-                seeded.nodes.len(),
-                sink.provider_id(),
-                seeded.secs,
-                seed::BATCH,
-                seeded.cpu_secs,
-            );
+                    seeded.nodes.len(),
+                    sink.provider_id(),
+                    seeded.secs,
+                    seed::BATCH,
+                    seeded.cpu_secs,
+                );
+            }
             (seeded.nodes, seed_rate, Vec::new(), None)
         }
         Front::Matrix => {
