@@ -129,3 +129,39 @@ pub(crate) async fn reuse(
         cpu_secs: 0.0,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::Times;
+    use crate::webpush_sink::start_sink;
+
+    /// A kept database comes back with the same nodes, and one of another size is refused.
+    #[tokio::test]
+    async fn a_kept_database_is_reused_with_its_nodes() {
+        let sink = start_sink(Arc::new(Times::new(1))).await.unwrap();
+        let first = tempfile::tempdir().unwrap();
+        let url = Store::sqlite_url_in(first.path()).unwrap();
+        let seeded = seed(&url, 2_500, &sink).await.unwrap();
+        let kept = first.path().join("kept.db");
+        keep(first.path(), &url, &kept).await.unwrap();
+
+        let second = tempfile::tempdir().unwrap();
+        let url = Store::sqlite_url_in(second.path()).unwrap();
+        let reused = reuse(&kept, second.path(), &url, 2_500).await.unwrap();
+        let mut a = seeded.nodes.clone();
+        let mut b = reused.nodes.clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        // pushgate would find them there: the copy is a complete database.
+        let store = Store::open(&url).await.unwrap();
+        assert!(store.find_by_node(&a[1234]).await.unwrap().is_some());
+
+        let third = tempfile::tempdir().unwrap();
+        let url = Store::sqlite_url_in(third.path()).unwrap();
+        assert!(reuse(&kept, third.path(), &url, 1_000).await.is_err());
+    }
+}
