@@ -24,6 +24,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # `outcome=<label>`. Refused ad-hoc commands carry an
 # `outcome=` too ("command refused: ... outcome=not_found"), so only lines about a publish count.
 OUTCOME_RE = re.compile(r"(?i)publish.*\boutcome=\"?([a-z_]+)\"?")
+# How each publish was read: `bytes` (the lean reading, fronts/xmpp/publish/iq.rs) or `tree`.
+READ_RE = re.compile(r"publish answered.*\bread=\"?([a-z]+)\"?")
 VAPID_SUBJECT = "mailto:test@localhost"
 # What pushgate logs when its component stream is up, and when another instance holds it.
 CONNECTED = "component connected"
@@ -190,6 +192,9 @@ class Pushgate:
     # --- log -----------------------------------------------------------------------------
     def outcomes(self, since: int = 0) -> list[str]:
         return [m.group(1) for m in self.log.find_all(OUTCOME_RE, since)]
+
+    def publish_reads(self, since: int = 0) -> list[str]:
+        return [m.group(1) for m in self.log.find_all(READ_RE, since)]
 
     def wait_outcomes(self, since: int, count: int = 1, timeout: float = 15.0) -> list[str]:
         ms = self.log.wait_for(OUTCOME_RE, since=since, count=count, timeout=timeout,

@@ -68,6 +68,9 @@ def test_offline_messages_are_delivered(alice_devices, server, pushgate, endpoin
         "the p2 re-registration's old token must not be used any more"
     outcomes = pushgate.wait_outcomes(since, count=6)
     assert outcomes == ["delivered"] * 6, outcomes
+    # The server's real publishes take the lean reading, not the minidom tree.
+    reads = pushgate.publish_reads(since)
+    assert reads == ["bytes"] * 6, reads
 
 
 def test_dead_token_ends_registration(server, pushgate, endpoint, connect):

@@ -157,7 +157,8 @@ async fn dispatch(
             outcome.map(|r| Some(r.into()))
         }
         (true, "pubsub", publish::request::NS_PUBSUB) => {
-            answer_publish(component, from, PublishRequest::try_from(payload), deadline).await
+            let request = PublishRequest::try_from(payload);
+            answer_publish(component, from, request, deadline, "tree").await
         }
         (true, "register" | "unregister", NS_GENOFIRE | NS_CONVERSATIONS) => {
             let request = unifiedpush::register::Request::try_from(payload)
@@ -183,18 +184,21 @@ pub async fn handle_publish(
     } = iq;
     let span =
         tracing::debug_span!("iq", %id, %from, kind = "pubsub", ns = publish::request::NS_PUBSUB);
-    let result = answer_publish(component, &from, request, deadline)
+    let result = answer_publish(component, &from, request, deadline, "bytes")
         .instrument(span)
         .await;
     Some(reply(to, from, id, result).into())
 }
 
-/// The outcome of a publish, counted, and logged only when refused or failed.
+/// The outcome of a publish, counted, and logged only when refused or failed; `read` says
+/// whether it was read from its bytes or from a minidom tree (the debug line shows which way real
+/// servers' publishes take).
 async fn answer_publish(
     component: &Component,
     from: &Jid,
     request: Result<PublishRequest, PublishError>,
     deadline: Instant,
+    read: &'static str,
 ) -> Result<Option<Element>, Fault> {
     let (label, result) = match request {
         Err(PublishError::NoPublish) => ("not_implemented", Err(Fault::NotImplemented)),
@@ -207,7 +211,7 @@ async fn answer_publish(
     // One line per publish would be most of the log (and a fifth of the CPU) at volume:
     // every publish is a debug line of its own target (`pushgate::publish`, which the
     // e2e suite turns on), refusals and failures also a rate-limited info line.
-    tracing::debug!(target: "pushgate::publish", outcome = %label, "publish answered");
+    tracing::debug!(target: "pushgate::publish", outcome = %label, read = %read, "publish answered");
     if result.is_err()
         && let Some(held_back) = LOG_LIMIT.allow(label)
     {
