@@ -435,6 +435,26 @@ async fn delivery_outcomes_are_recorded(url: String) {
     let after = stored(&store, r.node.as_str()).await;
     assert_eq!(after.last_error.as_deref(), Some("BadDeviceToken"));
 
+    // Id lists of any length (padded to a power of two inside) reach every row named, and only
+    // those.
+    let others: Vec<_> = futures::future::join_all(
+        (0..3).map(|i| store.registered(tigase(&format!("o{i}@example.org"), &format!("t{i}")))),
+    )
+    .await;
+    store
+        .record_errors(&[others[0].id, others[1].id, others[2].id], "three")
+        .await
+        .unwrap();
+    for o in &others {
+        let o = stored(&store, o.node.as_str()).await;
+        assert_eq!(o.last_error.as_deref(), Some("three"));
+    }
+    let after = stored(&store, r.node.as_str()).await;
+    assert_eq!(after.last_error.as_deref(), Some("BadDeviceToken"));
+    for o in &others {
+        assert!(store.delete(o.id).await.unwrap());
+    }
+
     // Recording for a registration that is gone is not an error.
     assert!(store.delete(r.id).await.unwrap());
     store.record_successes(&[r.id]).await.unwrap();

@@ -19,7 +19,7 @@
 //! "Full" is by entries and by bytes (an estimate of each registration's footprint), whichever
 //! comes first: registrations differ tenfold in size (an APNs token against a WebPush endpoint
 //! with its keys), and with a million devices in rotation the cache is full all the time, so
-//! only a byte bound keeps its memory predictable (docs/performance.md, "1M devices").
+//! only a byte bound keeps its memory predictable (docs/performance.md, "Performance, round two").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -95,7 +95,7 @@ impl Store {
                             .busy_timeout(Duration::from_secs(10))
                             // 1 MiB of page cache per connection (SQLite's default is 2): the index's
                             // inner pages fit either way, and a million devices' leaves fit in neither
-                            // (docs/performance.md, "1M devices").
+                            // (docs/performance.md, "Performance, round two").
                             .pragma("cache_size", "-1024")
                     });
             }

@@ -3,13 +3,13 @@
 //! With more registrations than the cache holds (a million devices, each pushed now and then)
 //! nearly every publish misses it, and one indexed read per publish cost ~170 µs of CPU, most of
 //! it the per-statement overhead of the pool and the driver rather than SQLite's B-tree
-//! (docs/performance.md, "1M devices"). Here misses queue for a reader task, which takes
+//! (docs/performance.md, "Performance, round two"). Here misses queue for a reader task, which takes
 //! whatever has queued when a query slot is free and reads it with one `IN (…)` statement: a
 //! lone miss waits for nothing, a burst shares one round trip. At most `MAX_QUERIES` statements
 //! run at once, so the lookups leave pool connections to the writers.
 //!
-//! Batch statements come in power-of-two sizes (the key list padded with its last key), so each
-//! connection prepares at most a handful of them.
+//! Batch statements come in power-of-two sizes (`pow2_padded`), so each connection prepares at
+//! most a handful of them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +19,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::cache::NodeHash;
 use super::entity::{Column, Entity, Model};
+use super::pow2_padded;
 
 /// Keys per statement.
 const MAX_BATCH: usize = 64;
@@ -80,7 +81,7 @@ async fn read(db: DatabaseConnection, mut queue: mpsc::Receiver<Miss>) {
 }
 
 async fn answer(db: &DatabaseConnection, batch: Vec<Miss>) {
-    let mut keys: Vec<String> = Vec::with_capacity(batch.len().next_power_of_two());
+    let mut keys: Vec<String> = Vec::with_capacity(batch.len());
     let mut waiting: HashMap<String, Vec<oneshot::Sender<Answer>>> = HashMap::new();
     for miss in batch {
         let key = crate::ids::hex(&miss.key);
@@ -90,11 +91,8 @@ async fn answer(db: &DatabaseConnection, batch: Vec<Miss>) {
         }
         waiters.push(miss.reply);
     }
-    if let Some(last) = keys.last().cloned() {
-        keys.resize(keys.len().next_power_of_two(), last);
-    }
     match Entity::find()
-        .filter(Column::NodeHash.is_in(keys))
+        .filter(Column::NodeHash.is_in(pow2_padded(keys)))
         .all(db)
         .await
     {

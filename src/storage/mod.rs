@@ -165,6 +165,16 @@ async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransac
     .await
 }
 
+/// `values` padded to a power-of-two length with copies of its last element, so that `IN`
+/// lists come in a few shapes and each is prepared once per connection (sqlx caches a prepared
+/// statement per distinct SQL text).
+fn pow2_padded<T: Clone>(mut values: Vec<T>) -> Vec<T> {
+    if let Some(last) = values.last().cloned() {
+        values.resize(values.len().next_power_of_two(), last);
+    }
+    values
+}
+
 /// Timestamps at microsecond precision, what PostgreSQL keeps, so a value reads back as written
 /// on every backend.
 fn now() -> DateTime<Utc> {

@@ -12,7 +12,7 @@ use super::entity::{Column, Entity};
 use super::writer::{Pending, identity, new_row};
 use super::{
     Admission, NewRegistration, Registered, Registration, Store, StoreError, keyed_node_digest,
-    node_digest, now,
+    node_digest, now, pow2_padded,
 };
 use crate::ids::{BareJid, DeviceIdentity, NodeId, ProviderId};
 use crate::metrics::METRICS;
@@ -199,7 +199,7 @@ impl Store {
         let _turn = self.write_turn().await;
         Entity::update_many()
             .col_expr(Column::LastSuccessAt, Expr::value(now()))
-            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(Column::Id.is_in(pow2_padded(ids.to_vec())))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -212,7 +212,7 @@ impl Store {
         Entity::update_many()
             .col_expr(Column::LastErrorAt, Expr::value(now()))
             .col_expr(Column::LastError, Expr::value(reason))
-            .filter(Column::Id.is_in(ids.iter().copied()))
+            .filter(Column::Id.is_in(pow2_padded(ids.to_vec())))
             .exec(&self.db)
             .await?;
         Ok(())

@@ -61,7 +61,7 @@ impl DeliveryLog {
         successes.dedup();
         let mut written = 0;
         for chunk in successes.chunks(IDS_PER_STATEMENT) {
-            match store.record_successes(&padded(chunk)).await {
+            match store.record_successes(chunk).await {
                 Ok(()) => written += chunk.len(),
                 // Informational only: dropping a batch beats an ever-growing backlog.
                 Err(e) => tracing::warn!(count = chunk.len(), "cannot record deliveries: {e}"),
@@ -74,7 +74,7 @@ impl DeliveryLog {
         }
         for (reason, ids) in by_reason {
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                match store.record_errors(&padded(chunk), &reason).await {
+                match store.record_errors(chunk, &reason).await {
                     Ok(()) => written += chunk.len(),
                     Err(e) => tracing::warn!(count = chunk.len(), "cannot record failures: {e}"),
                 }
@@ -97,14 +97,4 @@ impl DeliveryLog {
         }
         self.flush(&store).await;
     }
-}
-/// `ids` padded with its last id to a power-of-two length: a statement per distinct length is
-/// prepared and cached on each connection, and with many devices every flush had a new length
-/// (peak RSS at 1M devices, docs/performance.md). A repeated id changes nothing.
-fn padded(ids: &[i64]) -> Vec<i64> {
-    let mut out = ids.to_vec();
-    if let Some(&last) = ids.last() {
-        out.resize(ids.len().next_power_of_two(), last);
-    }
-    out
 }

@@ -13,7 +13,7 @@ use sea_orm::{
 };
 
 use super::entity::{ActiveModel, Column, Entity, Model};
-use super::{NewRegistration, StoreError, keyed_node_hash, node_hash, now};
+use super::{NewRegistration, StoreError, keyed_node_hash, node_hash, now, pow2_padded};
 use crate::ids::{Dialect, NodeId, Secret};
 use sha2::{Digest, Sha256};
 
@@ -106,15 +106,6 @@ fn account_lock_key(account: &str) -> i64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
     i64::from_be_bytes(first)
-}
-
-/// `values` padded to a power-of-two length with copies of its last element, so that `IN`
-/// lists come in a few shapes and each is prepared once per connection.
-fn pow2_padded<T: Clone>(mut values: Vec<T>) -> Vec<T> {
-    if let Some(last) = values.last().cloned() {
-        values.resize(values.len().next_power_of_two(), last);
-    }
-    values
 }
 
 /// Inserts `rows`, or, where the unique index on the device identity says one exists
