@@ -2,7 +2,7 @@
 //! publish and form readers share with minidom.
 //!
 //! Publishes are pushgate's volume, and building minidom trees through rxml and xso cost ~40 %
-//! of pushgate's CPU per publish (docs/performance.md, "Reading publishes"). [`Tree::read`]
+//! of pushgate's CPU per publish (docs/performance.md, "Performance, round two"). [`Tree::read`]
 //! reads the plain XML that servers send (default namespaces, the five predefined entities,
 //! character references) into one vector of nodes borrowing from the input, and declines
 //! everything else: prefixed names, comments, CDATA, processing instructions, carriage
@@ -107,10 +107,6 @@ impl<'t, 'a> Node<'t, 'a> {
         &self.tree.nodes[self.at as usize]
     }
 
-    pub fn ns(&self) -> &'t str {
-        self.data().ns
-    }
-
     /// The attributes as written, namespace declarations excluded.
     pub fn attrs(&self) -> impl Iterator<Item = (&'t str, &'t str)> {
         let (from, to) = self.data().attrs;
@@ -149,21 +145,12 @@ impl<'t, 'a> Element for Node<'t, 'a> {
 /// No C0 controls but tab and line feed (a carriage return would be normalised by a full
 /// parser: declined rather than copied), no U+FFFE or U+FFFF.
 fn allowed_chars(xml: &[u8]) -> bool {
-    let mut i = 0;
-    while i < xml.len() {
-        match xml[i] {
-            b'\t' | b'\n' => {}
-            0..0x20 => return false,
-            0xEF if xml.get(i + 1) == Some(&0xBF)
-                && matches!(xml.get(i + 2), Some(0xBE | 0xBF)) =>
-            {
-                return false;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    true
+    xml.iter().enumerate().all(|(i, &b)| match b {
+        b'\t' | b'\n' => true,
+        0..0x20 => false,
+        0xEF => !(xml.get(i + 1) == Some(&0xBF) && matches!(xml.get(i + 2), Some(0xBE | 0xBF))),
+        _ => true,
+    })
 }
 
 struct Open<'a> {
@@ -270,6 +257,8 @@ impl<'a> Reader<'a> {
         let first_attr = self.tree.attrs.len();
         let mut ns = parent_ns;
         let mut declared_ns = false;
+        // Prefixes declared on this element: each at most once, like any attribute.
+        let mut prefixes: Vec<&'a str> = Vec::new();
         let empty = loop {
             let spaced = self.space();
             match self.peek()? {
@@ -296,7 +285,12 @@ impl<'a> Reader<'a> {
                     return None;
                 }
                 self.at += 1;
-                self.name()?;
+                let prefix = self.name()?;
+                // `xml` and `xmlns` have fixed bindings; leave them to the full parser.
+                if prefixes.contains(&prefix) || prefix == "xml" || prefix == "xmlns" {
+                    return None;
+                }
+                prefixes.push(prefix);
             }
             self.space();
             if self.peek()? != b'=' {
@@ -317,6 +311,10 @@ impl<'a> Reader<'a> {
                 return None;
             }
             if prefixed {
+                // An empty value would undeclare the prefix, which Namespaces 1.0 forbids.
+                if raw.is_empty() {
+                    return None;
+                }
                 continue;
             }
             if key == "xmlns" {
@@ -427,6 +425,10 @@ mod tests {
             "<ïq/>",
             "<iq xml:lang='en'/>",
             "<iq xmlns='' />",
+            "<iq xmlns:p='a' xmlns:p='b'/>",
+            "<iq xmlns:p=''/>",
+            "<iq xmlns:xml='x'/>",
+            "<iq xmlns:xmlns='x'/>",
             "<iq",
             "",
         ] {

@@ -189,6 +189,7 @@ mod tests {
             "<iq type='set' id='1' from='example.org'><command xmlns='http://jabber.org/protocol/commands'/></iq>",
             "<iq type='set' id='1' from='example.org'><ps:pubsub xmlns:ps='http://jabber.org/protocol/pubsub'/></iq>",
             "<message from='example.org' id='1'/>",
+            "<iq type='set' id='1' from='example.org' xmlns:p='a' xmlns:p='b'><pubsub xmlns='http://jabber.org/protocol/pubsub'/></iq>",
         ] {
             let xml = framed(stanza.as_bytes()).expect(stanza);
             assert_eq!(PublishIq::read(&xml), None, "{stanza}");
