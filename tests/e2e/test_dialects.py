@@ -458,6 +458,14 @@ def the_publish(w: World, node: str, since: int) -> tuple[ET.Element, ET.Element
     return iq, reply
 
 
+def publish_for_message(w: World, account: str, node: str, text: str
+                        ) -> tuple[ET.Element, ET.Element]:
+    """bob sends `account` (offline) `text`: the publish to `node` it made, and the answer."""
+    since = w.tap.offset()
+    w.bob.send_message(account, text)
+    return the_publish(w, node, since)
+
+
 def check_form_unchanged(x: ET.Element | None, form_type: str, fields: dict[str, str],
                          where: str):
     """`x` is the form `monal_form(form_type, fields)` made: the same fields in the same order,
@@ -503,10 +511,8 @@ def test_fpush_token_and_push_module_reach_apns_production(world):
     monal_enable(alice, token, {"pushModule": MODULE})
     alice.disconnect()
 
-    since = w.tap.offset()
     text = "fpush " + secrets.token_hex(4)
-    w.bob.send_message(f"alice@{DOMAIN}", text)
-    iq, reply = the_publish(w, token, since)
+    iq, reply = publish_for_message(w, f"alice@{DOMAIN}", token, text)
     assert iq.get("from") == DOMAIN and iq.get("to") == PUSH_JID, ET.tostring(iq)
     check_options_unchanged(iq, {"pushModule": MODULE})
     assert answer(reply) == ("result", None, None), ET.tostring(reply)
@@ -524,10 +530,8 @@ def test_fpush_sandbox_module_goes_to_the_sandbox_provider(world):
     monal_enable(carol, token, {"pushModule": f"{MODULE}-sandbox"})
     carol.disconnect()
 
-    since = w.tap.offset()
     text = "sandbox " + secrets.token_hex(4)
-    w.bob.send_message(f"carol@{DOMAIN}", text)
-    iq, reply = the_publish(w, token, since)
+    iq, reply = publish_for_message(w, f"carol@{DOMAIN}", token, text)
     check_options_unchanged(iq, {"pushModule": f"{MODULE}-sandbox"})
     assert answer(reply) == ("result", None, None), ET.tostring(reply)
     (r,) = w.apns.sandbox.wait_for(token, 1, diagnostics=diagnostics)
@@ -628,10 +632,8 @@ def test_appserver_register_enable_and_push(world):
     monal_enable(erin, node, {"secret": secret})
     erin.disconnect()
 
-    since = w.tap.offset()
     text = "appserver " + secrets.token_hex(4)
-    w.bob.send_message(f"erin@{DOMAIN}", text)
-    iq, reply = the_publish(w, node, since)
+    iq, reply = publish_for_message(w, f"erin@{DOMAIN}", node, text)
     check_options_unchanged(iq, {"secret": secret})
     assert answer(reply) == ("result", None, None), ET.tostring(reply)
     (r,) = w.apns.production.wait_for(token, 1, diagnostics=diagnostics)
@@ -659,9 +661,7 @@ def test_appserver_unregister_then_item_not_found(world):
     secret = appserver_register(w, oscar, node, token)
     monal_enable(oscar, node, {"secret": secret})
     oscar.disconnect()
-    since = w.tap.offset()
-    w.bob.send_message(account, "before unregistering")
-    _, reply = the_publish(w, node, since)
+    _, reply = publish_for_message(w, account, node, "before unregistering")
     assert answer(reply) == ("result", None, None), ET.tostring(reply)
     w.apns.production.wait_for(token, 1, diagnostics=diagnostics)
 
