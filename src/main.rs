@@ -64,9 +64,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // No transparent huge pages: with THP on `always` (Debian's default), every 2 MiB region
-    // the allocator touches became resident whole, a third of peak RSS under load at the same
-    // CPU per publish (docs/performance.md, "Memory").
+    // No transparent huge pages: with THP on `always` (as on the benchmark machine), every 2 MiB
+    // region the allocator touched became resident whole, a third of peak RSS under load at the
+    // same CPU per publish (docs/performance.md, "Performance, round two").
     // SAFETY: prctl with integer arguments only; failure (an old kernel) changes nothing.
     unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     // Both rustls backends may be compiled in through dependencies; pick one explicitly.
