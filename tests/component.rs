@@ -816,3 +816,44 @@ async fn shutdown_answers_what_is_in_flight_before_closing() {
         stream::Ended::Shutdown
     );
 }
+
+/// A publish the server wrote before it read our `</stream:stream>` (the two cross on the wire;
+/// ejabberd keeps routing to a closing connection until it has processed the close) is still
+/// read and delivered, though it can no longer be answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_crossing_our_close_is_delivered() {
+    let endpoint = PushEndpoint::start().await;
+    let (h, mut c) = start(Duration::from_secs(60)).await;
+    let node = c.register("alice", &endpoint.url("d1")).await;
+
+    h.stop.send(true).unwrap();
+    let text = c.until("</stream:stream>").await;
+    assert!(!text.contains("<iq"), "nothing was in flight: {text}");
+    c.publish("crossing", &node).await;
+    timeout(WAIT, endpoint.arrived())
+        .await
+        .expect("the crossing publish was not delivered");
+    c.send("</stream:stream>").await;
+    assert_eq!(
+        timeout(WAIT, h.task).await.unwrap().unwrap(),
+        stream::Ended::Shutdown
+    );
+    assert_eq!(endpoint.received(), 1);
+}
+
+/// After our close pushgate waits for the server's end of stream only so long: a server that
+/// never closes its side does not hold the shutdown.
+#[tokio::test]
+async fn a_server_that_never_closes_does_not_hold_the_shutdown() {
+    let (h, mut c) = start(Duration::from_secs(60)).await;
+    h.stop.send(true).unwrap();
+    c.until("</stream:stream>").await;
+    assert_eq!(
+        timeout(WAIT, h.task)
+            .await
+            .expect("still waiting for the server's end of stream")
+            .unwrap(),
+        stream::Ended::Shutdown
+    );
+    drop(c);
+}

@@ -293,10 +293,9 @@ const CLOSING_CHECK: Duration = Duration::from_millis(10);
 ///
 /// On shutdown the stream stays open until every stanza taken on has been answered (or
 /// `cfg.drain_within` has passed), and stanzas arriving meanwhile are served too: after our
-/// `</stream:stream>` no reply can be sent, and a publish the server routed to us would go
-/// unanswered (ejabberd, which spreads publishes over the connections of a component, would
-/// time it out after 32 s and disable push). Closing when nothing is in flight leaves only the
-/// stanzas already on the wire at that moment.
+/// `</stream:stream>` no reply can be sent. Closing when nothing is in flight leaves only the
+/// stanzas already on the wire at that moment, and those are read and delivered after the close
+/// ([`read_to_the_end`]).
 async fn serve(
     cfg: &StreamConfig,
     conn: wire::Connection,
@@ -341,7 +340,8 @@ async fn serve(
         if let Some(by) = close_by
             && ((dispatcher.in_flight() == 0 && outbox.is_empty()) || Instant::now() >= by)
         {
-            let _ = tokio::time::timeout(Duration::from_secs(2), writer.close()).await;
+            let _ = tokio::time::timeout(CLOSE_GRACE, writer.close()).await;
+            read_to_the_end(&mut reader, dispatcher, outbox).await;
             return Ok(());
         }
         let wake = answer_by.unwrap_or(last_heard + cfg.idle_ping);
@@ -369,6 +369,54 @@ async fn serve(
             }
             _ = tokio::time::sleep(CLOSING_CHECK), if close_by.is_some() => {}
         }
+    }
+}
+
+/// How long a closed stream waits for the server's end of stream: for writing our
+/// `</stream:stream>` and for reading what the server sent before it read it.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// After our `</stream:stream>`: what the server wrote before it read it is still ours. ejabberd
+/// spreads publishes over every connection of a component and keeps routing to this one until
+/// it has processed our end; what we left unread would be lost without a trace. A publish read
+/// here is delivered though it can no longer be answered: a missing reply only costs a debug
+/// line on ejabberd (after 32 s) and nothing on Prosody or Tigase. Reads until the server's own
+/// end of stream, its close, or [`CLOSE_GRACE`].
+async fn read_to_the_end(reader: &mut wire::Reader, dispatcher: &Dispatcher, outbox: &mut Outbox) {
+    let by = Instant::now() + CLOSE_GRACE;
+    let mut frames = Vec::new();
+    let mut late = 0usize;
+    loop {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(by, reader.read(&mut frames)) => read,
+            // Replies can no longer be sent: drop them rather than let handlers wait for room.
+            Some(_) = outbox.recv() => continue,
+        };
+        let more = matches!(read, Ok(Ok(true)));
+        for frame in frames.drain(..) {
+            match frame {
+                Frame::Element { head, xml } if !wire::is_stream_error(&head) => {
+                    late += 1;
+                    let _ = dispatcher.admit(head, xml, Instant::now());
+                }
+                Frame::Element { .. } | Frame::StreamClose | Frame::StreamOpen(_) => {
+                    return log_late(late);
+                }
+                Frame::Rejected { .. } => {}
+            }
+        }
+        if !more {
+            return log_late(late);
+        }
+    }
+}
+
+fn log_late(late: usize) {
+    if late > 0 {
+        tracing::info!(
+            late,
+            "stanzas sent by the server while the stream closed: handled, not answered"
+        );
     }
 }
 
