@@ -60,6 +60,9 @@ impl Store {
     /// `mode=rwc` unless they name a mode.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         let sqlite = sqlite_url(url);
+        if sqlite.is_some() {
+            super::sqlite_memory::configure();
+        }
         let mut opts = ConnectOptions::new(sqlite.as_ref().map_or(url, |s| s.url.as_str()));
         opts.connect_timeout(Duration::from_secs(10))
             .acquire_timeout(Duration::from_secs(10))

@@ -30,6 +30,7 @@ mod queries;
 mod queue;
 mod registration;
 mod sip;
+mod sqlite_memory;
 mod stats;
 mod unifiedpush;
 mod write_behind;
