@@ -99,24 +99,30 @@ async fn answer(db: &DatabaseConnection, batch: Vec<Miss>) {
         Ok(rows) => {
             for row in rows {
                 if let Some(waiters) = waiting.remove(&row.node_hash) {
-                    send_all(waiters, || Ok(Some(row.clone())));
+                    send_all(waiters, Ok(Some(row)));
                 }
             }
             for (_, waiters) in waiting {
-                send_all(waiters, || Ok(None));
+                send_all(waiters, Ok(None));
             }
         }
         Err(e) => {
             for (_, waiters) in waiting {
-                send_all(waiters, || Err(e.clone()));
+                send_all(waiters, Err(e.clone()));
             }
         }
     }
 }
 
-fn send_all(waiters: Vec<oneshot::Sender<Answer>>, answer: impl Fn() -> Answer) {
+/// Copies the answer only for the second and later waiters of one key: the row is twenty
+/// columns, most of them strings.
+fn send_all(mut waiters: Vec<oneshot::Sender<Answer>>, answer: Answer) {
+    let last = waiters.pop();
+    // A waiter that gave up (its deadline passed) needs no answer.
     for waiter in waiters {
-        // A waiter that gave up (its deadline passed) needs no answer.
-        let _ = waiter.send(answer());
+        let _ = waiter.send(answer.clone());
+    }
+    if let Some(waiter) = last {
+        let _ = waiter.send(answer);
     }
 }
