@@ -122,9 +122,7 @@ impl Store {
         lookups.with_label_values(&["database"]).inc();
         let found = self.lookups.find(digest).await?;
         let reg = match found {
-            Some(m) if crate::ids::ct_eq(&m.node, node) => {
-                Arc::new(Registration::try_from(m)?)
-            }
+            Some(m) if crate::ids::ct_eq(&m.node, node) => Arc::new(Registration::try_from(m)?),
             _ => return Ok(None),
         };
         if let Some(cache) = &self.cache {
