@@ -96,8 +96,9 @@ impl Store {
                         o.journal_mode(SqliteJournalMode::Wal)
                             .synchronous(SqliteSynchronous::Normal)
                             .busy_timeout(Duration::from_secs(10))
-                            // 1 MiB of page cache per connection (SQLite's default is 2): the index's
-                            // inner pages fit either way, and a million devices' leaves fit in neither
+                            // 1 MiB of page cache per connection (SQLite's default is 2). With a
+                            // million devices 4 MiB was no faster: what lookups read is a leaf page
+                            // of their own, which no cache of this size holds
                             // (docs/performance.md, "Performance, round two").
                             .pragma("cache_size", "-1024")
                     });
