@@ -3,8 +3,8 @@
 
 scripts/profile records pushgate with `perf record --call-graph dwarf` while pushgate-bench
 loads it, then runs this on `perf script`'s text. It prints, for the whole process and for each
-thread group (the stream loop on the main thread, tokio's workers, sqlx's SQLite workers), the
-share of samples whose stack contains each of a few named parts of pushgate (inclusive time),
+thread group (the stream loop on the main thread, tokio's workers, sqlx's SQLite workers, the
+SQLite lookup thread), the share of samples whose stack contains each of a few named parts of pushgate (inclusive time),
 and the functions with the most samples of their own (self time). docs/performance.md quotes
 its output.
 
@@ -27,7 +27,7 @@ PARTS = [
     ("publish read from its bytes, no tree (ours)", r"^pushgate::fronts::xmpp::(xml|publish::iq)::"),
     ("publish request parsing (ours)", r"PublishRequest as core::convert::TryFrom|PublishRequest>::read"),
     ("registration lookup (storage)", r"pushgate::storage::Store::find_by_node"),
-    ("database (sea-orm/sqlx/SQLite)", r"^(sea_orm|sqlx_core|sqlx_sqlite|sqlx_postgres)::|sqlite3"),
+    ("database (sea-orm/sqlx/SQLite)", r"^(sea_orm|sqlx_core|sqlx_sqlite|sqlx_postgres)::|sqlite3|^pushgate::storage::sqlite_reader::"),
     ("Matrix notify handling (ours)", r"^pushgate::fronts::matrix::"),
     ("  notify body parse (serde_json)", r"^pushgate::fronts::matrix::notify::parse"),
     ("UnifiedPush push handling (ours)", r"^pushgate::fronts::(xmpp|http)::unifiedpush::"),
@@ -72,6 +72,8 @@ def group(thread: str) -> str:
         return "tokio workers"
     if thread.startswith("sqlx"):
         return "sqlx SQLite workers"
+    if thread.startswith("pushgate-lookup"):
+        return "lookup thread (SQLite)"
     return "main thread (stream loop)"
 
 

@@ -76,6 +76,8 @@ on_both_backends!(
     concurrent_lookups_each_find_their_own,
     the_account_limit_counts_new_devices_only,
     the_account_limit_holds_across_instances_and_batches,
+    lookups_read_every_field_as_stored,
+    a_lookup_sees_what_another_instance_just_committed,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -888,6 +890,162 @@ async fn concurrent_lookups_each_find_their_own(url: String) {
         }
     });
     futures::future::join_all(asks).await;
+}
+
+/// On a SQLite file, publish lookups have a reader of their own (`storage/sqlite_reader.rs`)
+/// that maps columns by position: every field of every kind of row must come back as the
+/// pool's reading by id (sea-orm, by column name) has it, nulls, keys, times and errors included.
+async fn lookups_read_every_field_as_stored(url: String) {
+    let store = Store::open(&url).await.unwrap();
+    let mut webpush = tigase("wp@example.org", "https://push.example.net/e/1");
+    webpush.provider = ProviderId::new("webpush");
+    webpush.webpush_keys = Some(WebPushKeys {
+        p256dh: "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM".into(),
+        auth: "tBHItJI5svbpez7KI4CCXg".into(),
+    });
+    let mut two = p2(
+        "romeo@montague.example",
+        "phone",
+        Some("room@muc.example"),
+        "t-1",
+    );
+    two.second_token = Some(DeviceToken::new("voip-1"));
+    let rows = [
+        store.registered(tigase("alice@example.org", "tok-a")).await,
+        store.registered(two).await,
+        store.registered(webpush).await,
+    ];
+    store.record_successes(&[rows[0].id]).await.unwrap();
+    store
+        .record_errors(&[rows[1].id], "BadDeviceToken: ünïcode")
+        .await
+        .unwrap();
+    for r in &rows {
+        let by_node = stored(&store, r.node.as_str()).await;
+        let by_id = store.find_by_id(r.id).await.unwrap().unwrap();
+        assert_eq!(by_node.id, by_id.id);
+        assert_eq!(by_node.dialect, by_id.dialect);
+        assert_eq!(by_node.provider, by_id.provider);
+        assert_eq!(by_node.account, by_id.account);
+        assert_eq!(by_node.domain, by_id.domain);
+        assert_eq!(by_node.device_key, by_id.device_key);
+        assert_eq!(by_node.device_id, by_id.device_id);
+        assert_eq!(by_node.muc, by_id.muc);
+        assert_eq!(by_node.token.as_str(), by_id.token.as_str());
+        assert_eq!(
+            by_node.second_token.as_ref().map(|t| t.as_str()),
+            by_id.second_token.as_ref().map(|t| t.as_str())
+        );
+        assert_eq!(by_node.webpush_keys, by_id.webpush_keys);
+        assert_eq!(by_node.node, by_id.node);
+        assert_eq!(
+            by_node.secret.as_ref().map(|s| s.as_str()),
+            by_id.secret.as_ref().map(|s| s.as_str())
+        );
+        assert_eq!(by_node.created_at, by_id.created_at);
+        assert_eq!(by_node.updated_at, by_id.updated_at);
+        assert_eq!(by_node.last_success_at, by_id.last_success_at);
+        assert_eq!(by_node.last_error_at, by_id.last_error_at);
+        assert_eq!(by_node.last_error, by_id.last_error);
+    }
+    assert!(rows[0].last_success_at.is_none(), "the row as registered");
+    let success = stored(&store, rows[0].node.as_str()).await;
+    assert!(success.last_success_at.is_some() && success.last_error_at.is_none());
+    let failed = stored(&store, rows[1].node.as_str()).await;
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("BadDeviceToken: ünïcode")
+    );
+    assert_eq!(failed.muc, Some(jid("room@muc.example")));
+    assert!(failed.webpush_keys.is_none());
+    assert!(
+        stored(&store, rows[2].node.as_str())
+            .await
+            .webpush_keys
+            .is_some()
+    );
+}
+
+/// A publish may arrive through one instance just after its device registered through another
+/// (or was removed there): a lookup that misses the cache reads what is committed now.
+async fn a_lookup_sees_what_another_instance_just_committed(url: String) {
+    let here = Store::open(&url).await.unwrap();
+    let there = Store::open(&url).await.unwrap();
+    for i in 0..20 {
+        let r = there
+            .registered(tigase(&format!("u{i}@example.org"), &format!("tok-{i}")))
+            .await;
+        assert_eq!(stored(&here, r.node.as_str()).await.id, r.id);
+        assert!(there.delete(r.id).await.unwrap());
+        assert!(here.find_by_node(r.node.as_str()).await.unwrap().is_none());
+    }
+}
+
+/// SQLite file only: text that is not UTF-8 and times that do not parse, written by hand, are
+/// errors of that lookup; the reader goes on answering the next.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_columns_are_errors_and_the_reader_goes_on_sqlite() {
+    on_sqlite(|url| async move {
+        let store = Store::open(&url).await.unwrap();
+        let raw = raw_connect(&url).await;
+        let good = store.registered(tigase("ok@example.org", "tok-ok")).await;
+        let mut broken = Vec::new();
+        for (i, sql) in [
+            "UPDATE registrations SET token = CAST(x'fffe' AS TEXT) WHERE id = {id}",
+            "UPDATE registrations SET created_at = 'yesterday' WHERE id = {id}",
+            "UPDATE registrations SET last_error_at = 'soon' WHERE id = {id}",
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let r = store
+                .registered(tigase(&format!("b{i}@example.org"), &format!("tok-{i}")))
+                .await;
+            raw.execute_unprepared(&sql.replace("{id}", &r.id.to_string()))
+                .await
+                .unwrap();
+            broken.push(r.node);
+        }
+        for node in &broken {
+            match store.find_by_node(node.as_str()).await {
+                Err(StoreError::Database(e)) => {
+                    assert!(!e.to_string().contains(node.as_str()), "{e}")
+                }
+                other => panic!("expected a database error, got {other:?}"),
+            }
+            assert_eq!(stored(&store, good.node.as_str()).await.id, good.id);
+        }
+        // A hand-written time in SQLite's own format reads.
+        raw.execute_unprepared(&format!(
+            "UPDATE registrations SET updated_at = '2026-12-06 14:00:01' WHERE id = {}",
+            good.id
+        ))
+        .await
+        .unwrap();
+        let read = stored(&store, good.node.as_str()).await;
+        assert_eq!(read.updated_at.to_rfc3339(), "2026-12-06T14:00:01+00:00");
+    })
+    .await;
+}
+
+/// SQLite file only: the lookups run on a thread of their own, named so profiles show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_file_gets_its_lookup_thread_sqlite() {
+    fn lookup_threads() -> usize {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.trim() == "pushgate-lookup")
+            .count()
+    }
+    on_sqlite(|url| async move {
+        let store = Store::open(&url).await.unwrap();
+        let r = store.registered(tigase("t@example.org", "tok")).await;
+        assert_eq!(stored(&store, r.node.as_str()).await.id, r.id);
+        // Only now: a new thread is named by itself once it runs, and this one has answered.
+        assert!(lookup_threads() >= 1);
+    })
+    .await;
 }
 
 fn limit(max_per_account: u32, may_add: bool) -> Admission {

@@ -113,8 +113,19 @@ impl Store {
         let writer = Writer::new(db.clone(), matches!(&sqlite, Some(s) if !s.in_memory));
         // One commit for a burst instead of one each: 3× the registrations per second on both
         // backends (docs/performance.md).
+        let lookups = match &sqlite {
+            Some(s) if !s.in_memory => {
+                let file = db
+                    .get_sqlite_connection_pool()
+                    .connect_options()
+                    .get_filename()
+                    .to_owned();
+                Lookups::start_sqlite(&file)?
+            }
+            _ => Lookups::start(db.clone()),
+        };
         Ok(Store {
-            lookups: Arc::new(Lookups::start(db.clone())),
+            lookups: Arc::new(lookups),
             db,
             cache: None,
             group_commit: Arc::new(GroupCommit::start(writer.clone())),

@@ -12,6 +12,7 @@
 //! most a handful of them.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use sea_orm::{ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter};
@@ -21,18 +22,18 @@ use super::cache::NodeHash;
 use super::entity::{Column, Entity, Model};
 use super::pow2_padded;
 
-/// Keys per statement.
-const MAX_BATCH: usize = 64;
+/// Keys per statement (per read transaction in `sqlite_reader.rs`).
+pub(super) const MAX_BATCH: usize = 64;
 /// Statements in flight at once.
 const MAX_QUERIES: usize = 2;
 /// Misses waiting for a statement; beyond it a publish waits to queue (its deadline bounds it).
 const QUEUE: usize = 4096;
 
-type Answer = Result<Option<Model>, DbErr>;
+pub(super) type Answer = Result<Option<Model>, DbErr>;
 
-struct Miss {
-    key: NodeHash,
-    reply: oneshot::Sender<Answer>,
+pub(super) struct Miss {
+    pub(super) key: NodeHash,
+    pub(super) reply: oneshot::Sender<Answer>,
 }
 
 pub(super) struct Lookups {
@@ -44,6 +45,13 @@ impl Lookups {
         let (misses, queue) = mpsc::channel(QUEUE);
         tokio::spawn(read(db, queue));
         Lookups { misses }
+    }
+
+    /// Lookups in the SQLite file `file` by a thread of their own (`sqlite_reader.rs`).
+    pub(super) fn start_sqlite(file: &Path) -> Result<Lookups, DbErr> {
+        let (misses, queue) = mpsc::channel(QUEUE);
+        super::sqlite_reader::start(file, queue)?;
+        Ok(Lookups { misses })
     }
 
     /// The row whose `node_hash` is `key`'s, if any.

@@ -15,7 +15,7 @@
 //!
 //! The files: `registration.rs` (the types), `connect.rs` (opening, migrations), `writer.rs`
 //! (the registration upsert and account limit), `group_commit.rs` (batching those writes),
-//! `queries.rs` (lookups and removals), `lookup.rs` (batching the publish lookups), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
+//! `queries.rs` (lookups and removals), `lookup.rs` (batching the publish lookups), `sqlite_reader.rs` (those lookups on a SQLite file), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
 //! `admin.rs` and `stats.rs` (operators' queries), `apns_credentials.rs` (uploaded APNs
 //! credentials), `unifiedpush.rs` (UnifiedPush endpoints), `entity.rs` (the table).
 
@@ -31,6 +31,7 @@ mod queue;
 mod registration;
 mod sip;
 mod sqlite_memory;
+mod sqlite_reader;
 mod stats;
 mod unifiedpush;
 mod write_behind;
