@@ -1028,6 +1028,19 @@ async fn unreadable_columns_are_errors_and_the_reader_goes_on_sqlite() {
     .await;
 }
 
+/// SQLite file only: a data directory whose name has characters URLs give meaning to; the
+/// lookup thread opens the same file as the pool (a wrong path fails, being read-only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_with_url_characters_works_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("a dir?with=%41 #and");
+    let url = Store::sqlite_url_in(&data_dir).unwrap();
+    let store = Store::open(&url).await.unwrap();
+    let r = store.registered(tigase("odd@example.org", "tok")).await;
+    assert_eq!(stored(&store, r.node.as_str()).await.id, r.id);
+    assert!(data_dir.join("pushgate.db").is_file());
+}
+
 /// SQLite file only: the lookups run on a thread of their own, named so profiles show it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sqlite_file_gets_its_lookup_thread_sqlite() {
