@@ -4,9 +4,9 @@
 scripts/profile records pushgate with `perf record --call-graph dwarf` while pushgate-bench
 loads it, then runs this on `perf script`'s text. It prints, for the whole process and for each
 thread group (the stream loop on the main thread, tokio's workers, sqlx's SQLite workers, the
-SQLite lookup thread), the share of samples whose stack contains each of a few named parts of pushgate (inclusive time),
-and the functions with the most samples of their own (self time). docs/performance.md quotes
-its output.
+SQLite lookup thread), the share of samples whose stack contains each of a few named parts of
+pushgate (inclusive time), and the functions with the most samples of their own (self time).
+docs/performance.md quotes its output.
 
     perf script -i perf.data | python3 scripts/perf_summary.py
 """

@@ -13,6 +13,15 @@ use super::cache::RegistrationCache;
 use super::group_commit::GroupCommit;
 use super::lookup::Lookups;
 use super::writer::Writer;
+
+/// How long a SQLite connection (the pool's and the lookup thread's) waits for a lock: a
+/// writer's commit or a checkpoint holds others back for a moment; writers queue on it instead
+/// of failing with "database is locked".
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Page cache per SQLite connection, in KiB when negative: 1 MiB (SQLite's default is 2). With a
+/// million devices 4 MiB was no faster: what a lookup reads is a leaf page of its own, which no
+/// cache of this size holds (docs/performance.md, "Performance, round two").
+pub(super) const CACHE_SIZE: &str = "-1024";
 use super::{Store, StoreError};
 use crate::config::StorageConfig;
 
@@ -95,12 +104,8 @@ impl Store {
                     .map_sqlx_sqlite_opts(|o| {
                         o.journal_mode(SqliteJournalMode::Wal)
                             .synchronous(SqliteSynchronous::Normal)
-                            .busy_timeout(Duration::from_secs(10))
-                            // 1 MiB of page cache per connection (SQLite's default is 2). With a
-                            // million devices 4 MiB was no faster: what lookups read is a leaf page
-                            // of their own, which no cache of this size holds
-                            // (docs/performance.md, "Performance, round two").
-                            .pragma("cache_size", "-1024")
+                            .busy_timeout(BUSY_TIMEOUT)
+                            .pragma("cache_size", CACHE_SIZE)
                     });
             }
             None => {
@@ -111,8 +116,6 @@ impl Store {
         pushgate_migrations::run(&db).await?;
         info!(backend = ?db.get_database_backend(), "registration store ready");
         let writer = Writer::new(db.clone(), matches!(&sqlite, Some(s) if !s.in_memory));
-        // One commit for a burst instead of one each: 3× the registrations per second on both
-        // backends (docs/performance.md).
         let lookups = match &sqlite {
             Some(s) if !s.in_memory => {
                 let file = db
@@ -128,6 +131,8 @@ impl Store {
             lookups: Arc::new(lookups),
             db,
             cache: None,
+            // One commit for a burst instead of one each: 3× the registrations per second on
+            // both backends (docs/performance.md).
             group_commit: Arc::new(GroupCommit::start(writer.clone())),
             writer,
         })

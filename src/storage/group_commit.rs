@@ -54,12 +54,7 @@ impl GroupCommit {
 async fn write(writer: Writer, mut queue: mpsc::Receiver<Job>) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
-        while jobs.len() < MAX_ROWS {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+        super::take_queued(&mut queue, &mut jobs, MAX_ROWS);
         let (rows, started) = (jobs.len(), std::time::Instant::now());
         write_batch(&writer, jobs).await;
         tracing::debug!(

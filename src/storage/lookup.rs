@@ -74,12 +74,7 @@ async fn read(db: DatabaseConnection, mut queue: mpsc::Receiver<Miss>) {
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(miss) => batch.push(miss),
-                Err(_) => break,
-            }
-        }
+        super::take_queued(&mut queue, &mut batch, MAX_BATCH);
         let db = db.clone();
         tokio::spawn(async move {
             answer(&db, batch).await;

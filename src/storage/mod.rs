@@ -15,7 +15,9 @@
 //!
 //! The files: `registration.rs` (the types), `connect.rs` (opening, migrations), `writer.rs`
 //! (the registration upsert and account limit), `group_commit.rs` (batching those writes),
-//! `queries.rs` (lookups and removals), `lookup.rs` (batching the publish lookups), `sqlite_reader.rs` (those lookups on a SQLite file), `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
+//! `queries.rs` (lookups and removals), `lookup.rs` (batching the publish lookups),
+//! `sqlite_reader.rs` (those lookups on a SQLite file), `sqlite_memory.rs` (SQLite's malloc),
+//! `queue.rs` (the retry queue's table), `cache.rs`, `write_behind.rs` (delivery outcomes),
 //! `admin.rs` and `stats.rs` (operators' queries), `apns_credentials.rs` (uploaded APNs
 //! credentials), `unifiedpush.rs` (UnifiedPush endpoints), `entity.rs` (the table).
 
@@ -165,6 +167,18 @@ async fn begin_write(db: &DatabaseConnection) -> Result<sea_orm::DatabaseTransac
         ..TransactionOptions::default()
     })
     .await
+}
+
+/// Adds to `batch` whatever has queued behind its first entry, up to `max` entries in all: how
+/// the store's background tasks (publish lookups, registration writes) take a burst at once
+/// without waiting for one.
+fn take_queued<T>(queue: &mut tokio::sync::mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) {
+    while batch.len() < max {
+        match queue.try_recv() {
+            Ok(item) => batch.push(item),
+            Err(_) => break,
+        }
+    }
 }
 
 /// `values` padded to a power-of-two length with copies of its last element, so that `IN`

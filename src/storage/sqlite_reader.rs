@@ -15,16 +15,15 @@
 //! PostgreSQL and in-memory SQLite keep `lookup.rs`: the first has its own server, the second
 //! cannot be opened twice.
 
-use std::ffi::{CStr, CString, c_int};
-use std::path::Path;
-use std::ptr::{NonNull, null, null_mut};
-use std::time::Duration;
-
 use chrono::{DateTime, NaiveDateTime, Utc};
 use libsqlite3_sys as ffi;
 use sea_orm::DbErr;
+use std::ffi::{CStr, CString, c_int};
+use std::path::Path;
+use std::ptr::{NonNull, null, null_mut};
 use tokio::sync::mpsc;
 
+use super::connect::{BUSY_TIMEOUT, CACHE_SIZE};
 use super::entity::Model;
 use super::lookup::{MAX_BATCH, Miss};
 
@@ -33,11 +32,6 @@ const SELECT: &CStr = c"SELECT id, dialect, provider, account, domain, device_ke
     muc, token, second_token, webpush_p256dh, webpush_auth, node, node_hash, secret, \
     created_at, updated_at, last_success_at, last_error_at, last_error \
     FROM registrations WHERE node_hash = ?1";
-/// As the pool's connections (`connect.rs`): a checkpoint or a writer's commit can hold a
-/// reader back for a moment.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// The pool's connections have 1 MiB each; this one serves all lookups.
-const CACHE_SIZE: &CStr = c"PRAGMA cache_size = -1024";
 
 /// Opens the connection and starts the thread; the thread ends when `queue`'s senders are
 /// dropped (the store is).
@@ -80,12 +74,7 @@ impl Reader {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while let Some(first) = queue.blocking_recv() {
             batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match queue.try_recv() {
-                    Ok(miss) => batch.push(miss),
-                    Err(_) => break,
-                }
-            }
+            super::take_queued(&mut queue, &mut batch, MAX_BATCH);
             // One read transaction for the batch: one snapshot, one lock on the WAL index.
             let began = begin.run();
             for miss in batch.drain(..) {
@@ -127,10 +116,14 @@ impl Connection {
         if rc != ffi::SQLITE_OK {
             return Err(conn.error("open"));
         }
+        // As the pool's connections: a checkpoint or a writer's commit can hold a reader back
+        // for a moment, and the same page cache (this one serves every lookup).
         let ms = c_int::try_from(BUSY_TIMEOUT.as_millis()).unwrap_or(c_int::MAX);
         // SAFETY: a valid handle.
         unsafe { ffi::sqlite3_busy_timeout(conn.0.as_ptr(), ms) };
-        conn.exec(CACHE_SIZE)?;
+        let cache = CString::new(format!("PRAGMA cache_size = {CACHE_SIZE}"))
+            .map_err(|_| DbErr::Custom("cache_size".into()))?;
+        conn.exec(&cache)?;
         Ok(conn)
     }
 
